@@ -67,6 +67,7 @@ mod persist;
 mod ratchet;
 mod secret;
 mod session;
+pub mod test_vectors;
 
 pub use aead::TAG_LEN;
 pub use bundle::VerifiedBundle;

@@ -22,7 +22,7 @@ use crate::limits::MAX_ENVELOPE_LEN;
 use crate::{ConversationId, DecodeError, PROTOCOL_VERSION};
 
 /// The Double Ratchet message header (sent in the clear, bound by the AEAD).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(map)]
 pub struct MessageHeader {
     /// The sender's current ratchet public key (X25519).
@@ -38,7 +38,7 @@ pub struct MessageHeader {
 }
 
 /// The session-setup fields an initiator attaches until the responder answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(map)]
 pub struct PrekeyHeader {
     /// The initiator's Ed25519 identity public key.
@@ -81,6 +81,28 @@ impl fmt::Debug for Envelope {
             .field("prekey", &self.prekey)
             .field("header", &self.header)
             .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for MessageHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageHeader")
+            .field("ratchet_key", &Hex(&self.ratchet_key))
+            .field("previous_chain_length", &self.previous_chain_length)
+            .field("counter", &self.counter)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PrekeyHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrekeyHeader")
+            .field("signing_key", &Hex(&self.signing_key))
+            .field("identity_key", &Hex(&self.identity_key))
+            .field("base_key", &Hex(&self.base_key))
+            .field("signed_prekey_id", &self.signed_prekey_id)
+            .field("one_time_prekey_id", &self.one_time_prekey_id)
             .finish()
     }
 }

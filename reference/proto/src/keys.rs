@@ -3,13 +3,17 @@
 //! The server stores and serves these values; it never checks signatures
 //! (it has no signature code). Clients verify them (`chatify-core`).
 
+use core::fmt;
+
 use minicbor::{Decode, Encode};
+
+use crate::frame::Hex;
 
 use crate::limits::MAX_USERNAME_LEN;
 
 /// A device's long-term public identity: an Ed25519 signing key and an X25519
 /// identity key, bound together by a signature of the first over the second.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+#[derive(Clone, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(map)]
 pub struct DeviceKeys {
     /// Ed25519 public key (32 bytes).
@@ -28,7 +32,7 @@ pub struct DeviceKeys {
 }
 
 /// A medium-term X25519 prekey signed by the device's Ed25519 key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+#[derive(Clone, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(map)]
 pub struct SignedPrekey {
     /// The prekey's identifier, chosen by the device.
@@ -45,7 +49,7 @@ pub struct SignedPrekey {
 }
 
 /// A single-use X25519 prekey.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+#[derive(Clone, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(map)]
 pub struct OneTimePrekey {
     /// The prekey's identifier, chosen by the device.
@@ -95,5 +99,34 @@ impl PrekeyBundle {
         let bundle: Self = crate::frame::decode_exact(bytes, crate::limits::MAX_FRAME_LEN)?;
         bundle.check_limits()?;
         Ok(bundle)
+    }
+}
+
+impl fmt::Debug for DeviceKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceKeys")
+            .field("signing_key", &Hex(&self.signing_key))
+            .field("identity_key", &Hex(&self.identity_key))
+            .field("identity_signature", &Hex(&self.identity_signature))
+            .finish()
+    }
+}
+
+impl fmt::Debug for SignedPrekey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedPrekey")
+            .field("id", &self.id)
+            .field("public_key", &Hex(&self.public_key))
+            .field("signature", &Hex(&self.signature))
+            .finish()
+    }
+}
+
+impl fmt::Debug for OneTimePrekey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OneTimePrekey")
+            .field("id", &self.id)
+            .field("public_key", &Hex(&self.public_key))
+            .finish()
     }
 }
