@@ -69,7 +69,11 @@ impl IdentityKeyPair {
             identity_key: PublicKey::from(&dh).to_bytes(),
         };
         let identity_signature = signing
-            .sign(&signed_message(labels::IDENTITY_KEY, None, &public.identity_key))
+            .sign(&signed_message(
+                labels::IDENTITY_KEY,
+                None,
+                &public.identity_key,
+            ))
             .to_bytes();
         IdentityKeyPair {
             signing,
@@ -239,7 +243,11 @@ impl Device {
         let signature = self
             .identity
             .signing
-            .sign(&signed_message(labels::SIGNED_PREKEY, Some(id), &key.public))
+            .sign(&signed_message(
+                labels::SIGNED_PREKEY,
+                Some(id),
+                &key.public,
+            ))
             .to_bytes();
         let published = SignedPrekey {
             id,

@@ -224,7 +224,8 @@ impl Device {
             .iter()
             .map(|s| s.seen_base_keys.order.len())
             .sum();
-        let capacity = 512 + 160 * self.signed_prekeys.len() + 48 * self.one_time_prekeys.len() + 36 * seen;
+        let capacity =
+            512 + 160 * self.signed_prekeys.len() + 48 * self.one_time_prekeys.len() + 36 * seen;
         let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
         let mut e = Encoder::new(&mut *buf);
         let result = (|| -> EncResult {

@@ -43,10 +43,18 @@ pub(crate) struct Chain {
     pub(crate) counter: u32,
 }
 
+/// The result of walking a chain forward to a message: the chain after it,
+/// the keys of the messages skipped on the way, and the message's own key.
+struct Advanced {
+    chain: Chain,
+    skipped: Vec<(u32, Key32)>,
+    key: Key32,
+}
+
 impl Chain {
     /// Keys of messages `counter..target` (skipped) and of `target`, and the
     /// chain after `target`. Does not modify `self`.
-    fn advance(&self, target: u32) -> Result<(Chain, Vec<(u32, Key32)>, Key32), Error> {
+    fn advance(&self, target: u32) -> Result<Advanced, Error> {
         let after = target.checked_add(1).ok_or(Error::TooManySkipped {
             needed: u64::from(target),
             limit: MAX_SKIP,
@@ -59,14 +67,14 @@ impl Chain {
             key = next;
         }
         let (mk, next) = kdf::chain_step(&key);
-        Ok((
-            Chain {
+        Ok(Advanced {
+            chain: Chain {
                 key: next,
                 counter: after,
             },
             skipped,
-            mk,
-        ))
+            key: mk,
+        })
     }
 }
 
@@ -148,7 +156,10 @@ impl Ratchet {
             dhs_public: PublicKey::from(&dhs).to_bytes(),
             dhs,
             dhr: Some(remote_signed_prekey),
-            sending: Some(Chain { key: ck, counter: 0 }),
+            sending: Some(Chain {
+                key: ck,
+                counter: 0,
+            }),
             receiving: None,
             previous_sending: 0,
             skipped: SkippedKeys::default(),
@@ -183,7 +194,10 @@ impl Ratchet {
                 self.root = root;
                 self.dhs_public = PublicKey::from(&dhs).to_bytes();
                 self.dhs = dhs;
-                self.sending.insert(Chain { key: ck, counter: 0 })
+                self.sending.insert(Chain {
+                    key: ck,
+                    counter: 0,
+                })
             }
         };
         let counter = chain.counter;
@@ -222,10 +236,10 @@ impl Ratchet {
                 return Err(Error::Duplicate);
             }
             check_skip(chain.counter, header.counter)?;
-            let (next, skipped, mk) = chain.advance(header.counter)?;
-            let out = open(&mk)?;
-            self.receiving = Some(next);
-            self.skipped.extend(header.ratchet_key, skipped);
+            let step = chain.advance(header.counter)?;
+            let out = open(&step.key)?;
+            self.receiving = Some(step.chain);
+            self.skipped.extend(header.ratchet_key, step.skipped);
             return Ok(out);
         }
 
@@ -234,24 +248,29 @@ impl Ratchet {
         let old = match (&self.receiving, self.dhr) {
             (Some(chain), Some(dhr)) if header.previous_chain_length > chain.counter => {
                 check_skip(chain.counter, header.previous_chain_length)?;
-                let (_, mut keys, last) = chain.advance(header.previous_chain_length - 1)?;
-                keys.push((header.previous_chain_length - 1, last));
-                Some((dhr, keys))
+                let mut rest = chain.advance(header.previous_chain_length - 1)?;
+                rest.skipped
+                    .push((header.previous_chain_length - 1, rest.key));
+                Some((dhr, rest.skipped))
             }
             _ => None,
         };
         check_skip(0, header.counter)?;
         let (root, ck) = kdf::root_step(&self.root, &*dh(&self.dhs, &header.ratchet_key)?);
-        let (next, skipped, mk) = Chain { key: ck, counter: 0 }.advance(header.counter)?;
-        let out = open(&mk)?;
+        let step = Chain {
+            key: ck,
+            counter: 0,
+        }
+        .advance(header.counter)?;
+        let out = open(&step.key)?;
 
         if let Some((dhr, keys)) = old {
             self.skipped.extend(dhr, keys);
         }
-        self.skipped.extend(header.ratchet_key, skipped);
+        self.skipped.extend(header.ratchet_key, step.skipped);
         self.root = root;
         self.dhr = Some(header.ratchet_key);
-        self.receiving = Some(next);
+        self.receiving = Some(step.chain);
         if let Some(sending) = self.sending.take() {
             self.previous_sending = sending.counter;
         }

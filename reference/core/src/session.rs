@@ -38,8 +38,14 @@ impl fmt::Debug for Session {
             .field("base_key", &Hex(&self.base_key))
             .field("awaiting_reply", &self.pending_prekey.is_some())
             .field("ratchet_key", &Hex(&self.ratchet.dhs_public))
-            .field("peer_ratchet_key", &self.ratchet.dhr.as_ref().map(|k| Hex(k)))
-            .field("sent_in_chain", &self.ratchet.sending.as_ref().map(|c| c.counter))
+            .field(
+                "peer_ratchet_key",
+                &self.ratchet.dhr.as_ref().map(|k| Hex(k)),
+            )
+            .field(
+                "sent_in_chain",
+                &self.ratchet.sending.as_ref().map(|c| c.counter),
+            )
             .field(
                 "received_in_chain",
                 &self.ratchet.receiving.as_ref().map(|c| c.counter),
@@ -135,9 +141,9 @@ impl Session {
     /// unchanged, so the next honest message still decrypts.
     pub fn decrypt(&mut self, envelope: &Envelope) -> Result<Zeroizing<Vec<u8>>, Error> {
         let ad = associated_data(&self.remote, &self.local, envelope);
-        let plaintext = self
-            .ratchet
-            .receive(&envelope.header, |mk| aead::open(mk, &ad, &envelope.ciphertext))?;
+        let plaintext = self.ratchet.receive(&envelope.header, |mk| {
+            aead::open(mk, &ad, &envelope.ciphertext)
+        })?;
         // The peer has the session: stop attaching the setup header.
         self.pending_prekey = None;
         Ok(plaintext)
@@ -147,9 +153,7 @@ impl Session {
     /// initiator repeats the setup header until it hears back); route such
     /// envelopes to [`Session::decrypt`], not to [`Device::accept`].
     pub fn is_setup_of_this_session(&self, envelope: &Envelope) -> bool {
-        envelope
-            .prekey
-            .is_some_and(|p| p.base_key == self.base_key)
+        envelope.prekey.is_some_and(|p| p.base_key == self.base_key)
     }
 
     /// The peer's identity.

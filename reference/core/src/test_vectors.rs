@@ -50,7 +50,8 @@ impl VectorRng {
             };
             mac.update(b"chatify/v1/vector-rng");
             mac.update(&self.counter.to_be_bytes());
-            self.block.copy_from_slice(mac.finalize().into_bytes().as_slice());
+            self.block
+                .copy_from_slice(mac.finalize().into_bytes().as_slice());
             self.counter += 1;
             self.used = 0;
         }
@@ -124,19 +125,23 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
     let _ = writeln!(w, "### V1. Devices\n");
     let _ = writeln!(
         w,
-        "Random bytes come from the vector RNG with seed `42` × 32 (§Test vectors). \
+        "Random bytes come from the vector RNG of §14. \
          `Device::generate` draws the Ed25519 secret, the X25519 identity secret, then \
          the signed-prekey secret; each one-time prekey draws one secret.\n"
     );
     for (name, device, draws) in [("Alice", &alice, &alice_draws), ("Bob", &bob, &bob_draws)] {
         let id = device.public_identity();
         let _ = writeln!(w, "{name}:\n```text");
-        let labels = ["ed25519 secret ", "x25519 identity secret", "signed prekey secret  "];
+        let labels = [
+            "Ed25519 secret        ",
+            "X25519 identity secret",
+            "signed prekey secret  ",
+        ];
         for (label, draw) in labels.iter().zip(draws.iter()) {
             let _ = writeln!(w, "{label} {}", hex(draw));
         }
-        let _ = writeln!(w, "signing key (Ed25519) {}", hex(&id.signing_key));
-        let _ = writeln!(w, "identity key (X25519) {}", hex(&id.identity_key));
+        let _ = writeln!(w, "signing_key           {}", hex(&id.signing_key));
+        let _ = writeln!(w, "identity_key          {}", hex(&id.identity_key));
         let _ = writeln!(w, "```\n");
     }
     let _ = writeln!(
@@ -152,7 +157,11 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         signed_prekey: published.signed_prekey.clone(),
         one_time_prekey: published.one_time_prekeys.first().cloned(),
     };
-    let _ = writeln!(w, "### V2. Bob's prekey bundle (CBOR)\n\n```text\n{}\n```\n", block(&bundle.encode()));
+    let _ = writeln!(
+        w,
+        "### V2. Bob's prekey bundle (CBOR)\n\n```text\n{}\n```\n",
+        block(&bundle.encode())
+    );
 
     let mut to_bob = Session::initiate(&alice, VerifiedBundle::verify(&bundle)?, &mut rng)?;
     let setup_draws = rng.take_draws();
@@ -166,7 +175,11 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         setup_draws.get(1).map(|d| hex(d)).unwrap_or_default(),
         hex(&conversation),
     );
-    let _ = writeln!(w, "Associated data:\n```text\n{}\n```\n", block(&ad(&alice, &bob, &m1)));
+    let _ = writeln!(
+        w,
+        "Associated data:\n```text\n{}\n```\n",
+        block(&ad(&alice, &bob, &m1))
+    );
     let _ = writeln!(w, "Envelope:\n```text\n{}\n```\n", block(&m1.encode()));
     let _ = writeln!(
         w,
@@ -205,9 +218,18 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         to_bob.safety_number()
     );
 
-    let _ = writeln!(w, "### V7. Frames\n\nOne frame of each type, request id 7 (pushes 0).\n\n```text");
+    let _ = writeln!(
+        w,
+        "### V7. Frames\n\nOne frame of each type, request id 7 (pushes 0).\n\n```text"
+    );
     for frame in sample_frames(&bundle, &m1) {
-        let _ = writeln!(w, "{:>2} {:<13} {}", frame.body.type_number(), frame.body.name(), hex(&frame.encode()));
+        let _ = writeln!(
+            w,
+            "{:>2} {:<13} {}",
+            frame.body.type_number(),
+            frame.body.name(),
+            hex(&frame.encode())
+        );
     }
     let _ = writeln!(w, "```");
     Ok(out)
@@ -254,7 +276,10 @@ pub fn sample_frames(bundle: &PrekeyBundle, env: &Envelope) -> Vec<Frame> {
             second_factor: Some("123456".into()),
         }
         .into(),
-        frame::Authenticate { token: vec![0xAB; 32] }.into(),
+        frame::Authenticate {
+            token: vec![0xAB; 32],
+        }
+        .into(),
         frame::Logout {}.into(),
         frame::PublishKeys {
             identity: bundle.identity.clone(),
@@ -262,7 +287,10 @@ pub fn sample_frames(bundle: &PrekeyBundle, env: &Envelope) -> Vec<Frame> {
             one_time_prekeys: bundle.one_time_prekey.iter().cloned().collect(),
         }
         .into(),
-        frame::FetchBundle { device: bob.clone() }.into(),
+        frame::FetchBundle {
+            device: bob.clone(),
+        }
+        .into(),
         frame::Send {
             to: bob,
             conversation,
@@ -292,17 +320,31 @@ pub fn sample_frames(bundle: &PrekeyBundle, env: &Envelope) -> Vec<Frame> {
             device: 1,
         }
         .into(),
-        frame::Bundle { bundle: bundle.clone() }.into(),
-        frame::SendOk { seq: 42, message_id }.into(),
+        frame::Bundle {
+            bundle: bundle.clone(),
+        }
+        .into(),
+        frame::SendOk {
+            seq: 42,
+            message_id,
+        }
+        .into(),
         deliver.clone().into(),
-        frame::History { items: vec![deliver] }.into(),
+        frame::History {
+            items: vec![deliver],
+        }
+        .into(),
         frame::PrekeysLow { remaining: 3 }.into(),
         frame::Pong {}.into(),
     ];
     bodies
         .into_iter()
         .map(|body| {
-            let id = if matches!(body, Body::Deliver(_) | Body::PrekeysLow(_)) { 0 } else { 7 };
+            let id = if matches!(body, Body::Deliver(_) | Body::PrekeysLow(_)) {
+                0
+            } else {
+                7
+            };
             Frame { id, body }
         })
         .collect()

@@ -1,5 +1,12 @@
 //! RFC 7748 (X25519) and RFC 5869 (HKDF-SHA256) known answers.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use hkdf::Hkdf;
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret, x25519};
@@ -90,7 +97,11 @@ fn rfc5869_appendix_a_sha256() {
         ),
     ];
     for (ikm, salt, info, prk, okm) in cases {
-        let (ikm, salt, info) = (hex::decode(ikm).unwrap(), hex::decode(salt).unwrap(), hex::decode(info).unwrap());
+        let (ikm, salt, info) = (
+            hex::decode(ikm).unwrap(),
+            hex::decode(salt).unwrap(),
+            hex::decode(info).unwrap(),
+        );
         let (got_prk, hk) = Hkdf::<Sha256>::extract(Some(&salt), &ikm);
         assert_eq!(got_prk.as_slice(), &hex::decode(prk).unwrap()[..]);
         let mut out = [0u8; 42];

@@ -8,6 +8,13 @@
 //! - every genuine envelope not yet accepted is accepted when delivered
 //!   (liveness: rejections never corrupt a session).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::collections::HashSet;
@@ -40,7 +47,8 @@ impl ReferenceStateMachine for Model {
     }
 
     fn transitions(in_flight: &usize) -> BoxedStrategy<Step> {
-        let send = (any::<bool>(), any::<u8>()).prop_map(|(from_alice, len)| Step::Send { from_alice, len });
+        let send = (any::<bool>(), any::<u8>())
+            .prop_map(|(from_alice, len)| Step::Send { from_alice, len });
         if *in_flight == 0 {
             return send.boxed();
         }
@@ -147,7 +155,11 @@ impl<const REPLAY_MUTANT: bool> StateMachineTest for Net<REPLAY_MUTANT> {
                 let n = net.in_flight.len();
                 let packet = net.in_flight.remove(i.index(n));
                 let p = &mut net.pair;
-                let recipient = if packet.to_alice { &mut p.alice } else { &mut p.bob };
+                let recipient = if packet.to_alice {
+                    &mut p.alice
+                } else {
+                    &mut p.bob
+                };
                 let mut result = Envelope::decode(&packet.bytes)
                     .map_err(chatify_core::Error::from)
                     .and_then(|env| recipient.decrypt(&env))
@@ -202,10 +214,13 @@ fn the_model_catches_a_decrypt_path_without_replay_check() {
         ..Config::default()
     };
     let mut runner = TestRunner::new(config.clone());
-    let result = runner.run(&Model::sequential_strategy(1..60), |(init, steps, _seen)| {
-        Net::<true>::test_sequential(config.clone(), init, steps, None);
-        Ok(())
-    });
+    let result = runner.run(
+        &Model::sequential_strategy(1..60),
+        |(init, steps, _seen)| {
+            Net::<true>::test_sequential(config.clone(), init, steps, None);
+            Ok(())
+        },
+    );
     let failure = result.expect_err("the replay mutant went unnoticed");
     assert!(format!("{failure}").contains("accepted twice"), "{failure}");
 }

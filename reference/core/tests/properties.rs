@@ -1,5 +1,12 @@
 //! Properties of sessions, checked with proptest over arbitrary inputs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use chatify_core::{Error, MAX_SKIP, Session};
@@ -145,7 +152,10 @@ fn gap_beyond_the_bound_is_rejected() {
         try_decrypt(&mut p.bob, at_bound).unwrap(),
         MAX_SKIP.to_be_bytes().to_vec()
     );
-    assert_eq!(try_decrypt(&mut p.bob, &sent[0]).unwrap(), 0u32.to_be_bytes().to_vec());
+    assert_eq!(
+        try_decrypt(&mut p.bob, &sent[0]).unwrap(),
+        0u32.to_be_bytes().to_vec()
+    );
 }
 
 /// A huge announced counter (skipped-key exhaustion attempt) fails fast.
@@ -193,7 +203,10 @@ fn past_messages_cannot_be_decrypted_with_later_state() {
 fn envelopes_of_another_session_fail_as_decrypt() {
     let mut p = pair(4);
     let mut q = pair(5);
-    let env = q.alice.encrypt(CONVERSATION, b"not for p", &mut q.rng).unwrap();
+    let env = q
+        .alice
+        .encrypt(CONVERSATION, b"not for p", &mut q.rng)
+        .unwrap();
     assert!(try_decrypt(&mut p.bob, &env).is_err());
     let big = vec![0u8; chatify_proto::limits::MAX_PLAINTEXT_LEN + 1];
     assert!(matches!(
@@ -215,11 +228,20 @@ fn redirect_and_misattribution_are_rejected() {
     let mut rng = common::rng(60);
     let carol = chatify_core::Device::generate(&mut rng);
     let b = common::bundle(&mut p.bob_device, true, &mut rng);
-    let mut carol_to_bob =
-        Session::initiate(&carol, chatify_core::VerifiedBundle::verify(&b).unwrap(), &mut rng).unwrap();
-    let first = carol_to_bob.encrypt(CONVERSATION, b"carol", &mut rng).unwrap();
+    let mut carol_to_bob = Session::initiate(
+        &carol,
+        chatify_core::VerifiedBundle::verify(&b).unwrap(),
+        &mut rng,
+    )
+    .unwrap();
+    let first = carol_to_bob
+        .encrypt(CONVERSATION, b"carol", &mut rng)
+        .unwrap();
     let (mut bob_from_carol, _) = p.bob_device.accept(&first).unwrap();
-    let alice_msg = p.alice.encrypt(CONVERSATION, b"from alice", &mut p.rng).unwrap();
+    let alice_msg = p
+        .alice
+        .encrypt(CONVERSATION, b"from alice", &mut p.rng)
+        .unwrap();
     assert!(try_decrypt(&mut bob_from_carol, &alice_msg).is_err());
 }
 
@@ -234,9 +256,12 @@ fn setup_rejections() {
     // remembered base key; with one, by the consumed prekey.
     for with_otk in [false, true] {
         let b = common::bundle(&mut bob, with_otk, &mut rng);
-        let mut s =
-            Session::initiate(&alice, chatify_core::VerifiedBundle::verify(&b).unwrap(), &mut rng)
-                .unwrap();
+        let mut s = Session::initiate(
+            &alice,
+            chatify_core::VerifiedBundle::verify(&b).unwrap(),
+            &mut rng,
+        )
+        .unwrap();
         let first = s.encrypt(CONVERSATION, b"hello", &mut rng).unwrap();
         let before = bob.one_time_prekey_count();
         bob.accept(&first).unwrap();
@@ -244,10 +269,15 @@ fn setup_rejections() {
         assert_eq!(bob.accept(&first).err(), Some(Error::ReplayedSetup));
         // A fresh setup from the same bundle: fine without a one-time
         // prekey, refused when it names the consumed one.
-        let mut again =
-            Session::initiate(&alice, chatify_core::VerifiedBundle::verify(&b).unwrap(), &mut rng)
-                .unwrap();
-        let second = again.encrypt(CONVERSATION, b"hello again", &mut rng).unwrap();
+        let mut again = Session::initiate(
+            &alice,
+            chatify_core::VerifiedBundle::verify(&b).unwrap(),
+            &mut rng,
+        )
+        .unwrap();
+        let second = again
+            .encrypt(CONVERSATION, b"hello again", &mut rng)
+            .unwrap();
         if with_otk {
             assert_eq!(bob.accept(&second).err(), Some(Error::UnknownPrekey));
         } else {
@@ -257,7 +287,12 @@ fn setup_rejections() {
 
     // A failed setup consumes nothing.
     let b = common::bundle(&mut bob, true, &mut rng);
-    let mut s = Session::initiate(&alice, chatify_core::VerifiedBundle::verify(&b).unwrap(), &mut rng).unwrap();
+    let mut s = Session::initiate(
+        &alice,
+        chatify_core::VerifiedBundle::verify(&b).unwrap(),
+        &mut rng,
+    )
+    .unwrap();
     let mut first = s.encrypt(CONVERSATION, b"hello", &mut rng).unwrap();
     let good = first.clone();
     first.ciphertext[0] ^= 1;
@@ -268,7 +303,8 @@ fn setup_rejections() {
 
     // A bundle whose signed prekey was swapped (key-directory MITM) fails verification.
     let mut b = common::bundle(&mut bob, true, &mut rng);
-    b.signed_prekey.public_key = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([3u8; 32])).to_bytes();
+    b.signed_prekey.public_key =
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([3u8; 32])).to_bytes();
     assert!(matches!(
         chatify_core::VerifiedBundle::verify(&b),
         Err(Error::InvalidBundle(_))
@@ -295,12 +331,23 @@ fn device_round_trips() {
     bob.generate_one_time_prekeys(5, &mut rng);
     let mut restored = chatify_core::Device::from_bytes(&bob.to_bytes()).unwrap();
     assert_eq!(restored.public_identity(), bob.public_identity());
-    assert_eq!(restored.one_time_prekey_count(), bob.one_time_prekey_count());
+    assert_eq!(
+        restored.one_time_prekey_count(),
+        bob.one_time_prekey_count()
+    );
     assert_eq!(*restored.to_bytes(), *bob.to_bytes());
-    let mut s = Session::initiate(&alice, chatify_core::VerifiedBundle::verify(&b).unwrap(), &mut rng).unwrap();
+    let mut s = Session::initiate(
+        &alice,
+        chatify_core::VerifiedBundle::verify(&b).unwrap(),
+        &mut rng,
+    )
+    .unwrap();
     let first = s.encrypt(CONVERSATION, b"after restart", &mut rng).unwrap();
     let (_, pt) = restored.accept(&first).unwrap();
     assert_eq!(&pt[..], b"after restart");
     assert!(chatify_core::Device::from_bytes(&[0x80]).is_err());
-    assert!(Session::from_bytes(&bob.to_bytes()).is_err(), "a device is not a session");
+    assert!(
+        Session::from_bytes(&bob.to_bytes()).is_err(),
+        "a device is not a session"
+    );
 }

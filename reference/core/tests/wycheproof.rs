@@ -1,5 +1,14 @@
 //! Project Wycheproof vectors for every primitive the protocol uses.
-//! Each test prints how many cases it ran, by expected result.
+//! Each suite prints how many cases it ran, by expected result; this target
+//! has its own `main` (no libtest harness) so the counts show in every
+//! `cargo test` run, not only with `--nocapture`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -36,7 +45,6 @@ fn label(r: TestResult) -> &'static str {
     }
 }
 
-#[test]
 fn aes_256_gcm() {
     let set = wycheproof::aead::TestSet::load(wycheproof::aead::TestName::AesGcm).unwrap();
     let mut counts = Counts::default();
@@ -81,7 +89,6 @@ fn aes_256_gcm() {
     assert!(counts.0.get("invalid").copied().unwrap_or(0) > 10);
 }
 
-#[test]
 fn x25519() {
     let set = wycheproof::xdh::TestSet::load(wycheproof::xdh::TestName::X25519).unwrap();
     let mut counts = Counts::default();
@@ -118,7 +125,6 @@ fn x25519() {
 /// as a (validly signed) signed prekey, a one-time prekey, or an identity
 /// key, or sent as a session-setup base key, makes session setup fail with
 /// `NonContributory`.
-#[test]
 fn x25519_low_order_keys_are_rejected_by_sessions() {
     let set = wycheproof::xdh::TestSet::load(wycheproof::xdh::TestName::X25519).unwrap();
     let mut rng = common::rng(9);
@@ -126,18 +132,18 @@ fn x25519_low_order_keys_are_rejected_by_sessions() {
     let mut low_order = Vec::new();
     for group in &set.test_groups {
         for t in &group.tests {
-            if t.shared_secret.iter().all(|&b| b == 0) {
-                if let Ok(k) = <[u8; 32]>::try_from(&t.public_key[..]) {
-                    if !low_order.contains(&k) {
-                        low_order.push(k);
-                    }
-                }
+            if t.shared_secret.iter().all(|&b| b == 0)
+                && let Ok(k) = <[u8; 32]>::try_from(&t.public_key[..])
+                && !low_order.contains(&k)
+            {
+                low_order.push(k);
             }
         }
     }
     assert!(low_order.len() >= 5, "{}", low_order.len());
     let signer = SigningKey::from_bytes(&[5u8; 32]);
-    let honest_identity = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([6u8; 32]));
+    let honest_identity =
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([6u8; 32]));
     let sign = |label: &[u8], id: Option<u32>, key: &[u8; 32]| {
         let mut m = label.to_vec();
         if let Some(id) = id {
@@ -146,7 +152,8 @@ fn x25519_low_order_keys_are_rejected_by_sessions() {
         m.extend_from_slice(key);
         signer.sign(&m).to_bytes()
     };
-    let honest_spk = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([7u8; 32])).to_bytes();
+    let honest_spk =
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([7u8; 32])).to_bytes();
     let make = |identity_key: [u8; 32], spk: [u8; 32], otk: Option<[u8; 32]>| PrekeyBundle {
         user: "mallory".into(),
         device: 1,
@@ -178,8 +185,11 @@ fn x25519_low_order_keys_are_rejected_by_sessions() {
     // Responder side: a setup message whose base key is of low order.
     let mut bob = Device::generate(&mut rng);
     let b = common::bundle(&mut bob, false, &mut rng);
-    let mut session = Session::initiate(&alice, VerifiedBundle::verify(&b).unwrap(), &mut rng).unwrap();
-    let honest = session.encrypt(common::CONVERSATION, b"x", &mut rng).unwrap();
+    let mut session =
+        Session::initiate(&alice, VerifiedBundle::verify(&b).unwrap(), &mut rng).unwrap();
+    let honest = session
+        .encrypt(common::CONVERSATION, b"x", &mut rng)
+        .unwrap();
     for k in &low_order {
         let mut forged = honest.clone();
         if let Some(p) = forged.prekey.as_mut() {
@@ -194,13 +204,16 @@ fn x25519_low_order_keys_are_rejected_by_sessions() {
     );
 }
 
-#[test]
 fn hkdf_sha256() {
     let set = wycheproof::hkdf::TestSet::load(wycheproof::hkdf::TestName::HkdfSha256).unwrap();
     let mut counts = Counts::default();
     for group in &set.test_groups {
         for t in &group.tests {
-            let salt = if t.salt.is_empty() { None } else { Some(&t.salt[..]) };
+            let salt = if t.salt.is_empty() {
+                None
+            } else {
+                Some(&t.salt[..])
+            };
             let hk = Hkdf::<Sha256>::new(salt, &t.ikm);
             let mut okm = vec![0u8; t.size];
             let ok = hk.expand(&t.info, &mut okm).is_ok();
@@ -218,7 +231,6 @@ fn hkdf_sha256() {
     counts.print("HKDF-SHA256");
 }
 
-#[test]
 fn hmac_sha256() {
     let set = wycheproof::mac::TestSet::load(wycheproof::mac::TestName::HmacSha256).unwrap();
     let mut counts = Counts::default();
@@ -241,7 +253,6 @@ fn hmac_sha256() {
     counts.print("HMAC-SHA256");
 }
 
-#[test]
 fn ed25519() {
     let set = wycheproof::eddsa::TestSet::load(wycheproof::eddsa::TestName::Ed25519).unwrap();
     let mut counts = Counts::default();
@@ -252,7 +263,9 @@ fn ed25519() {
         for t in &group.tests {
             // The protocol verifies with `verify_strict`, as chatify-core does.
             let ok = match (&key, <[u8; 64]>::try_from(&t.sig[..])) {
-                (Some(key), Ok(sig)) => key.verify_strict(&t.msg, &Signature::from_bytes(&sig)).is_ok(),
+                (Some(key), Ok(sig)) => key
+                    .verify_strict(&t.msg, &Signature::from_bytes(&sig))
+                    .is_ok(),
                 _ => false,
             };
             match t.result {
@@ -265,4 +278,26 @@ fn ed25519() {
     }
     counts.print("Ed25519");
     assert!(counts.0.get("invalid").copied().unwrap_or(0) > 50);
+}
+
+fn main() {
+    let suites: [(&str, fn()); 6] = [
+        ("AES-256-GCM", aes_256_gcm),
+        ("X25519", x25519),
+        ("X25519 low-order keys in sessions", x25519_low_order_keys_are_rejected_by_sessions),
+        ("HKDF-SHA256", hkdf_sha256),
+        ("HMAC-SHA256", hmac_sha256),
+        ("Ed25519", ed25519),
+    ];
+    let mut failed = 0;
+    for (name, suite) in suites {
+        if std::panic::catch_unwind(suite).is_err() {
+            println!("wycheproof suite {name}: FAILED");
+            failed += 1;
+        }
+    }
+    println!("wycheproof: {} passed, {failed} failed", suites.len() - failed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
 }

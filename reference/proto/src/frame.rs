@@ -226,7 +226,11 @@ impl Body {
             Body::Login(b) => {
                 check_len("username", b.username.len(), MAX_USERNAME_LEN)?;
                 check_len("password", b.password.len(), MAX_PASSWORD_LEN)?;
-                check_len("second_factor", b.second_factor.as_ref().map_or(0, String::len), MAX_TEXT_LEN)
+                check_len(
+                    "second_factor",
+                    b.second_factor.as_ref().map_or(0, String::len),
+                    MAX_TEXT_LEN,
+                )
             }
             Body::Authenticate(b) => check_len("token", b.token.len(), MAX_TOKEN_LEN),
             Body::PublishKeys(b) => check_len(
@@ -326,7 +330,10 @@ impl fmt::Debug for Login {
             .field("username", &self.username)
             .field("password", &Redacted(self.password.len()))
             .field("device", &self.device)
-            .field("second_factor", &self.second_factor.as_ref().map(|s| Redacted(s.len())))
+            .field(
+                "second_factor",
+                &self.second_factor.as_ref().map(|s| Redacted(s.len())),
+            )
             .finish()
     }
 }
