@@ -284,7 +284,10 @@ fn main() {
     let suites: [(&str, fn()); 6] = [
         ("AES-256-GCM", aes_256_gcm),
         ("X25519", x25519),
-        ("X25519 low-order keys in sessions", x25519_low_order_keys_are_rejected_by_sessions),
+        (
+            "X25519 low-order keys in sessions",
+            x25519_low_order_keys_are_rejected_by_sessions,
+        ),
         ("HKDF-SHA256", hkdf_sha256),
         ("HMAC-SHA256", hmac_sha256),
         ("Ed25519", ed25519),
@@ -296,7 +299,10 @@ fn main() {
             failed += 1;
         }
     }
-    println!("wycheproof: {} passed, {failed} failed", suites.len() - failed);
+    println!(
+        "wycheproof: {} passed, {failed} failed",
+        suites.len() - failed
+    );
     if failed > 0 {
         std::process::exit(1);
     }
