@@ -1,0 +1,164 @@
+//! Accounts: Argon2id password hashes, random session tokens stored hashed,
+//! and a limiter for failed logins (per account and per address).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordCost {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Iterations.
+    pub iterations: u32,
+}
+
+impl Default for PasswordCost {
+    /// OWASP's minimum recommendation for Argon2id: 19 MiB, 2 iterations, 1 lane.
+    fn default() -> Self {
+        PasswordCost {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+        }
+    }
+}
+
+fn argon2(cost: PasswordCost) -> Option<Argon2<'static>> {
+    let params = Params::new(cost.memory_kib, cost.iterations, 1, None).ok()?;
+    Some(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+/// Hashes a password into a PHC string (`$argon2id$v=19$...`).
+pub fn hash_password(password: &str, cost: PasswordCost) -> Option<String> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    argon2(cost)?
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .ok()
+        .map(|h| h.to_string())
+}
+
+/// Checks a password against a PHC string (its own parameters apply).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    let verifier = Argon2::default();
+    PasswordVerifier::<str>::verify_password(&verifier, password.as_bytes(), hash).is_ok()
+}
+
+/// A fresh 32-byte bearer token.
+pub fn new_token() -> [u8; 32] {
+    let mut t = [0u8; 32];
+    rand::rng().fill_bytes(&mut t);
+    t
+}
+
+/// What the store keeps of a token: its SHA-256.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+/// Sliding-window limits on failed logins.
+#[derive(Debug)]
+pub struct LoginLimiter {
+    window: Duration,
+    per_account: usize,
+    per_address: usize,
+    failures: Mutex<Failures>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    accounts: HashMap<String, VecDeque<Instant>>,
+    addresses: HashMap<IpAddr, VecDeque<Instant>>,
+}
+
+fn trim(q: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+    while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+        q.pop_front();
+    }
+}
+
+impl LoginLimiter {
+    /// `per_account` and `per_address` failures allowed within `window`.
+    pub fn new(window: Duration, per_account: usize, per_address: usize) -> Self {
+        LoginLimiter {
+            window,
+            per_account,
+            per_address,
+            failures: Mutex::new(Failures::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether another attempt is allowed now.
+    pub fn allowed(&self, account: &str, address: IpAddr, now: Instant) -> bool {
+        let mut f = self.lock();
+        let window = self.window;
+        let a = f.accounts.entry(account.to_owned()).or_default();
+        trim(a, now, window);
+        let account_ok = a.len() < self.per_account;
+        let b = f.addresses.entry(address).or_default();
+        trim(b, now, window);
+        account_ok && b.len() < self.per_address
+    }
+
+    /// Records a failed attempt.
+    pub fn failed(&self, account: &str, address: IpAddr, now: Instant) {
+        let mut f = self.lock();
+        f.accounts.entry(account.to_owned()).or_default().push_back(now);
+        f.addresses.entry(address).or_default().push_back(now);
+        // Keep the maps from growing without bound under a spray of names.
+        if f.accounts.len() > 100_000 {
+            let window = self.window;
+            f.accounts.retain(|_, q| {
+                trim(q, now, window);
+                !q.is_empty()
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let cost = PasswordCost {
+            memory_kib: 64,
+            iterations: 1,
+        };
+        let h = hash_password("correct horse", cost).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{h}");
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert_ne!(hash_password("correct horse", cost).unwrap(), h, "salted");
+    }
+
+    #[test]
+    fn limiter_counts_per_account_and_address() {
+        let l = LoginLimiter::new(Duration::from_secs(60), 3, 5);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(l.allowed("alice", ip, t0));
+            l.failed("alice", ip, t0);
+        }
+        assert!(!l.allowed("alice", ip, t0));
+        assert!(!l.allowed("alice", other, t0), "per account, whatever the address");
+        assert!(l.allowed("bob", ip, t0));
+        l.failed("bob", ip, t0);
+        l.failed("carol", ip, t0);
+        assert!(!l.allowed("dave", ip, t0), "per address, whatever the account");
+        assert!(l.allowed("alice", other, t0 + Duration::from_secs(61)));
+    }
+}

@@ -1,0 +1,197 @@
+//! The Chatify reference server.
+//!
+//! Accounts, a key directory, a real-time relay with a durable mailbox, and
+//! ciphertext history, over WebSocket (optionally TLS). It depends on the
+//! wire crate only: it cannot decrypt what it relays, and a test checks that
+//! no E2EE or AEAD crate is in its dependency closure.
+//!
+//! ```text
+//!  client ──ws/wss──▶ accept ─▶ connection task ──spawn_blocking──▶ Store (SQLite, WAL)
+//!                                   ▲   │ Send: commit, then SendOk
+//!                      Hub (online) ┘   └ notify recipient ─▶ its task pushes Deliver
+//! ```
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use chatify_server::{Config, Server, store::SqliteStore};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Arc::new(SqliteStore::in_memory()?);
+//! let server = Server::start(Config::default(), store).await?;
+//! println!("listening on ws://{}", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+mod conn;
+mod hub;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::auth::{LoginLimiter, PasswordCost};
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// WebSocket close code sent on graceful shutdown (RFC 6455 "going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a peer that keeps sending invalid frames ("policy violation").
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for a message over the size limit ("message too big").
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code when a newer connection authenticated as the same device.
+pub const CLOSE_REPLACED: u16 = 4000;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// TLS settings; `None` serves plain `ws://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Argon2id cost for new password hashes.
+    pub password_cost: PasswordCost,
+    /// Lifetime of session tokens.
+    pub token_ttl: Duration,
+    /// How long acknowledged envelopes stay in the history.
+    pub history_retention: Duration,
+    /// Tell a device to publish more one-time prekeys below this many.
+    pub prekey_low_threshold: u32,
+    /// Failed logins allowed per account within `login_window`.
+    pub login_failures_per_account: usize,
+    /// Failed logins allowed per client address within `login_window`.
+    pub login_failures_per_address: usize,
+    /// The window of the failed-login limits.
+    pub login_window: Duration,
+    /// Invalid frames tolerated on one connection before it is closed.
+    pub max_strikes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            password_cost: PasswordCost::default(),
+            token_ttl: Duration::from_secs(30 * 24 * 3600),
+            history_retention: Duration::from_secs(30 * 24 * 3600),
+            prekey_low_threshold: 10,
+            login_failures_per_account: 5,
+            login_failures_per_address: 20,
+            login_window: Duration::from_secs(60),
+            max_strikes: 16,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) hub: Hub,
+    pub(crate) limiter: LoginLimiter,
+    pub(crate) config: Config,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts accepting connections.
+    pub async fn start(config: Config, store: Arc<dyn Store>) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let (shutdown, rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store,
+            hub: Hub::default(),
+            limiter: LoginLimiter::new(
+                config.login_window,
+                config.login_failures_per_account,
+                config.login_failures_per_address,
+            ),
+            config,
+        });
+        let task = tokio::spawn(accept_loop(listener, shared, rx));
+        tracing::info!(%local_addr, "listening");
+        Ok(Server {
+            local_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every connection with
+    /// [`CLOSE_GOING_AWAY`], and waits for connection tasks to finish (at
+    /// most five seconds).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    let mut next_id = 0u64;
+    let retention = Arc::clone(&shared);
+    let mut prune = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    next_id += 1;
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(conn::run(stream, peer, next_id, Arc::clone(&shared), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = prune.tick() => prune_once(&retention).await,
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(connections = conns.len(), "shutting down");
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        conns.abort_all();
+    }
+}
+
+async fn prune_once(shared: &Arc<Shared>) {
+    let now = conn::now_ms();
+    let cutoff = now.saturating_sub(u64::try_from(shared.config.history_retention.as_millis()).unwrap_or(u64::MAX));
+    let store = Arc::clone(&shared.store);
+    let result = tokio::task::spawn_blocking(move || {
+        let tokens = store.prune_tokens(now / 1000)?;
+        let envelopes = store.prune_history(cutoff)?;
+        Ok::<_, store::StoreError>((tokens, envelopes))
+    })
+    .await;
+    match result {
+        Ok(Ok((tokens, envelopes))) => tracing::debug!(tokens, envelopes, "pruned"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed"),
+        Err(e) => tracing::warn!(error = %e, "pruning task failed"),
+    }
+}

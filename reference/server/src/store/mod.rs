@@ -1,0 +1,109 @@
+//! Storage behind a trait: accounts, tokens, the key directory, the mailbox
+//! and ciphertext history.
+//!
+//! Every method is synchronous and called from a blocking thread
+//! ([`tokio::task::spawn_blocking`]); a method returns only after its effect
+//! is committed, so a reply sent after it describes durable state.
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use chatify_proto::frame::{Address, Deliver};
+use chatify_proto::{ConversationId, DeviceKeys, MessageId, OneTimePrekey, PrekeyBundle, SignedPrekey};
+
+/// What a store can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The user name is taken.
+    #[error("user exists")]
+    UserExists,
+    /// The device already published a different identity.
+    #[error("identity keys differ from the published ones")]
+    IdentityMismatch,
+    /// A sequence number in an acknowledgement is not the caller's.
+    #[error("not the caller's envelope")]
+    NotYours,
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(String),
+}
+
+/// A session token as stored: hashed, with its owner and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The user.
+    pub user: String,
+    /// The device.
+    pub device: u32,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// An envelope accepted for relay.
+#[derive(Debug, Clone)]
+pub struct NewEnvelope {
+    /// The authenticated sender.
+    pub from: Address,
+    /// The recipient device.
+    pub to: Address,
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// Acceptance time, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The opaque envelope.
+    pub envelope: Vec<u8>,
+}
+
+/// The storage interface of the server.
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account.
+    fn create_user(&self, username: &str, password_hash: &str) -> Result<(), StoreError>;
+    /// The stored password hash of an account.
+    fn password_hash(&self, username: &str) -> Result<Option<String>, StoreError>;
+    /// Stores a token hash.
+    fn create_token(&self, token_hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError>;
+    /// Looks a token hash up.
+    fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+    /// Revokes a token.
+    fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// Deletes expired tokens; returns how many.
+    fn prune_tokens(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Publishes a device's keys: identity (must match an earlier
+    /// publication), signed prekey (replaces), one-time prekeys (added).
+    /// Returns the number of one-time prekeys now held.
+    fn publish_keys(
+        &self,
+        device: &Address,
+        identity: &DeviceKeys,
+        signed_prekey: &SignedPrekey,
+        one_time_prekeys: &[OneTimePrekey],
+    ) -> Result<u32, StoreError>;
+    /// Takes a device's bundle, consuming one one-time prekey atomically.
+    /// Returns the bundle and how many one-time prekeys remain.
+    fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError>;
+    /// How many one-time prekeys a device has left (`None`: no keys published).
+    fn one_time_prekey_count(&self, device: &Address) -> Result<Option<u32>, StoreError>;
+
+    /// Stores an envelope durably; returns its sequence number.
+    fn enqueue(&self, envelope: &NewEnvelope) -> Result<u64, StoreError>;
+    /// Unacknowledged envelopes for a device with `seq > after`, in order.
+    fn pending(&self, device: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError>;
+    /// Acknowledges envelopes; all must be addressed to `device`, else none is.
+    fn ack(&self, device: &Address, seqs: &[u64]) -> Result<(), StoreError>;
+    /// A page of a conversation's history involving `user`, newest first;
+    /// `None` when `user` took no part in the conversation.
+    fn history(
+        &self,
+        user: &str,
+        conversation: &ConversationId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Option<Vec<Deliver>>, StoreError>;
+    /// Deletes acknowledged envelopes accepted before `before_ms`; returns how many.
+    fn prune_history(&self, before_ms: u64) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,565 @@
+//! The embedded default store: SQLite (bundled), WAL journal, schema
+//! migrations by `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use chatify_proto::frame::{Address, Deliver};
+use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{NewEnvelope, Store, StoreError, TokenRecord};
+
+/// How hard SQLite works to make a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives a process kill and a power loss.
+    Full,
+    /// `synchronous=NORMAL`: a commit survives a process kill (`kill -9`);
+    /// the last commits may be lost on power loss.
+    Normal,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts them.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE users (
+         name TEXT PRIMARY KEY,
+         password_hash TEXT NOT NULL
+     );
+     CREATE TABLE tokens (
+         hash BLOB PRIMARY KEY,
+         user TEXT NOT NULL REFERENCES users(name),
+         device INTEGER NOT NULL,
+         expires_at INTEGER NOT NULL
+     );
+     CREATE TABLE devices (
+         user TEXT NOT NULL REFERENCES users(name),
+         device INTEGER NOT NULL,
+         signing_key BLOB NOT NULL,
+         identity_key BLOB NOT NULL,
+         identity_signature BLOB NOT NULL,
+         spk_id INTEGER NOT NULL,
+         spk BLOB NOT NULL,
+         spk_signature BLOB NOT NULL,
+         PRIMARY KEY (user, device)
+     );
+     CREATE TABLE one_time_prekeys (
+         user TEXT NOT NULL,
+         device INTEGER NOT NULL,
+         id INTEGER NOT NULL,
+         public_key BLOB NOT NULL,
+         PRIMARY KEY (user, device, id)
+     );
+     CREATE TABLE envelopes (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         conversation BLOB NOT NULL,
+         sender TEXT NOT NULL,
+         sender_device INTEGER NOT NULL,
+         recipient TEXT NOT NULL,
+         recipient_device INTEGER NOT NULL,
+         message_id BLOB NOT NULL,
+         sent_at_ms INTEGER NOT NULL,
+         envelope BLOB NOT NULL,
+         acked INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX envelopes_mailbox ON envelopes (recipient, recipient_device, seq) WHERE acked = 0;
+     CREATE INDEX envelopes_conversation ON envelopes (conversation, seq);",
+];
+
+/// A SQLite database file (plus its `-wal` and `-shm` files).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn i64_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn u64_of(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn fixed<const N: usize>(v: Vec<u8>) -> Result<[u8; N], StoreError> {
+    v.try_into()
+        .map_err(|_| StoreError::Database("stored key of the wrong length".into()))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(db)?;
+        Self::setup(conn, durability)
+    }
+
+    /// An in-memory database (tests, in-process runs that need no durability).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::setup(Connection::open_in_memory().map_err(db)?, Durability::Full)
+    }
+
+    fn setup(conn: Connection, durability: Durability) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync).map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        let store = SqliteStore {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction half
+        // applied (SQLite rolls it back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db)?;
+        let current = usize::try_from(version).unwrap_or(0);
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Database(format!(
+                "database schema version {current} is newer than this server ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let tx = conn.transaction().map_err(db)?;
+            tx.execute_batch(sql).map_err(db)?;
+            tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(0))
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// The schema version (number of migrations applied).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let v: i64 = self
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db)?;
+        Ok(u32::try_from(v).unwrap_or(0))
+    }
+
+    /// Checkpoints the WAL into the main file (on shutdown).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.lock()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(db)
+    }
+}
+
+fn deliver_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, Vec<u8>, Vec<u8>, i64, Vec<u8>)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+type Row = (i64, String, i64, Vec<u8>, Vec<u8>, i64, Vec<u8>);
+
+fn to_deliver(row: Row) -> Result<Deliver, StoreError> {
+    let (seq, sender, sender_device, conversation, message_id, sent_at_ms, envelope) = row;
+    Ok(Deliver {
+        seq: u64_of(seq),
+        from: Address {
+            user: sender,
+            device: u32::try_from(sender_device).unwrap_or(0),
+        },
+        conversation: fixed(conversation)?,
+        message_id: fixed(message_id)?,
+        sent_at_ms: u64_of(sent_at_ms),
+        envelope,
+    })
+}
+
+impl Store for SqliteStore {
+    fn create_user(&self, username: &str, password_hash: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        match conn.execute(
+            "INSERT INTO users (name, password_hash) VALUES (?1, ?2)",
+            params![username, password_hash],
+        ) {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::UserExists)
+            }
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    fn password_hash(&self, username: &str) -> Result<Option<String>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT password_hash FROM users WHERE name = ?1",
+                [username],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn create_token(&self, token_hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO tokens (hash, user, device, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    &token_hash[..],
+                    record.user,
+                    record.device,
+                    i64_of(record.expires_at)
+                ],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT user, device, expires_at FROM tokens WHERE hash = ?1",
+                [&token_hash[..]],
+                |r| {
+                    Ok(TokenRecord {
+                        user: r.get(0)?,
+                        device: r.get(1)?,
+                        expires_at: u64_of(r.get(2)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM tokens WHERE hash = ?1", [&token_hash[..]])
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn prune_tokens(&self, now: u64) -> Result<u64, StoreError> {
+        self.lock()
+            .execute("DELETE FROM tokens WHERE expires_at <= ?1", [i64_of(now)])
+            .map(|n| n as u64)
+            .map_err(db)
+    }
+
+    fn publish_keys(
+        &self,
+        device: &Address,
+        identity: &DeviceKeys,
+        signed_prekey: &SignedPrekey,
+        one_time_prekeys: &[OneTimePrekey],
+    ) -> Result<u32, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let existing: Option<(Vec<u8>, Vec<u8>)> = tx
+            .query_row(
+                "SELECT signing_key, identity_key FROM devices WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        match existing {
+            Some((signing, ik))
+                if signing != identity.signing_key[..] || ik != identity.identity_key[..] =>
+            {
+                return Err(StoreError::IdentityMismatch);
+            }
+            Some(_) => {
+                tx.execute(
+                    "UPDATE devices SET spk_id = ?3, spk = ?4, spk_signature = ?5
+                     WHERE user = ?1 AND device = ?2",
+                    params![
+                        device.user,
+                        device.device,
+                        signed_prekey.id,
+                        &signed_prekey.public_key[..],
+                        &signed_prekey.signature[..]
+                    ],
+                )
+                .map_err(db)?;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO devices (user, device, signing_key, identity_key, identity_signature,
+                                          spk_id, spk, spk_signature)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        device.user,
+                        device.device,
+                        &identity.signing_key[..],
+                        &identity.identity_key[..],
+                        &identity.identity_signature[..],
+                        signed_prekey.id,
+                        &signed_prekey.public_key[..],
+                        &signed_prekey.signature[..]
+                    ],
+                )
+                .map_err(db)?;
+            }
+        }
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO one_time_prekeys (user, device, id, public_key)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(db)?;
+            for k in one_time_prekeys {
+                insert
+                    .execute(params![device.user, device.device, k.id, &k.public_key[..]])
+                    .map_err(db)?;
+            }
+        }
+        let count: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        type DeviceRow = (Vec<u8>, Vec<u8>, Vec<u8>, u32, Vec<u8>, Vec<u8>);
+        let row: Option<DeviceRow> = tx
+            .query_row(
+                "SELECT signing_key, identity_key, identity_signature, spk_id, spk, spk_signature
+                 FROM devices WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some((signing, ik, ik_sig, spk_id, spk, spk_sig)) = row else {
+            return Ok(None);
+        };
+        let otk: Option<(u32, Vec<u8>)> = tx
+            .query_row(
+                "SELECT id, public_key FROM one_time_prekeys WHERE user = ?1 AND device = ?2
+                 ORDER BY id LIMIT 1",
+                params![device.user, device.device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        if let Some((id, _)) = &otk {
+            tx.execute(
+                "DELETE FROM one_time_prekeys WHERE user = ?1 AND device = ?2 AND id = ?3",
+                params![device.user, device.device, id],
+            )
+            .map_err(db)?;
+        }
+        let remaining: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        let bundle = PrekeyBundle {
+            user: device.user.clone(),
+            device: device.device,
+            identity: DeviceKeys {
+                signing_key: fixed(signing)?,
+                identity_key: fixed(ik)?,
+                identity_signature: fixed(ik_sig)?,
+            },
+            signed_prekey: SignedPrekey {
+                id: spk_id,
+                public_key: fixed(spk)?,
+                signature: fixed(spk_sig)?,
+            },
+            one_time_prekey: match otk {
+                Some((id, pk)) => Some(OneTimePrekey {
+                    id,
+                    public_key: fixed(pk)?,
+                }),
+                None => None,
+            },
+        };
+        Ok(Some((bundle, u32::try_from(remaining).unwrap_or(u32::MAX))))
+    }
+
+    fn one_time_prekey_count(&self, device: &Address) -> Result<Option<u32>, StoreError> {
+        let conn = self.lock();
+        let published: bool = conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM devices WHERE user = ?1 AND device = ?2)",
+                params![device.user, device.device],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if !published {
+            return Ok(None);
+        }
+        let n: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    fn enqueue(&self, e: &NewEnvelope) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO envelopes (conversation, sender, sender_device, recipient, recipient_device,
+                                    message_id, sent_at_ms, envelope)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                &e.conversation[..],
+                e.from.user,
+                e.from.device,
+                e.to.user,
+                e.to.device,
+                &e.message_id[..],
+                i64_of(e.sent_at_ms),
+                e.envelope
+            ],
+        )
+        .map_err(db)?;
+        Ok(u64_of(conn.last_insert_rowid()))
+    }
+
+    fn pending(&self, device: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, sender, sender_device, conversation, message_id, sent_at_ms, envelope
+                 FROM envelopes
+                 WHERE recipient = ?1 AND recipient_device = ?2 AND acked = 0 AND seq > ?3
+                 ORDER BY seq LIMIT ?4",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(
+                params![device.user, device.device, i64_of(after), limit],
+                deliver_from_row,
+            )
+            .map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(to_deliver)).collect()
+    }
+
+    fn ack(&self, device: &Address, seqs: &[u64]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        {
+            let mut owner = tx
+                .prepare_cached(
+                    "SELECT recipient, recipient_device FROM envelopes WHERE seq = ?1",
+                )
+                .map_err(db)?;
+            for seq in seqs {
+                let row: Option<(String, u32)> = owner
+                    .query_row([i64_of(*seq)], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(db)?;
+                match row {
+                    // Unknown (already pruned) sequence numbers are ignored:
+                    // acknowledging twice is harmless.
+                    None => {}
+                    Some((user, dev)) if user == device.user && dev == device.device => {}
+                    Some(_) => return Err(StoreError::NotYours),
+                }
+            }
+            let mut mark = tx
+                .prepare_cached("UPDATE envelopes SET acked = 1 WHERE seq = ?1")
+                .map_err(db)?;
+            for seq in seqs {
+                mark.execute([i64_of(*seq)]).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn history(
+        &self,
+        user: &str,
+        conversation: &ConversationId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Option<Vec<Deliver>>, StoreError> {
+        let conn = self.lock();
+        let participant: bool = conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM envelopes WHERE conversation = ?1
+                                AND (sender = ?2 OR recipient = ?2))",
+                params![&conversation[..], user],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if !participant {
+            return Ok(None);
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, sender, sender_device, conversation, message_id, sent_at_ms, envelope
+                 FROM envelopes
+                 WHERE conversation = ?1 AND (sender = ?2 OR recipient = ?2) AND seq < ?3
+                 ORDER BY seq DESC LIMIT ?4",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(
+                params![&conversation[..], user, i64_of(before.unwrap_or(u64::MAX)), limit],
+                deliver_from_row,
+            )
+            .map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(to_deliver))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn prune_history(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM envelopes WHERE acked = 1 AND sent_at_ms < ?1",
+                [i64_of(before_ms)],
+            )
+            .map(|n| n as u64)
+            .map_err(db)
+    }
+}
