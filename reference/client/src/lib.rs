@@ -1,1 +1,82 @@
-pub fn x(){}
+//! The Chatify reference client: the IO shell around `chatify-core`.
+//!
+//! ```text
+//!   Client ── Connection (WebSocket, ws/wss) ── server
+//!     │
+//!     ├─ State (one file: device keys, sessions, pins, inbox) ── saved before
+//!     │   every envelope leaves and before every acknowledgement
+//!     └─ chatify-core: VerifiedBundle → Session::initiate / Device::accept,
+//!        Session::encrypt / decrypt
+//! ```
+//!
+//! ```no_run
+//! use chatify_client::{Client, ConnectOptions, Event};
+//!
+//! # async fn demo() -> Result<(), chatify_client::ClientError> {
+//! let options = ConnectOptions::new("ws://127.0.0.1:8080");
+//! Client::register(&options, "alice", "correct horse battery").await?;
+//! let mut alice = Client::login(&options, "/tmp/alice".as_ref(), "alice", "correct horse battery", 1).await?;
+//! alice.send("bob", b"hello Bob").await?;
+//! while let Some(event) = alice.next_event().await? {
+//!     if let Event::Message(m) = event {
+//!         println!("{}: {}", m.from.user, String::from_utf8_lossy(&m.text));
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod client;
+pub mod connection;
+pub mod state;
+
+pub use client::{Client, ConnectOptions, Event, Incoming, PREKEY_TARGET, SendReceipt, conversation_id, parse_peer};
+pub use connection::{Connection, Push};
+
+use chatify_proto::ErrorCode;
+
+/// What can go wrong in the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error frame.
+    #[error("server refused ({code:?}): {message}")]
+    Server {
+        /// The code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// Could not connect.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The connection closed.
+    #[error("disconnected from the server")]
+    Disconnected,
+    /// The server sent something this client did not expect.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The peer's identity changed: sending is blocked until the user
+    /// verifies the new safety number (`chatify verify PEER --confirm`).
+    #[error("{peer}'s identity changed; compare the new safety number and confirm it before sending")]
+    IdentityChanged {
+        /// The peer.
+        peer: String,
+    },
+    /// No local state: log in first.
+    #[error("not logged in here; run `chatify login` first")]
+    NotLoggedIn,
+    /// The local state file is unusable.
+    #[error("state: {0}")]
+    State(String),
+    /// A file could not be read or written.
+    #[error("io: {0}")]
+    Io(String),
+    /// The E2EE core refused.
+    #[error("encryption: {0}")]
+    Crypto(#[from] chatify_core::Error),
+}

@@ -1,0 +1,487 @@
+//! The high-level client: an account on a server, its keys and sessions,
+//! and the send/receive loop.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chatify_core::{Device, SafetyNumber, Session, VerifiedBundle};
+use chatify_proto::frame::{self, Address, Deliver};
+use chatify_proto::{Body, ConversationId, Envelope, MessageId};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::ClientError;
+use crate::connection::{Connection, Push, expect, tls_config};
+use crate::state::{Pin, State, StateFile, StoredMessage};
+
+/// One-time prekeys a device keeps published.
+pub const PREKEY_TARGET: u32 = 100;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `ws://host:port` or `wss://host:port`.
+    pub url: String,
+    /// Trust anchors for `wss://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl ConnectOptions {
+    /// Plain options for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnectOptions {
+            url: url.into(),
+            tls: None,
+        }
+    }
+
+    /// Trusts the CA certificates in a PEM file (for `wss://`).
+    pub fn with_ca_cert(mut self, pem: &Path) -> Result<Self, ClientError> {
+        self.tls = Some(tls_config(pem)?);
+        Ok(self)
+    }
+}
+
+/// A decrypted incoming message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// The sender device (as the server says; the session authenticates it).
+    pub from: Address,
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// The sender's message id.
+    pub message_id: MessageId,
+    /// The server's acceptance time, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The plaintext.
+    pub text: Vec<u8>,
+    /// The sender's identity differs from the pinned one: warn the user;
+    /// sending to them is blocked until the new safety number is confirmed.
+    pub identity_changed: bool,
+}
+
+/// What [`Client::next_event`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message, decrypted and stored; it was acknowledged to the server.
+    Message(Incoming),
+    /// An envelope that did not decrypt or verify (tampered, replayed,
+    /// forged, misdirected). It was acknowledged and dropped.
+    Rejected {
+        /// The claimed sender.
+        from: Address,
+        /// The server's sequence number.
+        seq: u64,
+        /// Why, as the core reported it.
+        reason: String,
+    },
+    /// A redelivery of a message already shown (dropped, acknowledged again).
+    Duplicate {
+        /// The sender.
+        from: Address,
+        /// The message id.
+        message_id: MessageId,
+    },
+    /// The server asked for prekeys and this many were published.
+    KeysReplenished(u32),
+    /// The server closed the connection (code and reason if it gave them).
+    Disconnected(Option<(u16, String)>),
+}
+
+/// The server's receipt for a sent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The server's sequence number.
+    pub seq: u64,
+    /// The message id.
+    pub message_id: MessageId,
+}
+
+/// The conversation id of two users: the first 16 bytes of
+/// `SHA-256("chatify/v1/conversation" || len || name || len || name)`, names sorted.
+pub fn conversation_id(a: &str, b: &str) -> ConversationId {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = Sha256::new();
+    h.update(b"chatify/v1/conversation");
+    for name in [x, y] {
+        h.update((name.len() as u32).to_be_bytes());
+        h.update(name.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(digest.as_slice().get(..16).unwrap_or(&[0u8; 16]));
+    id
+}
+
+/// `user` or `user:device` (device 1 by default).
+pub fn parse_peer(peer: &str) -> Result<Address, ClientError> {
+    let (user, device) = match peer.split_once(':') {
+        Some((u, d)) => (
+            u,
+            d.parse::<u32>()
+                .ok()
+                .filter(|d| *d > 0)
+                .ok_or_else(|| ClientError::State(format!("bad device number in {peer:?}")))?,
+        ),
+        None => (peer, 1),
+    };
+    if user.is_empty() {
+        return Err(ClientError::State("empty peer name".into()));
+    }
+    Ok(Address {
+        user: user.to_owned(),
+        device,
+    })
+}
+
+/// A logged-in client.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+    state: State,
+    file: StateFile,
+}
+
+async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError> {
+    let reply = conn
+        .request(frame::Authenticate {
+            token: token.to_vec(),
+        })
+        .await?;
+    expect(reply, |b| matches!(b, Body::AuthOk(_)).then_some(()))
+}
+
+impl Client {
+    /// Creates an account.
+    pub async fn register(options: &ConnectOptions, user: &str, password: &str) -> Result<(), ClientError> {
+        let conn = Connection::connect(&options.url, options.tls.clone()).await?;
+        let reply = conn
+            .request(frame::Register {
+                username: user.to_owned(),
+                password: password.to_owned(),
+            })
+            .await;
+        conn.shutdown().await;
+        expect(reply?, |b| matches!(b, Body::Ok(_)).then_some(()))
+    }
+
+    /// Logs in as `device` of `user`, keeping state in `home`: reuses the
+    /// device keys found there for the same account, or creates them, and
+    /// publishes them.
+    pub async fn login(
+        options: &ConnectOptions,
+        home: &Path,
+        user: &str,
+        password: &str,
+        device: u32,
+    ) -> Result<Client, ClientError> {
+        let conn = Connection::connect(&options.url, options.tls.clone()).await?;
+        let reply = conn
+            .request(frame::Login {
+                username: user.to_owned(),
+                password: password.to_owned(),
+                device,
+                second_factor: None,
+            })
+            .await?;
+        let ok = expect(reply, |b| match b {
+            Body::LoginOk(ok) => Some(ok),
+            _ => None,
+        })?;
+        let file = StateFile::new(home);
+        let mut state = match file.load()? {
+            Some(s) if s.user == ok.user && s.device_number == ok.device => s,
+            _ => State::new(
+                options.url.clone(),
+                ok.user.clone(),
+                ok.device,
+                Device::generate(&mut rand::rng()),
+            ),
+        };
+        let fresh = state.device.one_time_prekey_count() == 0;
+        state.server = options.url.clone();
+        state.token = Some(Zeroizing::new(ok.token));
+        authenticate(&conn, state.token.as_deref().map_or(&[][..], |t| &t[..])).await?;
+        let mut client = Client { conn, state, file };
+        client
+            .publish(if fresh { PREKEY_TARGET as usize } else { 0 })
+            .await?;
+        Ok(client)
+    }
+
+    /// Reconnects with the state in `home` (after a restart).
+    pub async fn resume(home: &Path, options: Option<&ConnectOptions>) -> Result<Client, ClientError> {
+        let file = StateFile::new(home);
+        let state = file.load()?.ok_or(ClientError::NotLoggedIn)?;
+        let token = state.token.clone().ok_or(ClientError::NotLoggedIn)?;
+        let (url, tls) = match options {
+            Some(o) => (o.url.clone(), o.tls.clone()),
+            None => (state.server.clone(), None),
+        };
+        let conn = Connection::connect(&url, tls).await?;
+        authenticate(&conn, &token).await?;
+        Ok(Client { conn, state, file })
+    }
+
+    /// Own address.
+    pub fn address(&self) -> Address {
+        self.state.address()
+    }
+
+    /// The local state (read-only).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn save(&self) -> Result<(), ClientError> {
+        self.file.save(&self.state)
+    }
+
+    /// Generates `count` one-time prekeys, saves them, then publishes them
+    /// with the identity and signed prekey (private halves are durable before
+    /// the public halves are served).
+    async fn publish(&mut self, count: usize) -> Result<u32, ClientError> {
+        let keys = self.state.device.publish_keys(count, &mut rand::rng());
+        let n = keys.one_time_prekeys.len() as u32;
+        self.save()?;
+        let reply = self.conn.request(keys).await?;
+        expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
+        Ok(n)
+    }
+
+    fn check_identity(&mut self, user: &str, presented: &chatify_core::PublicIdentity) -> bool {
+        match self.state.pins.get_mut(user) {
+            None => {
+                self.state.pins.insert(
+                    user.to_owned(),
+                    Pin {
+                        identity: *presented,
+                        verified: false,
+                        changed_to: None,
+                    },
+                );
+                true
+            }
+            Some(pin) if pin.identity == *presented && pin.changed_to.is_none() => true,
+            Some(pin) => {
+                if pin.identity != *presented {
+                    pin.changed_to = Some(*presented);
+                }
+                false
+            }
+        }
+    }
+
+    /// Encrypts `text` for `peer` (`user` or `user:device`) and relays it.
+    /// Returns once the server has stored it durably.
+    pub async fn send(&mut self, peer: &str, text: &[u8]) -> Result<SendReceipt, ClientError> {
+        let to = parse_peer(peer)?;
+        if self
+            .state
+            .pins
+            .get(&to.user)
+            .is_some_and(|p| p.changed_to.is_some())
+        {
+            return Err(ClientError::IdentityChanged { peer: to.user });
+        }
+        if !self.state.sessions.contains_key(&to) {
+            let reply = self
+                .conn
+                .request(frame::FetchBundle { device: to.clone() })
+                .await?;
+            let bundle = expect(reply, |b| match b {
+                Body::Bundle(b) => Some(b.bundle),
+                _ => None,
+            })?;
+            let verified = VerifiedBundle::verify(&bundle)?;
+            if !self.check_identity(&to.user, verified.identity()) {
+                self.save()?;
+                return Err(ClientError::IdentityChanged { peer: to.user });
+            }
+            let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
+            self.state.sessions.insert(to.clone(), session);
+        }
+        let conversation = conversation_id(&self.state.user, &to.user);
+        let session = self
+            .state
+            .sessions
+            .get_mut(&to)
+            .ok_or_else(|| ClientError::State("session vanished".into()))?;
+        let envelope = session.encrypt(conversation, text, &mut rand::rng())?.encode();
+        let mut message_id = [0u8; 16];
+        rand::rng().fill_bytes(&mut message_id);
+        // The ratchet moved: persist before the envelope leaves, so that a
+        // crash can never make this device reuse a message key.
+        self.save()?;
+        let reply = self
+            .conn
+            .request(frame::Send {
+                to,
+                conversation,
+                message_id,
+                envelope,
+            })
+            .await?;
+        let ok = expect(reply, |b| match b {
+            Body::SendOk(ok) => Some(ok),
+            _ => None,
+        })?;
+        Ok(SendReceipt {
+            seq: ok.seq,
+            message_id: ok.message_id,
+        })
+    }
+
+    /// Waits for the next event. `Ok(None)` when the connection is gone.
+    pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
+        loop {
+            match self.conn.next_push().await {
+                None => return Ok(None),
+                Some(Push::Closed(info)) => return Ok(Some(Event::Disconnected(info))),
+                Some(Push::PrekeysLow(remaining)) => {
+                    let n = self
+                        .publish(PREKEY_TARGET.saturating_sub(remaining) as usize)
+                        .await?;
+                    return Ok(Some(Event::KeysReplenished(n)));
+                }
+                Some(Push::Deliver(d)) => return self.receive(d).await.map(Some),
+            }
+        }
+    }
+
+    async fn ack(&self, seq: u64) -> Result<(), ClientError> {
+        let reply = self.conn.request(frame::Ack { seqs: vec![seq] }).await?;
+        expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))
+    }
+
+    fn open(&mut self, d: &Deliver) -> Result<(Zeroizing<Vec<u8>>, bool), ClientError> {
+        let envelope = Envelope::decode(&d.envelope).map_err(chatify_core::Error::from)?;
+        let existing = match (self.state.sessions.get(&d.from), &envelope.prekey) {
+            (Some(s), Some(_)) => s.is_setup_of_this_session(&envelope),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if existing {
+            let session = self
+                .state
+                .sessions
+                .get_mut(&d.from)
+                .ok_or_else(|| ClientError::State("session vanished".into()))?;
+            return Ok((session.decrypt(&envelope)?, false));
+        }
+        let (session, plaintext) = self.state.device.accept(&envelope)?;
+        let trusted = self.check_identity(&d.from.user, session.remote_identity());
+        self.state.sessions.insert(d.from.clone(), session);
+        Ok((plaintext, !trusted))
+    }
+
+    async fn receive(&mut self, d: Deliver) -> Result<Event, ClientError> {
+        if self.state.seen(&d.message_id) {
+            self.ack(d.seq).await?;
+            return Ok(Event::Duplicate {
+                from: d.from,
+                message_id: d.message_id,
+            });
+        }
+        match self.open(&d) {
+            Ok((plaintext, identity_changed)) => {
+                let text = plaintext.to_vec();
+                self.state.mark_seen(d.message_id);
+                self.state.inbox.push(StoredMessage {
+                    from: d.from.clone(),
+                    sent_at_ms: d.sent_at_ms,
+                    message_id: d.message_id,
+                    text: text.clone(),
+                });
+                // Durable before the server may forget the envelope.
+                self.save()?;
+                self.ack(d.seq).await?;
+                Ok(Event::Message(Incoming {
+                    from: d.from,
+                    conversation: d.conversation,
+                    message_id: d.message_id,
+                    sent_at_ms: d.sent_at_ms,
+                    text,
+                    identity_changed,
+                }))
+            }
+            Err(e) => {
+                self.ack(d.seq).await?;
+                Ok(Event::Rejected {
+                    from: d.from,
+                    seq: d.seq,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The safety number with `peer`'s pinned identity (or the changed one
+    /// awaiting confirmation); `None` if the peer was never seen.
+    pub fn safety_number(&self, peer: &str) -> Option<SafetyNumber> {
+        let pin = self.state.pins.get(peer)?;
+        let theirs = pin.changed_to.as_ref().unwrap_or(&pin.identity);
+        Some(SafetyNumber::new(&self.state.device.public_identity(), theirs))
+    }
+
+    /// Marks `peer`'s current identity verified; after an identity change
+    /// this accepts the new identity and unblocks sending.
+    pub fn confirm_peer(&mut self, peer: &str) -> Result<(), ClientError> {
+        let pin = self
+            .state
+            .pins
+            .get_mut(peer)
+            .ok_or_else(|| ClientError::State(format!("no identity known for {peer}")))?;
+        if let Some(new) = pin.changed_to.take() {
+            pin.identity = new;
+            // Sessions with the old identity are of no use any more.
+            self.state
+                .sessions
+                .retain(|a, s| a.user != peer || *s.remote_identity() == new);
+        }
+        if let Some(pin) = self.state.pins.get_mut(peer) {
+            pin.verified = true;
+        }
+        self.save()
+    }
+
+    /// A page of the ciphertext history the server keeps of the conversation
+    /// with `peer` (newest first).
+    pub async fn history(&self, peer: &str, limit: u32) -> Result<Vec<Deliver>, ClientError> {
+        let to = parse_peer(peer)?;
+        let reply = self
+            .conn
+            .request(frame::FetchHistory {
+                conversation: conversation_id(&self.state.user, &to.user),
+                before: None,
+                limit,
+            })
+            .await?;
+        expect(reply, |b| match b {
+            Body::History(h) => Some(h.items),
+            _ => None,
+        })
+    }
+
+    /// Revokes the token and forgets it locally.
+    pub async fn logout(mut self) -> Result<(), ClientError> {
+        let reply = self.conn.request(frame::Logout {}).await?;
+        expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
+        self.state.token = None;
+        self.save()?;
+        self.conn.shutdown().await;
+        Ok(())
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(self) {
+        self.conn.shutdown().await;
+    }
+
+    /// The connection, for requests this type does not wrap.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}

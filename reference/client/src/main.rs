@@ -1,0 +1,324 @@
+//! `chatify`: end-to-end-encrypted chat from the terminal.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chatify_client::{Client, ClientError, ConnectOptions, Event, Incoming, parse_peer};
+use clap::{Parser, Subcommand};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatify",
+    version,
+    about = "End-to-end-encrypted chat from the terminal",
+    long_about = "End-to-end-encrypted chat from the terminal.\n\n\
+        Messages are encrypted on this device and decrypted only on the recipient's; the \
+        server relays and stores ciphertext only. Keys, sessions and received messages are \
+        kept in --home (state.cbor, mode 0600).\n\n\
+        Typical use, in two terminals:\n  \
+        chatify --home ~/.chatify-alice register alice\n  \
+        chatify --home ~/.chatify-alice login alice\n  \
+        chatify --home ~/.chatify-alice chat bob"
+)]
+struct Cli {
+    /// Server URL (ws:// or wss://). Defaults to the server of the last login,
+    /// or ws://127.0.0.1:8080.
+    #[arg(long, global = true, env = "CHATIFY_SERVER")]
+    server: Option<String>,
+
+    /// Directory holding this device's keys, sessions and messages.
+    #[arg(long, global = true, env = "CHATIFY_HOME")]
+    home: Option<PathBuf>,
+
+    /// PEM file of the CA that signed a wss:// server's certificate.
+    #[arg(long, global = true, env = "CHATIFY_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an account (asks for a password of at least 8 characters).
+    Register {
+        /// User name: 1-64 characters of a-z, 0-9, '.', '_', '-'.
+        user: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Log in on this device: creates its keys (first time) and publishes them.
+    Login {
+        /// User name.
+        user: String,
+        /// Device number within the account.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        device: u32,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Send one message and exit.
+    Send {
+        /// Recipient: `user` or `user:device`.
+        peer: String,
+        /// The message.
+        text: String,
+    },
+    /// Chat interactively: type lines to send them; the peer's lines appear as they arrive.
+    Chat {
+        /// The other person: `user` or `user:device`.
+        peer: String,
+    },
+    /// Receive waiting messages, print them, and exit when none arrives for --wait seconds.
+    Inbox {
+        /// Seconds of silence before exiting.
+        #[arg(long, default_value_t = 2)]
+        wait: u64,
+        /// Also print messages received earlier (kept on this device).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show the safety number with a peer; --confirm after comparing it in person.
+    Verify {
+        /// The peer's user name.
+        peer: String,
+        /// Mark the shown number as verified (and accept a changed identity).
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Revoke this device's session token.
+    Logout,
+}
+
+fn home_dir(cli: &Cli) -> PathBuf {
+    cli.home.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".chatify")
+    })
+}
+
+fn options(cli: &Cli, url: String) -> Result<ConnectOptions, ClientError> {
+    let options = ConnectOptions::new(url);
+    match &cli.ca_cert {
+        Some(pem) => options.with_ca_cert(pem),
+        None => Ok(options),
+    }
+}
+
+fn read_password(from_stdin: bool, confirm: bool) -> Result<String, ClientError> {
+    let io = |e: std::io::Error| ClientError::Io(e.to_string());
+    if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = rpassword::prompt_password("Password: ").map_err(io)?;
+    if confirm {
+        let again = rpassword::prompt_password("Repeat password: ").map_err(io)?;
+        if again != first {
+            return Err(ClientError::State("the passwords differ".into()));
+        }
+    }
+    Ok(first)
+}
+
+fn print_message(m: &Incoming) {
+    let mut out = std::io::stdout().lock();
+    if m.identity_changed {
+        let _ = writeln!(
+            out,
+            "!! {}'s identity changed: sending to them is blocked until you run `chatify verify {} --confirm`",
+            m.from.user, m.from.user
+        );
+    }
+    let _ = writeln!(out, "{}: {}", m.from.user, String::from_utf8_lossy(&m.text));
+    let _ = out.flush();
+}
+
+fn print_event(event: &Event) -> bool {
+    match event {
+        Event::Message(m) => print_message(m),
+        Event::Rejected { from, reason, .. } => {
+            eprintln!("(dropped an envelope claiming to be from {}: {reason})", from.user)
+        }
+        Event::Duplicate { .. } | Event::KeysReplenished(_) => {}
+        Event::Disconnected(info) => {
+            match info {
+                Some((code, reason)) => eprintln!("disconnected by the server ({code}: {reason})"),
+                None => eprintln!("disconnected from the server"),
+            }
+            return false;
+        }
+        _ => {}
+    }
+    true
+}
+
+async fn resume(cli: &Cli) -> Result<Client, ClientError> {
+    let home = home_dir(cli);
+    match &cli.server {
+        Some(url) => Client::resume(&home, Some(&options(cli, url.clone())?)).await,
+        None if cli.ca_cert.is_some() => {
+            let state = chatify_client::state::StateFile::new(&home)
+                .load()?
+                .ok_or(ClientError::NotLoggedIn)?;
+            Client::resume(&home, Some(&options(cli, state.server.clone())?)).await
+        }
+        None => Client::resume(&home, None).await,
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), ClientError> {
+    let default_url = || "ws://127.0.0.1:8080".to_owned();
+    match &cli.command {
+        Command::Register { user, password_stdin } => {
+            let password = read_password(*password_stdin, true)?;
+            let url = cli.server.clone().unwrap_or_else(default_url);
+            Client::register(&options(&cli, url)?, user, &password).await?;
+            println!("registered {user}; now run `chatify login {user}`");
+        }
+        Command::Login {
+            user,
+            device,
+            password_stdin,
+        } => {
+            let password = read_password(*password_stdin, false)?;
+            let home = home_dir(&cli);
+            let url = match &cli.server {
+                Some(u) => u.clone(),
+                None => chatify_client::state::StateFile::new(&home)
+                    .load()
+                    .ok()
+                    .flatten()
+                    .map(|s| s.server)
+                    .unwrap_or_else(default_url),
+            };
+            let client = Client::login(&options(&cli, url)?, &home, user, &password, *device).await?;
+            println!(
+                "logged in as {}:{}; keys published; state in {}",
+                user,
+                device,
+                home.display()
+            );
+            client.close().await;
+        }
+        Command::Send { peer, text } => {
+            let mut client = resume(&cli).await?;
+            let receipt = client.send(peer, text.as_bytes()).await?;
+            println!("sent (server sequence number {})", receipt.seq);
+            client.close().await;
+        }
+        Command::Inbox { wait, all } => {
+            let mut client = resume(&cli).await?;
+            if *all {
+                for m in &client.state().inbox {
+                    println!("{}: {}", m.from.user, String::from_utf8_lossy(&m.text));
+                }
+            }
+            let mut received = 0usize;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(*wait), client.next_event()).await {
+                    Err(_) | Ok(Ok(None)) => break,
+                    Ok(Err(e)) => return Err(e),
+                    Ok(Ok(Some(event))) => {
+                        if matches!(event, Event::Message(_)) {
+                            received += 1;
+                        }
+                        if !print_event(&event) {
+                            break;
+                        }
+                    }
+                }
+            }
+            eprintln!("{received} new message(s)");
+            client.close().await;
+        }
+        Command::Chat { peer } => {
+            let mut client = resume(&cli).await?;
+            let target = parse_peer(peer)?;
+            if let Some(n) = client.safety_number(&target.user) {
+                eprintln!("safety number with {}:\n{n}", target.user);
+            }
+            eprintln!("chatting with {} — type a line and press Enter; Ctrl-D to quit", target.user);
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => match line {
+                        Ok(Some(line)) if line.trim().is_empty() => {}
+                        Ok(Some(line)) => {
+                            if let Err(e) = client.send(peer, line.as_bytes()).await {
+                                eprintln!("not sent: {e}");
+                                if matches!(e, ClientError::Disconnected) {
+                                    return Err(e);
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Err(ClientError::Io(e.to_string())),
+                    },
+                    event = client.next_event() => match event? {
+                        Some(event) => if !print_event(&event) { break },
+                        None => break,
+                    },
+                }
+            }
+            client.close().await;
+        }
+        Command::Verify { peer, confirm } => {
+            let home = home_dir(&cli);
+            let mut client = resume(&cli).await?;
+            let number = client.safety_number(peer).ok_or_else(|| {
+                ClientError::State(format!(
+                    "no identity known for {peer} yet: send them a message or receive one first"
+                ))
+            })?;
+            let pin = client.state().pins.get(peer).cloned();
+            println!("safety number with {peer}:\n{number}");
+            if let Some(pin) = pin {
+                if pin.changed_to.is_some() {
+                    println!("!! {peer}'s identity CHANGED: compare this number with {peer} before confirming");
+                } else if pin.verified {
+                    println!("(verified)");
+                }
+            }
+            if *confirm {
+                client.confirm_peer(peer)?;
+                println!("marked {peer} as verified (state in {})", home.display());
+            }
+            client.close().await;
+        }
+        Command::Logout => {
+            let client = resume(&cli).await?;
+            client.logout().await?;
+            println!("logged out");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chatify: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatify: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The client's local state, persisted in one file so a client survives
+//! restarts: account and token, device keys, sessions, pinned peer
+//! identities, seen message ids and the decrypted inbox.
+//!
+//! **Protection.** The file holds private keys, session state and decrypted
+//! messages. It is created with mode 0600 in a directory created with mode
+//! 0700, written to a temporary file, flushed to disk (`fsync`) and renamed
+//! over the previous one, so a crash leaves either the old or the new state.
+//! It is not encrypted: it relies on the operating system's file
+//! protection, like an SSH private key without a passphrase. Secret buffers
+//! are zeroized after use.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chatify_core::{Device, PublicIdentity, Session};
+use chatify_proto::MessageId;
+use chatify_proto::frame::Address;
+use minicbor::data::Type;
+use minicbor::{Decoder, Encoder};
+use zeroize::Zeroizing;
+
+use crate::ClientError;
+
+/// Message ids remembered to drop duplicates.
+pub const MAX_SEEN: usize = 10_000;
+
+const STATE_VERSION: u64 = 1;
+
+/// What the client knows of a peer's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The identity trusted for this peer.
+    pub identity: PublicIdentity,
+    /// The user compared safety numbers and confirmed them.
+    pub verified: bool,
+    /// A different identity was presented; sending is blocked until the user
+    /// verifies it. Holds the presented identity.
+    pub changed_to: Option<PublicIdentity>,
+}
+
+/// A decrypted message kept locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Sender device.
+    pub from: Address,
+    /// The server's acceptance time, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The message id.
+    pub message_id: MessageId,
+    /// The plaintext.
+    pub text: Vec<u8>,
+}
+
+/// The whole local state.
+pub struct State {
+    /// Server URL.
+    pub server: String,
+    /// Own user name.
+    pub user: String,
+    /// Own device number.
+    pub device_number: u32,
+    /// Session token from the last login.
+    pub token: Option<Zeroizing<Vec<u8>>>,
+    /// Own keys.
+    pub device: Device,
+    /// Sessions by peer device.
+    pub sessions: BTreeMap<Address, Session>,
+    /// Pinned peer identities, by user.
+    pub pins: BTreeMap<String, Pin>,
+    seen: HashSet<MessageId>,
+    seen_order: VecDeque<MessageId>,
+    /// Decrypted messages, oldest first.
+    pub inbox: Vec<StoredMessage>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("server", &self.server)
+            .field("user", &self.user)
+            .field("device_number", &self.device_number)
+            .field("has_token", &self.token.is_some())
+            .field("device", &self.device)
+            .field("sessions", &self.sessions.len())
+            .field("pins", &self.pins.len())
+            .field("inbox", &self.inbox.len())
+            .finish()
+    }
+}
+
+fn bad(_: minicbor::decode::Error) -> ClientError {
+    ClientError::State("malformed state file".into())
+}
+
+fn identity_bytes(id: &PublicIdentity) -> [u8; 64] {
+    id.to_bytes()
+}
+
+fn identity_from(bytes: &[u8]) -> Result<PublicIdentity, ClientError> {
+    if bytes.len() != 64 {
+        return Err(ClientError::State("identity of the wrong length".into()));
+    }
+    let mut signing_key = [0u8; 32];
+    let mut identity_key = [0u8; 32];
+    signing_key.copy_from_slice(bytes.get(..32).unwrap_or_default());
+    identity_key.copy_from_slice(bytes.get(32..).unwrap_or_default());
+    Ok(PublicIdentity {
+        signing_key,
+        identity_key,
+    })
+}
+
+impl State {
+    /// A fresh state for a newly logged-in device.
+    pub fn new(server: String, user: String, device_number: u32, device: Device) -> Self {
+        State {
+            server,
+            user,
+            device_number,
+            token: None,
+            device,
+            sessions: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            inbox: Vec::new(),
+        }
+    }
+
+    /// Own address.
+    pub fn address(&self) -> Address {
+        Address {
+            user: self.user.clone(),
+            device: self.device_number,
+        }
+    }
+
+    /// Whether a message id was seen before.
+    pub fn seen(&self, id: &MessageId) -> bool {
+        self.seen.contains(id)
+    }
+
+    /// Remembers a message id (the oldest are forgotten past [`MAX_SEEN`]).
+    pub fn mark_seen(&mut self, id: MessageId) {
+        if self.seen.insert(id) {
+            self.seen_order.push_back(id);
+            while self.seen_order.len() > MAX_SEEN {
+                if let Some(old) = self.seen_order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The state file's bytes.
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let device = self.device.to_bytes();
+        let sessions: Vec<(Address, Zeroizing<Vec<u8>>)> = self
+            .sessions
+            .iter()
+            .map(|(a, s)| (a.clone(), s.to_bytes()))
+            .collect();
+        let inbox_len: usize = self.inbox.iter().map(|m| m.text.len() + 96).sum();
+        let capacity = 1024
+            + device.len()
+            + sessions.iter().map(|(_, s)| s.len() + 96).sum::<usize>()
+            + 200 * self.pins.len()
+            + 20 * self.seen_order.len()
+            + inbox_len;
+        let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
+        let mut e = Encoder::new(&mut *buf);
+        let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
+            e.array(10)?.u64(STATE_VERSION)?;
+            e.str(&self.server)?.str(&self.user)?.u32(self.device_number)?;
+            match &self.token {
+                Some(t) => e.bytes(t)?,
+                None => e.null()?,
+            };
+            e.bytes(&device)?;
+            e.array(sessions.len() as u64)?;
+            for (addr, s) in &sessions {
+                e.array(3)?.str(&addr.user)?.u32(addr.device)?.bytes(s)?;
+            }
+            e.array(self.pins.len() as u64)?;
+            for (user, pin) in &self.pins {
+                e.array(4)?
+                    .str(user)?
+                    .bytes(&identity_bytes(&pin.identity))?
+                    .bool(pin.verified)?;
+                match &pin.changed_to {
+                    Some(id) => e.bytes(&identity_bytes(id))?,
+                    None => e.null()?,
+                };
+            }
+            e.array(self.seen_order.len() as u64)?;
+            for id in &self.seen_order {
+                e.bytes(id)?;
+            }
+            e.array(self.inbox.len() as u64)?;
+            for m in &self.inbox {
+                e.array(5)?
+                    .str(&m.from.user)?
+                    .u32(m.from.device)?
+                    .u64(m.sent_at_ms)?
+                    .bytes(&m.message_id)?
+                    .bytes(&m.text)?;
+            }
+            Ok(())
+        })();
+        debug_assert!(result.is_ok());
+        buf
+    }
+
+    /// Parses a state file.
+    pub fn decode(bytes: &[u8]) -> Result<State, ClientError> {
+        let mut d = Decoder::new(bytes);
+        if d.array().map_err(bad)? != Some(10) || d.u64().map_err(bad)? != STATE_VERSION {
+            return Err(ClientError::State("unsupported state file version".into()));
+        }
+        let server = d.str().map_err(bad)?.to_owned();
+        let user = d.str().map_err(bad)?.to_owned();
+        let device_number = d.u32().map_err(bad)?;
+        let token = if d.datatype().map_err(bad)? == Type::Null {
+            d.null().map_err(bad)?;
+            None
+        } else {
+            Some(Zeroizing::new(d.bytes().map_err(bad)?.to_vec()))
+        };
+        let device = Device::from_bytes(d.bytes().map_err(bad)?)?;
+        let mut state = State::new(server, user, device_number, device);
+        state.token = token;
+        let n = d.array().map_err(bad)?.unwrap_or(0);
+        for _ in 0..n {
+            d.array().map_err(bad)?;
+            let user = d.str().map_err(bad)?.to_owned();
+            let device = d.u32().map_err(bad)?;
+            let session = Session::from_bytes(d.bytes().map_err(bad)?)?;
+            state.sessions.insert(Address { user, device }, session);
+        }
+        let n = d.array().map_err(bad)?.unwrap_or(0);
+        for _ in 0..n {
+            d.array().map_err(bad)?;
+            let user = d.str().map_err(bad)?.to_owned();
+            let identity = identity_from(d.bytes().map_err(bad)?)?;
+            let verified = d.bool().map_err(bad)?;
+            let changed_to = if d.datatype().map_err(bad)? == Type::Null {
+                d.null().map_err(bad)?;
+                None
+            } else {
+                Some(identity_from(d.bytes().map_err(bad)?)?)
+            };
+            state.pins.insert(
+                user,
+                Pin {
+                    identity,
+                    verified,
+                    changed_to,
+                },
+            );
+        }
+        let n = d.array().map_err(bad)?.unwrap_or(0);
+        for _ in 0..n {
+            let id: MessageId = d
+                .bytes()
+                .map_err(bad)?
+                .try_into()
+                .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
+            state.mark_seen(id);
+        }
+        let n = d.array().map_err(bad)?.unwrap_or(0);
+        for _ in 0..n {
+            d.array().map_err(bad)?;
+            let user = d.str().map_err(bad)?.to_owned();
+            let device = d.u32().map_err(bad)?;
+            let sent_at_ms = d.u64().map_err(bad)?;
+            let message_id: MessageId = d
+                .bytes()
+                .map_err(bad)?
+                .try_into()
+                .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
+            let text = d.bytes().map_err(bad)?.to_vec();
+            state.inbox.push(StoredMessage {
+                from: Address { user, device },
+                sent_at_ms,
+                message_id,
+                text,
+            });
+        }
+        Ok(state)
+    }
+}
+
+/// Where the state lives: `DIR/state.cbor`.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    dir: PathBuf,
+}
+
+impl StateFile {
+    /// The state file in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StateFile { dir: dir.into() }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("state.cbor")
+    }
+
+    /// Loads the state; `None` if there is none yet.
+    pub fn load(&self) -> Result<Option<State>, ClientError> {
+        match std::fs::read(self.path()) {
+            Ok(bytes) => {
+                let bytes = Zeroizing::new(bytes);
+                State::decode(&bytes).map(Some)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ClientError::Io(format!("{}: {e}", self.path().display()))),
+        }
+    }
+
+    /// Writes the state atomically and durably (temp file, fsync, rename).
+    pub fn save(&self, state: &State) -> Result<(), ClientError> {
+        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.dir.display()));
+        create_private_dir(&self.dir).map_err(io)?;
+        let bytes = state.encode();
+        let tmp = self.dir.join("state.cbor.tmp");
+        {
+            let mut f = open_private(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, self.path()).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
