@@ -155,7 +155,11 @@ async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError
 
 impl Client {
     /// Creates an account.
-    pub async fn register(options: &ConnectOptions, user: &str, password: &str) -> Result<(), ClientError> {
+    pub async fn register(
+        options: &ConnectOptions,
+        user: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
         let conn = Connection::connect(&options.url, options.tls.clone()).await?;
         let reply = conn
             .request(frame::Register {
@@ -212,7 +216,10 @@ impl Client {
     }
 
     /// Reconnects with the state in `home` (after a restart).
-    pub async fn resume(home: &Path, options: Option<&ConnectOptions>) -> Result<Client, ClientError> {
+    pub async fn resume(
+        home: &Path,
+        options: Option<&ConnectOptions>,
+    ) -> Result<Client, ClientError> {
         let file = StateFile::new(home);
         let state = file.load()?.ok_or(ClientError::NotLoggedIn)?;
         let token = state.token.clone().ok_or(ClientError::NotLoggedIn)?;
@@ -251,11 +258,11 @@ impl Client {
         Ok(n)
     }
 
-    fn check_identity(&mut self, user: &str, presented: &chatify_core::PublicIdentity) -> bool {
-        match self.state.pins.get_mut(user) {
+    fn check_identity(&mut self, peer: &Address, presented: &chatify_core::PublicIdentity) -> bool {
+        match self.state.pins.get_mut(peer) {
             None => {
                 self.state.pins.insert(
-                    user.to_owned(),
+                    peer.clone(),
                     Pin {
                         identity: *presented,
                         verified: false,
@@ -281,7 +288,7 @@ impl Client {
         if self
             .state
             .pins
-            .get(&to.user)
+            .get(&to)
             .is_some_and(|p| p.changed_to.is_some())
         {
             return Err(ClientError::IdentityChanged { peer: to.user });
@@ -296,7 +303,7 @@ impl Client {
                 _ => None,
             })?;
             let verified = VerifiedBundle::verify(&bundle)?;
-            if !self.check_identity(&to.user, verified.identity()) {
+            if !self.check_identity(&to, verified.identity()) {
                 self.save()?;
                 return Err(ClientError::IdentityChanged { peer: to.user });
             }
@@ -309,7 +316,9 @@ impl Client {
             .sessions
             .get_mut(&to)
             .ok_or_else(|| ClientError::State("session vanished".into()))?;
-        let envelope = session.encrypt(conversation, text, &mut rand::rng())?.encode();
+        let envelope = session
+            .encrypt(conversation, text, &mut rand::rng())?
+            .encode();
         let mut message_id = [0u8; 16];
         rand::rng().fill_bytes(&mut message_id);
         // The ratchet moved: persist before the envelope leaves, so that a
@@ -336,18 +345,16 @@ impl Client {
 
     /// Waits for the next event. `Ok(None)` when the connection is gone.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
-        loop {
-            match self.conn.next_push().await {
-                None => return Ok(None),
-                Some(Push::Closed(info)) => return Ok(Some(Event::Disconnected(info))),
-                Some(Push::PrekeysLow(remaining)) => {
-                    let n = self
-                        .publish(PREKEY_TARGET.saturating_sub(remaining) as usize)
-                        .await?;
-                    return Ok(Some(Event::KeysReplenished(n)));
-                }
-                Some(Push::Deliver(d)) => return self.receive(d).await.map(Some),
+        match self.conn.next_push().await {
+            None => Ok(None),
+            Some(Push::Closed(info)) => Ok(Some(Event::Disconnected(info))),
+            Some(Push::PrekeysLow(remaining)) => {
+                let n = self
+                    .publish(PREKEY_TARGET.saturating_sub(remaining) as usize)
+                    .await?;
+                Ok(Some(Event::KeysReplenished(n)))
             }
+            Some(Push::Deliver(d)) => self.receive(d).await.map(Some),
         }
     }
 
@@ -372,7 +379,7 @@ impl Client {
             return Ok((session.decrypt(&envelope)?, false));
         }
         let (session, plaintext) = self.state.device.accept(&envelope)?;
-        let trusted = self.check_identity(&d.from.user, session.remote_identity());
+        let trusted = self.check_identity(&d.from, session.remote_identity());
         self.state.sessions.insert(d.from.clone(), session);
         Ok((plaintext, !trusted))
     }
@@ -418,30 +425,40 @@ impl Client {
         }
     }
 
-    /// The safety number with `peer`'s pinned identity (or the changed one
-    /// awaiting confirmation); `None` if the peer was never seen.
+    /// The safety number with `peer`'s (`user` or `user:device`) pinned
+    /// identity, or the changed one awaiting confirmation; `None` if the peer
+    /// was never seen.
     pub fn safety_number(&self, peer: &str) -> Option<SafetyNumber> {
-        let pin = self.state.pins.get(peer)?;
+        let pin = self.state.pins.get(&parse_peer(peer).ok()?)?;
         let theirs = pin.changed_to.as_ref().unwrap_or(&pin.identity);
-        Some(SafetyNumber::new(&self.state.device.public_identity(), theirs))
+        Some(SafetyNumber::new(
+            &self.state.device.public_identity(),
+            theirs,
+        ))
     }
 
     /// Marks `peer`'s current identity verified; after an identity change
     /// this accepts the new identity and unblocks sending.
     pub fn confirm_peer(&mut self, peer: &str) -> Result<(), ClientError> {
+        let addr = parse_peer(peer)?;
         let pin = self
             .state
             .pins
-            .get_mut(peer)
+            .get_mut(&addr)
             .ok_or_else(|| ClientError::State(format!("no identity known for {peer}")))?;
         if let Some(new) = pin.changed_to.take() {
             pin.identity = new;
-            // Sessions with the old identity are of no use any more.
-            self.state
+            // A session with the old identity is of no use any more.
+            if self
+                .state
                 .sessions
-                .retain(|a, s| a.user != peer || *s.remote_identity() == new);
+                .get(&addr)
+                .is_some_and(|s| *s.remote_identity() != new)
+            {
+                self.state.sessions.remove(&addr);
+            }
         }
-        if let Some(pin) = self.state.pins.get_mut(peer) {
+        if let Some(pin) = self.state.pins.get_mut(&addr) {
             pin.verified = true;
         }
         self.save()

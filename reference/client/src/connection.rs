@@ -54,7 +54,10 @@ pub fn tls_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, ClientErro
             .map_err(|e| ClientError::Tls(format!("{}: {e}", ca_pem.display())))?;
     }
     if roots.is_empty() {
-        return Err(ClientError::Tls(format!("{}: no certificate", ca_pem.display())));
+        return Err(ClientError::Tls(format!(
+            "{}: no certificate",
+            ca_pem.display()
+        )));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -71,7 +74,10 @@ fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<B
 
 impl Connection {
     /// Connects to `url` (`ws://` or `wss://`; `wss` needs `tls`).
-    pub async fn connect(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Connection, ClientError> {
+    pub async fn connect(
+        url: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Connection, ClientError> {
         if url.starts_with("wss://") && tls.is_none() {
             return Err(ClientError::Tls(
                 "a wss:// server needs a CA certificate (--ca-cert)".into(),
@@ -104,10 +110,16 @@ impl Connection {
             let close = loop {
                 match stream.next().await {
                     Some(Ok(Message::Binary(data))) => match Frame::decode(&data) {
-                        Ok(Frame { id: 0, body: Body::Deliver(d) }) => {
+                        Ok(Frame {
+                            id: 0,
+                            body: Body::Deliver(d),
+                        }) => {
                             let _ = push_tx.send(Push::Deliver(d));
                         }
-                        Ok(Frame { id: 0, body: Body::PrekeysLow(p) }) => {
+                        Ok(Frame {
+                            id: 0,
+                            body: Body::PrekeysLow(p),
+                        }) => {
                             let _ = push_tx.send(Push::PrekeysLow(p.remaining));
                         }
                         Ok(Frame { id, body }) => {
@@ -143,7 +155,10 @@ impl Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(id, tx);
-        let frame = Frame { id, body: body.into() };
+        let frame = Frame {
+            id,
+            body: body.into(),
+        };
         self.send_raw(frame.encode())?;
         match rx.await {
             Ok(Body::Error(e)) => Err(ClientError::Server {
@@ -182,7 +197,10 @@ impl Connection {
 }
 
 /// Expects a specific reply type.
-pub(crate) fn expect<T>(body: Body, pick: impl FnOnce(Body) -> Option<T>) -> Result<T, ClientError> {
+pub(crate) fn expect<T>(
+    body: Body,
+    pick: impl FnOnce(Body) -> Option<T>,
+) -> Result<T, ClientError> {
     let name = body.name();
     pick(body).ok_or_else(|| ClientError::Protocol(format!("unexpected reply {name}")))
 }

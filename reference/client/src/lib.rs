@@ -31,7 +31,10 @@ mod client;
 pub mod connection;
 pub mod state;
 
-pub use client::{Client, ConnectOptions, Event, Incoming, PREKEY_TARGET, SendReceipt, conversation_id, parse_peer};
+pub use client::{
+    Client, ConnectOptions, Event, Incoming, PREKEY_TARGET, SendReceipt, conversation_id,
+    parse_peer,
+};
 pub use connection::{Connection, Push};
 
 use chatify_proto::ErrorCode;
@@ -62,7 +65,9 @@ pub enum ClientError {
     Protocol(String),
     /// The peer's identity changed: sending is blocked until the user
     /// verifies the new safety number (`chatify verify PEER --confirm`).
-    #[error("{peer}'s identity changed; compare the new safety number and confirm it before sending")]
+    #[error(
+        "{peer}'s identity changed; compare the new safety number and confirm it before sending"
+    )]
     IdentityChanged {
         /// The peer.
         peer: String,

@@ -87,7 +87,7 @@ enum Command {
     },
     /// Show the safety number with a peer; --confirm after comparing it in person.
     Verify {
-        /// The peer's user name.
+        /// The peer: `user` or `user:device`.
         peer: String,
         /// Mark the shown number as verified (and accept a changed identity).
         #[arg(long)]
@@ -148,7 +148,10 @@ fn print_event(event: &Event) -> bool {
     match event {
         Event::Message(m) => print_message(m),
         Event::Rejected { from, reason, .. } => {
-            eprintln!("(dropped an envelope claiming to be from {}: {reason})", from.user)
+            eprintln!(
+                "(dropped an envelope claiming to be from {}: {reason})",
+                from.user
+            )
         }
         Event::Duplicate { .. } | Event::KeysReplenished(_) => {}
         Event::Disconnected(info) => {
@@ -180,7 +183,10 @@ async fn resume(cli: &Cli) -> Result<Client, ClientError> {
 async fn run(cli: Cli) -> Result<(), ClientError> {
     let default_url = || "ws://127.0.0.1:8080".to_owned();
     match &cli.command {
-        Command::Register { user, password_stdin } => {
+        Command::Register {
+            user,
+            password_stdin,
+        } => {
             let password = read_password(*password_stdin, true)?;
             let url = cli.server.clone().unwrap_or_else(default_url);
             Client::register(&options(&cli, url)?, user, &password).await?;
@@ -202,7 +208,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     .map(|s| s.server)
                     .unwrap_or_else(default_url),
             };
-            let client = Client::login(&options(&cli, url)?, &home, user, &password, *device).await?;
+            let client =
+                Client::login(&options(&cli, url)?, &home, user, &password, *device).await?;
             println!(
                 "logged in as {}:{}; keys published; state in {}",
                 user,
@@ -248,7 +255,10 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             if let Some(n) = client.safety_number(&target.user) {
                 eprintln!("safety number with {}:\n{n}", target.user);
             }
-            eprintln!("chatting with {} — type a line and press Enter; Ctrl-D to quit", target.user);
+            eprintln!(
+                "chatting with {} — type a line and press Enter; Ctrl-D to quit",
+                target.user
+            );
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
             loop {
                 tokio::select! {
@@ -281,11 +291,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     "no identity known for {peer} yet: send them a message or receive one first"
                 ))
             })?;
-            let pin = client.state().pins.get(peer).cloned();
+            let pin = client.state().pins.get(&parse_peer(peer)?).cloned();
             println!("safety number with {peer}:\n{number}");
             if let Some(pin) = pin {
                 if pin.changed_to.is_some() {
-                    println!("!! {peer}'s identity CHANGED: compare this number with {peer} before confirming");
+                    println!(
+                        "!! {peer}'s identity CHANGED: compare this number with {peer} before confirming"
+                    );
                 } else if pin.verified {
                     println!("(verified)");
                 }
@@ -307,7 +319,10 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("chatify: cannot start: {e}");

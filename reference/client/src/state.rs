@@ -67,8 +67,8 @@ pub struct State {
     pub device: Device,
     /// Sessions by peer device.
     pub sessions: BTreeMap<Address, Session>,
-    /// Pinned peer identities, by user.
-    pub pins: BTreeMap<String, Pin>,
+    /// Pinned peer identities, by device.
+    pub pins: BTreeMap<Address, Pin>,
     seen: HashSet<MessageId>,
     seen_order: VecDeque<MessageId>,
     /// Decrypted messages, oldest first.
@@ -173,7 +173,9 @@ impl State {
         let mut e = Encoder::new(&mut *buf);
         let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
             e.array(10)?.u64(STATE_VERSION)?;
-            e.str(&self.server)?.str(&self.user)?.u32(self.device_number)?;
+            e.str(&self.server)?
+                .str(&self.user)?
+                .u32(self.device_number)?;
             match &self.token {
                 Some(t) => e.bytes(t)?,
                 None => e.null()?,
@@ -184,9 +186,10 @@ impl State {
                 e.array(3)?.str(&addr.user)?.u32(addr.device)?.bytes(s)?;
             }
             e.array(self.pins.len() as u64)?;
-            for (user, pin) in &self.pins {
-                e.array(4)?
-                    .str(user)?
+            for (addr, pin) in &self.pins {
+                e.array(5)?
+                    .str(&addr.user)?
+                    .u32(addr.device)?
                     .bytes(&identity_bytes(&pin.identity))?
                     .bool(pin.verified)?;
                 match &pin.changed_to {
@@ -243,6 +246,7 @@ impl State {
         for _ in 0..n {
             d.array().map_err(bad)?;
             let user = d.str().map_err(bad)?.to_owned();
+            let device = d.u32().map_err(bad)?;
             let identity = identity_from(d.bytes().map_err(bad)?)?;
             let verified = d.bool().map_err(bad)?;
             let changed_to = if d.datatype().map_err(bad)? == Type::Null {
@@ -252,7 +256,7 @@ impl State {
                 Some(identity_from(d.bytes().map_err(bad)?)?)
             };
             state.pins.insert(
-                user,
+                Address { user, device },
                 Pin {
                     identity,
                     verified,
@@ -345,7 +349,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 fn open_private(path: &Path) -> std::io::Result<std::fs::File> {

@@ -113,7 +113,10 @@ impl LoginLimiter {
     /// Records a failed attempt.
     pub fn failed(&self, account: &str, address: IpAddr, now: Instant) {
         let mut f = self.lock();
-        f.accounts.entry(account.to_owned()).or_default().push_back(now);
+        f.accounts
+            .entry(account.to_owned())
+            .or_default()
+            .push_back(now);
         f.addresses.entry(address).or_default().push_back(now);
         // Keep the maps from growing without bound under a spray of names.
         if f.accounts.len() > 100_000 {
@@ -154,11 +157,17 @@ mod tests {
             l.failed("alice", ip, t0);
         }
         assert!(!l.allowed("alice", ip, t0));
-        assert!(!l.allowed("alice", other, t0), "per account, whatever the address");
+        assert!(
+            !l.allowed("alice", other, t0),
+            "per account, whatever the address"
+        );
         assert!(l.allowed("bob", ip, t0));
         l.failed("bob", ip, t0);
         l.failed("carol", ip, t0);
-        assert!(!l.allowed("dave", ip, t0), "per address, whatever the account");
+        assert!(
+            !l.allowed("dave", ip, t0),
+            "per address, whatever the account"
+        );
         assert!(l.allowed("alice", other, t0 + Duration::from_secs(61)));
     }
 }

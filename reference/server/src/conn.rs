@@ -123,10 +123,6 @@ type Reply = Result<Body, (ErrorCode, &'static str)>;
 fn store_failure(e: &StoreError) -> (ErrorCode, &'static str) {
     match e {
         StoreError::UserExists => (ErrorCode::UserExists, "user name taken"),
-        StoreError::IdentityMismatch => (
-            ErrorCode::InvalidRequest,
-            "identity keys differ from the ones this device published",
-        ),
         StoreError::NotYours => (ErrorCode::Forbidden, "not your envelope"),
         StoreError::Database(_) => (ErrorCode::Internal, "storage failure"),
     }
@@ -206,7 +202,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .map_err(|_| Stop::Closed)
     }
 
-    async fn reject(&mut self, id: u64, code: ErrorCode, message: &'static str) -> Result<(), Stop> {
+    async fn reject(
+        &mut self,
+        id: u64,
+        code: ErrorCode,
+        message: &'static str,
+    ) -> Result<(), Stop> {
         tracing::info!(conn = self.id, request = id, code = ?code, message, "rejected");
         self.send(Frame {
             id,
@@ -225,7 +226,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    async fn on_message(&mut self, msg: Option<Result<Message, tungstenite::Error>>) -> Result<(), Stop> {
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<(), Stop> {
         let data = match msg {
             None | Some(Ok(Message::Close(_))) => return Err(Stop::Closed),
             Some(Err(tungstenite::Error::Capacity(_))) => {
@@ -240,7 +244,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(Ok(Message::Text(_))) => {
                 self.strike()?;
                 return self
-                    .reject(0, ErrorCode::BadFrame, "text messages are not part of the protocol")
+                    .reject(
+                        0,
+                        ErrorCode::BadFrame,
+                        "text messages are not part of the protocol",
+                    )
                     .await;
             }
             Some(Ok(_)) => return Ok(()), // ping/pong/raw frames: handled by tungstenite
@@ -251,11 +259,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.strike()?;
                 let id = Frame::peek_id(&data).unwrap_or(0);
                 tracing::info!(conn = self.id, request = id, len = data.len(), error = %e, "undecodable frame");
-                return self.reject(id, e.code(), "frame could not be decoded").await;
+                return self
+                    .reject(id, e.code(), "frame could not be decoded")
+                    .await;
             }
         };
         let id = frame.id;
-        tracing::debug!(conn = self.id, request = id, frame = frame.body.name(), "request");
+        tracing::debug!(
+            conn = self.id,
+            request = id,
+            frame = frame.body.name(),
+            "request"
+        );
         let reply = self.on_request(frame.body).await;
         match reply {
             Ok(body) => self.send(Frame { id, body }).await?,
@@ -284,7 +299,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 })
                 .await
             }
-            Push::Replaced => Err(Stop::Close(CLOSE_REPLACED, "replaced by a newer connection")),
+            Push::Replaced => Err(Stop::Close(
+                CLOSE_REPLACED,
+                "replaced by a newer connection",
+            )),
         }
     }
 
@@ -296,10 +314,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         loop {
             let after = self.last_pushed;
             let d = device.clone();
-            let batch = match blocking(&self.shared, move |s| s.pending(&d, after, DELIVERY_BATCH)).await {
-                Ok(batch) => batch,
-                Err(_) => return Ok(()), // logged in `blocking`; retried on the next push
-            };
+            let batch =
+                match blocking(&self.shared, move |s| s.pending(&d, after, DELIVERY_BATCH)).await {
+                    Ok(batch) => batch,
+                    Err(_) => return Ok(()), // logged in `blocking`; retried on the next push
+                };
             let n = batch.len();
             for item in batch {
                 self.last_pushed = item.seq;
@@ -330,7 +349,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Body::Login(l) => self.login(l).await,
             Body::Authenticate(a) => self.authenticate(a).await,
             Body::Logout(_) => {
-                let a = self.auth.take().ok_or((ErrorCode::Unauthenticated, "authenticate first"))?;
+                let a = self
+                    .auth
+                    .take()
+                    .ok_or((ErrorCode::Unauthenticated, "authenticate first"))?;
                 self.shared.hub.unregister(&a.device, a.ticket);
                 self.last_pushed = 0;
                 self.mailbox_checked = false;
@@ -355,7 +377,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let t = target.clone();
                 let (bundle, remaining) = blocking(&self.shared, move |s| s.take_bundle(&t))
                     .await?
-                    .ok_or((ErrorCode::NoSuchUser, "no such device, or it has published no keys"))?;
+                    .ok_or((
+                        ErrorCode::NoSuchUser,
+                        "no such device, or it has published no keys",
+                    ))?;
                 if remaining < self.shared.config.prekey_low_threshold {
                     self.shared.hub.notify(&target, Push::PrekeysLow(remaining));
                 }
@@ -374,10 +399,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     s.history(&device.user, &h.conversation, h.before, limit)
                 })
                 .await?
-                .ok_or((ErrorCode::Forbidden, "not a participant of this conversation"))?;
+                .ok_or((
+                    ErrorCode::Forbidden,
+                    "not a participant of this conversation",
+                ))?;
                 Ok(frame::History { items }.into())
             }
-            _ => Err((ErrorCode::InvalidRequest, "server-to-client frame sent by a client")),
+            _ => Err((
+                ErrorCode::InvalidRequest,
+                "server-to-client frame sent by a client",
+            )),
         }
     }
 
@@ -389,7 +420,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ));
         }
         if r.password.chars().count() < MIN_PASSWORD_LEN {
-            return Err((ErrorCode::InvalidRequest, "passwords have at least 8 characters"));
+            return Err((
+                ErrorCode::InvalidRequest,
+                "passwords have at least 8 characters",
+            ));
         }
         let cost = self.shared.config.password_cost;
         let password = r.password;
@@ -409,7 +443,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let now = Instant::now();
         if !self.shared.limiter.allowed(&l.username, ip, now) {
             tracing::warn!(conn = self.id, user = %l.username, "login rate limited");
-            return Err((ErrorCode::RateLimited, "too many failed logins; try again later"));
+            return Err((
+                ErrorCode::RateLimited,
+                "too many failed logins; try again later",
+            ));
         }
         if l.device == 0 {
             return Err((ErrorCode::InvalidRequest, "device numbers start at 1"));
@@ -511,7 +548,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             st.enqueue(&envelope).map(Some)
         })
         .await?
-        .ok_or((ErrorCode::NoSuchUser, "no such device, or it has published no keys"))?;
+        .ok_or((
+            ErrorCode::NoSuchUser,
+            "no such device, or it has published no keys",
+        ))?;
         tracing::debug!(conn = self.id, seq, len, "stored");
         self.shared.hub.notify(&to, Push::Mail);
         Ok(frame::SendOk {
@@ -524,8 +564,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
 /// An Argon2id hash of a random password, verified against when the account
 /// does not exist (equalises login timing).
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Kxq5Y8c1Qm0n3s2mH8b9m6e8o2mY4kXl6o3m2bQj1zE";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Kxq5Y8c1Qm0n3s2mH8b9m6e8o2mY4kXl6o3m2bQj1zE";
 
 #[cfg(test)]
 mod tests {

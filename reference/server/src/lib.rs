@@ -148,7 +148,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     let mut next_id = 0u64;
     let retention = Arc::clone(&shared);
@@ -174,14 +178,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: w
     drop(listener);
     tracing::info!(connections = conns.len(), "shutting down");
     let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         conns.abort_all();
     }
 }
 
 async fn prune_once(shared: &Arc<Shared>) {
     let now = conn::now_ms();
-    let cutoff = now.saturating_sub(u64::try_from(shared.config.history_retention.as_millis()).unwrap_or(u64::MAX));
+    let cutoff = now.saturating_sub(
+        u64::try_from(shared.config.history_retention.as_millis()).unwrap_or(u64::MAX),
+    );
     let store = Arc::clone(&shared.store);
     let result = tokio::task::spawn_blocking(move || {
         let tokens = store.prune_tokens(now / 1000)?;

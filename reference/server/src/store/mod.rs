@@ -10,7 +10,9 @@ pub mod sqlite;
 pub use sqlite::SqliteStore;
 
 use chatify_proto::frame::{Address, Deliver};
-use chatify_proto::{ConversationId, DeviceKeys, MessageId, OneTimePrekey, PrekeyBundle, SignedPrekey};
+use chatify_proto::{
+    ConversationId, DeviceKeys, MessageId, OneTimePrekey, PrekeyBundle, SignedPrekey,
+};
 
 /// What a store can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -19,9 +21,6 @@ pub enum StoreError {
     /// The user name is taken.
     #[error("user exists")]
     UserExists,
-    /// The device already published a different identity.
-    #[error("identity keys differ from the published ones")]
-    IdentityMismatch,
     /// A sequence number in an acknowledgement is not the caller's.
     #[error("not the caller's envelope")]
     NotYours,
@@ -73,9 +72,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes expired tokens; returns how many.
     fn prune_tokens(&self, now: u64) -> Result<u64, StoreError>;
 
-    /// Publishes a device's keys: identity (must match an earlier
-    /// publication), signed prekey (replaces), one-time prekeys (added).
-    /// Returns the number of one-time prekeys now held.
+    /// Publishes a device's keys: identity and signed prekey (replacing
+    /// earlier ones; a new identity also discards the device's one-time
+    /// prekeys), one-time prekeys (added). Returns how many one-time prekeys
+    /// the device now has.
     fn publish_keys(
         &self,
         device: &Address,
@@ -92,7 +92,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores an envelope durably; returns its sequence number.
     fn enqueue(&self, envelope: &NewEnvelope) -> Result<u64, StoreError>;
     /// Unacknowledged envelopes for a device with `seq > after`, in order.
-    fn pending(&self, device: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError>;
+    fn pending(&self, device: &Address, after: u64, limit: u32)
+    -> Result<Vec<Deliver>, StoreError>;
     /// Acknowledges envelopes; all must be addressed to `device`, else none is.
     fn ack(&self, device: &Address, seqs: &[u64]) -> Result<(), StoreError>;
     /// A page of a conversation's history involving `user`, newest first;

@@ -108,14 +108,16 @@ impl SqliteStore {
     }
 
     fn setup(conn: Connection, durability: Durability) -> Result<Self, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
         let sync = match durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", sync).map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
         let store = SqliteStore {
             conn: Mutex::new(conn),
         };
@@ -168,7 +170,10 @@ impl SqliteStore {
     }
 }
 
-fn deliver_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, Vec<u8>, Vec<u8>, i64, Vec<u8>)> {
+/// An envelope row: seq, sender, sender device, conversation, message id, time, envelope.
+type Row = (i64, String, i64, Vec<u8>, Vec<u8>, i64, Vec<u8>);
+
+fn deliver_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -179,8 +184,6 @@ fn deliver_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64
         r.get(6)?,
     ))
 }
-
-type Row = (i64, String, i64, Vec<u8>, Vec<u8>, i64, Vec<u8>);
 
 fn to_deliver(row: Row) -> Result<Deliver, StoreError> {
     let (seq, sender, sender_device, conversation, message_id, sent_at_ms, envelope) = row;
@@ -290,45 +293,38 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(db)?;
-        match existing {
-            Some((signing, ik))
-                if signing != identity.signing_key[..] || ik != identity.identity_key[..] =>
-            {
-                return Err(StoreError::IdentityMismatch);
-            }
-            Some(_) => {
-                tx.execute(
-                    "UPDATE devices SET spk_id = ?3, spk = ?4, spk_signature = ?5
-                     WHERE user = ?1 AND device = ?2",
-                    params![
-                        device.user,
-                        device.device,
-                        signed_prekey.id,
-                        &signed_prekey.public_key[..],
-                        &signed_prekey.signature[..]
-                    ],
-                )
-                .map_err(db)?;
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO devices (user, device, signing_key, identity_key, identity_signature,
-                                          spk_id, spk, spk_signature)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        device.user,
-                        device.device,
-                        &identity.signing_key[..],
-                        &identity.identity_key[..],
-                        &identity.identity_signature[..],
-                        signed_prekey.id,
-                        &signed_prekey.public_key[..],
-                        &signed_prekey.signature[..]
-                    ],
-                )
-                .map_err(db)?;
-            }
+        let replaced = existing.as_ref().is_some_and(|(signing, ik)| {
+            *signing != identity.signing_key[..] || *ik != identity.identity_key[..]
+        });
+        if replaced {
+            // A new identity for this device (a reinstall): its old one-time
+            // prekeys belong to the old identity and must not be served.
+            tx.execute(
+                "DELETE FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+            )
+            .map_err(db)?;
         }
+        tx.execute(
+            "INSERT INTO devices (user, device, signing_key, identity_key, identity_signature,
+                                  spk_id, spk, spk_signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (user, device) DO UPDATE SET
+                 signing_key = excluded.signing_key, identity_key = excluded.identity_key,
+                 identity_signature = excluded.identity_signature, spk_id = excluded.spk_id,
+                 spk = excluded.spk, spk_signature = excluded.spk_signature",
+            params![
+                device.user,
+                device.device,
+                &identity.signing_key[..],
+                &identity.identity_key[..],
+                &identity.identity_signature[..],
+                signed_prekey.id,
+                &signed_prekey.public_key[..],
+                &signed_prekey.signature[..]
+            ],
+        )
+        .map_err(db)?;
         {
             let mut insert = tx
                 .prepare(
@@ -364,7 +360,16 @@ impl Store for SqliteStore {
                 "SELECT signing_key, identity_key, identity_signature, spk_id, spk, spk_signature
                  FROM devices WHERE user = ?1 AND device = ?2",
                 params![device.user, device.device],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()
             .map_err(db)?;
@@ -462,7 +467,12 @@ impl Store for SqliteStore {
         Ok(u64_of(conn.last_insert_rowid()))
     }
 
-    fn pending(&self, device: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {
+    fn pending(
+        &self,
+        device: &Address,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Deliver>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
@@ -488,9 +498,7 @@ impl Store for SqliteStore {
             .map_err(db)?;
         {
             let mut owner = tx
-                .prepare_cached(
-                    "SELECT recipient, recipient_device FROM envelopes WHERE seq = ?1",
-                )
+                .prepare_cached("SELECT recipient, recipient_device FROM envelopes WHERE seq = ?1")
                 .map_err(db)?;
             for seq in seqs {
                 let row: Option<(String, u32)> = owner
@@ -544,7 +552,12 @@ impl Store for SqliteStore {
             .map_err(db)?;
         let rows = stmt
             .query_map(
-                params![&conversation[..], user, i64_of(before.unwrap_or(u64::MAX)), limit],
+                params![
+                    &conversation[..],
+                    user,
+                    i64_of(before.unwrap_or(u64::MAX)),
+                    limit
+                ],
                 deliver_from_row,
             )
             .map_err(db)?;

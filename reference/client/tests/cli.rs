@@ -1,0 +1,194 @@
+//! The `chatify` binary, driven as a person would drive it in two terminals
+//! (the same commands as the README).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chatify_server::auth::PasswordCost;
+use chatify_server::store::SqliteStore;
+use chatify_server::{Config, Server};
+
+fn chatify(server: &str, home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chatify"));
+    c.env_remove("CHATIFY_HOME").env_remove("CHATIFY_CA_CERT");
+    c.arg("--server").arg(server).arg("--home").arg(home);
+    c
+}
+
+fn run(mut cmd: Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Lines a child prints, read on a thread so the test can time out.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(rx: &mpsc::Receiver<String>, wanted: &str) {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| panic!("never saw {wanted:?}"));
+        if line == wanted {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_chat_in_two_terminals() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        password_cost: PasswordCost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        ..Config::default()
+    };
+    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.local_addr());
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+
+    let url2 = url.clone();
+    let (a, b) = (alice.clone(), bob.clone());
+    tokio::task::spawn_blocking(move || {
+        let url = url2;
+        for (home, name) in [(&a, "alice"), (&b, "bob")] {
+            let mut c = chatify(&url, home);
+            c.args(["register", name, "--password-stdin"]);
+            run(c, &format!("{name}-secret-pw\n"));
+            let mut c = chatify(&url, home);
+            c.args(["login", name, "--password-stdin"]);
+            let out = run(c, &format!("{name}-secret-pw\n"));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("keys published"));
+        }
+
+        // Terminal 1: Alice chats with Bob. Terminal 2: Bob chats with Alice.
+        let mut t1 = chatify(&url, &a)
+            .args(["chat", "bob"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut t2 = chatify(&url, &b)
+            .args(["chat", "alice"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (out1, out2) = (lines(&mut t1), lines(&mut t2));
+        let (mut in1, mut in2) = (t1.stdin.take().unwrap(), t2.stdin.take().unwrap());
+        writeln!(in1, "hello Bob, it is Alice").unwrap();
+        wait_for(&out2, "alice: hello Bob, it is Alice");
+        writeln!(in2, "hi Alice!").unwrap();
+        wait_for(&out1, "bob: hi Alice!");
+        drop(in1);
+        drop(in2);
+        assert!(t1.wait().unwrap().success());
+        assert!(t2.wait().unwrap().success());
+
+        // One-shot send and inbox; and the safety numbers match.
+        let mut c = chatify(&url, &a);
+        c.args(["send", "bob", "one more thing"]);
+        run(c, "");
+        let mut c = chatify(&url, &b);
+        c.args(["inbox", "--wait", "1"]);
+        let out = run(c, "");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "alice: one more thing"
+        );
+        let number = |home: &Path, peer: &str| {
+            let mut c = chatify(&url, home);
+            c.args(["verify", peer]);
+            let out = String::from_utf8(run(c, "").stdout).unwrap();
+            out.lines().skip(1).take(3).collect::<Vec<_>>().join("\n")
+        };
+        let (n1, n2) = (number(&a, "bob"), number(&b, "alice"));
+        assert_eq!(n1, n2);
+        assert_eq!(n1.split_whitespace().count(), 12, "{n1}");
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
+#[test]
+fn help_explains_every_command_and_option() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatify"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "register",
+        "login",
+        "send",
+        "chat",
+        "inbox",
+        "verify",
+        "logout",
+        "--server",
+        "--home",
+        "--ca-cert",
+    ] {
+        assert!(help.contains(word), "{word} missing from --help");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_chatify"))
+        .args(["verify", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("--confirm"));
+}
+
+#[test]
+fn commands_without_login_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = chatify("ws://127.0.0.1:9", dir.path())
+        .args(["send", "bob", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chatify login"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,171 @@
+//! A server on a loopback port and a raw WebSocket client that can send
+//! anything, well-formed or not.
+#![allow(
+    dead_code,
+    clippy::large_enum_variant,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatify_proto::frame::{self, Address};
+use chatify_proto::{Body, ErrorCode, Frame};
+use chatify_server::auth::PasswordCost;
+use chatify_server::store::SqliteStore;
+use chatify_server::{Config, Server};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Cheap password hashing: these tests are not about Argon2's cost.
+pub fn test_config() -> Config {
+    Config {
+        password_cost: PasswordCost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        ..Config::default()
+    }
+}
+
+pub async fn start(config: Config) -> (Server, String) {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let server = Server::start(config, store).await.unwrap();
+    let url = format!("ws://{}", server.local_addr());
+    (server, url)
+}
+
+pub struct Raw {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+/// What came back.
+#[derive(Debug)]
+pub enum Got {
+    Frame(Frame),
+    Closed(Option<u16>),
+}
+
+impl Raw {
+    pub async fn connect(url: &str) -> Raw {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Raw { ws, next_id: 100 }
+    }
+
+    pub async fn send_bytes(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::Binary(bytes.into())).await.unwrap();
+    }
+
+    pub async fn recv(&mut self) -> Got {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("no answer within 10 s");
+            match msg {
+                Some(Ok(Message::Binary(b))) => return Got::Frame(Frame::decode(&b).unwrap()),
+                Some(Ok(Message::Close(c))) => return Got::Closed(c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Got::Closed(None),
+            }
+        }
+    }
+
+    /// Sends a request and returns the reply to it (skipping pushes).
+    pub async fn request(&mut self, body: impl Into<Body>) -> Body {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send_bytes(
+            Frame {
+                id,
+                body: body.into(),
+            }
+            .encode(),
+        )
+        .await;
+        loop {
+            match self.recv().await {
+                Got::Frame(f) if f.id == id => return f.body,
+                Got::Frame(_) => continue,
+                Got::Closed(c) => panic!("closed ({c:?}) while waiting for reply {id}"),
+            }
+        }
+    }
+
+    pub async fn expect_error(&mut self, body: impl Into<Body>, code: ErrorCode) {
+        match self.request(body).await {
+            Body::Error(e) => assert_eq!(e.code, code, "{e:?}"),
+            other => panic!("expected {code:?}, got {other:?}"),
+        }
+    }
+
+    pub async fn ping(&mut self) {
+        assert!(matches!(self.request(frame::Ping {}).await, Body::Pong(_)));
+    }
+}
+
+pub fn addr(user: &str) -> Address {
+    Address {
+        user: user.into(),
+        device: 1,
+    }
+}
+
+/// Registers, logs in, authenticates and publishes dummy keys; returns the
+/// connection and the token.
+pub async fn account(url: &str, user: &str) -> (Raw, Vec<u8>) {
+    let mut raw = Raw::connect(url).await;
+    let password = format!("{user}-password");
+    assert!(matches!(
+        raw.request(frame::Register {
+            username: user.into(),
+            password: password.clone()
+        })
+        .await,
+        Body::Ok(_)
+    ));
+    let token = match raw
+        .request(frame::Login {
+            username: user.into(),
+            password,
+            device: 1,
+            second_factor: None,
+        })
+        .await
+    {
+        Body::LoginOk(ok) => ok.token,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        raw.request(frame::Authenticate {
+            token: token.clone()
+        })
+        .await,
+        Body::AuthOk(_)
+    ));
+    let keys = frame::PublishKeys {
+        identity: chatify_proto::DeviceKeys {
+            signing_key: [1; 32],
+            identity_key: [2; 32],
+            identity_signature: [3; 64],
+        },
+        signed_prekey: chatify_proto::SignedPrekey {
+            id: 1,
+            public_key: [4; 32],
+            signature: [5; 64],
+        },
+        one_time_prekeys: (1..=20)
+            .map(|id| chatify_proto::OneTimePrekey {
+                id,
+                public_key: [id as u8; 32],
+            })
+            .collect(),
+    };
+    assert!(matches!(raw.request(keys).await, Body::Ok(_)));
+    (raw, token)
+}
