@@ -576,3 +576,68 @@ impl Store for SqliteStore {
             .map_err(db)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(to: &str, sent_at_ms: u64) -> NewEnvelope {
+        NewEnvelope {
+            from: Address {
+                user: "alice".into(),
+                device: 1,
+            },
+            to: Address {
+                user: to.into(),
+                device: 1,
+            },
+            conversation: [1; 16],
+            message_id: [2; 16],
+            sent_at_ms,
+            envelope: vec![3; 10],
+        }
+    }
+
+    #[test]
+    fn pruning_removes_only_old_acknowledged_envelopes() {
+        let store = SqliteStore::in_memory().unwrap();
+        let bob = Address {
+            user: "bob".into(),
+            device: 1,
+        };
+        let old_acked = store.enqueue(&envelope("bob", 1_000)).unwrap();
+        let old_pending = store.enqueue(&envelope("bob", 1_000)).unwrap();
+        let new_acked = store.enqueue(&envelope("bob", 9_000)).unwrap();
+        store.ack(&bob, &[old_acked, new_acked]).unwrap();
+        assert_eq!(store.prune_history(5_000).unwrap(), 1);
+        let pending: Vec<u64> = store
+            .pending(&bob, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        assert_eq!(pending, vec![old_pending], "the mailbox is never pruned");
+        let history = store.history("bob", &[1; 16], None, 10).unwrap().unwrap();
+        assert_eq!(
+            history.iter().map(|d| d.seq).collect::<Vec<_>>(),
+            vec![new_acked, old_pending]
+        );
+    }
+
+    #[test]
+    fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        drop(store);
+        let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        store
+            .lock()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        drop(store);
+        assert!(SqliteStore::open(&path, Durability::Normal).is_err());
+    }
+}
