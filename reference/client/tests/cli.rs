@@ -1,7 +1,12 @@
 //! The `chatify` binary, driven as a person would drive it in two terminals
 //! (the same commands as the README).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

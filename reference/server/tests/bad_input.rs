@@ -1,7 +1,12 @@
 //! Every class of bad input gets a typed error frame or a clean close with a
 //! code, and other connections keep working meanwhile.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 

@@ -1,7 +1,12 @@
 //! The `chatify-server` binary as a process: an acknowledged send survives
 //! `kill -9`, SIGTERM shuts down gracefully, and `--help` explains itself.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
