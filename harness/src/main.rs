@@ -1,16 +1,26 @@
-//! `chatify-harness`: drives the Chatify reference implementation and writes
-//! reports.
+//! `chatify-harness`: drives the Chatify reference client and server through
+//! scenarios, measures them, and checks that the server never receives
+//! plaintext.
 //!
-//! At this stage the reference server and the scenario runner do not exist
-//! yet; `reproduce` runs the end-to-end-encryption core with two in-process
-//! parties and writes what happened, checked, to `reports/paper/`. It says so
-//! in its output and in the report.
+//! ```text
+//!  scenario.toml ─▶ topology (server in-process | child, SQLite)
+//!                   users (reference clients) ─▶ wire tap (relay) ─▶ server
+//!                   open-loop workload + faults ─▶ records ─▶ hdrhistogram metrics
+//!                   taps: wire, store, logs, memory ─▶ checks ─▶ summary.json, report.md
+//! ```
 
 #![forbid(unsafe_code)]
 
 mod exchange;
+mod logsink;
+mod plaintext;
+mod report;
+mod runner;
+mod scenario;
+mod sweep;
+mod taps;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -19,11 +29,13 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "chatify-harness",
     version,
-    about = "Drive the Chatify reference implementation and write reports",
-    long_about = "Drives the Chatify reference implementation through checked runs and writes \
-                  reports.\n\nThis build contains the E2EE core only: `reproduce` runs two \
-                  in-process parties over the real envelope encoding (no server yet) and checks \
-                  every delivery, tamper and replay outcome."
+    about = "Drive the Chatify reference implementation through scenarios and check it",
+    long_about = "Drives the Chatify reference client and server through scenarios \
+                  (scenarios/*.toml, documented in scenarios/README.md): many clients, an \
+                  open-loop workload, faults, and four plaintext-leak taps (wire, store, logs, \
+                  memory). Measures latency and throughput with hdrhistogram and writes \
+                  summary.json and report.md. Exits non-zero when a check's verdict differs \
+                  from what the scenario expects."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +44,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a scenario file and write summary.json and report.md.
+    Run {
+        /// The scenario file (e.g. scenarios/smoke.toml).
+        scenario: PathBuf,
+        /// Output directory (default: reports/<scenario name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the scenarios in a directory.
+    List {
+        /// The directory.
+        #[arg(default_value = "scenarios")]
+        dir: PathBuf,
+    },
     /// Run the two-party in-process exchange and write its checked transcript.
     ///
     /// Alice and Bob (fresh devices) set up a session from Bob's prekey
@@ -51,36 +80,95 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Internal: run the reference server in this process (used for child
+    /// servers). Takes chatify-server's options.
+    #[command(name = "__serve", hide = true)]
+    Serve {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, String> {
+    let s = scenario::load(path)?;
+    let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&s.name));
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let rt = runtime()?;
+    if s.sweep.is_some() {
+        let ok = rt.block_on(sweep::run(&s, &out, show))?;
+        println!("report: {}", out.join("report.md").display());
+        return Ok(ok);
+    }
+    eprintln!("running {} ({} users, {} messages at {} msg/s)", s.name, s.users.count, s.workload.messages, s.workload.rate);
+    let outcome = rt.block_on(runner::run(&s, &out, show))?;
+    report::write_run(&out, &s, &outcome)?;
+    print!("{}", report::summary(&outcome));
+    if let Some(reason) = &s.expect.reason {
+        println!("expected failures: {reason}");
+    }
+    println!(
+        "{}; report: {}",
+        if outcome.as_expected() { "as expected" } else { "NOT AS EXPECTED" },
+        out.join("report.md").display()
+    );
+    Ok(outcome.as_expected())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Reproduce {
-            out,
-            messages,
-            quick,
-        } => {
+        Command::Serve { args } => {
+            let argv = std::iter::once("chatify-server".into()).chain(args.into_iter().map(Into::into));
+            chatify_server::cli::run_from(argv)
+        }
+        Command::Run { scenario, out, quiet } => match run_scenario(&scenario, out, quiet) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("chatify-harness: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::List { dir } => {
+            let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect(),
+                Err(e) => {
+                    eprintln!("chatify-harness: {}: {e}", dir.display());
+                    return ExitCode::from(2);
+                }
+            };
+            entries.sort();
+            for path in entries {
+                match scenario::load(&path) {
+                    Ok(s) => println!("{:<40} {}", path.display(), s.description.lines().next().unwrap_or("")),
+                    Err(e) => println!("{:<40} INVALID: {e}", path.display()),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Reproduce { out, messages, quick } => {
             let messages = if quick { 20 } else { messages };
             eprintln!(
-                "chatify-harness: the reference server and the scenario runner are not built yet; \
-                 running the two-party in-process E2EE exchange ({messages} messages each way)."
+                "chatify-harness: the paper's figures are not built yet; running the two-party \
+                 in-process E2EE exchange ({messages} messages each way)."
             );
             let result = exchange::run(messages, &mut rand::rng());
             let report = result.markdown();
-            if let Err(e) = std::fs::create_dir_all(&out)
-                .and_then(|()| std::fs::write(out.join("report.md"), &report))
-            {
+            if let Err(e) = std::fs::create_dir_all(&out).and_then(|()| std::fs::write(out.join("report.md"), &report)) {
                 eprintln!("chatify-harness: cannot write {}: {e}", out.display());
                 return ExitCode::from(2);
             }
             println!("{}", result.summary());
             println!("report: {}", out.join("report.md").display());
-            if result.all_passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            if result.all_passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chatify_core::{Device, SafetyNumber, Session, VerifiedBundle};
 use chatify_proto::frame::{self, Address, Deliver};
@@ -136,12 +137,24 @@ pub fn parse_peer(peer: &str) -> Result<Address, ClientError> {
     })
 }
 
+/// How long the E2EE work of the last operations took (for measurements).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// The last encryption (`Session::encrypt`).
+    pub encrypt: Option<Duration>,
+    /// The last decryption (`Session::decrypt` or `Device::accept`).
+    pub decrypt: Option<Duration>,
+    /// The last session setup (bundle fetch, verification, `Session::initiate`).
+    pub setup: Option<Duration>,
+}
+
 /// A logged-in client.
 #[derive(Debug)]
 pub struct Client {
     conn: Connection,
     state: State,
     file: StateFile,
+    timings: Timings,
 }
 
 async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError> {
@@ -208,7 +221,12 @@ impl Client {
         state.server = options.url.clone();
         state.token = Some(Zeroizing::new(ok.token));
         authenticate(&conn, state.token.as_deref().map_or(&[][..], |t| &t[..])).await?;
-        let mut client = Client { conn, state, file };
+        let mut client = Client {
+            conn,
+            state,
+            file,
+            timings: Timings::default(),
+        };
         client
             .publish(if fresh { PREKEY_TARGET as usize } else { 0 })
             .await?;
@@ -229,7 +247,12 @@ impl Client {
         };
         let conn = Connection::connect(&url, tls).await?;
         authenticate(&conn, &token).await?;
-        Ok(Client { conn, state, file })
+        Ok(Client {
+            conn,
+            state,
+            file,
+            timings: Timings::default(),
+        })
     }
 
     /// Own address.
@@ -281,9 +304,24 @@ impl Client {
         }
     }
 
-    /// Encrypts `text` for `peer` (`user` or `user:device`) and relays it.
-    /// Returns once the server has stored it durably.
+    /// Encrypts `text` for `peer` (`user` or `user:device`) and relays it
+    /// with a fresh random message id. Returns once the server has stored it
+    /// durably.
     pub async fn send(&mut self, peer: &str, text: &[u8]) -> Result<SendReceipt, ClientError> {
+        let mut message_id = [0u8; 16];
+        rand::rng().fill_bytes(&mut message_id);
+        self.send_with_id(peer, text, message_id).await
+    }
+
+    /// As [`Client::send`] with a caller-chosen message id: retrying a send
+    /// whose outcome is unknown with the same id lets the recipient drop the
+    /// second copy.
+    pub async fn send_with_id(
+        &mut self,
+        peer: &str,
+        text: &[u8],
+        message_id: MessageId,
+    ) -> Result<SendReceipt, ClientError> {
         let to = parse_peer(peer)?;
         if self
             .state
@@ -293,7 +331,8 @@ impl Client {
         {
             return Err(ClientError::IdentityChanged { peer: to.user });
         }
-        if !self.state.sessions.contains_key(&to) {
+        if self.state.sessions.get(&to).is_none_or(Vec::is_empty) {
+            let started = Instant::now();
             let reply = self
                 .conn
                 .request(frame::FetchBundle { device: to.clone() })
@@ -308,19 +347,17 @@ impl Client {
                 return Err(ClientError::IdentityChanged { peer: to.user });
             }
             let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
-            self.state.sessions.insert(to.clone(), session);
+            self.state.push_session(to.clone(), session);
+            self.timings.setup = Some(started.elapsed());
         }
         let conversation = conversation_id(&self.state.user, &to.user);
         let session = self
             .state
-            .sessions
-            .get_mut(&to)
+            .active_session(&to)
             .ok_or_else(|| ClientError::State("session vanished".into()))?;
         let envelope = session
             .encrypt(conversation, text, &mut rand::rng())?
             .encode();
-        let mut message_id = [0u8; 16];
-        rand::rng().fill_bytes(&mut message_id);
         // The ratchet moved: persist before the envelope leaves, so that a
         // crash can never make this device reuse a message key.
         self.save()?;
@@ -344,43 +381,86 @@ impl Client {
     }
 
     /// Waits for the next event. `Ok(None)` when the connection is gone.
+    ///
+    /// Not cancel-safe (it acknowledges and saves state after receiving); in
+    /// a `select!`, wait on [`Client::next_push`] and pass the result to
+    /// [`Client::handle`] outside the `select!`.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
-        match self.conn.next_push().await {
+        match self.next_push().await {
             None => Ok(None),
-            Some(Push::Closed(info)) => Ok(Some(Event::Disconnected(info))),
-            Some(Push::PrekeysLow(remaining)) => {
-                let n = self
-                    .publish(PREKEY_TARGET.saturating_sub(remaining) as usize)
-                    .await?;
-                Ok(Some(Event::KeysReplenished(n)))
-            }
-            Some(Push::Deliver(d)) => self.receive(d).await.map(Some),
+            Some(push) => self.handle(push).await.map(Some),
         }
     }
 
-    async fn ack(&self, seq: u64) -> Result<(), ClientError> {
+    /// The next raw push from the server (cancel-safe).
+    pub async fn next_push(&mut self) -> Option<Push> {
+        self.conn.next_push().await
+    }
+
+    /// Processes a push: decrypts, stores and acknowledges a delivery;
+    /// publishes prekeys when asked.
+    pub async fn handle(&mut self, push: Push) -> Result<Event, ClientError> {
+        match push {
+            Push::Closed(info) => Ok(Event::Disconnected(info)),
+            Push::PrekeysLow(remaining) => {
+                let n = self
+                    .publish(PREKEY_TARGET.saturating_sub(remaining) as usize)
+                    .await?;
+                Ok(Event::KeysReplenished(n))
+            }
+            Push::Deliver(d) => self.receive(d).await,
+        }
+    }
+
+    /// Acknowledges a delivery.
+    pub async fn ack(&self, seq: u64) -> Result<(), ClientError> {
         let reply = self.conn.request(frame::Ack { seqs: vec![seq] }).await?;
         expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))
     }
 
     fn open(&mut self, d: &Deliver) -> Result<(Zeroizing<Vec<u8>>, bool), ClientError> {
+        let started = Instant::now();
+        let result = self.open_timed(d);
+        self.timings.decrypt = Some(started.elapsed());
+        result
+    }
+
+    fn open_timed(&mut self, d: &Deliver) -> Result<(Zeroizing<Vec<u8>>, bool), ClientError> {
         let envelope = Envelope::decode(&d.envelope).map_err(chatify_core::Error::from)?;
-        let existing = match (self.state.sessions.get(&d.from), &envelope.prekey) {
-            (Some(s), Some(_)) => s.is_setup_of_this_session(&envelope),
-            (Some(_), None) => true,
-            (None, _) => false,
+        let sessions = self.state.sessions.entry(d.from.clone()).or_default();
+        // A setup message of a session we have goes to that session; one of a
+        // new session goes to `Device::accept`; any other message is tried on
+        // each session, the active one first (a failed try changes nothing).
+        let candidates: Vec<usize> = match &envelope.prekey {
+            Some(_) => sessions
+                .iter()
+                .position(|s| s.is_setup_of_this_session(&envelope))
+                .into_iter()
+                .collect(),
+            None => (0..sessions.len()).collect(),
         };
-        if existing {
-            let session = self
-                .state
-                .sessions
-                .get_mut(&d.from)
-                .ok_or_else(|| ClientError::State("session vanished".into()))?;
-            return Ok((session.decrypt(&envelope)?, false));
+        let new_setup = envelope.prekey.is_some() && candidates.is_empty();
+        if !new_setup {
+            let mut last = chatify_core::Error::Decrypt;
+            for i in candidates {
+                let Some(session) = sessions.get_mut(i) else { continue };
+                match session.decrypt(&envelope) {
+                    Ok(plaintext) => {
+                        // The peer uses this session: make it the active one.
+                        if i > 0 {
+                            let s = sessions.remove(i);
+                            sessions.insert(0, s);
+                        }
+                        return Ok((plaintext, false));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            return Err(last.into());
         }
         let (session, plaintext) = self.state.device.accept(&envelope)?;
         let trusted = self.check_identity(&d.from, session.remote_identity());
-        self.state.sessions.insert(d.from.clone(), session);
+        self.state.push_session(d.from.clone(), session);
         Ok((plaintext, !trusted))
     }
 
@@ -448,14 +528,9 @@ impl Client {
             .ok_or_else(|| ClientError::State(format!("no identity known for {peer}")))?;
         if let Some(new) = pin.changed_to.take() {
             pin.identity = new;
-            // A session with the old identity is of no use any more.
-            if self
-                .state
-                .sessions
-                .get(&addr)
-                .is_some_and(|s| *s.remote_identity() != new)
-            {
-                self.state.sessions.remove(&addr);
+            // Sessions with the old identity are of no use any more.
+            if let Some(list) = self.state.sessions.get_mut(&addr) {
+                list.retain(|s| *s.remote_identity() == new);
             }
         }
         if let Some(pin) = self.state.pins.get_mut(&addr) {
@@ -495,6 +570,11 @@ impl Client {
     /// Closes the connection cleanly.
     pub async fn close(self) {
         self.conn.shutdown().await;
+    }
+
+    /// Durations of the last encryption, decryption and session setup.
+    pub fn timings(&self) -> Timings {
+        self.timings
     }
 
     /// The connection, for requests this type does not wrap.

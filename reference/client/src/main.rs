@@ -275,8 +275,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                         Ok(None) => break,
                         Err(e) => return Err(ClientError::Io(e.to_string())),
                     },
-                    event = client.next_event() => match event? {
-                        Some(event) => if !print_event(&event) { break },
+                    push = client.next_push() => match push {
+                        Some(push) => {
+                            let event = client.handle(push).await?;
+                            if !print_event(&event) {
+                                break;
+                            }
+                        }
                         None => break,
                     },
                 }

@@ -26,6 +26,9 @@ use crate::ClientError;
 /// Message ids remembered to drop duplicates.
 pub const MAX_SEEN: usize = 10_000;
 
+/// Sessions kept per peer device (the active one and older ones).
+pub const MAX_SESSIONS_PER_PEER: usize = 4;
+
 const STATE_VERSION: u64 = 1;
 
 /// What the client knows of a peer's identity.
@@ -65,8 +68,10 @@ pub struct State {
     pub token: Option<Zeroizing<Vec<u8>>>,
     /// Own keys.
     pub device: Device,
-    /// Sessions by peer device.
-    pub sessions: BTreeMap<Address, Session>,
+    /// Sessions by peer device, the active one first. Older ones are kept
+    /// (at most [`MAX_SESSIONS_PER_PEER`]) so that messages sent on them
+    /// still decrypt, as happens when both sides start a session at once.
+    pub sessions: BTreeMap<Address, Vec<Session>>,
     /// Pinned peer identities, by device.
     pub pins: BTreeMap<Address, Pin>,
     seen: HashSet<MessageId>,
@@ -137,6 +142,18 @@ impl State {
         }
     }
 
+    /// The active session with a peer device.
+    pub fn active_session(&mut self, peer: &Address) -> Option<&mut Session> {
+        self.sessions.get_mut(peer).and_then(|l| l.first_mut())
+    }
+
+    /// Makes `session` the active one with `peer`, keeping older ones.
+    pub fn push_session(&mut self, peer: Address, session: Session) {
+        let list = self.sessions.entry(peer).or_default();
+        list.insert(0, session);
+        list.truncate(MAX_SESSIONS_PER_PEER);
+    }
+
     /// Whether a message id was seen before.
     pub fn seen(&self, id: &MessageId) -> bool {
         self.seen.contains(id)
@@ -157,15 +174,18 @@ impl State {
     /// The state file's bytes.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let device = self.device.to_bytes();
-        let sessions: Vec<(Address, Zeroizing<Vec<u8>>)> = self
+        let sessions: Vec<(Address, Vec<Zeroizing<Vec<u8>>>)> = self
             .sessions
             .iter()
-            .map(|(a, s)| (a.clone(), s.to_bytes()))
+            .map(|(a, list)| (a.clone(), list.iter().map(Session::to_bytes).collect()))
             .collect();
         let inbox_len: usize = self.inbox.iter().map(|m| m.text.len() + 96).sum();
         let capacity = 1024
             + device.len()
-            + sessions.iter().map(|(_, s)| s.len() + 96).sum::<usize>()
+            + sessions
+                .iter()
+                .flat_map(|(_, list)| list.iter().map(|s| s.len() + 96))
+                .sum::<usize>()
             + 200 * self.pins.len()
             + 20 * self.seen_order.len()
             + inbox_len;
@@ -182,8 +202,12 @@ impl State {
             };
             e.bytes(&device)?;
             e.array(sessions.len() as u64)?;
-            for (addr, s) in &sessions {
-                e.array(3)?.str(&addr.user)?.u32(addr.device)?.bytes(s)?;
+            for (addr, list) in &sessions {
+                e.array(3)?.str(&addr.user)?.u32(addr.device)?;
+                e.array(list.len() as u64)?;
+                for s in list {
+                    e.bytes(s)?;
+                }
             }
             e.array(self.pins.len() as u64)?;
             for (addr, pin) in &self.pins {
@@ -239,8 +263,12 @@ impl State {
             d.array().map_err(bad)?;
             let user = d.str().map_err(bad)?.to_owned();
             let device = d.u32().map_err(bad)?;
-            let session = Session::from_bytes(d.bytes().map_err(bad)?)?;
-            state.sessions.insert(Address { user, device }, session);
+            let count = d.array().map_err(bad)?.unwrap_or(0);
+            let mut list = Vec::new();
+            for _ in 0..count {
+                list.push(Session::from_bytes(d.bytes().map_err(bad)?)?);
+            }
+            state.sessions.insert(Address { user, device }, list);
         }
         let n = d.array().map_err(bad)?.unwrap_or(0);
         for _ in 0..n {

@@ -408,3 +408,29 @@ async fn a_token_from_another_device_cannot_read_a_mailbox() {
     ));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn both_sides_starting_a_session_at_once_still_converse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, options) = server().await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
+    // Each starts a session before seeing the other's: two sessions exist.
+    alice.send("bob", b"a0").await.unwrap();
+    bob.send("alice", b"b0").await.unwrap();
+    alice.send("bob", b"a1").await.unwrap();
+    bob.send("alice", b"b1").await.unwrap();
+    for expected in ["b0", "b1"] {
+        assert_eq!(next_message(&mut alice).await.text, expected.as_bytes());
+    }
+    for expected in ["a0", "a1"] {
+        assert_eq!(next_message(&mut bob).await.text, expected.as_bytes());
+    }
+    for i in 0..4 {
+        alice.send("bob", format!("a{}", i + 2).as_bytes()).await.unwrap();
+        bob.send("alice", format!("b{}", i + 2).as_bytes()).await.unwrap();
+        assert_eq!(next_message(&mut bob).await.text, format!("a{}", i + 2).into_bytes());
+        assert_eq!(next_message(&mut alice).await.text, format!("b{}", i + 2).into_bytes());
+    }
+    server.shutdown().await;
+}

@@ -541,6 +541,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             envelope: s.envelope,
         };
         let len = envelope.envelope.len();
+        if let Some(observer) = &self.shared.config.envelope_observer {
+            (observer.0)(&envelope.envelope);
+        }
         let seq = blocking(&self.shared, move |st| {
             if st.one_time_prekey_count(&envelope.to)?.is_none() {
                 return Ok(None);

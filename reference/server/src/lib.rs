@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
 mod conn;
 mod hub;
 pub mod store;
@@ -75,6 +76,21 @@ pub struct Config {
     pub login_window: Duration,
     /// Invalid frames tolerated on one connection before it is closed.
     pub max_strikes: u32,
+    /// **Test hook, never set in production** (the CLI cannot set it): called
+    /// with every envelope the server accepts. The scenario harness uses it
+    /// to make a deliberately leaky server and prove that its log tap
+    /// catches the leak.
+    pub envelope_observer: Option<EnvelopeObserver>,
+}
+
+/// See [`Config::envelope_observer`].
+#[derive(Clone)]
+pub struct EnvelopeObserver(pub Arc<dyn Fn(&[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for EnvelopeObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvelopeObserver(..)")
+    }
 }
 
 impl Default for Config {
@@ -90,6 +106,7 @@ impl Default for Config {
             login_failures_per_address: 20,
             login_window: Duration::from_secs(60),
             max_strikes: 16,
+            envelope_observer: None,
         }
     }
 }
@@ -137,6 +154,12 @@ impl Server {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Stops at once, as a crash would: no close frames, no flushing; what
+    /// was committed stays committed.
+    pub fn abort(self) {
+        self.task.abort();
     }
 
     /// Stops accepting, closes every connection with

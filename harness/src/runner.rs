@@ -1,0 +1,858 @@
+//! Running a scenario: topology, users, open-loop workload, faults, taps,
+//! checks and metrics.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatify_client::{Client, ClientError, ConnectOptions, Event, Push};
+use chatify_proto::frame;
+use chatify_proto::frame::Address;
+use chatify_server::auth::PasswordCost;
+use chatify_server::store::SqliteStore;
+use chatify_server::store::sqlite::Durability;
+use chatify_server::{Config, EnvelopeObserver, Server};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::logsink;
+use crate::plaintext::{self, Detector, Plaintext};
+use crate::scenario::{Arrival, Mode, Scenario, ServerMode, Verdict};
+use crate::taps::{self, TapResult, WireTap};
+
+/// A server the harness started.
+enum ServerHandle {
+    InProcess(Server),
+    Child(tokio::process::Child),
+}
+
+struct Topology {
+    mode: ServerMode,
+    data_dir: PathBuf,
+    db: PathBuf,
+    log: PathBuf,
+    durability: Durability,
+    addr: SocketAddr,
+    handle: Option<ServerHandle>,
+    observer: Option<EnvelopeObserver>,
+}
+
+/// Password hashing is not what the harness measures: cheap parameters keep
+/// setup short (the server's defaults are OWASP's).
+const CHEAP_ARGON2: PasswordCost = PasswordCost {
+    memory_kib: 64,
+    iterations: 1,
+};
+
+impl Topology {
+    async fn start(&mut self) -> Result<(), String> {
+        match self.mode {
+            ServerMode::InProcess => {
+                let store = Arc::new(
+                    SqliteStore::open(&self.db, self.durability).map_err(|e| format!("database: {e}"))?,
+                );
+                let config = Config {
+                    listen: self.addr,
+                    password_cost: CHEAP_ARGON2,
+                    envelope_observer: self.observer.clone(),
+                    ..Config::default()
+                };
+                // The port of a stopped server is rebound at once (SO_REUSEADDR);
+                // retry briefly in case the old listener is still closing.
+                let mut last = String::new();
+                for _ in 0..50 {
+                    match Server::start(config.clone(), store.clone()).await {
+                        Ok(server) => {
+                            self.addr = server.local_addr();
+                            self.handle = Some(ServerHandle::InProcess(server));
+                            return Ok(());
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(format!("cannot start the server: {last}"))
+            }
+            ServerMode::Child => {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .map_err(|e| format!("{}: {e}", self.log.display()))?;
+                let durability = match self.durability {
+                    Durability::Full => "full",
+                    Durability::Normal => "normal",
+                };
+                let mut child = tokio::process::Command::new(exe)
+                    .arg("__serve")
+                    .args(["--listen", &self.addr.to_string(), "--durability", durability, "--log", "trace"])
+                    .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+                    .arg("--db")
+                    .arg(&self.db)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::from(log))
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| format!("cannot start the server process: {e}"))?;
+                let stdout = child.stdout.take().ok_or("no stdout")?;
+                let mut line = String::new();
+                tokio::io::BufReader::new(stdout)
+                    .read_line(&mut line)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let url = line
+                    .trim()
+                    .strip_prefix("listening on ws://")
+                    .ok_or_else(|| format!("the server process said {line:?}"))?;
+                self.addr = url.parse().map_err(|e| format!("{url}: {e}"))?;
+                self.handle = Some(ServerHandle::Child(child));
+                Ok(())
+            }
+        }
+    }
+
+    async fn stop(&mut self, kill: bool) {
+        match self.handle.take() {
+            Some(ServerHandle::InProcess(s)) if kill => s.abort(),
+            Some(ServerHandle::InProcess(s)) => s.shutdown().await,
+            Some(ServerHandle::Child(mut c)) => {
+                if kill {
+                    let _ = c.kill().await;
+                } else {
+                    if let Some(pid) = c.id() {
+                        let _ = tokio::process::Command::new("kill")
+                            .args(["-TERM", &pid.to_string()])
+                            .status()
+                            .await;
+                    }
+                    if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
+                        let _ = c.kill().await;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match &self.handle {
+            Some(ServerHandle::Child(c)) => c.id(),
+            _ => None,
+        }
+    }
+}
+
+/// A planned message.
+#[derive(Debug, Clone)]
+struct Planned {
+    sender: usize,
+    recipient: usize,
+    n: u64,
+    at: Duration,
+    plaintext: Plaintext,
+    message_id: [u8; 16],
+}
+
+fn schedule(s: &Scenario) -> Vec<Planned> {
+    let w = &s.workload;
+    let partners = s.conversations.graph.partners(s.users.count);
+    let senders: Vec<usize> = (0..s.users.count).filter(|u| !partners[*u].is_empty()).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(w.seed);
+    let mut per_sender = vec![0u64; s.users.count];
+    let mut t = 0f64;
+    let mut plan = Vec::with_capacity(w.messages as usize);
+    for k in 0..w.messages {
+        let sender = senders[(k as usize) % senders.len()];
+        let n = per_sender[sender];
+        per_sender[sender] += 1;
+        let mine = &partners[sender];
+        let recipient = mine[(n as usize) % mine.len()];
+        let [min, max] = w.size;
+        let size = min + (rng.next_u64() as usize) % (max - min + 1);
+        let mut message_id = [0u8; 16];
+        rng.fill_bytes(&mut message_id);
+        plan.push(Planned {
+            sender,
+            recipient,
+            n,
+            at: Duration::from_secs_f64(t),
+            plaintext: plaintext::make(sender, n, size, &mut rng),
+            message_id,
+        });
+        t += match w.arrival {
+            Arrival::Constant => 1.0 / w.rate,
+            Arrival::Poisson => {
+                let u = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                -u.ln() / w.rate
+            }
+        };
+    }
+    plan
+}
+
+/// What a user task reports.
+#[derive(Debug)]
+enum Record {
+    Delivered {
+        recipient: usize,
+        sender: usize,
+        n: u64,
+        latency: Duration,
+        decrypt: Option<Duration>,
+        bytes: usize,
+        at: Instant,
+    },
+    Duplicate,
+    Rejected(String),
+    Unknown,
+    Sent {
+        encrypt: Option<Duration>,
+        setup: Option<Duration>,
+    },
+    SendFailed(String),
+    ConnectAuth(Duration),
+    Reconnected,
+}
+
+fn user_name(i: usize) -> String {
+    format!("u{i}")
+}
+
+struct Ctx {
+    mode: Mode,
+    options: ConnectOptions,
+    start: Instant,
+    deadline: Instant,
+    intended: Arc<HashMap<(usize, u64), Duration>>,
+    records: mpsc::UnboundedSender<Record>,
+}
+
+async fn reconnect(ctx: &Ctx, home: &Path) -> Option<Client> {
+    let mut backoff = Duration::from_millis(20);
+    while Instant::now() < ctx.deadline {
+        let t = Instant::now();
+        match Client::resume(home, Some(&ctx.options)).await {
+            Ok(c) => {
+                let _ = ctx.records.send(Record::ConnectAuth(t.elapsed()));
+                let _ = ctx.records.send(Record::Reconnected);
+                return Some(c);
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    None
+}
+
+fn retryable(e: &ClientError) -> bool {
+    matches!(e, ClientError::Disconnected | ClientError::Connect(_))
+}
+
+/// Sends one planned message, reconnecting and retrying (same message id)
+/// while the connection is down.
+async fn send(ctx: &Ctx, home: &Path, client: &mut Option<Client>, p: &Planned) {
+    let peer = user_name(p.recipient);
+    loop {
+        let Some(c) = client.as_mut() else {
+            *client = reconnect(ctx, home).await;
+            if client.is_none() {
+                let _ = ctx.records.send(Record::SendFailed("could not reconnect".into()));
+                return;
+            }
+            continue;
+        };
+        let result = match ctx.mode {
+            Mode::E2ee | Mode::LeakyServerLogMutant => {
+                let new_session = c
+                    .state()
+                    .sessions
+                    .get(&Address { user: peer.clone(), device: 1 })
+                    .is_none_or(Vec::is_empty);
+                c.send_with_id(&peer, &p.plaintext.bytes, p.message_id).await.map(|_| {
+                    let t = c.timings();
+                    Record::Sent {
+                        encrypt: t.encrypt,
+                        setup: if new_session { t.setup } else { None },
+                    }
+                })
+            }
+            // Identity transform / leaky client: the plaintext goes where the
+            // envelope belongs.
+            Mode::PlaintextBaseline | Mode::LeakyClientMutant => c
+                .connection()
+                .request(frame::Send {
+                    to: Address { user: peer.clone(), device: 1 },
+                    conversation: chatify_client::conversation_id(&user_name(p.sender), &peer),
+                    message_id: p.message_id,
+                    envelope: p.plaintext.bytes.clone(),
+                })
+                .await
+                .map(|_| Record::Sent { encrypt: None, setup: None }),
+        };
+        match result {
+            Ok(record) => {
+                let _ = ctx.records.send(record);
+                return;
+            }
+            Err(e) if retryable(&e) && Instant::now() < ctx.deadline => {
+                *client = None;
+            }
+            Err(e) => {
+                let _ = ctx.records.send(Record::SendFailed(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// What handling a push amounted to.
+enum Received {
+    /// A planned message, counted.
+    Message,
+    /// Anything else (duplicate, rejected, bookkeeping).
+    Other,
+    /// The connection is gone.
+    Gone,
+}
+
+/// Handles one push.
+async fn receive(
+    ctx: &Ctx,
+    me: usize,
+    client: &mut Client,
+    push: Push,
+    seen: &mut HashSet<[u8; 16]>,
+) -> Result<Received, ClientError> {
+    let now = Instant::now();
+    let (bytes, decrypt) = match ctx.mode {
+        Mode::E2ee | Mode::LeakyServerLogMutant => match client.handle(push).await? {
+            Event::Message(m) => (m.text, client.timings().decrypt),
+            Event::Duplicate { .. } => {
+                let _ = ctx.records.send(Record::Duplicate);
+                return Ok(Received::Other);
+            }
+            Event::Rejected { reason, .. } => {
+                let _ = ctx.records.send(Record::Rejected(reason));
+                return Ok(Received::Other);
+            }
+            Event::Disconnected(_) => return Ok(Received::Gone),
+            _ => return Ok(Received::Other),
+        },
+        Mode::PlaintextBaseline | Mode::LeakyClientMutant => match push {
+            Push::Deliver(d) => {
+                client.ack(d.seq).await?;
+                if !seen.insert(d.message_id) {
+                    let _ = ctx.records.send(Record::Duplicate);
+                    return Ok(Received::Other);
+                }
+                (d.envelope, None)
+            }
+            Push::Closed(_) => return Ok(Received::Gone),
+            Push::PrekeysLow(_) => return Ok(Received::Other),
+        },
+    };
+    match plaintext::parse(&bytes).and_then(|(s, n)| ctx.intended.get(&(s, n)).map(|at| (s, n, *at))) {
+        Some((sender, n, at)) => {
+            let _ = ctx.records.send(Record::Delivered {
+                recipient: me,
+                sender,
+                n,
+                latency: now.saturating_duration_since(ctx.start + at),
+                decrypt,
+                bytes: bytes.len(),
+                at: now,
+            });
+            Ok(Received::Message)
+        }
+        None => {
+            let _ = ctx.records.send(Record::Unknown);
+            Ok(Received::Other)
+        }
+    }
+}
+
+async fn user_task(
+    ctx: Arc<Ctx>,
+    me: usize,
+    home: PathBuf,
+    mut client: Option<Client>,
+    sends: Vec<Planned>,
+    expected: usize,
+    disconnects: Vec<(Duration, Duration)>,
+) {
+    let mut next = 0usize;
+    let mut received = 0usize;
+    let mut seen = HashSet::new();
+    let mut faults: VecDeque<(Duration, Duration)> = disconnects.into();
+    loop {
+        if next >= sends.len() && received >= expected {
+            break;
+        }
+        if Instant::now() >= ctx.deadline {
+            break;
+        }
+        let send_at = sends.get(next).map(|p| ctx.start + p.at);
+        let fault_at = faults.front().map(|(at, _)| ctx.start + *at);
+        let Some(c) = client.as_mut() else {
+            client = reconnect(&ctx, &home).await;
+            if client.is_none() {
+                break;
+            }
+            continue;
+        };
+        tokio::select! {
+            biased;
+            push = c.next_push() => match push {
+                Some(push) => match receive(&ctx, me, c, push, &mut seen).await {
+                    Ok(Received::Message) => received += 1,
+                    Ok(Received::Other) => {}
+                    Ok(Received::Gone) | Err(_) => client = None,
+                },
+                None => client = None,
+            },
+            _ = sleep_until(fault_at), if fault_at.is_some() => {
+                if let Some((_, down)) = faults.pop_front() {
+                    if let Some(c) = client.take() {
+                        c.close().await;
+                    }
+                    tokio::time::sleep(down).await;
+                }
+            },
+            _ = sleep_until(send_at), if send_at.is_some() => {
+                if let Some(p) = sends.get(next) {
+                    send(&ctx, &home, &mut client, p).await;
+                }
+                next += 1;
+            },
+            _ = tokio::time::sleep_until(ctx.deadline.into()) => break,
+        }
+    }
+    if let Some(c) = client {
+        c.close().await;
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Percentiles of one histogram, in its unit.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) count: u64,
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) max: u64,
+    pub(crate) mean: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// Every measurement of a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct Metrics {
+    pub(crate) offered_rate: f64,
+    pub(crate) planned: u64,
+    pub(crate) delivered: u64,
+    pub(crate) duplicates_dropped: u64,
+    pub(crate) rejected: u64,
+    pub(crate) send_failures: u64,
+    pub(crate) reconnects: u64,
+    /// Delivered messages per second, first intended send to last delivery.
+    pub(crate) throughput_msgs: f64,
+    /// Delivered plaintext bytes per second.
+    pub(crate) throughput_bytes: f64,
+    pub(crate) wall_secs: f64,
+    /// End to end, intended send time to decrypted at the recipient (µs).
+    pub(crate) latency_us: Percentiles,
+    /// Client encryption per message (ns).
+    pub(crate) encrypt_ns: Percentiles,
+    /// Client decryption per message (ns).
+    pub(crate) decrypt_ns: Percentiles,
+    /// Session setup: bundle fetch, verification, X3DH (µs).
+    pub(crate) session_setup_us: Percentiles,
+    /// Connect and authenticate (µs).
+    pub(crate) connect_auth_us: Percentiles,
+    /// Server process CPU seconds during the workload (child servers).
+    pub(crate) server_cpu_secs: Option<f64>,
+    /// Server CPU per delivered message (µs, child servers).
+    pub(crate) server_cpu_us_per_msg: Option<f64>,
+    /// Server peak resident memory (KiB, child servers).
+    pub(crate) server_peak_rss_kib: Option<u64>,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Check {
+    pub(crate) name: &'static str,
+    pub(crate) verdict: Verdict,
+    pub(crate) expected: Verdict,
+    pub(crate) evidence: String,
+}
+
+impl Check {
+    /// Whether the verdict is what the scenario expects (a skipped check
+    /// matches any expectation of passing).
+    pub(crate) fn as_expected(&self) -> bool {
+        self.verdict == self.expected || (self.verdict == Verdict::Skipped && self.expected == Verdict::Pass)
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Outcome {
+    pub(crate) scenario: String,
+    pub(crate) mode: Mode,
+    pub(crate) metrics: Metrics,
+    pub(crate) checks: Vec<Check>,
+    pub(crate) taps: BTreeMap<&'static str, TapResult>,
+}
+
+impl Outcome {
+    pub(crate) fn as_expected(&self) -> bool {
+        self.checks.iter().all(Check::as_expected)
+    }
+}
+
+/// Largest value recorded (one hour in ns); larger values are clamped.
+const HIST_MAX: u64 = 3_600_000_000_000;
+
+#[allow(clippy::expect_used)]
+fn hist() -> Histogram<u64> {
+    // Constant bounds (1 ≤ low, high ≥ 2·low, 3 significant figures) are
+    // valid, so construction cannot fail.
+    Histogram::new_with_bounds(1, HIST_MAX, 3).expect("valid histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, v: u128) {
+    let v = u64::try_from(v).unwrap_or(u64::MAX).clamp(1, HIST_MAX);
+    let _ = h.record(v);
+}
+
+fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces): state is 3rd.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // Linux reports in USER_HZ, which is 100 on every architecture we run on.
+    Some((utime + stime) / 100.0)
+}
+
+fn proc_peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// How the caller wants progress shown.
+pub(crate) struct Progress {
+    pub(crate) bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    pub(crate) fn new(len: u64, label: &str, show: bool) -> Self {
+        let bar = if show {
+            indicatif::ProgressBar::new(len)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix:>20} [{elapsed_precise}] {bar:30} {pos}/{len} delivered {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_prefix(label.to_owned());
+        Progress { bar }
+    }
+}
+
+/// Runs a scenario once (no sweep) with its output under `out`.
+pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result<Outcome, String> {
+    let data_dir = out.join("data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let log = out.join("server.log");
+    let _ = std::fs::remove_file(&log);
+    let mode = s.workload.mode;
+    let plan = schedule(s);
+
+    // The server-log mutant: a hook that logs each planned plaintext as the
+    // server accepts envelopes (a server that leaks through its logs).
+    let observer = (mode == Mode::LeakyServerLogMutant).then(|| {
+        let queue: Arc<Mutex<VecDeque<Vec<u8>>>> =
+            Arc::new(Mutex::new(plan.iter().map(|p| p.plaintext.bytes.clone()).collect()));
+        EnvelopeObserver(Arc::new(move |_envelope: &[u8]| {
+            let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+            if let Some(p) = next {
+                tracing::info!(target: "chatify_server::conn", leaked = %String::from_utf8_lossy(&p), "MUTANT: logging plaintext");
+            }
+        }))
+    });
+    if mode == Mode::LeakyServerLogMutant && s.topology.server == ServerMode::Child {
+        return Err("the leaky-server-log mutant needs topology.server = \"in-process\"".into());
+    }
+    let mut topo = Topology {
+        mode: s.topology.server,
+        db: data_dir.join("chatify.db"),
+        data_dir: data_dir.clone(),
+        log: log.clone(),
+        durability: if s.topology.durability == "full" { Durability::Full } else { Durability::Normal },
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        handle: None,
+        observer,
+    };
+    if s.topology.server == ServerMode::InProcess {
+        logsink::capture(Some(&log))?;
+    }
+    topo.start().await?;
+    let tap = WireTap::start(topo.addr, s.taps.wire).await.map_err(|e| e.to_string())?;
+    let options = ConnectOptions::new(format!("ws://{}", tap.addr));
+
+    // Accounts and devices (not timed as workload).
+    let homes: Vec<PathBuf> = (0..s.users.count).map(|i| out.join("clients").join(user_name(i))).collect();
+    let _ = std::fs::remove_dir_all(out.join("clients"));
+    let mut connect_auth = hist();
+    let mut clients = Vec::with_capacity(s.users.count);
+    for (i, home) in homes.iter().enumerate() {
+        let name = user_name(i);
+        let password = format!("{name}-harness-password");
+        Client::register(&options, &name, &password).await.map_err(|e| format!("register {name}: {e}"))?;
+        let c = Client::login(&options, home, &name, &password, 1).await.map_err(|e| format!("login {name}: {e}"))?;
+        c.close().await;
+        let t = Instant::now();
+        let c = Client::resume(home, Some(&options)).await.map_err(|e| format!("resume {name}: {e}"))?;
+        record(&mut connect_auth, t.elapsed().as_micros());
+        clients.push(Some(c));
+    }
+
+    let detector = Detector::new(plan.iter().map(|p| &p.plaintext));
+    let intended: Arc<HashMap<(usize, u64), Duration>> =
+        Arc::new(plan.iter().map(|p| ((p.sender, p.n), p.at)).collect());
+    let last_at = plan.last().map(|p| p.at).unwrap_or_default();
+    let downtime: f64 = s.faults.disconnects.iter().map(|d| d.down_secs).sum::<f64>()
+        + 5.0 * s.faults.server_restarts.len() as f64;
+    let start = Instant::now() + Duration::from_millis(200);
+    let deadline = start + last_at + Duration::from_secs_f64(s.workload.grace_secs + downtime);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx {
+        mode,
+        options: options.clone(),
+        start,
+        deadline,
+        intended,
+        records: tx,
+    });
+    let cpu_before = topo.pid().and_then(proc_cpu_secs);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, home) in homes.iter().enumerate() {
+        let sends: Vec<Planned> = plan.iter().filter(|p| p.sender == i).cloned().collect();
+        let expected = plan.iter().filter(|p| p.recipient == i).count();
+        let disconnects = s
+            .faults
+            .disconnects
+            .iter()
+            .filter(|d| d.user == i)
+            .map(|d| (Duration::from_secs_f64(d.at_secs), Duration::from_secs_f64(d.down_secs)))
+            .collect();
+        tasks.spawn(user_task(Arc::clone(&ctx), i, home.clone(), clients[i].take(), sends, expected, disconnects));
+    }
+    drop(ctx);
+
+    // Server restarts, on their own clock.
+    let restarts: Vec<(Duration, bool)> = s
+        .faults
+        .server_restarts
+        .iter()
+        .map(|r| (Duration::from_secs_f64(r.at_secs), r.kill))
+        .collect();
+    let progress = Progress::new(plan.len() as u64, &s.name, show_progress);
+    let mut metrics = Metrics {
+        offered_rate: s.workload.rate,
+        planned: plan.len() as u64,
+        ..Metrics::default()
+    };
+    let (mut latency, mut encrypt, mut decrypt, mut setup) = (hist(), hist(), hist(), hist());
+    let mut deliveries: HashMap<(usize, u64), u32> = HashMap::new();
+    let mut order_violations = 0u64;
+    let mut last_n: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut misdelivered = 0u64;
+    let mut unknown = 0u64;
+    let mut rejected_reasons: Vec<String> = Vec::new();
+    let mut send_errors: Vec<String> = Vec::new();
+    let mut last_delivery = start;
+    let mut bytes = 0u64;
+    let mut restart_queue: VecDeque<(Duration, bool)> = restarts.into();
+    let recipient_of: HashMap<(usize, u64), usize> = plan.iter().map(|p| ((p.sender, p.n), p.recipient)).collect();
+
+    loop {
+        let restart_at = restart_queue.front().map(|(at, _)| start + *at);
+        tokio::select! {
+            r = rx.recv() => match r {
+                None => break,
+                Some(Record::Delivered { recipient, sender, n, latency: l, decrypt: d, bytes: b, at }) => {
+                    record(&mut latency, l.as_micros());
+                    if let Some(d) = d { record(&mut decrypt, d.as_nanos()); }
+                    *deliveries.entry((sender, n)).or_default() += 1;
+                    if recipient_of.get(&(sender, n)) != Some(&recipient) { misdelivered += 1; }
+                    let prev = last_n.insert((recipient, sender), n);
+                    if prev.is_some_and(|p| p >= n) { order_violations += 1; }
+                    bytes += b as u64;
+                    last_delivery = last_delivery.max(at);
+                    metrics.delivered += 1;
+                    progress.bar.inc(1);
+                }
+                Some(Record::Duplicate) => metrics.duplicates_dropped += 1,
+                Some(Record::Rejected(reason)) => { metrics.rejected += 1; if rejected_reasons.len() < 5 { rejected_reasons.push(reason); } }
+                Some(Record::Unknown) => unknown += 1,
+                Some(Record::Sent { encrypt: e, setup: st }) => {
+                    if let Some(e) = e { record(&mut encrypt, e.as_nanos()); }
+                    if let Some(st) = st { record(&mut setup, st.as_micros()); }
+                }
+                Some(Record::SendFailed(e)) => { metrics.send_failures += 1; if send_errors.len() < 5 { send_errors.push(e); } }
+                Some(Record::ConnectAuth(d)) => record(&mut connect_auth, d.as_micros()),
+                Some(Record::Reconnected) => metrics.reconnects += 1,
+            },
+            _ = sleep_until(restart_at), if restart_at.is_some() => {
+                if let Some((_, kill)) = restart_queue.pop_front() {
+                    progress.bar.set_message(if kill { "server killed; restarting" } else { "server restarting" });
+                    topo.stop(kill).await;
+                    topo.start().await?;
+                    tap.retarget(topo.addr);
+                    progress.bar.set_message("");
+                }
+            },
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    progress.bar.finish_and_clear();
+    let cpu_after = topo.pid().and_then(proc_cpu_secs);
+
+    let wall = last_delivery.saturating_duration_since(start).as_secs_f64().max(1e-9);
+    metrics.wall_secs = wall;
+    metrics.throughput_msgs = metrics.delivered as f64 / wall;
+    metrics.throughput_bytes = bytes as f64 / wall;
+    metrics.latency_us = Percentiles::of(&latency);
+    metrics.encrypt_ns = Percentiles::of(&encrypt);
+    metrics.decrypt_ns = Percentiles::of(&decrypt);
+    metrics.session_setup_us = Percentiles::of(&setup);
+    metrics.connect_auth_us = Percentiles::of(&connect_auth);
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        metrics.server_cpu_secs = Some(b - a);
+        if metrics.delivered > 0 {
+            metrics.server_cpu_us_per_msg = Some((b - a) * 1e6 / metrics.delivered as f64);
+        }
+    }
+    metrics.server_peak_rss_kib = topo.pid().and_then(proc_peak_rss_kib);
+
+    // Taps: memory while the server process lives; then stop it and read
+    // the files it left.
+    let mut tap_results = BTreeMap::new();
+    let memory = match (s.taps.memory, topo.pid()) {
+        (true, Some(pid)) => Some(taps::scan_memory(pid, &detector)),
+        _ => None,
+    };
+    topo.stop(false).await;
+    if s.topology.server == ServerMode::InProcess {
+        logsink::capture(None)?;
+    }
+
+    let lost = plan.iter().filter(|p| !deliveries.contains_key(&(p.sender, p.n))).count();
+    let twice = deliveries.values().filter(|c| **c > 1).count();
+    let mut checks = Vec::new();
+    let mut check = |name: &'static str, verdict: Verdict, evidence: String| {
+        checks.push(Check {
+            name,
+            verdict,
+            expected: s.expected(name),
+            evidence,
+        });
+    };
+    let exactly_once = lost == 0 && twice == 0 && misdelivered == 0 && unknown == 0;
+    check(
+        "delivery.exactly-once",
+        if exactly_once { Verdict::Pass } else { Verdict::Fail },
+        format!(
+            "{} planned, {} delivered; {lost} lost, {twice} shown twice, {misdelivered} misdelivered, {unknown} unknown; {} redeliveries dropped, {} rejected{}{}",
+            plan.len(),
+            metrics.delivered,
+            metrics.duplicates_dropped,
+            metrics.rejected,
+            if rejected_reasons.is_empty() { String::new() } else { format!(" ({})", rejected_reasons.join("; ")) },
+            if send_errors.is_empty() { String::new() } else { format!("; send errors: {}", send_errors.join("; ")) },
+        ),
+    );
+    check(
+        "delivery.order",
+        if order_violations == 0 { Verdict::Pass } else { Verdict::Fail },
+        format!("{order_violations} out-of-order deliveries per (sender, recipient)"),
+    );
+    let mut tap_check = |name: &'static str, key: &'static str, result: Option<Result<TapResult, String>>| {
+        let (verdict, evidence) = match &result {
+            None => (Verdict::Skipped, "tap not run".to_owned()),
+            Some(Err(e)) => (Verdict::Fail, format!("tap failed: {e}")),
+            Some(Ok(r)) if r.bytes == 0 => (Verdict::Fail, "tap saw no bytes: it cannot have checked anything".to_owned()),
+            Some(Ok(r)) if r.matches == 0 => (Verdict::Pass, format!("{} bytes searched, no canary or plaintext window", r.bytes)),
+            Some(Ok(r)) => (
+                Verdict::Fail,
+                format!(
+                    "{} matches in {} bytes, e.g. {}",
+                    r.matches,
+                    r.bytes,
+                    r.hits.iter().take(3).map(|h| format!("{} at {} ({})", h.place, h.offset, h.form)).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        };
+        if let Some(Ok(r)) = result {
+            tap_results.insert(key, r);
+        }
+        check(name, verdict, evidence);
+    };
+    tap_check("leak.wire", "wire", s.taps.wire.then(|| Ok(tap.scan(&detector))));
+    tap_check("leak.store", "store", s.taps.store.then(|| Ok(taps::scan_dir(&topo.data_dir, &detector))));
+    tap_check("leak.logs", "logs", s.taps.logs.then(|| Ok(taps::scan_file(&log, &detector))));
+    tap_check("leak.memory", "memory", memory);
+
+    Ok(Outcome {
+        scenario: s.name.clone(),
+        mode,
+        metrics,
+        checks,
+        taps: tap_results,
+    })
+}

@@ -1,0 +1,420 @@
+//! Scenario files (`scenarios/*.toml`): data, not code. Every key is
+//! documented in `scenarios/README.md`; unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Scenario {
+    /// Short name (used for the default output directory).
+    pub(crate) name: String,
+    /// What the scenario shows.
+    pub(crate) description: String,
+    #[serde(default)]
+    pub(crate) topology: Topology,
+    pub(crate) users: Users,
+    #[serde(default)]
+    pub(crate) conversations: Conversations,
+    pub(crate) workload: Workload,
+    #[serde(default)]
+    pub(crate) faults: Faults,
+    #[serde(default)]
+    pub(crate) taps: Taps,
+    #[serde(default)]
+    pub(crate) expect: Expect,
+    /// Present for load sweeps: the workload is run once per step.
+    #[serde(default)]
+    pub(crate) sweep: Option<Sweep>,
+}
+
+/// Where the server runs and what it stores in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Topology {
+    /// `in-process` (a task in the harness) or `child` (a separate process,
+    /// which enables the memory tap and CPU/RSS figures).
+    #[serde(default)]
+    pub(crate) server: ServerMode,
+    /// SQLite commit durability: `normal` (survives kill -9) or `full`.
+    #[serde(default = "default_durability")]
+    pub(crate) durability: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            server: ServerMode::InProcess,
+            durability: default_durability(),
+        }
+    }
+}
+
+fn default_durability() -> String {
+    "normal".into()
+}
+
+/// Where the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ServerMode {
+    /// A task in the harness process.
+    #[default]
+    InProcess,
+    /// A child process.
+    Child,
+}
+
+/// The simulated users (one device each).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Users {
+    /// How many (at least 2).
+    pub(crate) count: usize,
+}
+
+/// Who talks to whom.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Conversations {
+    #[serde(default)]
+    pub(crate) graph: Graph,
+}
+
+/// Conversation graphs; every edge is used in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Graph {
+    /// Users 0-1, 2-3, ...
+    #[default]
+    Pairs,
+    /// Each user with the next, the last with the first.
+    Ring,
+    /// User 0 with every other user.
+    Star,
+    /// Every user with every other.
+    All,
+}
+
+impl Graph {
+    /// Each user's partners, in a fixed order.
+    pub(crate) fn partners(self, users: usize) -> Vec<Vec<usize>> {
+        let mut p = vec![Vec::new(); users];
+        let mut edge = |a: usize, b: usize| {
+            if a != b && !p[a].contains(&b) {
+                p[a].push(b);
+                p[b].push(a);
+            }
+        };
+        match self {
+            Graph::Pairs => (0..users / 2).for_each(|i| edge(2 * i, 2 * i + 1)),
+            Graph::Ring => (0..users).for_each(|i| edge(i, (i + 1) % users)),
+            Graph::Star => (1..users).for_each(|i| edge(0, i)),
+            Graph::All => (0..users).for_each(|a| (a + 1..users).for_each(|b| edge(a, b))),
+        }
+        p
+    }
+}
+
+/// What E2EE layer the clients use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Mode {
+    /// The reference client's end-to-end encryption.
+    #[default]
+    E2ee,
+    /// HARNESS-ONLY BASELINE: the E2EE layer replaced by the identity
+    /// transform, to measure what E2EE costs. Fails the leak checks by design.
+    PlaintextBaseline,
+    /// HARNESS-ONLY MUTANT: a deliberately leaky client that encrypts, then
+    /// sends the plaintext where the ciphertext belongs. Every tap must catch it.
+    LeakyClientMutant,
+    /// HARNESS-ONLY MUTANT: E2EE clients, but the server logs every envelope
+    /// it accepts through a test-only hook... and the harness hands it the
+    /// plaintext to log. The log tap must catch it.
+    LeakyServerLogMutant,
+}
+
+/// Message arrivals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Arrival {
+    /// Evenly spaced.
+    #[default]
+    Constant,
+    /// Exponential gaps (a Poisson process).
+    Poisson,
+}
+
+/// The load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Workload {
+    #[serde(default)]
+    pub(crate) mode: Mode,
+    /// Total messages to send (across all senders).
+    pub(crate) messages: u64,
+    /// Offered load: messages per second across all senders.
+    pub(crate) rate: f64,
+    #[serde(default)]
+    pub(crate) arrival: Arrival,
+    /// Plaintext size range in bytes, inclusive (uniform).
+    #[serde(default = "default_size")]
+    pub(crate) size: [usize; 2],
+    /// Seed of the schedule and the plaintexts.
+    #[serde(default)]
+    pub(crate) seed: u64,
+    /// Seconds to wait for the last deliveries after the last send.
+    #[serde(default = "default_grace")]
+    pub(crate) grace_secs: f64,
+}
+
+fn default_size() -> [usize; 2] {
+    [64, 256]
+}
+
+fn default_grace() -> f64 {
+    10.0
+}
+
+/// Injected faults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Faults {
+    /// Clients that drop their connection and come back.
+    #[serde(default)]
+    pub(crate) disconnects: Vec<Disconnect>,
+    /// Server restarts.
+    #[serde(default)]
+    pub(crate) server_restarts: Vec<Restart>,
+}
+
+/// A client that goes away and returns (resuming from its state file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Disconnect {
+    /// Which user.
+    pub(crate) user: usize,
+    /// When, in seconds from the start of the workload.
+    pub(crate) at_secs: f64,
+    /// For how long.
+    pub(crate) down_secs: f64,
+}
+
+/// A server restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Restart {
+    /// When, in seconds from the start of the workload.
+    pub(crate) at_secs: f64,
+    /// `true`: kill the server without warning (SIGKILL for a child, an
+    /// abort for an in-process server); `false`: graceful shutdown.
+    #[serde(default)]
+    pub(crate) kill: bool,
+}
+
+/// The plaintext-leak taps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Taps {
+    /// Every byte the server read from clients (unmasked WebSocket payloads).
+    #[serde(default = "yes")]
+    pub(crate) wire: bool,
+    /// The database files, WAL and data directory.
+    #[serde(default = "yes")]
+    pub(crate) store: bool,
+    /// Everything the server logged, at the most verbose level.
+    #[serde(default = "yes")]
+    pub(crate) logs: bool,
+    /// The server process's writable memory (child servers only).
+    #[serde(default = "yes")]
+    pub(crate) memory: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Taps {
+    fn default() -> Self {
+        Taps {
+            wire: true,
+            store: true,
+            logs: true,
+            memory: true,
+        }
+    }
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Verdict {
+    /// The property held.
+    Pass,
+    /// The property did not hold.
+    Fail,
+    /// Not checked in this run (tap disabled or not applicable).
+    Skipped,
+}
+
+/// Expected verdicts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Expect {
+    /// Checks expected not to pass, with their expected verdict; every other
+    /// check is expected to pass (or be skipped).
+    #[serde(default)]
+    pub(crate) checks: BTreeMap<String, Verdict>,
+    /// Why this scenario is expected to fail some checks (required when
+    /// `checks` expects a failure).
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+}
+
+/// A load sweep: the workload is run at each rate, in each mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Sweep {
+    /// Offered rates (messages per second), increasing.
+    pub(crate) rates: Vec<f64>,
+    /// Modes to measure at each rate.
+    #[serde(default = "default_sweep_modes")]
+    pub(crate) modes: Vec<Mode>,
+    /// Seconds of load per step (the message count is rate × this).
+    pub(crate) step_secs: f64,
+    /// A step is saturated when delivered throughput falls below this
+    /// fraction of the offered rate...
+    #[serde(default = "default_saturation_fraction")]
+    pub(crate) saturation_fraction: f64,
+    /// ...or the p99 latency exceeds this many milliseconds.
+    #[serde(default = "default_saturation_p99_ms")]
+    pub(crate) saturation_p99_ms: f64,
+}
+
+fn default_sweep_modes() -> Vec<Mode> {
+    vec![Mode::E2ee, Mode::PlaintextBaseline]
+}
+
+fn default_saturation_fraction() -> f64 {
+    0.95
+}
+
+fn default_saturation_p99_ms() -> f64 {
+    500.0
+}
+
+/// Every check a run can report, in report order.
+pub(crate) const CHECKS: &[&str] = &[
+    "delivery.exactly-once",
+    "delivery.order",
+    "leak.wire",
+    "leak.store",
+    "leak.logs",
+    "leak.memory",
+];
+
+/// Why a scenario file is unusable.
+pub(crate) fn load(path: &Path) -> Result<Scenario, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let s: Scenario = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    s.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(s)
+}
+
+impl Scenario {
+    fn validate(&self) -> Result<(), String> {
+        if self.users.count < 2 {
+            return Err("users.count must be at least 2".into());
+        }
+        let w = &self.workload;
+        if w.messages == 0 && self.sweep.is_none() {
+            return Err("workload.messages must be at least 1".into());
+        }
+        if !(w.rate > 0.0 && w.rate.is_finite()) {
+            return Err("workload.rate must be a positive number".into());
+        }
+        let [min, max] = w.size;
+        if min < crate::plaintext::MIN_SIZE || max < min || max > chatify_proto::limits::MAX_PLAINTEXT_LEN {
+            return Err(format!(
+                "workload.size must be [min, max] with {} <= min <= max <= {}",
+                crate::plaintext::MIN_SIZE,
+                chatify_proto::limits::MAX_PLAINTEXT_LEN
+            ));
+        }
+        if !["normal", "full"].contains(&self.topology.durability.as_str()) {
+            return Err("topology.durability must be \"normal\" or \"full\"".into());
+        }
+        for d in &self.faults.disconnects {
+            if d.user >= self.users.count {
+                return Err(format!("faults.disconnects: no user {}", d.user));
+            }
+        }
+        for name in self.expect.checks.keys() {
+            if !CHECKS.contains(&name.as_str()) {
+                return Err(format!("expect.checks: unknown check {name:?} (known: {})", CHECKS.join(", ")));
+            }
+        }
+        if self.expect.checks.values().any(|v| *v == Verdict::Fail) && self.expect.reason.is_none() {
+            return Err("expect.reason is required when a check is expected to fail".into());
+        }
+        if self.conversations.graph == Graph::Pairs && self.users.count % 2 == 1 {
+            return Err("the pairs graph needs an even users.count".into());
+        }
+        if let Some(s) = &self.sweep {
+            if s.rates.is_empty() || s.rates.iter().any(|r| !(*r > 0.0)) || !(s.step_secs > 0.0) {
+                return Err("sweep.rates must be positive and sweep.step_secs > 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The expected verdict of a check.
+    pub(crate) fn expected(&self, check: &str) -> Verdict {
+        self.expect.checks.get(check).copied().unwrap_or(Verdict::Pass)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graphs() {
+        assert_eq!(Graph::Pairs.partners(4), vec![vec![1], vec![0], vec![3], vec![2]]);
+        assert_eq!(Graph::Ring.partners(3), vec![vec![1, 2], vec![0, 2], vec![1, 0]]);
+        assert_eq!(Graph::Star.partners(3), vec![vec![1, 2], vec![0], vec![0]]);
+        assert_eq!(Graph::All.partners(3)[0], vec![1, 2]);
+        assert_eq!(Graph::Ring.partners(2), vec![vec![1], vec![0]]);
+    }
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&path).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "{n} scenarios");
+    }
+
+    #[test]
+    fn bad_scenarios_are_refused_with_a_reason() {
+        let base = "name='x'\ndescription='y'\n[users]\ncount=2\n[workload]\nmessages=1\nrate=1\n";
+        let parse = |extra: &str| -> Result<Scenario, String> {
+            let s: Scenario = toml::from_str(&format!("{base}{extra}")).map_err(|e| e.to_string())?;
+            s.validate().map(|_| s)
+        };
+        assert!(parse("").is_ok());
+        assert!(parse("bogus=1\n").unwrap_err().contains("unknown field"));
+        assert!(parse("[expect.checks]\n\"leak.wire\"='fail'\n").unwrap_err().contains("reason"));
+        assert!(parse("[expect.checks]\n\"nope\"='fail'\n").unwrap_err().contains("unknown check"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Load sweeps: the workload at increasing offered rates, in each mode,
+//! until saturation.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::runner::{self, Outcome};
+use crate::scenario::{Mode, Scenario, Taps};
+
+/// One measured step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Step {
+    pub(crate) mode: Mode,
+    pub(crate) rate: f64,
+    pub(crate) delivered_rate: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) max_us: u64,
+    pub(crate) lost: u64,
+    pub(crate) saturated: bool,
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::E2ee => "e2ee",
+        Mode::PlaintextBaseline => "plaintext-baseline",
+        Mode::LeakyClientMutant => "leaky-client-mutant",
+        Mode::LeakyServerLogMutant => "leaky-server-log-mutant",
+    }
+}
+
+/// Runs every step; returns whether every step delivered every message
+/// (saturation is a finding, not a failure; loss is a failure).
+pub(crate) async fn run(s: &Scenario, out: &Path, show: bool) -> Result<bool, String> {
+    let Some(sweep) = &s.sweep else {
+        return Err("not a sweep".into());
+    };
+    let mut steps = Vec::new();
+    let mut all_delivered = true;
+    for &rate in &sweep.rates {
+        // Interleave modes at each rate so that drift in the machine affects both.
+        for &mode in &sweep.modes {
+            let mut step = s.clone();
+            step.sweep = None;
+            step.workload.mode = mode;
+            step.workload.rate = rate;
+            step.workload.messages = ((rate * sweep.step_secs).round() as u64).max(1);
+            step.taps = Taps {
+                wire: false,
+                store: false,
+                logs: false,
+                memory: false,
+            };
+            step.name = format!("{}-{}-{rate}", s.name, mode_name(mode));
+            let dir = out.join("steps").join(&step.name);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            eprintln!("step: {} at {rate} msg/s ({} messages)", mode_name(mode), step.workload.messages);
+            let o: Outcome = runner::run(&step, &dir, show).await?;
+            let m = &o.metrics;
+            let lost = m.planned.saturating_sub(m.delivered);
+            all_delivered &= lost == 0;
+            let saturated = m.throughput_msgs < sweep.saturation_fraction * rate
+                || (m.latency_us.p99 as f64) > sweep.saturation_p99_ms * 1000.0;
+            steps.push(Step {
+                mode,
+                rate,
+                delivered_rate: m.throughput_msgs,
+                p50_us: m.latency_us.p50,
+                p99_us: m.latency_us.p99,
+                max_us: m.latency_us.max,
+                lost,
+                saturated,
+            });
+            let _ = std::fs::remove_dir_all(dir.join("data"));
+            let _ = std::fs::remove_dir_all(dir.join("clients"));
+        }
+    }
+    let md = markdown(s, &steps);
+    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
+    let json = serde_json::json!({ "scenario": s, "steps": steps, "all_delivered": all_delivered });
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    print!("{md}");
+    Ok(all_delivered)
+}
+
+fn markdown(s: &Scenario, steps: &[Step]) -> String {
+    let mut md = format!("# Load sweep `{}`\n\n{}\n\n", s.name, s.description.trim());
+    md.push_str("| mode | offered msg/s | delivered msg/s | p50 µs | p99 µs | max µs | lost | saturated |\n|---|---|---|---|---|---|---|---|\n");
+    for st in steps {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} | {} | {} | {} | {} | {} |",
+            mode_name(st.mode),
+            st.rate,
+            st.delivered_rate,
+            st.p50_us,
+            st.p99_us,
+            st.max_us,
+            st.lost,
+            if st.saturated { "yes" } else { "no" }
+        );
+    }
+    md.push('\n');
+    for mode in s.sweep.as_ref().map(|w| w.modes.clone()).unwrap_or_default() {
+        let mine: Vec<&Step> = steps.iter().filter(|st| st.mode == mode).collect();
+        let best = mine.iter().map(|st| st.delivered_rate).fold(0.0, f64::max);
+        let first_sat = mine.iter().find(|st| st.saturated).map(|st| st.rate);
+        let _ = writeln!(
+            md,
+            "- {}: highest delivered rate {:.1} msg/s; {}",
+            mode_name(mode),
+            best,
+            match first_sat {
+                Some(r) => format!("saturated from {r} msg/s offered"),
+                None => "no saturation within the swept rates".into(),
+            }
+        );
+    }
+    md
+}

@@ -1,0 +1,283 @@
+//! The taps: what the server received (wire), stored (files), logged (log
+//! file) and held in memory (`/proc/PID/mem`).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::plaintext::{Detector, Hit};
+
+/// Most bytes the wire tap keeps (older bytes are scanned, then dropped).
+const WIRE_KEEP: usize = 64 * 1024 * 1024;
+
+/// What one tap found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct TapResult {
+    /// Bytes searched.
+    pub(crate) bytes: u64,
+    /// Matches in total.
+    pub(crate) matches: u64,
+    /// The first matches, with locations.
+    pub(crate) hits: Vec<Hit>,
+}
+
+/// Records every byte that clients send to the server, with WebSocket
+/// masking removed: exactly what the server's WebSocket layer reads.
+#[derive(Clone)]
+pub(crate) struct WireTap {
+    target: Arc<Mutex<SocketAddr>>,
+    recorded: Arc<Mutex<Vec<u8>>>,
+    pub(crate) addr: SocketAddr,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WireTap {
+    /// A relay on a loopback port forwarding to `target`; records when `record`.
+    pub(crate) async fn start(target: SocketAddr, record: bool) -> std::io::Result<WireTap> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let tap = WireTap {
+            target: Arc::new(Mutex::new(target)),
+            recorded: Arc::default(),
+            addr: listener.local_addr()?,
+        };
+        let t = tap.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let target = *lock(&t.target);
+                let recorded = record.then(|| Arc::clone(&t.recorded));
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        let _ = client.set_nodelay(true);
+                        let _ = server.set_nodelay(true);
+                        relay(client, server, recorded).await;
+                    }
+                });
+            }
+        });
+        Ok(tap)
+    }
+
+    /// Points new connections at another server address (after a restart).
+    pub(crate) fn retarget(&self, target: SocketAddr) {
+        *lock(&self.target) = target;
+    }
+
+    /// Searches everything recorded.
+    pub(crate) fn scan(&self, detector: &Detector) -> TapResult {
+        let data = lock(&self.recorded);
+        let mut r = TapResult {
+            bytes: data.len() as u64,
+            ..TapResult::default()
+        };
+        detector.scan("wire", 0, &data, 20, &mut r.hits, &mut r.matches);
+        r
+    }
+}
+
+async fn relay(mut client: TcpStream, mut server: TcpStream, recorded: Option<Arc<Mutex<Vec<u8>>>>) {
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let up = async {
+        let mut unmasker = Unmasker::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = buf.get(..n).unwrap_or_default();
+            if let Some(recorded) = &recorded {
+                let mut rec = lock(recorded);
+                if rec.len() < WIRE_KEEP {
+                    unmasker.feed(chunk, &mut rec);
+                }
+            }
+            if sw.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
+
+/// Streaming decoder of client-to-server WebSocket traffic: passes the HTTP
+/// upgrade request through as is, then emits every frame's unmasked payload.
+#[derive(Default)]
+pub(crate) struct Unmasker {
+    handshake_done: bool,
+    pending: Vec<u8>,
+    /// Current frame: mask key and payload bytes left.
+    frame: Option<([u8; 4], u64, u64)>,
+}
+
+impl Unmasker {
+    pub(crate) fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(data);
+        if !self.handshake_done {
+            match self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) => {
+                    out.extend(self.pending.drain(..end + 4));
+                    self.handshake_done = true;
+                }
+                None => return,
+            }
+        }
+        loop {
+            if let Some((mask, done, len)) = self.frame {
+                let take = (len - done).min(self.pending.len() as u64) as usize;
+                for (i, b) in self.pending.drain(..take).enumerate() {
+                    let k = mask.get(((done as usize) + i) % 4).copied().unwrap_or(0);
+                    out.push(b ^ k);
+                }
+                let done = done + take as u64;
+                if done == len {
+                    self.frame = None;
+                } else {
+                    self.frame = Some((mask, done, len));
+                    return;
+                }
+            }
+            // A frame header: 2 bytes, extended length, 4-byte mask (client frames).
+            let Some(&b1) = self.pending.get(1) else { return };
+            let masked = b1 & 0x80 != 0;
+            let (len, ext) = match b1 & 0x7f {
+                126 => (None, 2usize),
+                127 => (None, 8),
+                n => (Some(u64::from(n)), 0),
+            };
+            let header = 2 + ext + if masked { 4 } else { 0 };
+            if self.pending.len() < header {
+                return;
+            }
+            let len = len.unwrap_or_else(|| {
+                self.pending
+                    .get(2..2 + ext)
+                    .unwrap_or_default()
+                    .iter()
+                    .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+            });
+            let mut mask = [0u8; 4];
+            if masked {
+                mask.copy_from_slice(self.pending.get(2 + ext..header).unwrap_or(&[0; 4]));
+            }
+            self.pending.drain(..header);
+            if len > 0 {
+                self.frame = Some((mask, 0, len));
+            }
+        }
+    }
+}
+
+/// Searches every file below `dir` (database, WAL, shared memory, anything else).
+pub(crate) fn scan_dir(dir: &Path, detector: &Detector) -> TapResult {
+    let mut r = TapResult::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(data) = std::fs::read(&path) {
+                r.bytes += data.len() as u64;
+                let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+                detector.scan(&name, 0, &data, 20, &mut r.hits, &mut r.matches);
+            }
+        }
+    }
+    r
+}
+
+/// Searches one file (the server log).
+pub(crate) fn scan_file(path: &Path, detector: &Detector) -> TapResult {
+    let mut r = TapResult::default();
+    if let Ok(data) = std::fs::read(path) {
+        r.bytes = data.len() as u64;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        detector.scan(&name, 0, &data, 20, &mut r.hits, &mut r.matches);
+    }
+    r
+}
+
+/// Searches the readable and writable mappings of process `pid`.
+pub(crate) fn scan_memory(pid: u32, detector: &Detector) -> Result<TapResult, String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("maps: {e}"))?;
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| format!("mem: {e}"))?;
+    let mut r = TapResult::default();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let name = fields.nth(3).unwrap_or("[anon]");
+        if name == "[vvar]" || name == "[vsyscall]" {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else {
+            continue;
+        };
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue; // unmapped since we read the maps
+        }
+        r.bytes += region.len() as u64;
+        detector.scan(&format!("memory {name}"), start, &region, 20, &mut r.hits, &mut r.matches);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0x82];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n < 65536 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn unmasks_frames_split_anywhere() {
+        let mut stream = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let payloads: Vec<Vec<u8>> = vec![b"hello".to_vec(), vec![7u8; 300], vec![9u8; 70_000], vec![]];
+        for (i, p) in payloads.iter().enumerate() {
+            stream.extend(masked_frame(p, [i as u8 + 1, 0x5a, 0xa5, 0x3c]));
+        }
+        let expected: Vec<u8> = payloads.concat();
+        for chunk in [1usize, 3, 7, 1000, stream.len()] {
+            let mut u = Unmasker::default();
+            let mut out = Vec::new();
+            for c in stream.chunks(chunk) {
+                u.feed(c, &mut out);
+            }
+            let body = out.split_off(out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+            assert_eq!(body, expected, "chunk size {chunk}");
+        }
+    }
+}

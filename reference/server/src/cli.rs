@@ -1,0 +1,174 @@
+//! The `chatify-server` command line: arguments, logging, signals.
+//!
+//! Kept in the library so that the same code runs as the `chatify-server`
+//! binary and as a child process started by the scenario harness.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::PasswordCost;
+use crate::store::SqliteStore;
+use crate::store::sqlite::Durability;
+use crate::{Config, Server, tls};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatify-server",
+    version,
+    about = "Chatify reference server: accounts, key directory, relay, durable mailbox, ciphertext history",
+    long_about = "Chatify reference server.\n\n\
+        Serves the Chatify protocol (docs/PROTOCOL.md) over WebSocket, or over TLS (wss) with \
+        --tls-cert and --tls-key. It stores accounts (Argon2id password hashes), the key \
+        directory, a durable mailbox for offline devices and ciphertext history in a SQLite \
+        database. It never receives plaintext or private keys.\n\n\
+        On start it prints `listening on ws://ADDR` (or wss://) to standard output. SIGINT or \
+        SIGTERM shuts it down gracefully: it stops accepting, closes every connection with \
+        code 1001 and checkpoints the database."
+)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// SQLite database file (created with its directory if missing).
+    #[arg(long, default_value = "chatify-data/chatify.db")]
+    db: PathBuf,
+
+    /// Commit durability: `full` survives power loss, `normal` survives a
+    /// process kill (kill -9) and is faster.
+    #[arg(long, value_enum, default_value = "full")]
+    durability: Durability,
+
+    /// PEM certificate chain; serves wss:// (requires --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Days acknowledged envelopes stay in the ciphertext history (0: delete
+    /// them at the next hourly pruning).
+    #[arg(long, default_value_t = 30)]
+    history_retention_days: u64,
+
+    /// Days a session token stays valid.
+    #[arg(long, default_value_t = 30)]
+    token_ttl_days: u64,
+
+    /// Argon2id memory cost for new password hashes, in KiB.
+    #[arg(long, default_value_t = 19 * 1024, value_parser = clap::value_parser!(u32).range(8..))]
+    argon2_memory_kib: u32,
+
+    /// Argon2id iterations for new password hashes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    argon2_iterations: u32,
+
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `chatify_server=trace`).
+    /// Logs never contain message bodies, passwords, tokens or keys.
+    #[arg(long, default_value = "info", env = "CHATIFY_LOG")]
+    log: String,
+}
+
+/// Runs the server with the process's command-line arguments.
+pub fn main() -> ExitCode {
+    run_from(std::env::args_os())
+}
+
+/// Runs the server with `args` (the first is the program name), until
+/// SIGINT or SIGTERM.
+pub fn run_from<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let filter = match EnvFilter::try_new(&args.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("chatify-server: invalid --log filter: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chatify-server: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatify-server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let store = Arc::new(
+        SqliteStore::open(&args.db, args.durability)
+            .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?,
+    );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let config = Config {
+        listen: args.listen,
+        tls,
+        password_cost: PasswordCost {
+            memory_kib: args.argon2_memory_kib,
+            iterations: args.argon2_iterations,
+        },
+        token_ttl: Duration::from_secs(args.token_ttl_days.saturating_mul(86_400)),
+        history_retention: Duration::from_secs(args.history_retention_days.saturating_mul(86_400)),
+        ..Config::default()
+    };
+    let server = Server::start(config, store.clone())
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    println!("listening on {scheme}://{}", server.local_addr());
+
+    wait_for_signal().await?;
+    tracing::info!("signal received; shutting down");
+    server.shutdown().await;
+    store.checkpoint()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
