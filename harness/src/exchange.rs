@@ -38,10 +38,11 @@ impl Outcome {
         let mut s = String::new();
         s.push_str("# Chatify: two-party in-process E2EE exchange\n\n");
         s.push_str(
-            "**Scope of this report.** The reference server, the scenario harness and the \
-             paper's figures are not built yet. This run exercises the end-to-end-encryption \
-             core only: two in-process parties, every envelope passed through the real wire \
-             encoding. It makes no performance claim.\n\n",
+            "**Scope of this report.** The paper's figures are not built yet. This run \
+             exercises the end-to-end-encryption core only: two in-process parties, every \
+             envelope passed through the real wire encoding. It makes no performance claim; \
+             the scenario harness (`chatify-harness run scenarios/NAME.toml`) measures the \
+             whole system.\n\n",
         );
         s.push_str(&format!(
             "- messages per direction: {}\n- plaintext bytes: {}\n- envelope bytes on the wire: {}\n\
@@ -203,7 +204,7 @@ mod tests {
         assert!(outcome.all_passed(), "{}", outcome.markdown());
         assert!(outcome.safety_numbers_match);
         assert_eq!(outcome.summary(), "4 passed, 0 failed");
-        assert!(outcome.markdown().contains("not built yet"));
+        assert!(outcome.markdown().contains("figures are not built yet"));
     }
 
     #[test]

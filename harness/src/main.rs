@@ -10,6 +10,10 @@
 //! ```
 
 #![forbid(unsafe_code)]
+// The harness indexes vectors it built itself (users, plan, partners) by
+// construction; decoders of untrusted input live in the reference crates,
+// which keep this lint.
+#![allow(clippy::indexing_slicing)]
 
 mod exchange;
 mod logsink;
@@ -84,6 +88,11 @@ enum Command {
     /// servers). Takes chatify-server's options.
     #[command(name = "__serve", hide = true)]
     Serve {
+        /// HARNESS-ONLY MUTANT: log every accepted envelope verbatim (through
+        /// the server's test hook), so that a leaky client's plaintext reaches
+        /// the log.
+        #[arg(long)]
+        log_envelopes_mutant: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -107,7 +116,10 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
         println!("report: {}", out.join("report.md").display());
         return Ok(ok);
     }
-    eprintln!("running {} ({} users, {} messages at {} msg/s)", s.name, s.users.count, s.workload.messages, s.workload.rate);
+    eprintln!(
+        "running {} ({} users, {} messages at {} msg/s)",
+        s.name, s.users.count, s.workload.messages, s.workload.rate
+    );
     let outcome = rt.block_on(runner::run(&s, &out, show))?;
     report::write_run(&out, &s, &outcome)?;
     print!("{}", report::summary(&outcome));
@@ -116,7 +128,11 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
     }
     println!(
         "{}; report: {}",
-        if outcome.as_expected() { "as expected" } else { "NOT AS EXPECTED" },
+        if outcome.as_expected() {
+            "as expected"
+        } else {
+            "NOT AS EXPECTED"
+        },
         out.join("report.md").display()
     );
     Ok(outcome.as_expected())
@@ -125,11 +141,23 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { args } => {
-            let argv = std::iter::once("chatify-server".into()).chain(args.into_iter().map(Into::into));
-            chatify_server::cli::run_from(argv)
+        Command::Serve {
+            log_envelopes_mutant,
+            args,
+        } => {
+            let argv =
+                std::iter::once("chatify-server".into()).chain(args.into_iter().map(Into::into));
+            chatify_server::cli::run_customized(argv, |config| {
+                if log_envelopes_mutant {
+                    config.envelope_observer = Some(runner::envelope_logger());
+                }
+            })
         }
-        Command::Run { scenario, out, quiet } => match run_scenario(&scenario, out, quiet) {
+        Command::Run {
+            scenario,
+            out,
+            quiet,
+        } => match run_scenario(&scenario, out, quiet) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
@@ -139,7 +167,11 @@ fn main() -> ExitCode {
         },
         Command::List { dir } => {
             let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect(),
+                Ok(rd) => rd
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                    .collect(),
                 Err(e) => {
                     eprintln!("chatify-harness: {}: {e}", dir.display());
                     return ExitCode::from(2);
@@ -148,13 +180,21 @@ fn main() -> ExitCode {
             entries.sort();
             for path in entries {
                 match scenario::load(&path) {
-                    Ok(s) => println!("{:<40} {}", path.display(), s.description.lines().next().unwrap_or("")),
+                    Ok(s) => println!(
+                        "{:<40} {}",
+                        path.display(),
+                        s.description.lines().next().unwrap_or("")
+                    ),
                     Err(e) => println!("{:<40} INVALID: {e}", path.display()),
                 }
             }
             ExitCode::SUCCESS
         }
-        Command::Reproduce { out, messages, quick } => {
+        Command::Reproduce {
+            out,
+            messages,
+            quick,
+        } => {
             let messages = if quick { 20 } else { messages };
             eprintln!(
                 "chatify-harness: the paper's figures are not built yet; running the two-party \
@@ -162,13 +202,19 @@ fn main() -> ExitCode {
             );
             let result = exchange::run(messages, &mut rand::rng());
             let report = result.markdown();
-            if let Err(e) = std::fs::create_dir_all(&out).and_then(|()| std::fs::write(out.join("report.md"), &report)) {
+            if let Err(e) = std::fs::create_dir_all(&out)
+                .and_then(|()| std::fs::write(out.join("report.md"), &report))
+            {
                 eprintln!("chatify-harness: cannot write {}: {e}", out.display());
                 return ExitCode::from(2);
             }
             println!("{}", result.summary());
             println!("report: {}", out.join("report.md").display());
-            if result.all_passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if result.all_passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

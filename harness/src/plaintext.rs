@@ -72,7 +72,10 @@ pub(crate) fn encodings(canary: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         ("hex", hex::encode(canary).into_bytes()),
         ("HEX", hex::encode_upper(canary).into_bytes()),
     ];
-    for (name, engine) in [("base64", &STANDARD_NO_PAD), ("base64url", &URL_SAFE_NO_PAD)] {
+    for (name, engine) in [
+        ("base64", &STANDARD_NO_PAD),
+        ("base64url", &URL_SAFE_NO_PAD),
+    ] {
         for align in 0..3usize {
             let mut shifted = vec![0u8; align];
             shifted.extend_from_slice(canary);
@@ -142,7 +145,15 @@ impl Detector {
 
     /// Every hit in `haystack` (at most `limit` reported), region named `place`,
     /// offsets counted from `base`.
-    pub(crate) fn scan(&self, place: &str, base: u64, haystack: &[u8], limit: usize, hits: &mut Vec<Hit>, total: &mut u64) {
+    pub(crate) fn scan(
+        &self,
+        place: &str,
+        base: u64,
+        haystack: &[u8],
+        limit: usize,
+        hits: &mut Vec<Hit>,
+        total: &mut u64,
+    ) {
         if let Some(ac) = &self.automaton {
             for m in ac.find_overlapping_iter(haystack) {
                 *total += 1;
@@ -150,7 +161,10 @@ impl Detector {
                     hits.push(Hit {
                         place: place.to_owned(),
                         offset: base + m.start() as u64,
-                        form: format!("canary/{}", self.forms.get(m.pattern().as_usize()).unwrap_or(&"?")),
+                        form: format!(
+                            "canary/{}",
+                            self.forms.get(m.pattern().as_usize()).unwrap_or(&"?")
+                        ),
                     });
                 }
             }
@@ -208,10 +222,23 @@ mod tests {
             hay.splice(1000..1000, needle.iter().copied());
             let (mut hits, mut total) = (Vec::new(), 0);
             d.scan("x", 0, &hay, 100, &mut hits, &mut total);
-            assert!(hits.iter().any(|h| h.form == format!("canary/{form}") && h.offset == 1000), "{form}: {hits:?}");
+            assert!(
+                hits.iter()
+                    .any(|h| h.form == format!("canary/{form}") && h.offset == 1000),
+                "{form}: {hits:?}"
+            );
             forms.push(form);
         }
-        for f in ["raw", "hex", "HEX", "base64", "base64url", "json", "utf16le", "utf16be"] {
+        for f in [
+            "raw",
+            "hex",
+            "HEX",
+            "base64",
+            "base64url",
+            "json",
+            "utf16le",
+            "utf16be",
+        ] {
             assert!(forms.contains(&f), "{f}");
         }
         // Base64 at every alignment: the canary after 0, 1 and 2 other bytes.

@@ -35,7 +35,9 @@ fn row(name: &str, unit: &str, p: &Percentiles) -> String {
 pub(crate) fn tables(o: &Outcome) -> String {
     let m = &o.metrics;
     let mut s = String::new();
-    s.push_str("| metric | count | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|\n");
+    s.push_str(
+        "| metric | count | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|\n",
+    );
     s.push_str(&row("end-to-end latency", "µs", &m.latency_us));
     s.push_str(&row("client encrypt", "ns", &m.encrypt_ns));
     s.push_str(&row("client decrypt", "ns", &m.decrypt_ns));
@@ -90,7 +92,8 @@ pub(crate) fn write_run(out: &Path, s: &Scenario, o: &Outcome) -> Result<(), Str
         "taps": o.taps,
     });
     let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("summary.json"), json).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out.join("summary.json"), json)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
     let mut md = format!("# Scenario `{}`\n\n{}\n\n", s.name, s.description.trim());
     let _ = writeln!(
         md,
@@ -111,7 +114,11 @@ pub(crate) fn write_run(out: &Path, s: &Scenario, o: &Outcome) -> Result<(), Str
     let _ = writeln!(
         md,
         "Outcome: **{}**.\n",
-        if o.as_expected() { "as expected" } else { "NOT as expected" }
+        if o.as_expected() {
+            "as expected"
+        } else {
+            "NOT as expected"
+        }
     );
     md.push_str(&tables(o));
     std::fs::write(out.join("report.md"), md).map_err(|e| format!("{}: {e}", out.display()))

@@ -42,6 +42,13 @@ struct Topology {
     observer: Option<EnvelopeObserver>,
 }
 
+/// HARNESS-ONLY MUTANT hook: logs every envelope the server accepts, verbatim.
+pub(crate) fn envelope_logger() -> EnvelopeObserver {
+    EnvelopeObserver(Arc::new(|envelope: &[u8]| {
+        tracing::info!(target: "chatify_server::mutant", envelope = %String::from_utf8_lossy(envelope), "MUTANT: logging an envelope");
+    }))
+}
+
 /// Password hashing is not what the harness measures: cheap parameters keep
 /// setup short (the server's defaults are OWASP's).
 const CHEAP_ARGON2: PasswordCost = PasswordCost {
@@ -54,7 +61,8 @@ impl Topology {
         match self.mode {
             ServerMode::InProcess => {
                 let store = Arc::new(
-                    SqliteStore::open(&self.db, self.durability).map_err(|e| format!("database: {e}"))?,
+                    SqliteStore::open(&self.db, self.durability)
+                        .map_err(|e| format!("database: {e}"))?,
                 );
                 let config = Config {
                     listen: self.addr,
@@ -89,9 +97,20 @@ impl Topology {
                     Durability::Full => "full",
                     Durability::Normal => "normal",
                 };
-                let mut child = tokio::process::Command::new(exe)
-                    .arg("__serve")
-                    .args(["--listen", &self.addr.to_string(), "--durability", durability, "--log", "trace"])
+                let mut command = tokio::process::Command::new(exe);
+                command.arg("__serve");
+                if self.observer.is_some() {
+                    command.arg("--log-envelopes-mutant");
+                }
+                let mut child = command
+                    .args([
+                        "--listen",
+                        &self.addr.to_string(),
+                        "--durability",
+                        durability,
+                        "--log",
+                        "trace",
+                    ])
                     .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
                     .arg("--db")
                     .arg(&self.db)
@@ -131,7 +150,10 @@ impl Topology {
                             .status()
                             .await;
                     }
-                    if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
+                    if tokio::time::timeout(Duration::from_secs(10), c.wait())
+                        .await
+                        .is_err()
+                    {
                         let _ = c.kill().await;
                     }
                 }
@@ -162,7 +184,9 @@ struct Planned {
 fn schedule(s: &Scenario) -> Vec<Planned> {
     let w = &s.workload;
     let partners = s.conversations.graph.partners(s.users.count);
-    let senders: Vec<usize> = (0..s.users.count).filter(|u| !partners[*u].is_empty()).collect();
+    let senders: Vec<usize> = (0..s.users.count)
+        .filter(|u| !partners[*u].is_empty())
+        .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(w.seed);
     let mut per_sender = vec![0u64; s.users.count];
     let mut t = 0f64;
@@ -264,7 +288,9 @@ async fn send(ctx: &Ctx, home: &Path, client: &mut Option<Client>, p: &Planned) 
         let Some(c) = client.as_mut() else {
             *client = reconnect(ctx, home).await;
             if client.is_none() {
-                let _ = ctx.records.send(Record::SendFailed("could not reconnect".into()));
+                let _ = ctx
+                    .records
+                    .send(Record::SendFailed("could not reconnect".into()));
                 return;
             }
             continue;
@@ -274,28 +300,39 @@ async fn send(ctx: &Ctx, home: &Path, client: &mut Option<Client>, p: &Planned) 
                 let new_session = c
                     .state()
                     .sessions
-                    .get(&Address { user: peer.clone(), device: 1 })
+                    .get(&Address {
+                        user: peer.clone(),
+                        device: 1,
+                    })
                     .is_none_or(Vec::is_empty);
-                c.send_with_id(&peer, &p.plaintext.bytes, p.message_id).await.map(|_| {
-                    let t = c.timings();
-                    Record::Sent {
-                        encrypt: t.encrypt,
-                        setup: if new_session { t.setup } else { None },
-                    }
-                })
+                c.send_with_id(&peer, &p.plaintext.bytes, p.message_id)
+                    .await
+                    .map(|_| {
+                        let t = c.timings();
+                        Record::Sent {
+                            encrypt: t.encrypt,
+                            setup: if new_session { t.setup } else { None },
+                        }
+                    })
             }
             // Identity transform / leaky client: the plaintext goes where the
             // envelope belongs.
             Mode::PlaintextBaseline | Mode::LeakyClientMutant => c
                 .connection()
                 .request(frame::Send {
-                    to: Address { user: peer.clone(), device: 1 },
+                    to: Address {
+                        user: peer.clone(),
+                        device: 1,
+                    },
                     conversation: chatify_client::conversation_id(&user_name(p.sender), &peer),
                     message_id: p.message_id,
                     envelope: p.plaintext.bytes.clone(),
                 })
                 .await
-                .map(|_| Record::Sent { encrypt: None, setup: None }),
+                .map(|_| Record::Sent {
+                    encrypt: None,
+                    setup: None,
+                }),
         };
         match result {
             Ok(record) => {
@@ -359,7 +396,9 @@ async fn receive(
             Push::PrekeysLow(_) => return Ok(Received::Other),
         },
     };
-    match plaintext::parse(&bytes).and_then(|(s, n)| ctx.intended.get(&(s, n)).map(|at| (s, n, *at))) {
+    match plaintext::parse(&bytes)
+        .and_then(|(s, n)| ctx.intended.get(&(s, n)).map(|at| (s, n, *at)))
+    {
         Some((sender, n, at)) => {
             let _ = ctx.records.send(Record::Delivered {
                 recipient: me,
@@ -522,7 +561,8 @@ impl Check {
     /// Whether the verdict is what the scenario expects (a skipped check
     /// matches any expectation of passing).
     pub(crate) fn as_expected(&self) -> bool {
-        self.verdict == self.expected || (self.verdict == Verdict::Skipped && self.expected == Verdict::Pass)
+        self.verdict == self.expected
+            || (self.verdict == Verdict::Skipped && self.expected == Verdict::Pass)
     }
 }
 
@@ -611,18 +651,27 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let mode = s.workload.mode;
     let plan = schedule(s);
 
-    // The server-log mutant: a hook that logs each planned plaintext as the
-    // server accepts envelopes (a server that leaks through its logs).
-    let observer = (mode == Mode::LeakyServerLogMutant).then(|| {
-        let queue: Arc<Mutex<VecDeque<Vec<u8>>>> =
-            Arc::new(Mutex::new(plan.iter().map(|p| p.plaintext.bytes.clone()).collect()));
-        EnvelopeObserver(Arc::new(move |_envelope: &[u8]| {
-            let next = queue.lock().ok().and_then(|mut q| q.pop_front());
-            if let Some(p) = next {
-                tracing::info!(target: "chatify_server::conn", leaked = %String::from_utf8_lossy(&p), "MUTANT: logging plaintext");
-            }
-        }))
-    });
+    // Mutants of the server's logging, through its test hook:
+    // - with the leaky client, the server logs each envelope verbatim (which
+    //   is then the plaintext), so that every tap has something to catch;
+    // - the server-log mutant logs the plaintext of each planned message as
+    //   it accepts an (honestly encrypted) envelope: a server that leaks
+    //   through its logs and nowhere else.
+    let observer = match mode {
+        Mode::LeakyClientMutant => Some(envelope_logger()),
+        Mode::LeakyServerLogMutant => {
+            let queue: Arc<Mutex<VecDeque<Vec<u8>>>> = Arc::new(Mutex::new(
+                plan.iter().map(|p| p.plaintext.bytes.clone()).collect(),
+            ));
+            Some(EnvelopeObserver(Arc::new(move |_envelope: &[u8]| {
+                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                if let Some(p) = next {
+                    tracing::info!(target: "chatify_server::mutant", leaked = %String::from_utf8_lossy(&p), "MUTANT: logging plaintext");
+                }
+            })))
+        }
+        Mode::E2ee | Mode::PlaintextBaseline => None,
+    };
     if mode == Mode::LeakyServerLogMutant && s.topology.server == ServerMode::Child {
         return Err("the leaky-server-log mutant needs topology.server = \"in-process\"".into());
     }
@@ -631,7 +680,11 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         db: data_dir.join("chatify.db"),
         data_dir: data_dir.clone(),
         log: log.clone(),
-        durability: if s.topology.durability == "full" { Durability::Full } else { Durability::Normal },
+        durability: if s.topology.durability == "full" {
+            Durability::Full
+        } else {
+            Durability::Normal
+        },
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         handle: None,
         observer,
@@ -640,22 +693,32 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         logsink::capture(Some(&log))?;
     }
     topo.start().await?;
-    let tap = WireTap::start(topo.addr, s.taps.wire).await.map_err(|e| e.to_string())?;
+    let tap = WireTap::start(topo.addr, s.taps.wire)
+        .await
+        .map_err(|e| e.to_string())?;
     let options = ConnectOptions::new(format!("ws://{}", tap.addr));
 
     // Accounts and devices (not timed as workload).
-    let homes: Vec<PathBuf> = (0..s.users.count).map(|i| out.join("clients").join(user_name(i))).collect();
+    let homes: Vec<PathBuf> = (0..s.users.count)
+        .map(|i| out.join("clients").join(user_name(i)))
+        .collect();
     let _ = std::fs::remove_dir_all(out.join("clients"));
     let mut connect_auth = hist();
     let mut clients = Vec::with_capacity(s.users.count);
     for (i, home) in homes.iter().enumerate() {
         let name = user_name(i);
         let password = format!("{name}-harness-password");
-        Client::register(&options, &name, &password).await.map_err(|e| format!("register {name}: {e}"))?;
-        let c = Client::login(&options, home, &name, &password, 1).await.map_err(|e| format!("login {name}: {e}"))?;
+        Client::register(&options, &name, &password)
+            .await
+            .map_err(|e| format!("register {name}: {e}"))?;
+        let c = Client::login(&options, home, &name, &password, 1)
+            .await
+            .map_err(|e| format!("login {name}: {e}"))?;
         c.close().await;
         let t = Instant::now();
-        let c = Client::resume(home, Some(&options)).await.map_err(|e| format!("resume {name}: {e}"))?;
+        let c = Client::resume(home, Some(&options))
+            .await
+            .map_err(|e| format!("resume {name}: {e}"))?;
         record(&mut connect_auth, t.elapsed().as_micros());
         clients.push(Some(c));
     }
@@ -664,7 +727,12 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let intended: Arc<HashMap<(usize, u64), Duration>> =
         Arc::new(plan.iter().map(|p| ((p.sender, p.n), p.at)).collect());
     let last_at = plan.last().map(|p| p.at).unwrap_or_default();
-    let downtime: f64 = s.faults.disconnects.iter().map(|d| d.down_secs).sum::<f64>()
+    let downtime: f64 = s
+        .faults
+        .disconnects
+        .iter()
+        .map(|d| d.down_secs)
+        .sum::<f64>()
         + 5.0 * s.faults.server_restarts.len() as f64;
     let start = Instant::now() + Duration::from_millis(200);
     let deadline = start + last_at + Duration::from_secs_f64(s.workload.grace_secs + downtime);
@@ -688,9 +756,22 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
             .disconnects
             .iter()
             .filter(|d| d.user == i)
-            .map(|d| (Duration::from_secs_f64(d.at_secs), Duration::from_secs_f64(d.down_secs)))
+            .map(|d| {
+                (
+                    Duration::from_secs_f64(d.at_secs),
+                    Duration::from_secs_f64(d.down_secs),
+                )
+            })
             .collect();
-        tasks.spawn(user_task(Arc::clone(&ctx), i, home.clone(), clients[i].take(), sends, expected, disconnects));
+        tasks.spawn(user_task(
+            Arc::clone(&ctx),
+            i,
+            home.clone(),
+            clients[i].take(),
+            sends,
+            expected,
+            disconnects,
+        ));
     }
     drop(ctx);
 
@@ -718,7 +799,10 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let mut last_delivery = start;
     let mut bytes = 0u64;
     let mut restart_queue: VecDeque<(Duration, bool)> = restarts.into();
-    let recipient_of: HashMap<(usize, u64), usize> = plan.iter().map(|p| ((p.sender, p.n), p.recipient)).collect();
+    let recipient_of: HashMap<(usize, u64), usize> = plan
+        .iter()
+        .map(|p| ((p.sender, p.n), p.recipient))
+        .collect();
 
     loop {
         let restart_at = restart_queue.front().map(|(at, _)| start + *at);
@@ -763,7 +847,10 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     progress.bar.finish_and_clear();
     let cpu_after = topo.pid().and_then(proc_cpu_secs);
 
-    let wall = last_delivery.saturating_duration_since(start).as_secs_f64().max(1e-9);
+    let wall = last_delivery
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(1e-9);
     metrics.wall_secs = wall;
     metrics.throughput_msgs = metrics.delivered as f64 / wall;
     metrics.throughput_bytes = bytes as f64 / wall;
@@ -792,7 +879,10 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         logsink::capture(None)?;
     }
 
-    let lost = plan.iter().filter(|p| !deliveries.contains_key(&(p.sender, p.n))).count();
+    let lost = plan
+        .iter()
+        .filter(|p| !deliveries.contains_key(&(p.sender, p.n)))
+        .count();
     let twice = deliveries.values().filter(|c| **c > 1).count();
     let mut checks = Vec::new();
     let mut check = |name: &'static str, verdict: Verdict, evidence: String| {
@@ -806,46 +896,88 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let exactly_once = lost == 0 && twice == 0 && misdelivered == 0 && unknown == 0;
     check(
         "delivery.exactly-once",
-        if exactly_once { Verdict::Pass } else { Verdict::Fail },
+        if exactly_once {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
         format!(
             "{} planned, {} delivered; {lost} lost, {twice} shown twice, {misdelivered} misdelivered, {unknown} unknown; {} redeliveries dropped, {} rejected{}{}",
             plan.len(),
             metrics.delivered,
             metrics.duplicates_dropped,
             metrics.rejected,
-            if rejected_reasons.is_empty() { String::new() } else { format!(" ({})", rejected_reasons.join("; ")) },
-            if send_errors.is_empty() { String::new() } else { format!("; send errors: {}", send_errors.join("; ")) },
+            if rejected_reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", rejected_reasons.join("; "))
+            },
+            if send_errors.is_empty() {
+                String::new()
+            } else {
+                format!("; send errors: {}", send_errors.join("; "))
+            },
         ),
     );
     check(
         "delivery.order",
-        if order_violations == 0 { Verdict::Pass } else { Verdict::Fail },
+        if order_violations == 0 {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
         format!("{order_violations} out-of-order deliveries per (sender, recipient)"),
     );
-    let mut tap_check = |name: &'static str, key: &'static str, result: Option<Result<TapResult, String>>| {
-        let (verdict, evidence) = match &result {
-            None => (Verdict::Skipped, "tap not run".to_owned()),
-            Some(Err(e)) => (Verdict::Fail, format!("tap failed: {e}")),
-            Some(Ok(r)) if r.bytes == 0 => (Verdict::Fail, "tap saw no bytes: it cannot have checked anything".to_owned()),
-            Some(Ok(r)) if r.matches == 0 => (Verdict::Pass, format!("{} bytes searched, no canary or plaintext window", r.bytes)),
-            Some(Ok(r)) => (
-                Verdict::Fail,
-                format!(
-                    "{} matches in {} bytes, e.g. {}",
-                    r.matches,
-                    r.bytes,
-                    r.hits.iter().take(3).map(|h| format!("{} at {} ({})", h.place, h.offset, h.form)).collect::<Vec<_>>().join(", ")
+    let mut tap_check =
+        |name: &'static str, key: &'static str, result: Option<Result<TapResult, String>>| {
+            let (verdict, evidence) = match &result {
+                None => (Verdict::Skipped, "tap not run".to_owned()),
+                Some(Err(e)) => (Verdict::Fail, format!("tap failed: {e}")),
+                Some(Ok(r)) if r.bytes == 0 => (
+                    Verdict::Fail,
+                    "tap saw no bytes: it cannot have checked anything".to_owned(),
                 ),
-            ),
+                Some(Ok(r)) if r.matches == 0 => (
+                    Verdict::Pass,
+                    format!("{} bytes searched, no canary or plaintext window", r.bytes),
+                ),
+                Some(Ok(r)) => (
+                    Verdict::Fail,
+                    format!(
+                        "{} matches in {} bytes, e.g. {}",
+                        r.matches,
+                        r.bytes,
+                        r.hits
+                            .iter()
+                            .take(3)
+                            .map(|h| format!("{} at {} ({})", h.place, h.offset, h.form))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            };
+            if let Some(Ok(r)) = result {
+                tap_results.insert(key, r);
+            }
+            check(name, verdict, evidence);
         };
-        if let Some(Ok(r)) = result {
-            tap_results.insert(key, r);
-        }
-        check(name, verdict, evidence);
-    };
-    tap_check("leak.wire", "wire", s.taps.wire.then(|| Ok(tap.scan(&detector))));
-    tap_check("leak.store", "store", s.taps.store.then(|| Ok(taps::scan_dir(&topo.data_dir, &detector))));
-    tap_check("leak.logs", "logs", s.taps.logs.then(|| Ok(taps::scan_file(&log, &detector))));
+    tap_check(
+        "leak.wire",
+        "wire",
+        s.taps.wire.then(|| Ok(tap.scan(&detector))),
+    );
+    tap_check(
+        "leak.store",
+        "store",
+        s.taps
+            .store
+            .then(|| Ok(taps::scan_dir(&topo.data_dir, &detector))),
+    );
+    tap_check(
+        "leak.logs",
+        "logs",
+        s.taps.logs.then(|| Ok(taps::scan_file(&log, &detector))),
+    );
     tap_check("leak.memory", "memory", memory);
 
     Ok(Outcome {

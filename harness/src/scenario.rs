@@ -321,7 +321,8 @@ pub(crate) const CHECKS: &[&str] = &[
 pub(crate) fn load(path: &Path) -> Result<Scenario, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let s: Scenario = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    s.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    s.validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(s)
 }
 
@@ -334,11 +335,14 @@ impl Scenario {
         if w.messages == 0 && self.sweep.is_none() {
             return Err("workload.messages must be at least 1".into());
         }
-        if !(w.rate > 0.0 && w.rate.is_finite()) {
+        if !(w.rate.is_finite() && w.rate > 0.0) {
             return Err("workload.rate must be a positive number".into());
         }
         let [min, max] = w.size;
-        if min < crate::plaintext::MIN_SIZE || max < min || max > chatify_proto::limits::MAX_PLAINTEXT_LEN {
+        if min < crate::plaintext::MIN_SIZE
+            || max < min
+            || max > chatify_proto::limits::MAX_PLAINTEXT_LEN
+        {
             return Err(format!(
                 "workload.size must be [min, max] with {} <= min <= max <= {}",
                 crate::plaintext::MIN_SIZE,
@@ -355,26 +359,37 @@ impl Scenario {
         }
         for name in self.expect.checks.keys() {
             if !CHECKS.contains(&name.as_str()) {
-                return Err(format!("expect.checks: unknown check {name:?} (known: {})", CHECKS.join(", ")));
+                return Err(format!(
+                    "expect.checks: unknown check {name:?} (known: {})",
+                    CHECKS.join(", ")
+                ));
             }
         }
-        if self.expect.checks.values().any(|v| *v == Verdict::Fail) && self.expect.reason.is_none() {
+        if self.expect.checks.values().any(|v| *v == Verdict::Fail) && self.expect.reason.is_none()
+        {
             return Err("expect.reason is required when a check is expected to fail".into());
         }
         if self.conversations.graph == Graph::Pairs && self.users.count % 2 == 1 {
             return Err("the pairs graph needs an even users.count".into());
         }
-        if let Some(s) = &self.sweep {
-            if s.rates.is_empty() || s.rates.iter().any(|r| !(*r > 0.0)) || !(s.step_secs > 0.0) {
-                return Err("sweep.rates must be positive and sweep.step_secs > 0".into());
-            }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if let Some(s) = &self.sweep
+            && (s.rates.is_empty()
+                || !s.rates.iter().all(|r| positive(*r))
+                || !positive(s.step_secs))
+        {
+            return Err("sweep.rates must be positive and sweep.step_secs > 0".into());
         }
         Ok(())
     }
 
     /// The expected verdict of a check.
     pub(crate) fn expected(&self, check: &str) -> Verdict {
-        self.expect.checks.get(check).copied().unwrap_or(Verdict::Pass)
+        self.expect
+            .checks
+            .get(check)
+            .copied()
+            .unwrap_or(Verdict::Pass)
     }
 }
 
@@ -384,8 +399,14 @@ mod tests {
 
     #[test]
     fn graphs() {
-        assert_eq!(Graph::Pairs.partners(4), vec![vec![1], vec![0], vec![3], vec![2]]);
-        assert_eq!(Graph::Ring.partners(3), vec![vec![1, 2], vec![0, 2], vec![1, 0]]);
+        assert_eq!(
+            Graph::Pairs.partners(4),
+            vec![vec![1], vec![0], vec![3], vec![2]]
+        );
+        assert_eq!(
+            Graph::Ring.partners(3),
+            vec![vec![1, 2], vec![0, 2], vec![1, 0]]
+        );
         assert_eq!(Graph::Star.partners(3), vec![vec![1, 2], vec![0], vec![0]]);
         assert_eq!(Graph::All.partners(3)[0], vec![1, 2]);
         assert_eq!(Graph::Ring.partners(2), vec![vec![1], vec![0]]);
@@ -409,12 +430,21 @@ mod tests {
     fn bad_scenarios_are_refused_with_a_reason() {
         let base = "name='x'\ndescription='y'\n[users]\ncount=2\n[workload]\nmessages=1\nrate=1\n";
         let parse = |extra: &str| -> Result<Scenario, String> {
-            let s: Scenario = toml::from_str(&format!("{base}{extra}")).map_err(|e| e.to_string())?;
+            let s: Scenario =
+                toml::from_str(&format!("{base}{extra}")).map_err(|e| e.to_string())?;
             s.validate().map(|_| s)
         };
         assert!(parse("").is_ok());
         assert!(parse("bogus=1\n").unwrap_err().contains("unknown field"));
-        assert!(parse("[expect.checks]\n\"leak.wire\"='fail'\n").unwrap_err().contains("reason"));
-        assert!(parse("[expect.checks]\n\"nope\"='fail'\n").unwrap_err().contains("unknown check"));
+        assert!(
+            parse("[expect.checks]\n\"leak.wire\"='fail'\n")
+                .unwrap_err()
+                .contains("reason")
+        );
+        assert!(
+            parse("[expect.checks]\n\"nope\"='fail'\n")
+                .unwrap_err()
+                .contains("unknown check")
+        );
     }
 }

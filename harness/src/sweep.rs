@@ -54,7 +54,11 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show: bool) -> Result<bool, St
             step.name = format!("{}-{}-{rate}", s.name, mode_name(mode));
             let dir = out.join("steps").join(&step.name);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            eprintln!("step: {} at {rate} msg/s ({} messages)", mode_name(mode), step.workload.messages);
+            eprintln!(
+                "step: {} at {rate} msg/s ({} messages)",
+                mode_name(mode),
+                step.workload.messages
+            );
             let o: Outcome = runner::run(&step, &dir, show).await?;
             let m = &o.metrics;
             let lost = m.planned.saturating_sub(m.delivered);
@@ -78,8 +82,11 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show: bool) -> Result<bool, St
     let md = markdown(s, &steps);
     std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
     let json = serde_json::json!({ "scenario": s, "steps": steps, "all_delivered": all_delivered });
-    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     print!("{md}");
     Ok(all_delivered)
 }
@@ -102,7 +109,12 @@ fn markdown(s: &Scenario, steps: &[Step]) -> String {
         );
     }
     md.push('\n');
-    for mode in s.sweep.as_ref().map(|w| w.modes.clone()).unwrap_or_default() {
+    for mode in s
+        .sweep
+        .as_ref()
+        .map(|w| w.modes.clone())
+        .unwrap_or_default()
+    {
         let mine: Vec<&Step> = steps.iter().filter(|st| st.mode == mode).collect();
         let best = mine.iter().map(|st| st.delivered_rate).fold(0.0, f64::max);
         let first_sat = mine.iter().find(|st| st.saturated).map(|st| st.rate);

@@ -81,7 +81,11 @@ impl WireTap {
     }
 }
 
-async fn relay(mut client: TcpStream, mut server: TcpStream, recorded: Option<Arc<Mutex<Vec<u8>>>>) {
+async fn relay(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    recorded: Option<Arc<Mutex<Vec<u8>>>>,
+) {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let up = async {
@@ -150,7 +154,9 @@ impl Unmasker {
                 }
             }
             // A frame header: 2 bytes, extended length, 4-byte mask (client frames).
-            let Some(&b1) = self.pending.get(1) else { return };
+            let Some(&b1) = self.pending.get(1) else {
+                return;
+            };
             let masked = b1 & 0x80 != 0;
             let (len, ext) = match b1 & 0x7f {
                 126 => (None, 2usize),
@@ -185,14 +191,20 @@ pub(crate) fn scan_dir(dir: &Path, detector: &Detector) -> TapResult {
     let mut r = TapResult::default();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let path = e.path();
             if path.is_dir() {
                 stack.push(path);
             } else if let Ok(data) = std::fs::read(&path) {
                 r.bytes += data.len() as u64;
-                let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
                 detector.scan(&name, 0, &data, 20, &mut r.hits, &mut r.matches);
             }
         }
@@ -205,7 +217,10 @@ pub(crate) fn scan_file(path: &Path, detector: &Detector) -> TapResult {
     let mut r = TapResult::default();
     if let Ok(data) = std::fs::read(path) {
         r.bytes = data.len() as u64;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         detector.scan(&name, 0, &data, 20, &mut r.hits, &mut r.matches);
     }
     r
@@ -213,12 +228,16 @@ pub(crate) fn scan_file(path: &Path, detector: &Detector) -> TapResult {
 
 /// Searches the readable and writable mappings of process `pid`.
 pub(crate) fn scan_memory(pid: u32, detector: &Detector) -> Result<TapResult, String> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("maps: {e}"))?;
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| format!("mem: {e}"))?;
+    let maps =
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("maps: {e}"))?;
+    let mut mem =
+        std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| format!("mem: {e}"))?;
     let mut r = TapResult::default();
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
         if !perms.starts_with("rw") {
             continue;
         }
@@ -226,8 +245,11 @@ pub(crate) fn scan_memory(pid: u32, detector: &Detector) -> Result<TapResult, St
         if name == "[vvar]" || name == "[vsyscall]" {
             continue;
         }
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else {
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
             continue;
         };
         let mut region = vec![0u8; (end - start) as usize];
@@ -235,7 +257,14 @@ pub(crate) fn scan_memory(pid: u32, detector: &Detector) -> Result<TapResult, St
             continue; // unmapped since we read the maps
         }
         r.bytes += region.len() as u64;
-        detector.scan(&format!("memory {name}"), start, &region, 20, &mut r.hits, &mut r.matches);
+        detector.scan(
+            &format!("memory {name}"),
+            start,
+            &region,
+            20,
+            &mut r.hits,
+            &mut r.matches,
+        );
     }
     Ok(r)
 }
@@ -265,7 +294,8 @@ mod tests {
     #[test]
     fn unmasks_frames_split_anywhere() {
         let mut stream = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-        let payloads: Vec<Vec<u8>> = vec![b"hello".to_vec(), vec![7u8; 300], vec![9u8; 70_000], vec![]];
+        let payloads: Vec<Vec<u8>> =
+            vec![b"hello".to_vec(), vec![7u8; 300], vec![9u8; 70_000], vec![]];
         for (i, p) in payloads.iter().enumerate() {
             stream.extend(masked_frame(p, [i as u8 + 1, 0x5a, 0xa5, 0x3c]));
         }

@@ -443,7 +443,9 @@ impl Client {
         if !new_setup {
             let mut last = chatify_core::Error::Decrypt;
             for i in candidates {
-                let Some(session) = sessions.get_mut(i) else { continue };
+                let Some(session) = sessions.get_mut(i) else {
+                    continue;
+                };
                 match session.decrypt(&envelope) {
                     Ok(plaintext) => {
                         // The peer uses this session: make it the active one.

@@ -427,10 +427,21 @@ async fn both_sides_starting_a_session_at_once_still_converse() {
         assert_eq!(next_message(&mut bob).await.text, expected.as_bytes());
     }
     for i in 0..4 {
-        alice.send("bob", format!("a{}", i + 2).as_bytes()).await.unwrap();
-        bob.send("alice", format!("b{}", i + 2).as_bytes()).await.unwrap();
-        assert_eq!(next_message(&mut bob).await.text, format!("a{}", i + 2).into_bytes());
-        assert_eq!(next_message(&mut alice).await.text, format!("b{}", i + 2).into_bytes());
+        alice
+            .send("bob", format!("a{}", i + 2).as_bytes())
+            .await
+            .unwrap();
+        bob.send("alice", format!("b{}", i + 2).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            next_message(&mut bob).await.text,
+            format!("a{}", i + 2).into_bytes()
+        );
+        assert_eq!(
+            next_message(&mut alice).await.text,
+            format!("b{}", i + 2).into_bytes()
+        );
     }
     server.shutdown().await;
 }

@@ -84,6 +84,16 @@ pub fn main() -> ExitCode {
 /// Runs the server with `args` (the first is the program name), until
 /// SIGINT or SIGTERM.
 pub fn run_from<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    run_customized(args, |_| {})
+}
+
+/// As [`run_from`], letting the caller adjust the configuration built from
+/// the arguments (the scenario harness installs its test hooks this way; the
+/// `chatify-server` binary never does).
+pub fn run_customized<I: IntoIterator<Item = OsString>>(
+    args: I,
+    customize: impl FnOnce(&mut Config),
+) -> ExitCode {
     let args = match Args::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
@@ -117,7 +127,7 @@ pub fn run_from<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, customize)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chatify-server: {e}");
@@ -126,7 +136,10 @@ pub fn run_from<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(
+    args: Args,
+    customize: impl FnOnce(&mut Config),
+) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -140,7 +153,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         _ => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let config = Config {
+    let mut config = Config {
         listen: args.listen,
         tls,
         password_cost: PasswordCost {
@@ -151,6 +164,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         history_retention: Duration::from_secs(args.history_retention_days.saturating_mul(86_400)),
         ..Config::default()
     };
+    customize(&mut config);
     let server = Server::start(config, store.clone())
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -83,9 +83,12 @@ pub struct Config {
     pub envelope_observer: Option<EnvelopeObserver>,
 }
 
+/// The function type of an [`EnvelopeObserver`].
+pub type ObserveFn = dyn Fn(&[u8]) + Send + Sync;
+
 /// See [`Config::envelope_observer`].
 #[derive(Clone)]
-pub struct EnvelopeObserver(pub Arc<dyn Fn(&[u8]) + Send + Sync>);
+pub struct EnvelopeObserver(pub Arc<ObserveFn>);
 
 impl std::fmt::Debug for EnvelopeObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
