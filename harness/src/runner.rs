@@ -33,6 +33,9 @@ enum ServerHandle {
 
 struct Topology {
     mode: ServerMode,
+    /// Server log filter: `trace` when the log tap runs, `warn` otherwise
+    /// (verbose logging costs time the measurements should not include).
+    log_level: &'static str,
     data_dir: PathBuf,
     db: PathBuf,
     log: PathBuf,
@@ -109,7 +112,7 @@ impl Topology {
                         "--durability",
                         durability,
                         "--log",
-                        "trace",
+                        self.log_level,
                     ])
                     .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
                     .arg("--db")
@@ -677,6 +680,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     }
     let mut topo = Topology {
         mode: s.topology.server,
+        log_level: if s.taps.logs { "trace" } else { "warn" },
         db: data_dir.join("chatify.db"),
         data_dir: data_dir.clone(),
         log: log.clone(),
@@ -689,7 +693,8 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         handle: None,
         observer,
     };
-    if s.topology.server == ServerMode::InProcess {
+    let capture_log = s.topology.server == ServerMode::InProcess && s.taps.logs;
+    if capture_log {
         logsink::capture(Some(&log))?;
     }
     topo.start().await?;
@@ -875,7 +880,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         _ => None,
     };
     topo.stop(false).await;
-    if s.topology.server == ServerMode::InProcess {
+    if capture_log {
         logsink::capture(None)?;
     }
 

@@ -155,8 +155,12 @@ pub(crate) enum Arrival {
 pub(crate) struct Workload {
     #[serde(default)]
     pub(crate) mode: Mode,
-    /// Total messages to send (across all senders).
+    /// Total messages to send (across all senders); or give `duration_secs`.
+    #[serde(default)]
     pub(crate) messages: u64,
+    /// Seconds of load: `messages` becomes `rate × duration_secs`.
+    #[serde(default)]
+    pub(crate) duration_secs: Option<f64>,
     /// Offered load: messages per second across all senders.
     pub(crate) rate: f64,
     #[serde(default)]
@@ -320,14 +324,22 @@ pub(crate) const CHECKS: &[&str] = &[
 /// Why a scenario file is unusable.
 pub(crate) fn load(path: &Path) -> Result<Scenario, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let s: Scenario = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut s: Scenario = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     s.validate()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(s)
 }
 
 impl Scenario {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&mut self) -> Result<(), String> {
+        if let Some(d) = self.workload.duration_secs {
+            if !(d.is_finite() && d > 0.0) || self.workload.messages != 0 {
+                return Err(
+                    "give either workload.messages or a positive workload.duration_secs".into(),
+                );
+            }
+            self.workload.messages = ((self.workload.rate * d).round() as u64).max(1);
+        }
         if self.users.count < 2 {
             return Err("users.count must be at least 2".into());
         }
@@ -430,11 +442,12 @@ mod tests {
     fn bad_scenarios_are_refused_with_a_reason() {
         let base = "name='x'\ndescription='y'\n[users]\ncount=2\n[workload]\nmessages=1\nrate=1\n";
         let parse = |extra: &str| -> Result<Scenario, String> {
-            let s: Scenario =
+            let mut s: Scenario =
                 toml::from_str(&format!("{base}{extra}")).map_err(|e| e.to_string())?;
             s.validate().map(|_| s)
         };
         assert!(parse("").is_ok());
+        assert!(parse("duration_secs=2\n").unwrap_err().contains("either"));
         assert!(parse("bogus=1\n").unwrap_err().contains("unknown field"));
         assert!(
             parse("[expect.checks]\n\"leak.wire\"='fail'\n")
