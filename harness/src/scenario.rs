@@ -304,7 +304,7 @@ fn default_sweep_modes() -> Vec<Mode> {
 }
 
 fn default_saturation_fraction() -> f64 {
-    0.95
+    0.9
 }
 
 fn default_saturation_p99_ms() -> f64 {

@@ -477,14 +477,16 @@ impl Client {
         match self.open(&d) {
             Ok((plaintext, identity_changed)) => {
                 let text = plaintext.to_vec();
-                self.state.mark_seen(d.message_id);
-                self.state.inbox.push(StoredMessage {
+                // Logged, then the ratchet state saved, then acknowledged: a
+                // crash at any point loses nothing (a message logged twice is
+                // dropped by its id when the log is read).
+                self.file.append_message(&StoredMessage {
                     from: d.from.clone(),
                     sent_at_ms: d.sent_at_ms,
                     message_id: d.message_id,
                     text: text.clone(),
-                });
-                // Durable before the server may forget the envelope.
+                })?;
+                self.state.mark_seen(d.message_id);
                 self.save()?;
                 self.ack(d.seq).await?;
                 Ok(Event::Message(Incoming {
@@ -572,6 +574,11 @@ impl Client {
     /// Closes the connection cleanly.
     pub async fn close(self) {
         self.conn.shutdown().await;
+    }
+
+    /// Every message received on this device, oldest first.
+    pub fn messages(&self) -> Result<Vec<StoredMessage>, ClientError> {
+        self.file.messages()
     }
 
     /// Durations of the last encryption, decryption and session setup.

@@ -227,7 +227,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Inbox { wait, all } => {
             let mut client = resume(&cli).await?;
             if *all {
-                for m in &client.state().inbox {
+                for m in &client.messages()? {
                     println!("{}: {}", m.from.user, String::from_utf8_lossy(&m.text));
                 }
             }

@@ -1,11 +1,13 @@
-//! The client's local state, persisted in one file so a client survives
-//! restarts: account and token, device keys, sessions, pinned peer
-//! identities, seen message ids and the decrypted inbox.
+//! The client's local state, persisted so a client survives restarts:
+//! `state.cbor` holds the account and token, device keys, sessions, pinned
+//! peer identities and seen message ids (rewritten atomically on every
+//! change); `messages.cbor` is the append-only log of decrypted messages.
 //!
-//! **Protection.** The file holds private keys, session state and decrypted
-//! messages. It is created with mode 0600 in a directory created with mode
-//! 0700, written to a temporary file, flushed to disk (`fsync`) and renamed
-//! over the previous one, so a crash leaves either the old or the new state.
+//! **Protection.** The files hold private keys, session state and decrypted
+//! messages. They are created with mode 0600 in a directory created with mode
+//! 0700. The state is written to a temporary file, flushed to disk (`fsync`)
+//! and renamed over the previous one, so a crash leaves either the old or the
+//! new state; the message log is appended and flushed (`fdatasync`).
 //! It is not encrypted: it relies on the operating system's file
 //! protection, like an SSH private key without a passphrase. Secret buffers
 //! are zeroized after use.
@@ -76,8 +78,6 @@ pub struct State {
     pub pins: BTreeMap<Address, Pin>,
     seen: HashSet<MessageId>,
     seen_order: VecDeque<MessageId>,
-    /// Decrypted messages, oldest first.
-    pub inbox: Vec<StoredMessage>,
 }
 
 impl std::fmt::Debug for State {
@@ -90,7 +90,6 @@ impl std::fmt::Debug for State {
             .field("device", &self.device)
             .field("sessions", &self.sessions.len())
             .field("pins", &self.pins.len())
-            .field("inbox", &self.inbox.len())
             .finish()
     }
 }
@@ -130,7 +129,6 @@ impl State {
             pins: BTreeMap::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
-            inbox: Vec::new(),
         }
     }
 
@@ -179,7 +177,6 @@ impl State {
             .iter()
             .map(|(a, list)| (a.clone(), list.iter().map(Session::to_bytes).collect()))
             .collect();
-        let inbox_len: usize = self.inbox.iter().map(|m| m.text.len() + 96).sum();
         let capacity = 1024
             + device.len()
             + sessions
@@ -187,12 +184,11 @@ impl State {
                 .flat_map(|(_, list)| list.iter().map(|s| s.len() + 96))
                 .sum::<usize>()
             + 200 * self.pins.len()
-            + 20 * self.seen_order.len()
-            + inbox_len;
+            + 20 * self.seen_order.len();
         let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
         let mut e = Encoder::new(&mut *buf);
         let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
-            e.array(10)?.u64(STATE_VERSION)?;
+            e.array(9)?.u64(STATE_VERSION)?;
             e.str(&self.server)?
                 .str(&self.user)?
                 .u32(self.device_number)?;
@@ -225,15 +221,6 @@ impl State {
             for id in &self.seen_order {
                 e.bytes(id)?;
             }
-            e.array(self.inbox.len() as u64)?;
-            for m in &self.inbox {
-                e.array(5)?
-                    .str(&m.from.user)?
-                    .u32(m.from.device)?
-                    .u64(m.sent_at_ms)?
-                    .bytes(&m.message_id)?
-                    .bytes(&m.text)?;
-            }
             Ok(())
         })();
         debug_assert!(result.is_ok());
@@ -243,7 +230,7 @@ impl State {
     /// Parses a state file.
     pub fn decode(bytes: &[u8]) -> Result<State, ClientError> {
         let mut d = Decoder::new(bytes);
-        if d.array().map_err(bad)? != Some(10) || d.u64().map_err(bad)? != STATE_VERSION {
+        if d.array().map_err(bad)? != Some(9) || d.u64().map_err(bad)? != STATE_VERSION {
             return Err(ClientError::State("unsupported state file version".into()));
         }
         let server = d.str().map_err(bad)?.to_owned();
@@ -301,25 +288,6 @@ impl State {
                 .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
             state.mark_seen(id);
         }
-        let n = d.array().map_err(bad)?.unwrap_or(0);
-        for _ in 0..n {
-            d.array().map_err(bad)?;
-            let user = d.str().map_err(bad)?.to_owned();
-            let device = d.u32().map_err(bad)?;
-            let sent_at_ms = d.u64().map_err(bad)?;
-            let message_id: MessageId = d
-                .bytes()
-                .map_err(bad)?
-                .try_into()
-                .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
-            let text = d.bytes().map_err(bad)?.to_vec();
-            state.inbox.push(StoredMessage {
-                from: Address { user, device },
-                sent_at_ms,
-                message_id,
-                text,
-            });
-        }
         Ok(state)
     }
 }
@@ -353,6 +321,59 @@ impl StateFile {
         }
     }
 
+    /// The message log's path.
+    pub fn messages_path(&self) -> PathBuf {
+        self.dir.join("messages.cbor")
+    }
+
+    /// Appends a decrypted message to the log and flushes it to disk.
+    pub fn append_message(&self, m: &StoredMessage) -> Result<(), ClientError> {
+        let io =
+            |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.messages_path().display()));
+        create_private_dir(&self.dir).map_err(io)?;
+        let mut record = Zeroizing::new(Vec::with_capacity(m.text.len() + 96));
+        let mut e = Encoder::new(&mut *record);
+        let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
+            e.array(5)?
+                .str(&m.from.user)?
+                .u32(m.from.device)?
+                .u64(m.sent_at_ms)?
+                .bytes(&m.message_id)?
+                .bytes(&m.text)?;
+            Ok(())
+        })();
+        debug_assert!(result.is_ok());
+        let mut f = open_private_append(&self.messages_path()).map_err(io)?;
+        f.write_all(&record).map_err(io)?;
+        f.sync_data().map_err(io)
+    }
+
+    /// Every logged message, oldest first, without duplicates (a crash can
+    /// log a message twice; its id tells).
+    pub fn messages(&self) -> Result<Vec<StoredMessage>, ClientError> {
+        let bytes = match std::fs::read(self.messages_path()) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ClientError::Io(format!(
+                    "{}: {e}",
+                    self.messages_path().display()
+                )));
+            }
+        };
+        let mut d = Decoder::new(&bytes);
+        let mut out = Vec::new();
+        let mut ids = HashSet::new();
+        while d.position() < bytes.len() {
+            // A record cut short by a crash ends the log.
+            let Ok(m) = decode_message(&mut d) else { break };
+            if ids.insert(m.message_id) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes the state atomically and durably (temp file, fsync, rename).
     pub fn save(&self, state: &State) -> Result<(), ClientError> {
         let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.dir.display()));
@@ -370,6 +391,34 @@ impl StateFile {
         }
         Ok(())
     }
+}
+
+fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
+    d.array().map_err(bad)?;
+    let user = d.str().map_err(bad)?.to_owned();
+    let device = d.u32().map_err(bad)?;
+    let sent_at_ms = d.u64().map_err(bad)?;
+    let message_id: MessageId = d
+        .bytes()
+        .map_err(bad)?
+        .try_into()
+        .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
+    let text = d.bytes().map_err(bad)?.to_vec();
+    Ok(StoredMessage {
+        from: Address { user, device },
+        sent_at_ms,
+        message_id,
+        text,
+    })
+}
+
+fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

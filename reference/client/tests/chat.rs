@@ -210,7 +210,7 @@ async fn clients_survive_restarts_from_their_state_files() {
             .await
             .unwrap();
     }
-    assert_eq!(bob.state().inbox.len(), 3);
+    assert_eq!(bob.messages().unwrap().len(), 3);
     server.shutdown().await;
 }
 
