@@ -355,9 +355,11 @@ impl Client {
             .state
             .active_session(&to)
             .ok_or_else(|| ClientError::State("session vanished".into()))?;
+        let started = Instant::now();
         let envelope = session
             .encrypt(conversation, text, &mut rand::rng())?
             .encode();
+        self.timings.encrypt = Some(started.elapsed());
         // The ratchet moved: persist before the envelope leaves, so that a
         // crash can never make this device reuse a message key.
         self.save()?;

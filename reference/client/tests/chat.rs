@@ -71,7 +71,10 @@ async fn two_clients_chat_online() {
     let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
 
     alice.send("bob", b"hello Bob").await.unwrap();
+    let t = alice.timings();
+    assert!(t.encrypt.is_some() && t.setup.is_some(), "{t:?}");
     let m = next_message(&mut bob).await;
+    assert!(bob.timings().decrypt.is_some());
     assert_eq!(
         (m.from.user.as_str(), &m.text[..]),
         ("alice", &b"hello Bob"[..])
