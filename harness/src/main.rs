@@ -15,8 +15,10 @@
 // which keep this lint.
 #![allow(clippy::indexing_slicing)]
 
-mod exchange;
+mod check;
+mod figures;
 mod logsink;
+mod paper;
 mod plaintext;
 mod report;
 mod runner;
@@ -65,24 +67,35 @@ enum Command {
         #[arg(default_value = "scenarios")]
         dir: PathBuf,
     },
-    /// Run the two-party in-process exchange and write its checked transcript.
+    /// Reproduce the paper's evaluation: figures, report and summary.json.
     ///
-    /// Alice and Bob (fresh devices) set up a session from Bob's prekey
-    /// bundle and exchange messages in both directions, partly out of order;
-    /// every envelope crosses the real wire encoding. A tampered copy and a
-    /// replay of each message are offered too and must be rejected. Writes
-    /// `report.md` to the output directory and exits non-zero if a check fails.
+    /// Runs the scenarios of scenarios/paper/ (E2EE and the plaintext
+    /// baseline, interleaved and repeated; a load sweep to saturation) and an
+    /// instrumented sample conversation, then writes report.md, summary.json
+    /// and fig1..fig6 as SVG. Under five minutes on two cores; --quick under one.
     Reproduce {
-        /// Directory to write the report to.
+        /// Output directory.
         #[arg(long, default_value = "reports/paper")]
         out: PathBuf,
-        /// Messages per direction (at most 1000: each batch is delivered in reverse,
-        /// which needs one skipped key per message and the core keeps at most 1000 per chain).
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1000))]
-        messages: u32,
-        /// Fewer messages (20 per direction), for CI.
+        /// The paper scenarios.
+        #[arg(long, default_value = "scenarios/paper")]
+        scenarios: PathBuf,
+        /// Fewer messages, repeats and sweep steps (for CI).
         #[arg(long)]
         quick: bool,
+    },
+    /// Compare a reproduce result with a committed baseline (the CI gate).
+    ///
+    /// Every security verdict must hold; E2EE/baseline ratios of latency and
+    /// throughput must stay within the baseline's tolerances. Prints what
+    /// regressed and exits non-zero if anything did.
+    Check {
+        /// The baseline (ratios and tolerances).
+        #[arg(long, default_value = "reports/baseline.json")]
+        baseline: PathBuf,
+        /// The result to check (a reproduce summary.json).
+        #[arg(default_value = "reports/paper/summary.json")]
+        result: PathBuf,
     },
     /// Internal: run the reference server in this process (used for child
     /// servers). Takes chatify-server's options.
@@ -192,29 +205,45 @@ fn main() -> ExitCode {
         }
         Command::Reproduce {
             out,
-            messages,
+            scenarios,
             quick,
         } => {
-            let messages = if quick { 20 } else { messages };
-            eprintln!(
-                "chatify-harness: the paper's figures are not built yet; running the two-party \
-                 in-process E2EE exchange ({messages} messages each way)."
-            );
-            let result = exchange::run(messages, &mut rand::rng());
-            let report = result.markdown();
-            if let Err(e) = std::fs::create_dir_all(&out)
-                .and_then(|()| std::fs::write(out.join("report.md"), &report))
-            {
-                eprintln!("chatify-harness: cannot write {}: {e}", out.display());
-                return ExitCode::from(2);
-            }
-            println!("{}", result.summary());
-            println!("report: {}", out.join("report.md").display());
-            if result.all_passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let result = runtime()
+                .and_then(|rt| rt.block_on(paper::reproduce(&scenarios, &out, quick, show)));
+            match result {
+                Ok(p) => {
+                    for c in &p.claims {
+                        println!(
+                            "{:<5} {}: {}",
+                            if c.pass { "pass" } else { "FAIL" },
+                            c.claim,
+                            c.value
+                        );
+                    }
+                    println!("report: {}", out.join("report.md").display());
+                    // Claims are findings; `check` is the regression gate.
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("chatify-harness: {e}");
+                    ExitCode::from(2)
+                }
             }
         }
+        Command::Check { baseline, result } => match check::run(&baseline, &result) {
+            Ok(report) => {
+                print!("{}", report.text);
+                if report.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("chatify-harness: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

@@ -54,7 +54,7 @@ pub(crate) fn envelope_logger() -> EnvelopeObserver {
 
 /// Password hashing is not what the harness measures: cheap parameters keep
 /// setup short (the server's defaults are OWASP's).
-const CHEAP_ARGON2: PasswordCost = PasswordCost {
+pub(crate) const CHEAP_ARGON2: PasswordCost = PasswordCost {
     memory_kib: 64,
     iterations: 1,
 };
@@ -535,6 +535,8 @@ pub(crate) struct Metrics {
     pub(crate) wall_secs: f64,
     /// End to end, intended send time to decrypted at the recipient (µs).
     pub(crate) latency_us: Percentiles,
+    /// The same distribution as (quantile, µs) points, for CDF plots.
+    pub(crate) latency_cdf: Vec<(f64, u64)>,
     /// Client encryption per message (ns).
     pub(crate) encrypt_ns: Percentiles,
     /// Client decryption per message (ns).
@@ -593,6 +595,22 @@ fn hist() -> Histogram<u64> {
     // Constant bounds (1 ≤ low, high ≥ 2·low, 3 significant figures) are
     // valid, so construction cannot fail.
     Histogram::new_with_bounds(1, HIST_MAX, 3).expect("valid histogram bounds")
+}
+
+/// Quantiles for CDF plots: dense at the tail.
+const CDF_QUANTILES: &[f64] = &[
+    0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999,
+    0.9995, 0.9999, 1.0,
+];
+
+fn cdf(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    CDF_QUANTILES
+        .iter()
+        .map(|q| (*q, h.value_at_quantile(*q)))
+        .collect()
 }
 
 fn record(h: &mut Histogram<u64>, v: u128) {
@@ -860,6 +878,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     metrics.throughput_msgs = metrics.delivered as f64 / wall;
     metrics.throughput_bytes = bytes as f64 / wall;
     metrics.latency_us = Percentiles::of(&latency);
+    metrics.latency_cdf = cdf(&latency);
     metrics.encrypt_ns = Percentiles::of(&encrypt);
     metrics.decrypt_ns = Percentiles::of(&decrypt);
     metrics.session_setup_us = Percentiles::of(&setup);

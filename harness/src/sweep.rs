@@ -18,6 +18,8 @@ pub(crate) struct Step {
     pub(crate) max_us: u64,
     pub(crate) lost: u64,
     pub(crate) saturated: bool,
+    /// Delivered everything (or saturated) and in order.
+    pub(crate) ok: bool,
 }
 
 fn mode_name(m: Mode) -> &'static str {
@@ -29,15 +31,31 @@ fn mode_name(m: Mode) -> &'static str {
     }
 }
 
-/// Runs every step. Saturation is a finding, not a failure: the sweep
-/// succeeds when every step below saturation delivered every message by its
-/// deadline (past saturation the backlog may outlast the deadline).
+/// Runs every step and writes the report. Saturation is a finding, not a
+/// failure: the sweep succeeds when every step below saturation delivered
+/// every message by its deadline, in order (past saturation the backlog may
+/// outlast the deadline).
 pub(crate) async fn run(s: &Scenario, out: &Path, show: bool) -> Result<bool, String> {
+    let steps = steps(s, out, show).await?;
+    let all_delivered = steps.iter().all(|st| st.ok);
+    let md = markdown(s, &steps);
+    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
+    let json = serde_json::json!({ "scenario": s, "steps": steps, "all_delivered": all_delivered });
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    print!("{md}");
+    Ok(all_delivered)
+}
+
+/// Runs every step of a sweep scenario.
+pub(crate) async fn steps(s: &Scenario, out: &Path, show: bool) -> Result<Vec<Step>, String> {
     let Some(sweep) = &s.sweep else {
         return Err("not a sweep".into());
     };
     let mut steps = Vec::new();
-    let mut all_delivered = true;
     let mut saturated_modes: Vec<Mode> = Vec::new();
     for &rate in &sweep.rates {
         // Interleave modes at each rate so that drift in the machine affects
@@ -70,11 +88,10 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show: bool) -> Result<bool, St
             let lost = m.planned.saturating_sub(m.delivered);
             let saturated = m.throughput_msgs < sweep.saturation_fraction * rate
                 || (m.latency_us.p99 as f64) > sweep.saturation_p99_ms * 1000.0;
-            all_delivered &= lost == 0 || saturated;
             if saturated {
                 saturated_modes.push(mode);
             }
-            all_delivered &= o
+            let ordered = o
                 .checks
                 .iter()
                 .find(|c| c.name == "delivery.order")
@@ -88,21 +105,13 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show: bool) -> Result<bool, St
                 max_us: m.latency_us.max,
                 lost,
                 saturated,
+                ok: (lost == 0 || saturated) && ordered,
             });
             let _ = std::fs::remove_dir_all(dir.join("data"));
             let _ = std::fs::remove_dir_all(dir.join("clients"));
         }
     }
-    let md = markdown(s, &steps);
-    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
-    let json = serde_json::json!({ "scenario": s, "steps": steps, "all_delivered": all_delivered });
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    print!("{md}");
-    Ok(all_delivered)
+    Ok(steps)
 }
 
 fn markdown(s: &Scenario, steps: &[Step]) -> String {

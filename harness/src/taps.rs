@@ -69,6 +69,11 @@ impl WireTap {
         *lock(&self.target) = target;
     }
 
+    /// A copy of everything recorded.
+    pub(crate) fn recorded(&self) -> Vec<u8> {
+        lock(&self.recorded).clone()
+    }
+
     /// Searches everything recorded.
     pub(crate) fn scan(&self, detector: &Detector) -> TapResult {
         let data = lock(&self.recorded);

@@ -148,6 +148,17 @@ pub struct Timings {
     pub setup: Option<Duration>,
 }
 
+/// A timestamped step of the client's work, for event timelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// When.
+    pub at: Instant,
+    /// What: `bundle requested`, `bundle verified`, `session set up`,
+    /// `encrypted`, `state saved`, `sent`, `stored (SendOk)`, `delivered`,
+    /// `decrypted`, `acked`.
+    pub what: &'static str,
+}
+
 /// A logged-in client.
 #[derive(Debug)]
 pub struct Client {
@@ -155,6 +166,7 @@ pub struct Client {
     state: State,
     file: StateFile,
     timings: Timings,
+    trace: Option<Vec<TraceEvent>>,
 }
 
 async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError> {
@@ -226,6 +238,7 @@ impl Client {
             state,
             file,
             timings: Timings::default(),
+            trace: None,
         };
         client
             .publish(if fresh { PREKEY_TARGET as usize } else { 0 })
@@ -252,6 +265,7 @@ impl Client {
             state,
             file,
             timings: Timings::default(),
+            trace: None,
         })
     }
 
@@ -333,6 +347,7 @@ impl Client {
         }
         if self.state.sessions.get(&to).is_none_or(Vec::is_empty) {
             let started = Instant::now();
+            self.mark("bundle requested");
             let reply = self
                 .conn
                 .request(frame::FetchBundle { device: to.clone() })
@@ -342,6 +357,7 @@ impl Client {
                 _ => None,
             })?;
             let verified = VerifiedBundle::verify(&bundle)?;
+            self.mark("bundle verified");
             if !self.check_identity(&to, verified.identity()) {
                 self.save()?;
                 return Err(ClientError::IdentityChanged { peer: to.user });
@@ -349,6 +365,7 @@ impl Client {
             let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
             self.state.push_session(to.clone(), session);
             self.timings.setup = Some(started.elapsed());
+            self.mark("session set up");
         }
         let conversation = conversation_id(&self.state.user, &to.user);
         let session = self
@@ -360,9 +377,12 @@ impl Client {
             .encrypt(conversation, text, &mut rand::rng())?
             .encode();
         self.timings.encrypt = Some(started.elapsed());
+        self.mark("encrypted");
         // The ratchet moved: persist before the envelope leaves, so that a
         // crash can never make this device reuse a message key.
         self.save()?;
+        self.mark("state saved");
+        self.mark("sent");
         let reply = self
             .conn
             .request(frame::Send {
@@ -376,6 +396,7 @@ impl Client {
             Body::SendOk(ok) => Some(ok),
             _ => None,
         })?;
+        self.mark("stored (SendOk)");
         Ok(SendReceipt {
             seq: ok.seq,
             message_id: ok.message_id,
@@ -469,6 +490,7 @@ impl Client {
     }
 
     async fn receive(&mut self, d: Deliver) -> Result<Event, ClientError> {
+        self.mark("delivered");
         if self.state.seen(&d.message_id) {
             self.ack(d.seq).await?;
             return Ok(Event::Duplicate {
@@ -478,6 +500,7 @@ impl Client {
         }
         match self.open(&d) {
             Ok((plaintext, identity_changed)) => {
+                self.mark("decrypted");
                 let text = plaintext.to_vec();
                 // Logged, then the ratchet state saved, then acknowledged: a
                 // crash at any point loses nothing (a message logged twice is
@@ -490,7 +513,9 @@ impl Client {
                 })?;
                 self.state.mark_seen(d.message_id);
                 self.save()?;
+                self.mark("state saved");
                 self.ack(d.seq).await?;
+                self.mark("acked");
                 Ok(Event::Message(Incoming {
                     from: d.from,
                     conversation: d.conversation,
@@ -576,6 +601,25 @@ impl Client {
     /// Closes the connection cleanly.
     pub async fn close(self) {
         self.conn.shutdown().await;
+    }
+
+    /// Starts recording [`TraceEvent`]s (for timelines; off by default).
+    pub fn start_trace(&mut self) {
+        self.trace = Some(Vec::new());
+    }
+
+    /// Takes the events recorded since [`Client::start_trace`] or the last take.
+    pub fn take_trace(&mut self) -> Vec<TraceEvent> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        if let Some(t) = &mut self.trace {
+            t.push(TraceEvent {
+                at: Instant::now(),
+                what,
+            });
+        }
     }
 
     /// Every message received on this device, oldest first.
