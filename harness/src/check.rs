@@ -18,8 +18,6 @@ pub(crate) struct Baseline {
     pub(crate) description: String,
     /// Reference p50 latency ratio, E2EE / baseline.
     pub(crate) p50_ratio: f64,
-    /// Reference p99 latency ratio.
-    pub(crate) p99_ratio: f64,
     /// Reference saturation throughput ratio.
     pub(crate) throughput_ratio: f64,
     /// Allowed relative worsening of each ratio (0.5 = 50%).
@@ -31,7 +29,6 @@ pub(crate) struct Baseline {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Tolerance {
     pub(crate) p50_ratio: f64,
-    pub(crate) p99_ratio: f64,
     pub(crate) throughput_ratio: f64,
 }
 
@@ -124,13 +121,15 @@ pub(crate) fn compare(b: &Baseline, r: &serde_json::Value) -> Report {
         b.p50_ratio,
         b.tolerance.p50_ratio,
     );
-    upper(
-        &mut text,
-        "p99 latency ratio E2EE/baseline",
-        number(r, &["p99_ratio", "mean"]),
-        b.p99_ratio,
-        b.tolerance.p99_ratio,
-    );
+    // The p99 ratio is reported, not gated: on a shared two-core machine one
+    // stall outside the system (an fsync, a scheduler hiccup) moves it by an
+    // order of magnitude between identical runs.
+    if let Some(g) = number(r, &["p99_ratio", "mean"]) {
+        let _ = writeln!(
+            text,
+            "info: p99 latency ratio E2EE/baseline = {g:.2} (not gated)"
+        );
+    }
     match number(r, &["throughput_ratio"]) {
         Some(g) if g >= b.throughput_ratio * (1.0 - b.tolerance.throughput_ratio) => {
             let _ = writeln!(
@@ -163,11 +162,9 @@ mod tests {
         Baseline {
             description: "test".into(),
             p50_ratio: 1.5,
-            p99_ratio: 2.0,
             throughput_ratio: 0.25,
             tolerance: Tolerance {
                 p50_ratio: 0.5,
-                p99_ratio: 1.0,
                 throughput_ratio: 0.5,
             },
         }
@@ -193,12 +190,11 @@ mod tests {
     #[test]
     fn each_kind_of_degradation_is_caught() {
         type Degrade = fn(&mut serde_json::Value);
-        let degrade: [(&str, Degrade); 4] = [
+        let degrade: [(&str, Degrade); 3] = [
             ("security check leak.wire is fail", |v| {
                 v["security"][0][1] = "fail".into()
             }),
             ("p50 latency ratio", |v| v["p50_ratio"]["mean"] = 2.4.into()),
-            ("p99 latency ratio", |v| v["p99_ratio"]["mean"] = 4.5.into()),
             ("saturation throughput ratio", |v| {
                 v["throughput_ratio"] = 0.1.into()
             }),
