@@ -41,6 +41,20 @@ fn title(area: &Area<'_>, s: &str) -> Result<(), String> {
     text(area, s, 14, 10, 20, &BLACK)
 }
 
+/// Draws a chart's legend, framed, at `position`.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(err)
+}
+
 /// Cuts `s` into lines of at most `width` characters, at spaces where it
 /// can (a longer word is cut).
 fn wrap(s: &str, width: usize) -> Vec<String> {
@@ -170,13 +184,7 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
         .map_err(err)?
         .label("plaintext baseline")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], BASE.filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
     let tmax = p.saturation_e2ee.max(p.saturation_baseline).max(1.0) * 1.25;
     let mut chart = ChartBuilder::on(&thr)
@@ -363,13 +371,7 @@ fn fig3(path: &Path, p: &Paper) -> Result<(), String> {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
 
     let rmax = p.sweep.iter().map(|s| s.rate).fold(1.0, f64::max) * 1.1;
     let dmax = p
@@ -420,13 +422,7 @@ fn fig3(path: &Path, p: &Paper) -> Result<(), String> {
             .draw_series(pts.iter().map(|pt| Circle::new(*pt, 4, color.filled())))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(err)
 }
 

@@ -19,19 +19,18 @@ use chatify_proto::{Body, Frame};
 use common::{Got, Raw, account, addr};
 
 fn spawn(db: &Path) -> (Child, String) {
+    spawn_with(db, "info", Stdio::null())
+}
+
+/// Starts the binary on a free port; returns it and its `ws://` URL.
+fn spawn_with(db: &Path, log: &str, stderr: Stdio) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatify-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--argon2-memory-kib",
-            "64",
-            "--argon2-iterations",
-            "1",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--argon2-memory-kib", "64"])
+        .args(["--argon2-iterations", "1", "--log", log])
         .arg("--db")
         .arg(db)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -169,32 +168,7 @@ async fn the_most_verbose_log_holds_no_password_token_or_body() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatify-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--argon2-memory-kib",
-            "64",
-            "--argon2-iterations",
-            "1",
-            "--log",
-            "trace",
-        ])
-        .arg("--db")
-        .arg(dir.path().join("chatify.db"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut child, url) = spawn_with(&dir.path().join("chatify.db"), "trace", Stdio::from(log));
 
     let password = b"PASSWORD-CANARY-7f3a9c".to_vec();
     let body = b"BODY-CANARY-e41d0b77aa".to_vec();

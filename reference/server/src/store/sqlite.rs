@@ -170,6 +170,17 @@ impl SqliteStore {
     }
 }
 
+fn count_one_time_prekeys(conn: &Connection, device: &Address) -> Result<u32, StoreError> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
+            params![device.user, device.device],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 /// An envelope row: seq, sender, sender device, conversation, message id, time, envelope.
 type Row = (i64, String, i64, Vec<u8>, Vec<u8>, i64, Vec<u8>);
 
@@ -338,15 +349,9 @@ impl Store for SqliteStore {
                     .map_err(db)?;
             }
         }
-        let count: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
-                params![device.user, device.device],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
+        let count = count_one_time_prekeys(&tx, device)?;
         tx.commit().map_err(db)?;
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        Ok(count)
     }
 
     fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
@@ -392,13 +397,7 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         }
-        let remaining: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
-                params![device.user, device.device],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
+        let remaining = count_one_time_prekeys(&tx, device)?;
         tx.commit().map_err(db)?;
         let bundle = PrekeyBundle {
             user: device.user.clone(),
@@ -421,7 +420,7 @@ impl Store for SqliteStore {
                 None => None,
             },
         };
-        Ok(Some((bundle, u32::try_from(remaining).unwrap_or(u32::MAX))))
+        Ok(Some((bundle, remaining)))
     }
 
     fn one_time_prekey_count(&self, device: &Address) -> Result<Option<u32>, StoreError> {
@@ -436,14 +435,7 @@ impl Store for SqliteStore {
         if !published {
             return Ok(None);
         }
-        let n: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
-                params![device.user, device.device],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        Ok(Some(u32::try_from(n).unwrap_or(u32::MAX)))
+        count_one_time_prekeys(&conn, device).map(Some)
     }
 
     fn enqueue(&self, e: &NewEnvelope) -> Result<u64, StoreError> {
