@@ -60,6 +60,8 @@ mod aead;
 mod bundle;
 mod error;
 mod fingerprint;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 pub mod kdf;
 pub mod padding;

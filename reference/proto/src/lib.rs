@@ -35,6 +35,8 @@
 pub mod envelope;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod limits;
 
