@@ -353,54 +353,20 @@ async fn send(ctx: &Ctx, home: &Path, client: &mut Option<Client>, p: &Planned) 
     }
 }
 
-/// What handling a push amounted to.
-enum Received {
-    /// A planned message, counted.
-    Message,
-    /// Anything else (duplicate, rejected, bookkeeping).
-    Other,
+/// Most pushes handled as one group commit.
+const MAX_BATCH: usize = 256;
+
+/// What handling the waiting pushes amounted to.
+struct Received {
+    /// Planned messages delivered.
+    messages: usize,
     /// The connection is gone.
-    Gone,
+    gone: bool,
 }
 
-/// Handles one push.
-async fn receive(
-    ctx: &Ctx,
-    me: usize,
-    client: &mut Client,
-    push: Push,
-    seen: &mut HashSet<[u8; 16]>,
-) -> Result<Received, ClientError> {
-    let now = Instant::now();
-    let (bytes, decrypt) = match ctx.mode {
-        Mode::E2ee | Mode::LeakyServerLogMutant => match client.handle(push).await? {
-            Event::Message(m) => (m.text, client.timings().decrypt),
-            Event::Duplicate { .. } => {
-                let _ = ctx.records.send(Record::Duplicate);
-                return Ok(Received::Other);
-            }
-            Event::Rejected { reason, .. } => {
-                let _ = ctx.records.send(Record::Rejected(reason));
-                return Ok(Received::Other);
-            }
-            Event::Disconnected(_) => return Ok(Received::Gone),
-            _ => return Ok(Received::Other),
-        },
-        Mode::PlaintextBaseline | Mode::LeakyClientMutant => match push {
-            Push::Deliver(d) => {
-                client.ack(d.seq).await?;
-                if !seen.insert(d.message_id) {
-                    let _ = ctx.records.send(Record::Duplicate);
-                    return Ok(Received::Other);
-                }
-                (d.envelope, None)
-            }
-            Push::Closed(_) => return Ok(Received::Gone),
-            Push::PrekeysLow(_) => return Ok(Received::Other),
-        },
-    };
-    match plaintext::parse(&bytes)
-        .and_then(|(s, n)| ctx.intended.get(&(s, n)).map(|at| (s, n, *at)))
+/// Records a delivered plaintext; returns whether it was a planned message.
+fn delivered(ctx: &Ctx, me: usize, bytes: &[u8], decrypt: Option<Duration>, now: Instant) -> bool {
+    match plaintext::parse(bytes).and_then(|(s, n)| ctx.intended.get(&(s, n)).map(|at| (s, n, *at)))
     {
         Some((sender, n, at)) => {
             let _ = ctx.records.send(Record::Delivered {
@@ -412,13 +378,83 @@ async fn receive(
                 bytes: bytes.len(),
                 at: now,
             });
-            Ok(Received::Message)
+            true
         }
         None => {
             let _ = ctx.records.send(Record::Unknown);
-            Ok(Received::Other)
+            false
         }
     }
+}
+
+/// Handles `first` and every push already waiting behind it, as clients do
+/// under load: one durable commit and one acknowledgement for the batch.
+async fn receive(
+    ctx: &Ctx,
+    me: usize,
+    client: &mut Client,
+    first: Push,
+    seen: &mut HashSet<[u8; 16]>,
+) -> Result<Received, ClientError> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match client.try_next_push() {
+            Some(p) => batch.push(p),
+            None => break,
+        }
+    }
+    let mut r = Received {
+        messages: 0,
+        gone: false,
+    };
+    match ctx.mode {
+        Mode::E2ee | Mode::LeakyServerLogMutant => {
+            let events = client.handle_batch(batch).await?;
+            let now = Instant::now();
+            let mut decrypts = client.decrypt_times().iter().copied();
+            for event in events {
+                match event {
+                    Event::Message(m) if delivered(ctx, me, &m.text, decrypts.next(), now) => {
+                        r.messages += 1;
+                    }
+                    Event::Message(_) => {}
+                    Event::Duplicate { .. } => {
+                        let _ = ctx.records.send(Record::Duplicate);
+                    }
+                    Event::Rejected { reason, .. } => {
+                        let _ = decrypts.next();
+                        let _ = ctx.records.send(Record::Rejected(reason));
+                    }
+                    Event::Disconnected(_) => r.gone = true,
+                    _ => {}
+                }
+            }
+        }
+        // Identity transform: the envelope is the plaintext; acknowledged in
+        // one frame like the E2EE client's batch.
+        Mode::PlaintextBaseline | Mode::LeakyClientMutant => {
+            let now = Instant::now();
+            let mut seqs = Vec::new();
+            for push in batch {
+                match push {
+                    Push::Deliver(d) => {
+                        seqs.push(d.seq);
+                        if !seen.insert(d.message_id) {
+                            let _ = ctx.records.send(Record::Duplicate);
+                        } else if delivered(ctx, me, &d.envelope, None, now) {
+                            r.messages += 1;
+                        }
+                    }
+                    Push::Closed(_) => r.gone = true,
+                    Push::PrekeysLow(_) => {}
+                }
+            }
+            if !seqs.is_empty() && !r.gone {
+                client.connection().request(frame::Ack { seqs }).await?;
+            }
+        }
+    }
+    Ok(r)
 }
 
 async fn user_task(
@@ -454,9 +490,13 @@ async fn user_task(
             biased;
             push = c.next_push() => match push {
                 Some(push) => match receive(&ctx, me, c, push, &mut seen).await {
-                    Ok(Received::Message) => received += 1,
-                    Ok(Received::Other) => {}
-                    Ok(Received::Gone) | Err(_) => client = None,
+                    Ok(r) => {
+                        received += r.messages;
+                        if r.gone {
+                            client = None;
+                        }
+                    }
+                    Err(_) => client = None,
                 },
                 None => client = None,
             },

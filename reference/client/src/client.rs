@@ -166,6 +166,7 @@ pub struct Client {
     state: State,
     file: StateFile,
     timings: Timings,
+    decrypt_times: Vec<Duration>,
     trace: Option<Vec<TraceEvent>>,
 }
 
@@ -238,6 +239,7 @@ impl Client {
             state,
             file,
             timings: Timings::default(),
+            decrypt_times: Vec::new(),
             trace: None,
         };
         client
@@ -265,6 +267,7 @@ impl Client {
             state,
             file,
             timings: Timings::default(),
+            decrypt_times: Vec::new(),
             trace: None,
         })
     }
@@ -423,16 +426,108 @@ impl Client {
     /// Processes a push: decrypts, stores and acknowledges a delivery;
     /// publishes prekeys when asked.
     pub async fn handle(&mut self, push: Push) -> Result<Event, ClientError> {
-        match push {
-            Push::Closed(info) => Ok(Event::Disconnected(info)),
-            Push::PrekeysLow(remaining) => {
-                let n = self
-                    .publish(PREKEY_TARGET.saturating_sub(remaining) as usize)
-                    .await?;
-                Ok(Event::KeysReplenished(n))
+        let mut events = self.handle_batch(vec![push]).await?;
+        events
+            .pop()
+            .ok_or_else(|| ClientError::State("no event for a push".into()))
+    }
+
+    /// A push that has already arrived, without waiting (cancel-safe).
+    pub fn try_next_push(&mut self) -> Option<Push> {
+        self.conn.try_next_push()
+    }
+
+    /// Processes several pushes with one durable write (group commit): the
+    /// deliveries are decrypted, appended to the message log with one flush,
+    /// the state is saved once, and all are acknowledged in one `Ack`; so a
+    /// crash at any point loses nothing (a message logged twice is dropped by
+    /// its id when the log is read). Returns one event per push, in order.
+    pub async fn handle_batch(&mut self, pushes: Vec<Push>) -> Result<Vec<Event>, ClientError> {
+        let mut events = Vec::with_capacity(pushes.len());
+        let mut logged = Vec::new();
+        let mut acks = Vec::new();
+        let mut changed = false;
+        self.decrypt_times.clear();
+        for push in pushes {
+            let d = match push {
+                Push::Deliver(d) => d,
+                other => {
+                    // Everything decrypted so far is made durable first.
+                    self.commit(&mut logged, &mut acks, &mut changed).await?;
+                    events.push(match other {
+                        Push::Closed(info) => Event::Disconnected(info),
+                        Push::PrekeysLow(remaining) => {
+                            let n = self
+                                .publish(PREKEY_TARGET.saturating_sub(remaining) as usize)
+                                .await?;
+                            Event::KeysReplenished(n)
+                        }
+                        Push::Deliver(_) => continue,
+                    });
+                    continue;
+                }
+            };
+            self.mark("delivered");
+            acks.push(d.seq);
+            if self.state.seen(&d.message_id) {
+                events.push(Event::Duplicate {
+                    from: d.from,
+                    message_id: d.message_id,
+                });
+                continue;
             }
-            Push::Deliver(d) => self.receive(d).await,
+            match self.open(&d) {
+                Ok((plaintext, identity_changed)) => {
+                    self.mark("decrypted");
+                    let text = plaintext.to_vec();
+                    logged.push(StoredMessage {
+                        from: d.from.clone(),
+                        sent_at_ms: d.sent_at_ms,
+                        message_id: d.message_id,
+                        text: text.clone(),
+                    });
+                    self.state.mark_seen(d.message_id);
+                    changed = true;
+                    events.push(Event::Message(Incoming {
+                        from: d.from,
+                        conversation: d.conversation,
+                        message_id: d.message_id,
+                        sent_at_ms: d.sent_at_ms,
+                        text,
+                        identity_changed,
+                    }));
+                }
+                Err(e) => events.push(Event::Rejected {
+                    from: d.from,
+                    seq: d.seq,
+                    reason: e.to_string(),
+                }),
+            }
         }
+        self.commit(&mut logged, &mut acks, &mut changed).await?;
+        Ok(events)
+    }
+
+    /// Log, then state, then acknowledgement.
+    async fn commit(
+        &mut self,
+        logged: &mut Vec<StoredMessage>,
+        acks: &mut Vec<u64>,
+        changed: &mut bool,
+    ) -> Result<(), ClientError> {
+        self.file.append_messages(logged)?;
+        logged.clear();
+        if std::mem::take(changed) {
+            self.save()?;
+            self.mark("state saved");
+        }
+        if !acks.is_empty() {
+            let seqs = std::mem::take(acks);
+            let reply = self.conn.request(frame::Ack { seqs }).await?;
+            expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
+            self.mark("acked");
+        }
+        Ok(())
     }
 
     /// Acknowledges a delivery.
@@ -441,10 +536,17 @@ impl Client {
         expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))
     }
 
+    /// How long each decryption of the last batch took.
+    pub fn decrypt_times(&self) -> &[Duration] {
+        &self.decrypt_times
+    }
+
     fn open(&mut self, d: &Deliver) -> Result<(Zeroizing<Vec<u8>>, bool), ClientError> {
         let started = Instant::now();
         let result = self.open_timed(d);
-        self.timings.decrypt = Some(started.elapsed());
+        let took = started.elapsed();
+        self.timings.decrypt = Some(took);
+        self.decrypt_times.push(took);
         result
     }
 
@@ -487,53 +589,6 @@ impl Client {
         let trusted = self.check_identity(&d.from, session.remote_identity());
         self.state.push_session(d.from.clone(), session);
         Ok((plaintext, !trusted))
-    }
-
-    async fn receive(&mut self, d: Deliver) -> Result<Event, ClientError> {
-        self.mark("delivered");
-        if self.state.seen(&d.message_id) {
-            self.ack(d.seq).await?;
-            return Ok(Event::Duplicate {
-                from: d.from,
-                message_id: d.message_id,
-            });
-        }
-        match self.open(&d) {
-            Ok((plaintext, identity_changed)) => {
-                self.mark("decrypted");
-                let text = plaintext.to_vec();
-                // Logged, then the ratchet state saved, then acknowledged: a
-                // crash at any point loses nothing (a message logged twice is
-                // dropped by its id when the log is read).
-                self.file.append_message(&StoredMessage {
-                    from: d.from.clone(),
-                    sent_at_ms: d.sent_at_ms,
-                    message_id: d.message_id,
-                    text: text.clone(),
-                })?;
-                self.state.mark_seen(d.message_id);
-                self.save()?;
-                self.mark("state saved");
-                self.ack(d.seq).await?;
-                self.mark("acked");
-                Ok(Event::Message(Incoming {
-                    from: d.from,
-                    conversation: d.conversation,
-                    message_id: d.message_id,
-                    sent_at_ms: d.sent_at_ms,
-                    text,
-                    identity_changed,
-                }))
-            }
-            Err(e) => {
-                self.ack(d.seq).await?;
-                Ok(Event::Rejected {
-                    from: d.from,
-                    seq: d.seq,
-                    reason: e.to_string(),
-                })
-            }
-        }
     }
 
     /// The safety number with `peer`'s (`user` or `user:device`) pinned

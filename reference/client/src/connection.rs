@@ -183,6 +183,11 @@ impl Connection {
         self.pushes.recv().await
     }
 
+    /// A push that has already arrived, without waiting.
+    pub fn try_next_push(&mut self) -> Option<Push> {
+        self.pushes.try_recv().ok()
+    }
+
     /// Starts a clean close (close frame) without waiting.
     pub fn close(&self) {
         let _ = self.outgoing.send(Message::Close(None));

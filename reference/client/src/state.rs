@@ -326,25 +326,31 @@ impl StateFile {
         self.dir.join("messages.cbor")
     }
 
-    /// Appends a decrypted message to the log and flushes it to disk.
-    pub fn append_message(&self, m: &StoredMessage) -> Result<(), ClientError> {
+    /// Appends decrypted messages to the log with one write and one flush to disk.
+    pub fn append_messages(&self, messages: &[StoredMessage]) -> Result<(), ClientError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         let io =
             |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.messages_path().display()));
         create_private_dir(&self.dir).map_err(io)?;
-        let mut record = Zeroizing::new(Vec::with_capacity(m.text.len() + 96));
-        let mut e = Encoder::new(&mut *record);
-        let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
-            e.array(5)?
-                .str(&m.from.user)?
-                .u32(m.from.device)?
-                .u64(m.sent_at_ms)?
-                .bytes(&m.message_id)?
-                .bytes(&m.text)?;
-            Ok(())
-        })();
-        debug_assert!(result.is_ok());
+        let size: usize = messages.iter().map(|m| m.text.len() + 96).sum();
+        let mut records = Zeroizing::new(Vec::with_capacity(size));
+        let mut e = Encoder::new(&mut *records);
+        for m in messages {
+            let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
+                e.array(5)?
+                    .str(&m.from.user)?
+                    .u32(m.from.device)?
+                    .u64(m.sent_at_ms)?
+                    .bytes(&m.message_id)?
+                    .bytes(&m.text)?;
+                Ok(())
+            })();
+            debug_assert!(result.is_ok());
+        }
         let mut f = open_private_append(&self.messages_path()).map_err(io)?;
-        f.write_all(&record).map_err(io)?;
+        f.write_all(&records).map_err(io)?;
         f.sync_data().map_err(io)
     }
 

@@ -448,3 +448,47 @@ async fn both_sides_starting_a_session_at_once_still_converse() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_batch_is_committed_and_acknowledged_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, options) = server().await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
+    for i in 0..20 {
+        alice
+            .send("bob", format!("batched {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    // Wait until all twenty have arrived, then handle them as one batch.
+    let mut batch = vec![bob.next_push().await.unwrap()];
+    while batch.len() < 20 {
+        match bob.try_next_push() {
+            Some(p) => batch.push(p),
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    let events = bob.handle_batch(batch).await.unwrap();
+    let texts: Vec<Vec<u8>> = events
+        .into_iter()
+        .map(|e| match e {
+            Event::Message(m) => m.text,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!("batched {i}").into_bytes())
+        .collect();
+    assert_eq!(texts, expected);
+    assert_eq!(bob.decrypt_times().len(), 20);
+    // All were acknowledged and logged: after a restart nothing comes again.
+    bob.close().await;
+    let mut bob = Client::resume(&dir.path().join("bob"), Some(&options))
+        .await
+        .unwrap();
+    assert_eq!(bob.messages().unwrap().len(), 20);
+    alice.send("bob", b"after").await.unwrap();
+    assert_eq!(next_message(&mut bob).await.text, b"after".to_vec());
+    server.shutdown().await;
+}
