@@ -282,6 +282,16 @@ impl Client {
         &self.state
     }
 
+    /// Saves the state on a blocking thread (the write ends with fsync, which
+    /// must not stall the async runtime other clients and tasks share).
+    async fn persist(&self) -> Result<(), ClientError> {
+        let bytes = self.state.encode();
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write_encoded(&bytes))
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))?
+    }
+
     fn save(&self) -> Result<(), ClientError> {
         self.file.save(&self.state)
     }
@@ -292,7 +302,7 @@ impl Client {
     async fn publish(&mut self, count: usize) -> Result<u32, ClientError> {
         let keys = self.state.device.publish_keys(count, &mut rand::rng());
         let n = keys.one_time_prekeys.len() as u32;
-        self.save()?;
+        self.persist().await?;
         let reply = self.conn.request(keys).await?;
         expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
         Ok(n)
@@ -362,7 +372,7 @@ impl Client {
             let verified = VerifiedBundle::verify(&bundle)?;
             self.mark("bundle verified");
             if !self.check_identity(&to, verified.identity()) {
-                self.save()?;
+                self.persist().await?;
                 return Err(ClientError::IdentityChanged { peer: to.user });
             }
             let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
@@ -383,7 +393,7 @@ impl Client {
         self.mark("encrypted");
         // The ratchet moved: persist before the envelope leaves, so that a
         // crash can never make this device reuse a message key.
-        self.save()?;
+        self.persist().await?;
         self.mark("state saved");
         self.mark("sent");
         let reply = self
@@ -515,10 +525,15 @@ impl Client {
         acks: &mut Vec<u64>,
         changed: &mut bool,
     ) -> Result<(), ClientError> {
-        self.file.append_messages(logged)?;
-        logged.clear();
+        if !logged.is_empty() {
+            let batch = std::mem::take(logged);
+            let file = self.file.clone();
+            tokio::task::spawn_blocking(move || file.append_messages(&batch))
+                .await
+                .map_err(|e| ClientError::Io(e.to_string()))??;
+        }
         if std::mem::take(changed) {
-            self.save()?;
+            self.persist().await?;
             self.mark("state saved");
         }
         if !acks.is_empty() {
@@ -648,7 +663,7 @@ impl Client {
         let reply = self.conn.request(frame::Logout {}).await?;
         expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
         self.state.token = None;
-        self.save()?;
+        self.persist().await?;
         self.conn.shutdown().await;
         Ok(())
     }

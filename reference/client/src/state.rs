@@ -1,7 +1,9 @@
 //! The client's local state, persisted so a client survives restarts:
-//! `state.cbor` holds the account and token, device keys, sessions, pinned
-//! peer identities and seen message ids (rewritten atomically on every
-//! change); `messages.cbor` is the append-only log of decrypted messages.
+//! `state.cbor` holds the account and token, device keys, sessions and
+//! pinned peer identities (rewritten atomically on every change; it stays a
+//! few kilobytes); `messages.cbor` is the append-only log of decrypted
+//! messages, from which the ids of messages already received are rebuilt on
+//! load (a message is logged before the state that consumed its key is saved).
 //!
 //! **Protection.** The files hold private keys, session state and decrypted
 //! messages. They are created with mode 0600 in a directory created with mode
@@ -183,12 +185,11 @@ impl State {
                 .iter()
                 .flat_map(|(_, list)| list.iter().map(|s| s.len() + 96))
                 .sum::<usize>()
-            + 200 * self.pins.len()
-            + 20 * self.seen_order.len();
+            + 200 * self.pins.len();
         let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
         let mut e = Encoder::new(&mut *buf);
         let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
-            e.array(9)?.u64(STATE_VERSION)?;
+            e.array(8)?.u64(STATE_VERSION)?;
             e.str(&self.server)?
                 .str(&self.user)?
                 .u32(self.device_number)?;
@@ -217,10 +218,6 @@ impl State {
                     None => e.null()?,
                 };
             }
-            e.array(self.seen_order.len() as u64)?;
-            for id in &self.seen_order {
-                e.bytes(id)?;
-            }
             Ok(())
         })();
         debug_assert!(result.is_ok());
@@ -230,7 +227,7 @@ impl State {
     /// Parses a state file.
     pub fn decode(bytes: &[u8]) -> Result<State, ClientError> {
         let mut d = Decoder::new(bytes);
-        if d.array().map_err(bad)? != Some(9) || d.u64().map_err(bad)? != STATE_VERSION {
+        if d.array().map_err(bad)? != Some(8) || d.u64().map_err(bad)? != STATE_VERSION {
             return Err(ClientError::State("unsupported state file version".into()));
         }
         let server = d.str().map_err(bad)?.to_owned();
@@ -279,15 +276,6 @@ impl State {
                 },
             );
         }
-        let n = d.array().map_err(bad)?.unwrap_or(0);
-        for _ in 0..n {
-            let id: MessageId = d
-                .bytes()
-                .map_err(bad)?
-                .try_into()
-                .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
-            state.mark_seen(id);
-        }
         Ok(state)
     }
 }
@@ -314,7 +302,11 @@ impl StateFile {
         match std::fs::read(self.path()) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
-                State::decode(&bytes).map(Some)
+                let mut state = State::decode(&bytes)?;
+                for m in self.messages()? {
+                    state.mark_seen(m.message_id);
+                }
+                Ok(Some(state))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ClientError::Io(format!("{}: {e}", self.path().display()))),
@@ -382,13 +374,17 @@ impl StateFile {
 
     /// Writes the state atomically and durably (temp file, fsync, rename).
     pub fn save(&self, state: &State) -> Result<(), ClientError> {
+        self.write_encoded(&state.encode())
+    }
+
+    /// Writes an encoded state ([`State::encode`]) atomically and durably.
+    pub fn write_encoded(&self, bytes: &[u8]) -> Result<(), ClientError> {
         let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.dir.display()));
         create_private_dir(&self.dir).map_err(io)?;
-        let bytes = state.encode();
         let tmp = self.dir.join("state.cbor.tmp");
         {
             let mut f = open_private(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
+            f.write_all(bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, self.path()).map_err(io)?;
