@@ -410,11 +410,12 @@ async fn receive(
     match ctx.mode {
         Mode::E2ee | Mode::LeakyServerLogMutant => {
             let events = client.handle_batch(batch).await?;
-            let now = Instant::now();
             let mut decrypts = client.decrypt_times().iter().copied();
             for event in events {
                 match event {
-                    Event::Message(m) if delivered(ctx, me, &m.text, decrypts.next(), now) => {
+                    Event::Message(m)
+                        if delivered(ctx, me, &m.text, decrypts.next(), m.decrypted_at) =>
+                    {
                         r.messages += 1;
                     }
                     Event::Message(_) => {}
@@ -430,8 +431,9 @@ async fn receive(
                 }
             }
         }
-        // Identity transform: the envelope is the plaintext; acknowledged in
-        // one frame like the E2EE client's batch.
+        // Identity transform: the envelope is the plaintext, available on
+        // arrival (the counterpart of the E2EE client's decryption time);
+        // acknowledged in one frame like the E2EE client's batch.
         Mode::PlaintextBaseline | Mode::LeakyClientMutant => {
             let now = Instant::now();
             let mut seqs = Vec::new();

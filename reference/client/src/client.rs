@@ -60,6 +60,9 @@ pub struct Incoming {
     /// The sender's identity differs from the pinned one: warn the user;
     /// sending to them is blocked until the new safety number is confirmed.
     pub identity_changed: bool,
+    /// When this client had the plaintext (before the batch's durable commit
+    /// and acknowledgement): what end-to-end latency is measured to.
+    pub decrypted_at: Instant,
 }
 
 /// What [`Client::next_event`] reports.
@@ -505,6 +508,7 @@ impl Client {
                         sent_at_ms: d.sent_at_ms,
                         text,
                         identity_changed,
+                        decrypted_at: Instant::now(),
                     }));
                 }
                 Err(e) => events.push(Event::Rejected {
