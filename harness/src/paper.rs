@@ -234,7 +234,7 @@ pub(crate) async fn reproduce(
     let p50_overhead_us = Spread::of(
         &repeats
             .iter()
-            .map(|r| (r.e2ee_p50_us as f64 - r.baseline_p50_us as f64) / 1.0)
+            .map(|r| r.e2ee_p50_us as f64 - r.baseline_p50_us as f64)
             .collect::<Vec<_>>(),
     );
     let encrypt_decrypt_p50_us = Spread::of(

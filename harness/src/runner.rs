@@ -531,6 +531,84 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// What reached whom: the bookkeeping behind the delivery checks.
+pub(crate) struct Ledger {
+    /// Planned recipient of each (sender, n).
+    recipient_of: HashMap<(usize, u64), usize>,
+    /// Times each (sender, n) reached an application.
+    count: HashMap<(usize, u64), u32>,
+    /// Last n seen per (recipient, sender).
+    last_n: HashMap<(usize, usize), u64>,
+    misdelivered: u64,
+    out_of_order: u64,
+    /// Deliveries whose plaintext names no planned message.
+    pub(crate) unknown: u64,
+}
+
+impl Ledger {
+    pub(crate) fn new(plan: impl IntoIterator<Item = (usize, u64, usize)>) -> Self {
+        Ledger {
+            recipient_of: plan.into_iter().map(|(s, n, r)| ((s, n), r)).collect(),
+            count: HashMap::new(),
+            last_n: HashMap::new(),
+            misdelivered: 0,
+            out_of_order: 0,
+            unknown: 0,
+        }
+    }
+
+    /// Message `n` of `sender` reached `recipient`'s application.
+    pub(crate) fn delivered(&mut self, recipient: usize, sender: usize, n: u64) {
+        *self.count.entry((sender, n)).or_default() += 1;
+        if self.recipient_of.get(&(sender, n)) != Some(&recipient) {
+            self.misdelivered += 1;
+        }
+        if self
+            .last_n
+            .insert((recipient, sender), n)
+            .is_some_and(|prev| prev >= n)
+        {
+            self.out_of_order += 1;
+        }
+    }
+
+    /// Every planned message reached its recipient once, and nothing else arrived.
+    pub(crate) fn exactly_once(&self) -> (Verdict, String) {
+        let lost = self
+            .recipient_of
+            .keys()
+            .filter(|k| !self.count.contains_key(k))
+            .count();
+        let twice = self.count.values().filter(|c| **c > 1).count();
+        let delivered: u32 = self.count.values().sum();
+        let ok = lost == 0 && twice == 0 && self.misdelivered == 0 && self.unknown == 0;
+        (
+            if ok { Verdict::Pass } else { Verdict::Fail },
+            format!(
+                "{} planned, {delivered} delivered; {lost} lost, {twice} shown twice, {} misdelivered, {} unknown",
+                self.recipient_of.len(),
+                self.misdelivered,
+                self.unknown
+            ),
+        )
+    }
+
+    /// Each sender's messages reached each recipient in order.
+    pub(crate) fn in_order(&self) -> (Verdict, String) {
+        (
+            if self.out_of_order == 0 {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            },
+            format!(
+                "{} out-of-order deliveries per (sender, recipient)",
+                self.out_of_order
+            ),
+        )
+    }
+}
+
 /// Percentiles of one histogram, in its unit.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub(crate) struct Percentiles {
@@ -854,20 +932,12 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         ..Metrics::default()
     };
     let (mut latency, mut encrypt, mut decrypt, mut setup) = (hist(), hist(), hist(), hist());
-    let mut deliveries: HashMap<(usize, u64), u32> = HashMap::new();
-    let mut order_violations = 0u64;
-    let mut last_n: HashMap<(usize, usize), u64> = HashMap::new();
-    let mut misdelivered = 0u64;
-    let mut unknown = 0u64;
+    let mut ledger = Ledger::new(plan.iter().map(|p| (p.sender, p.n, p.recipient)));
     let mut rejected_reasons: Vec<String> = Vec::new();
     let mut send_errors: Vec<String> = Vec::new();
     let mut last_delivery = start;
     let mut bytes = 0u64;
     let mut restart_queue: VecDeque<(Duration, bool)> = restarts.into();
-    let recipient_of: HashMap<(usize, u64), usize> = plan
-        .iter()
-        .map(|p| ((p.sender, p.n), p.recipient))
-        .collect();
 
     loop {
         let restart_at = restart_queue.front().map(|(at, _)| start + *at);
@@ -877,10 +947,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
                 Some(Record::Delivered { recipient, sender, n, latency: l, decrypt: d, bytes: b, at }) => {
                     record(&mut latency, l.as_micros());
                     if let Some(d) = d { record(&mut decrypt, d.as_nanos()); }
-                    *deliveries.entry((sender, n)).or_default() += 1;
-                    if recipient_of.get(&(sender, n)) != Some(&recipient) { misdelivered += 1; }
-                    let prev = last_n.insert((recipient, sender), n);
-                    if prev.is_some_and(|p| p >= n) { order_violations += 1; }
+                    ledger.delivered(recipient, sender, n);
                     bytes += b as u64;
                     last_delivery = last_delivery.max(at);
                     metrics.delivered += 1;
@@ -888,7 +955,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
                 }
                 Some(Record::Duplicate) => metrics.duplicates_dropped += 1,
                 Some(Record::Rejected(reason)) => { metrics.rejected += 1; if rejected_reasons.len() < 5 { rejected_reasons.push(reason); } }
-                Some(Record::Unknown) => unknown += 1,
+                Some(Record::Unknown) => ledger.unknown += 1,
                 Some(Record::Sent { encrypt: e, setup: st }) => {
                     if let Some(e) = e { record(&mut encrypt, e.as_nanos()); }
                     if let Some(st) = st { record(&mut setup, st.as_micros()); }
@@ -945,11 +1012,6 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         logsink::capture(None)?;
     }
 
-    let lost = plan
-        .iter()
-        .filter(|p| !deliveries.contains_key(&(p.sender, p.n)))
-        .count();
-    let twice = deliveries.values().filter(|c| **c > 1).count();
     let mut checks = Vec::new();
     let mut check = |name: &'static str, verdict: Verdict, evidence: String| {
         checks.push(Check {
@@ -959,18 +1021,12 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
             evidence,
         });
     };
-    let exactly_once = lost == 0 && twice == 0 && misdelivered == 0 && unknown == 0;
+    let (once, once_evidence) = ledger.exactly_once();
     check(
         "delivery.exactly-once",
-        if exactly_once {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
-        },
+        once,
         format!(
-            "{} planned, {} delivered; {lost} lost, {twice} shown twice, {misdelivered} misdelivered, {unknown} unknown; {} redeliveries dropped, {} rejected{}{}",
-            plan.len(),
-            metrics.delivered,
+            "{once_evidence}; {} redeliveries dropped, {} rejected{}{}",
             metrics.duplicates_dropped,
             metrics.rejected,
             if rejected_reasons.is_empty() {
@@ -985,15 +1041,8 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
             },
         ),
     );
-    check(
-        "delivery.order",
-        if order_violations == 0 {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
-        },
-        format!("{order_violations} out-of-order deliveries per (sender, recipient)"),
-    );
+    let (order, order_evidence) = ledger.in_order();
+    check("delivery.order", order, order_evidence);
     let mut tap_check =
         |name: &'static str, key: &'static str, result: Option<Result<TapResult, String>>| {
             let (verdict, evidence) = match &result {
@@ -1053,4 +1102,64 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         checks,
         taps: tap_results,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two senders, two messages each, to user 2.
+    fn ledger() -> Ledger {
+        Ledger::new([(0, 0, 2), (0, 1, 2), (1, 0, 2), (1, 1, 2)])
+    }
+
+    #[test]
+    fn a_clean_run_passes_both_checks() {
+        let mut l = ledger();
+        for (s, n) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+            l.delivered(2, s, n);
+        }
+        assert_eq!(l.exactly_once().0, Verdict::Pass, "{}", l.exactly_once().1);
+        assert_eq!(l.in_order().0, Verdict::Pass);
+    }
+
+    /// Each way a delivery can go wrong fails the check meant to see it.
+    #[test]
+    fn lost_duplicated_misdelivered_unknown_and_reordered_are_caught() {
+        let mut lost = ledger();
+        for (s, n) in [(0, 0), (0, 1), (1, 0)] {
+            lost.delivered(2, s, n);
+        }
+        assert_eq!(lost.exactly_once().0, Verdict::Fail);
+        assert!(lost.exactly_once().1.contains("1 lost"));
+
+        let mut twice = ledger();
+        for (s, n) in [(0, 0), (0, 1), (1, 0), (1, 1), (1, 1)] {
+            twice.delivered(2, s, n);
+        }
+        assert_eq!(twice.exactly_once().0, Verdict::Fail);
+        assert!(twice.exactly_once().1.contains("1 shown twice"));
+
+        let mut elsewhere = ledger();
+        for (s, n) in [(0, 0), (0, 1), (1, 0)] {
+            elsewhere.delivered(2, s, n);
+        }
+        elsewhere.delivered(3, 1, 1);
+        assert_eq!(elsewhere.exactly_once().0, Verdict::Fail);
+        assert!(elsewhere.exactly_once().1.contains("1 misdelivered"));
+
+        let mut unknown = ledger();
+        for (s, n) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            unknown.delivered(2, s, n);
+        }
+        unknown.unknown += 1;
+        assert_eq!(unknown.exactly_once().0, Verdict::Fail);
+
+        let mut reordered = ledger();
+        for (s, n) in [(0, 1), (0, 0), (1, 0), (1, 1)] {
+            reordered.delivered(2, s, n);
+        }
+        assert_eq!(reordered.exactly_once().0, Verdict::Pass);
+        assert_eq!(reordered.in_order().0, Verdict::Fail);
+    }
 }

@@ -549,12 +549,6 @@ impl Client {
         Ok(())
     }
 
-    /// Acknowledges a delivery.
-    pub async fn ack(&self, seq: u64) -> Result<(), ClientError> {
-        let reply = self.conn.request(frame::Ack { seqs: vec![seq] }).await?;
-        expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))
-    }
-
     /// How long each decryption of the last batch took.
     pub fn decrypt_times(&self) -> &[Duration] {
         &self.decrypt_times

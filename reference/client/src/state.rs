@@ -1,7 +1,7 @@
 //! The client's local state, persisted so a client survives restarts:
 //! `state.cbor` holds the account and token, device keys, sessions and
-//! pinned peer identities (rewritten atomically on every change; it stays a
-//! few kilobytes); `messages.cbor` is the append-only log of decrypted
+//! pinned peer identities (rewritten atomically on every change; it grows
+//! only with prekeys, sessions and the base keys of accepted sessions); `messages.cbor` is the append-only log of decrypted
 //! messages, from which the ids of messages already received are rebuilt on
 //! load (a message is logged before the state that consumed its key is saved).
 //!
