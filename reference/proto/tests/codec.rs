@@ -183,20 +183,9 @@ proptest! {
     }
 }
 
-fn raw(version: u64, ty: u64, id: u64, body: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut e = minicbor::Encoder::new(&mut buf);
-    e.array(4)
-        .unwrap()
-        .u64(version)
-        .unwrap()
-        .u64(ty)
-        .unwrap()
-        .u64(id)
-        .unwrap();
-    buf.extend_from_slice(body);
-    buf
-}
+#[path = "../../test-support/raw_frame.rs"]
+mod raw_frame;
+use raw_frame::raw_frame as raw;
 
 #[test]
 fn unknown_version_is_rejected_before_the_body() {

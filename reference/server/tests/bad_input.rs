@@ -20,20 +20,9 @@ use common::{Got, Raw, account, addr, start, test_config};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-fn raw_frame(version: u64, ty: u64, id: u64, body: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut e = minicbor::Encoder::new(&mut buf);
-    e.array(4)
-        .unwrap()
-        .u64(version)
-        .unwrap()
-        .u64(ty)
-        .unwrap()
-        .u64(id)
-        .unwrap();
-    buf.extend_from_slice(body);
-    buf
-}
+#[path = "../../test-support/raw_frame.rs"]
+mod raw_frame;
+use raw_frame::raw_frame;
 
 #[tokio::test]
 async fn oversized_frame_closes_with_1009_and_others_keep_working() {
