@@ -19,7 +19,7 @@ use tokio::io::AsyncBufReadExt;
     long_about = "End-to-end-encrypted chat from the terminal.\n\n\
         Messages are encrypted on this device and decrypted only on the recipient's; the \
         server relays and stores ciphertext only. Keys, sessions and received messages are \
-        kept in --home (state.cbor, mode 0600).\n\n\
+        kept in --home (state.cbor and messages.cbor, mode 0600).\n\n\
         Typical use, in two terminals:\n  \
         chatify --home ~/.chatify-alice register alice\n  \
         chatify --home ~/.chatify-alice login alice\n  \
