@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatify_core::{Device, SafetyNumber, Session, VerifiedBundle};
+use chatify_core::{Device, MAX_RESERVED_SENDS, SafetyNumber, Session, VerifiedBundle};
 use chatify_proto::frame::{self, Address, Deliver};
 use chatify_proto::{Body, ConversationId, Envelope, MessageId};
 use rand::Rng;
@@ -287,12 +287,27 @@ impl Client {
 
     /// Saves the state on a blocking thread (the write ends with fsync, which
     /// must not stall the async runtime other clients and tasks share).
-    async fn persist(&self) -> Result<(), ClientError> {
-        let bytes = self.state.encode();
+    /// Saves the state durably, reserving the next
+    /// [`MAX_RESERVED_SENDS`] sends of every session (so that most sends
+    /// need no save of their own) after taking pending sending steps.
+    async fn persist(&mut self) -> Result<(), ClientError> {
+        self.state.prepare_sending();
+        let (bytes, reserved) = self.state.encode_reserving(MAX_RESERVED_SENDS);
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.write_encoded(&bytes))
+        let written = tokio::task::spawn_blocking(move || file.write_encoded(&bytes))
             .await
-            .map_err(|e| ClientError::Io(e.to_string()))?
+            .map_err(|e| ClientError::Io(e.to_string()))
+            .and_then(|r| r);
+        match written {
+            Ok(()) => {
+                self.state.confirm_saved(reserved);
+                Ok(())
+            }
+            Err(e) => {
+                self.state.forget_reservations();
+                Err(e)
+            }
+        }
     }
 
     fn save(&self) -> Result<(), ClientError> {
@@ -388,16 +403,20 @@ impl Client {
             .state
             .active_session(&to)
             .ok_or_else(|| ClientError::State("session vanished".into()))?;
+        // A crash must never make this device reuse a message key: unless
+        // the last save reserved this message's key, save before the
+        // envelope leaves (which reserves the next ones too).
+        let reserved = session.next_send_reserved();
         let started = Instant::now();
         let envelope = session
             .encrypt(conversation, text, &mut rand::rng())?
             .encode();
         self.timings.encrypt = Some(started.elapsed());
         self.mark("encrypted");
-        // The ratchet moved: persist before the envelope leaves, so that a
-        // crash can never make this device reuse a message key.
-        self.persist().await?;
-        self.mark("state saved");
+        if !reserved {
+            self.persist().await?;
+            self.mark("state saved");
+        }
         self.mark("sent");
         let reply = self
             .conn

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chatify_core::{Device, PublicIdentity, Session};
+use chatify_core::{Device, PublicIdentity, SavedAt, Session};
 use chatify_proto::MessageId;
 use chatify_proto::frame::Address;
 use minicbor::data::Type;
@@ -81,6 +81,10 @@ pub struct State {
     seen: HashSet<MessageId>,
     seen_order: VecDeque<MessageId>,
 }
+
+/// What a save reserved ([`State::encode_reserving`]).
+#[derive(Debug)]
+pub struct Reserved(Vec<(Address, usize, SavedAt)>);
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,11 +177,31 @@ impl State {
 
     /// The state file's bytes.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        self.encode_reserving(0).0
+    }
+
+    /// The state file's bytes, with every session's sending chain
+    /// `sends` messages ahead ([`Session::to_bytes_reserving`]). Once the
+    /// bytes are durable, [`State::confirm_saved`] lets that many messages
+    /// per session leave without another save.
+    pub fn encode_reserving(&self, sends: u32) -> (Zeroizing<Vec<u8>>, Reserved) {
         let device = self.device.to_bytes();
+        let mut reserved = Vec::new();
         let sessions: Vec<(Address, Vec<Zeroizing<Vec<u8>>>)> = self
             .sessions
             .iter()
-            .map(|(a, list)| (a.clone(), list.iter().map(Session::to_bytes).collect()))
+            .map(|(a, list)| {
+                let encoded = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, session)| {
+                        let (bytes, at) = session.to_bytes_reserving(sends);
+                        reserved.push((a.clone(), i, at));
+                        bytes
+                    })
+                    .collect();
+                (a.clone(), encoded)
+            })
             .collect();
         let capacity = 1024
             + device.len()
@@ -221,7 +245,35 @@ impl State {
             Ok(())
         })();
         debug_assert!(result.is_ok());
-        buf
+        (buf, Reserved(reserved))
+    }
+
+    /// Takes the Double Ratchet's pending sending step of every active
+    /// session now, so that the next save covers the new chains.
+    pub fn prepare_sending(&mut self) {
+        for list in self.sessions.values_mut() {
+            if let Some(active) = list.first_mut() {
+                // A failure here (a peer ratchet key with no contributory
+                // DH) is reported by the send that would need the chain.
+                let _ = active.prepare_sending(&mut rand::rng());
+            }
+        }
+    }
+
+    /// The bytes of [`State::encode_reserving`] are durable.
+    pub fn confirm_saved(&mut self, reserved: Reserved) {
+        for (addr, i, at) in reserved.0 {
+            if let Some(session) = self.sessions.get_mut(&addr).and_then(|l| l.get_mut(i)) {
+                session.confirm_saved(at);
+            }
+        }
+    }
+
+    /// A save failed: every session's next send saves first.
+    pub fn forget_reservations(&mut self) {
+        for session in self.sessions.values_mut().flatten() {
+            session.forget_reservation();
+        }
     }
 
     /// Parses a state file.

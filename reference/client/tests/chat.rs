@@ -217,6 +217,51 @@ async fn clients_survive_restarts_from_their_state_files() {
     server.shutdown().await;
 }
 
+/// A burst of sends saves the state once per reservation, not once per
+/// message; a crash in the middle of a reservation (no clean close, no save
+/// since) restores past every key used, and the peer reads everything.
+#[tokio::test]
+async fn sends_share_a_save_and_a_crash_mid_reservation_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, options) = server().await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
+    alice.send("bob", b"first").await.unwrap();
+    assert_eq!(next_message(&mut bob).await.text, b"first".to_vec());
+    bob.send("alice", b"reply").await.unwrap();
+    assert_eq!(next_message(&mut alice).await.text, b"reply".to_vec());
+
+    // Alice's receive saved her state with the next sending chain reserved.
+    alice.start_trace();
+    for i in 0..20 {
+        alice.send("bob", format!("a{i}").as_bytes()).await.unwrap();
+    }
+    let saves = alice
+        .take_trace()
+        .iter()
+        .filter(|e| e.what == "state saved")
+        .count();
+    assert_eq!(saves, 0, "20 sends within one reservation save nothing");
+
+    // Crash: no clean close; the state on disk is from before the burst.
+    drop(alice);
+    let mut alice = Client::resume(&dir.path().join("alice"), Some(&options))
+        .await
+        .unwrap();
+    alice.send("bob", b"after the crash").await.unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            next_message(&mut bob).await.text,
+            format!("a{i}").into_bytes()
+        );
+    }
+    assert_eq!(
+        next_message(&mut bob).await.text,
+        b"after the crash".to_vec()
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn concurrent_bundle_fetches_never_share_a_one_time_prekey() {
     let dir = tempfile::tempdir().unwrap();

@@ -76,8 +76,8 @@ pub use bundle::VerifiedBundle;
 pub use error::Error;
 pub use fingerprint::{IdentityCheck, SafetyNumber};
 pub use identity::{Device, MAX_ONE_TIME_PREKEYS, MAX_SEEN_BASE_KEYS, PublicIdentity};
-pub use persist::STATE_VERSION;
-pub use ratchet::{MAX_SKIP, MAX_SKIPPED_TOTAL};
+pub use persist::{STATE_VERSION, SavedAt};
+pub use ratchet::{MAX_RESERVED_SENDS, MAX_SKIP, MAX_SKIPPED_TOTAL};
 pub use session::Session;
 
 /// Re-exported so that callers name the same RNG traits as this crate.

@@ -118,9 +118,26 @@ fn decode_chain(d: &mut Decoder<'_>) -> Result<Option<Chain>, Error> {
 }
 
 impl Session {
-    /// Serializes the session (secret: store it protected).
+    /// Serializes the session (secret: store it protected). The sending
+    /// chain is written where the last confirmed reservation left it, if
+    /// that is ahead of the live chain (see [`Session::to_bytes_reserving`]).
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        self.to_bytes_reserving(0).0
+    }
+
+    /// Serializes the session with its sending chain `n` messages ahead
+    /// (at most [`crate::ratchet::MAX_RESERVED_SENDS`]): once these bytes
+    /// are durable, pass the returned [`SavedAt`] to
+    /// [`Session::confirm_saved`] and the next `n` messages may be sent
+    /// without saving again. Restoring these bytes never reuses a message
+    /// key that the live session may have used.
+    pub fn to_bytes_reserving(&self, n: u32) -> (Zeroizing<Vec<u8>>, SavedAt) {
         let r = &self.ratchet;
+        let sending = r.reserved_chain(n);
+        let saved = SavedAt {
+            ratchet_key: r.dhs_public,
+            counter: sending.as_ref().map(|c| c.counter),
+        };
         let mut buf = Zeroizing::new(Vec::with_capacity(1024 + 48 * r.skipped.order.len()));
         let mut e = Encoder::new(&mut *buf);
         let result = (|| -> EncResult {
@@ -137,7 +154,7 @@ impl Session {
                 Some(k) => e.bytes(k)?,
                 None => e.null()?,
             };
-            encode_chain(&mut e, &r.sending)?;
+            encode_chain(&mut e, &sending)?;
             encode_chain(&mut e, &r.receiving)?;
             e.u32(r.previous_sending)?;
             e.array(r.skipped.order.len() as u64)?;
@@ -148,7 +165,7 @@ impl Session {
             }
             Ok(())
         })();
-        finish(buf, result)
+        (finish(buf, result), saved)
     }
 
     /// Restores a session serialized by [`Session::to_bytes`].
@@ -199,8 +216,27 @@ impl Session {
                 receiving,
                 previous_sending,
                 skipped,
+                reserved_until: 0,
             },
         })
+    }
+}
+
+/// Where a save left a session's sending chain (see
+/// [`Session::to_bytes_reserving`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedAt {
+    ratchet_key: [u8; 32],
+    counter: Option<u32>,
+}
+
+impl SavedAt {
+    pub(crate) fn matches(&self, ratchet_key: &[u8; 32]) -> bool {
+        &self.ratchet_key == ratchet_key
+    }
+
+    pub(crate) fn counter(&self) -> Option<u32> {
+        self.counter
     }
 }
 

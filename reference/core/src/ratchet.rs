@@ -10,7 +10,16 @@
 //! - **Lazy sending step.** After a DH ratchet step on receive, the new
 //!   sending key pair and chain are created when the next message is sent,
 //!   not at once. The keys derived are the same as the specification's; the
-//!   receive path needs no randomness.
+//!   receive path needs no randomness. [`Ratchet::prepare_sending`] takes
+//!   the step early, so that a device can save its state with the new
+//!   sending chain before it needs it.
+//! - **Reserved sends.** A saved state holds its sending chain
+//!   [`Ratchet::reserved_until`] messages ahead of the live one (the keys in
+//!   between are derived and erased at save time). A device that saved may
+//!   send up to that counter without saving again: after a crash the
+//!   restored chain starts past every key that may have been used, so no
+//!   message key is ever used twice. The peer sees a gap, which it bridges
+//!   as skipped messages (at most [`MAX_RESERVED_SENDS`]).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -28,6 +37,11 @@ pub const MAX_SKIP: u32 = 1000;
 
 /// Most skipped message keys a session holds; the oldest are erased first.
 pub const MAX_SKIPPED_TOTAL: usize = 2000;
+
+/// Most sends one save may cover (see [`Ratchet::reserve_sends`]); well
+/// under [`MAX_SKIP`], so that the gap a restored sender leaves is always
+/// bridged by its peer.
+pub const MAX_RESERVED_SENDS: u32 = 64;
 
 /// A DH whose output is rejected when all zero (a low-order public key).
 pub(crate) fn dh(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, Error> {
@@ -139,6 +153,9 @@ pub(crate) struct Ratchet {
     /// Length of the previous sending chain (the header's `previous_chain_length`).
     pub(crate) previous_sending: u32,
     pub(crate) skipped: SkippedKeys,
+    /// Memory only: the counter of the current sending chain at which the
+    /// last save left it (0 when nothing is reserved).
+    pub(crate) reserved_until: u32,
 }
 
 impl Ratchet {
@@ -163,6 +180,7 @@ impl Ratchet {
             receiving: None,
             previous_sending: 0,
             skipped: SkippedKeys::default(),
+            reserved_until: 0,
         })
     }
 
@@ -177,7 +195,74 @@ impl Ratchet {
             receiving: None,
             previous_sending: 0,
             skipped: SkippedKeys::default(),
+            reserved_until: 0,
         }
+    }
+
+    /// Creates the sending chain now if a receiving step left none (the
+    /// lazy step taken early). A no-op when a sending chain exists or the
+    /// peer's ratchet key is not known yet.
+    pub(crate) fn prepare_sending<R: CryptoRng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<(), Error> {
+        if self.sending.is_some() {
+            return Ok(());
+        }
+        let Some(dhr) = self.dhr else {
+            return Ok(());
+        };
+        let dhs = StaticSecret::random_from_rng(rng);
+        let (root, ck) = kdf::root_step(&self.root, &*dh(&dhs, &dhr)?);
+        self.root = root;
+        self.dhs_public = PublicKey::from(&dhs).to_bytes();
+        self.dhs = dhs;
+        self.sending = Some(Chain {
+            key: ck,
+            counter: 0,
+        });
+        self.reserved_until = 0;
+        Ok(())
+    }
+
+    /// Reserves the next `n` sends (at most [`MAX_RESERVED_SENDS`]) for the
+    /// save about to be written: returns the chain to write, `n` messages
+    /// ahead of the live one. Call [`Ratchet::confirm_reserved`] with the
+    /// returned counter once the save is durable.
+    pub(crate) fn reserved_chain(&self, n: u32) -> Option<Chain> {
+        let chain = self.sending.as_ref()?;
+        let target = chain
+            .counter
+            .saturating_add(n.min(MAX_RESERVED_SENDS))
+            .max(self.reserved_until);
+        let mut key = chain.key.clone();
+        for _ in chain.counter..target {
+            key = kdf::chain_step(&key).1;
+        }
+        Some(Chain {
+            key,
+            counter: target,
+        })
+    }
+
+    /// A save holding the sending chain at `counter` is durable.
+    pub(crate) fn confirm_reserved(&mut self, counter: u32) {
+        if self.sending.is_some() {
+            self.reserved_until = self.reserved_until.max(counter);
+        }
+    }
+
+    /// Forgets every reservation (a save failed: the next send saves first).
+    pub(crate) fn forget_reserved(&mut self) {
+        self.reserved_until = 0;
+    }
+
+    /// Whether the next message's key lies before what the last durable
+    /// save reserved, so it can be sent without saving first.
+    pub(crate) fn next_send_reserved(&self) -> bool {
+        self.sending
+            .as_ref()
+            .is_some_and(|c| c.counter < self.reserved_until)
     }
 
     /// The header and message key of the next message to send.
@@ -185,21 +270,16 @@ impl Ratchet {
         &mut self,
         rng: &mut R,
     ) -> Result<(MessageHeader, Key32), Error> {
-        let chain = match &mut self.sending {
-            Some(chain) => chain,
-            None => {
-                let dhr = self.dhr.ok_or(Error::State("no peer ratchet key yet"))?;
-                let dhs = StaticSecret::random_from_rng(rng);
-                let (root, ck) = kdf::root_step(&self.root, &*dh(&dhs, &dhr)?);
-                self.root = root;
-                self.dhs_public = PublicKey::from(&dhs).to_bytes();
-                self.dhs = dhs;
-                self.sending.insert(Chain {
-                    key: ck,
-                    counter: 0,
-                })
+        if self.sending.is_none() {
+            if self.dhr.is_none() {
+                return Err(Error::State("no peer ratchet key yet"));
             }
-        };
+            self.prepare_sending(rng)?;
+        }
+        let chain = self
+            .sending
+            .as_mut()
+            .ok_or(Error::State("no sending chain"))?;
         let counter = chain.counter;
         chain.counter = counter
             .checked_add(1)
@@ -274,6 +354,7 @@ impl Ratchet {
         if let Some(sending) = self.sending.take() {
             self.previous_sending = sending.counter;
         }
+        self.reserved_until = 0;
         Ok(out)
     }
 }

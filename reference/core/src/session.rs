@@ -156,6 +156,36 @@ impl Session {
         envelope.prekey.is_some_and(|p| p.base_key == self.base_key)
     }
 
+    /// Creates the next sending chain now if a received message left none
+    /// (the Double Ratchet's sending step, otherwise taken lazily by the
+    /// next [`Session::encrypt`]), so that a save made now covers it.
+    pub fn prepare_sending<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) -> Result<(), Error> {
+        self.ratchet.prepare_sending(rng)
+    }
+
+    /// Whether the next [`Session::encrypt`] uses a key that a durable save
+    /// already reserved ([`Session::to_bytes_reserving`]), so the envelope
+    /// may leave without saving first.
+    pub fn next_send_reserved(&self) -> bool {
+        self.ratchet.next_send_reserved()
+    }
+
+    /// The bytes of [`Session::to_bytes_reserving`] that returned `saved`
+    /// are durable.
+    pub fn confirm_saved(&mut self, saved: crate::persist::SavedAt) {
+        if saved.matches(&self.ratchet.dhs_public)
+            && let Some(counter) = saved.counter()
+        {
+            self.ratchet.confirm_reserved(counter);
+        }
+    }
+
+    /// Drops any reservation (after a failed save): the next send must save
+    /// first.
+    pub fn forget_reservation(&mut self) {
+        self.ratchet.forget_reserved();
+    }
+
     /// The peer's identity.
     pub fn remote_identity(&self) -> &PublicIdentity {
         &self.remote
