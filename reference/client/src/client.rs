@@ -473,7 +473,10 @@ impl Client {
     /// deliveries are decrypted, appended to the message log with one flush,
     /// the state is saved once, and all are acknowledged in one `Ack`; so a
     /// crash at any point loses nothing (a message logged twice is dropped by
-    /// its id when the log is read). Returns one event per push, in order.
+    /// its id when the log is read). Returns one event per push, in order;
+    /// if the connection is lost while acknowledging, the events of what was
+    /// logged come back followed by `Event::Disconnected(None)`, and the rest
+    /// of the batch is left to the server's redelivery.
     pub async fn handle_batch(&mut self, pushes: Vec<Push>) -> Result<Vec<Event>, ClientError> {
         let mut events = Vec::with_capacity(pushes.len());
         let mut logged = Vec::new();
@@ -485,7 +488,10 @@ impl Client {
                 Push::Deliver(d) => d,
                 other => {
                     // Everything decrypted so far is made durable first.
-                    self.commit(&mut logged, &mut acks, &mut changed).await?;
+                    if !self.commit(&mut logged, &mut acks, &mut changed).await? {
+                        events.push(Event::Disconnected(None));
+                        return Ok(events);
+                    }
                     events.push(match other {
                         Push::Closed(info) => Event::Disconnected(info),
                         Push::PrekeysLow(remaining) => {
@@ -537,17 +543,23 @@ impl Client {
                 }),
             }
         }
-        self.commit(&mut logged, &mut acks, &mut changed).await?;
+        if !self.commit(&mut logged, &mut acks, &mut changed).await? {
+            events.push(Event::Disconnected(None));
+        }
         Ok(events)
     }
 
-    /// Log, then state, then acknowledgement.
+    /// Log, then state, then acknowledgement. Returns whether the
+    /// connection is still up: once the messages are in the log they are
+    /// the application's, so a connection lost while acknowledging them is
+    /// not an error of the batch (the server redelivers what was not
+    /// acknowledged, and the log's message ids drop the copies).
     async fn commit(
         &mut self,
         logged: &mut Vec<StoredMessage>,
         acks: &mut Vec<u64>,
         changed: &mut bool,
-    ) -> Result<(), ClientError> {
+    ) -> Result<bool, ClientError> {
         if !logged.is_empty() {
             let batch = std::mem::take(logged);
             let file = self.file.clone();
@@ -561,11 +573,15 @@ impl Client {
         }
         if !acks.is_empty() {
             let seqs = std::mem::take(acks);
-            let reply = self.conn.request(frame::Ack { seqs }).await?;
+            let reply = match self.conn.request(frame::Ack { seqs }).await {
+                Ok(reply) => reply,
+                Err(ClientError::Disconnected) => return Ok(false),
+                Err(e) => return Err(e),
+            };
             expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
             self.mark("acked");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// How long each decryption of the last batch took.

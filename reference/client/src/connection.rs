@@ -30,7 +30,9 @@ pub enum Push {
     Closed(Option<(u16, String)>),
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Body>>>>;
+/// Requests waiting for their reply; `None` once the connection is gone (a
+/// request made after that fails at once instead of waiting forever).
+type Waiters = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Body>>>>>;
 
 /// An open connection.
 #[derive(Debug)]
@@ -68,7 +70,7 @@ pub fn tls_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, ClientErro
     Ok(Arc::new(config))
 }
 
-fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Body>>> {
+fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<Body>>>> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -93,7 +95,7 @@ impl Connection {
         let (mut sink, mut stream) = ws.split();
         let (outgoing, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (push_tx, pushes) = mpsc::unbounded_channel();
-        let waiters: Waiters = Arc::default();
+        let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
 
         let writer = tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
@@ -123,7 +125,7 @@ impl Connection {
                             let _ = push_tx.send(Push::PrekeysLow(p.remaining));
                         }
                         Ok(Frame { id, body }) => {
-                            if let Some(waiter) = lock(&w).remove(&id) {
+                            if let Some(waiter) = lock(&w).as_mut().and_then(|m| m.remove(&id)) {
                                 let _ = waiter.send(body);
                             }
                         }
@@ -136,7 +138,8 @@ impl Connection {
                     Some(Err(_)) | None => break None,
                 }
             };
-            lock(&w).clear(); // pending requests fail with Disconnected
+            // Pending requests fail with Disconnected, and so do later ones.
+            *lock(&w) = None;
             let _ = push_tx.send(Push::Closed(close));
         });
 
@@ -154,7 +157,12 @@ impl Connection {
     pub async fn request(&self, body: impl Into<Body>) -> Result<Body, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(id, tx);
+        match lock(&self.waiters).as_mut() {
+            Some(waiting) => {
+                waiting.insert(id, tx);
+            }
+            None => return Err(ClientError::Disconnected),
+        }
         let frame = Frame {
             id,
             body: body.into(),

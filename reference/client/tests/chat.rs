@@ -262,6 +262,33 @@ async fn sends_share_a_save_and_a_crash_mid_reservation_loses_nothing() {
     server.shutdown().await;
 }
 
+/// A request made after the connection died fails at once (it used to wait
+/// forever when the reader had already given up on the connection).
+#[tokio::test]
+async fn a_request_after_the_server_died_fails_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, options) = server().await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    server.abort();
+    // Wait until the client has seen the connection go.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), alice.next_push())
+            .await
+            .expect("the client never noticed the server dying")
+        {
+            Some(chatify_client::Push::Closed(_)) | None => break,
+            Some(_) => {}
+        }
+    }
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        alice.connection().request(frame::Ping {}),
+    )
+    .await
+    .expect("a request on a dead connection hung");
+    assert!(matches!(reply, Err(ClientError::Disconnected)), "{reply:?}");
+}
+
 #[tokio::test]
 async fn concurrent_bundle_fetches_never_share_a_one_time_prekey() {
     let dir = tempfile::tempdir().unwrap();
