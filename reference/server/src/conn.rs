@@ -128,20 +128,39 @@ fn store_failure(e: &StoreError) -> (ErrorCode, &'static str) {
     }
 }
 
+fn stored<T>(r: Result<T, StoreError>) -> Result<T, (ErrorCode, &'static str)> {
+    r.map_err(|e| {
+        if let StoreError::Database(msg) = &e {
+            tracing::error!(error = %msg, "store failed");
+        }
+        store_failure(&e)
+    })
+}
+
+/// A store call on the blocking pool (it may wait for the disk).
 async fn blocking<T: Send + 'static>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, (ErrorCode, &'static str)> {
     let store = Arc::clone(&shared.store);
     match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            if let StoreError::Database(msg) = &e {
-                tracing::error!(error = %msg, "store failed");
-            }
-            Err(store_failure(&e))
-        }
+        Ok(r) => stored(r),
         Err(_) => Err((ErrorCode::Internal, "storage task failed")),
+    }
+}
+
+/// A store call on the message path (store, fetch pending, acknowledge):
+/// on this worker when the store's commits never wait for the disk
+/// ([`Store::fast_commits`]), which spares three thread hand-offs per
+/// message; on the blocking pool otherwise.
+async fn hot<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, (ErrorCode, &'static str)> {
+    if shared.store.fast_commits() {
+        stored(f(shared.store.as_ref()))
+    } else {
+        blocking(shared, f).await
     }
 }
 
@@ -230,6 +249,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &mut self,
         msg: Option<Result<Message, tungstenite::Error>>,
     ) -> Result<(), Stop> {
+        let msg = match msg {
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))
+                if self.shared.config.conformance_echo =>
+            {
+                return self.ws.send(m).await.map_err(|_| Stop::Closed);
+            }
+            other => other,
+        };
         let data = match msg {
             None | Some(Ok(Message::Close(_))) => return Err(Stop::Closed),
             Some(Err(tungstenite::Error::Capacity(_))) => {
@@ -314,11 +341,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         loop {
             let after = self.last_pushed;
             let d = device.clone();
-            let batch =
-                match blocking(&self.shared, move |s| s.pending(&d, after, DELIVERY_BATCH)).await {
-                    Ok(batch) => batch,
-                    Err(_) => return Ok(()), // logged in `blocking`; retried on the next push
-                };
+            let batch = match hot(&self.shared, move |s| s.pending(&d, after, DELIVERY_BATCH)).await
+            {
+                Ok(batch) => batch,
+                Err(_) => return Ok(()), // logged in `blocking`; retried on the next push
+            };
             let n = batch.len();
             for item in batch {
                 self.last_pushed = item.seq;
@@ -389,7 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Body::Send(s) => self.relay(s).await,
             Body::Ack(a) => {
                 let device = self.device()?;
-                blocking(&self.shared, move |s| s.ack(&device, &a.seqs)).await?;
+                hot(&self.shared, move |s| s.ack(&device, &a.seqs)).await?;
                 Ok(frame::Ok {}.into())
             }
             Body::FetchHistory(h) => {
@@ -544,17 +571,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(observer) = &self.shared.config.envelope_observer {
             (observer.0)(&envelope.envelope);
         }
-        let seq = blocking(&self.shared, move |st| {
-            if st.one_time_prekey_count(&envelope.to)?.is_none() {
-                return Ok(None);
-            }
-            st.enqueue(&envelope).map(Some)
-        })
-        .await?
-        .ok_or((
-            ErrorCode::NoSuchUser,
-            "no such device, or it has published no keys",
-        ))?;
+        let seq = hot(&self.shared, move |st| st.enqueue(&envelope))
+            .await?
+            .ok_or((
+                ErrorCode::NoSuchUser,
+                "no such device, or it has published no keys",
+            ))?;
         tracing::debug!(conn = self.id, seq, len, "stored");
         self.shared.hub.notify(&to, Push::Mail);
         Ok(frame::SendOk {

@@ -81,6 +81,12 @@ pub struct Config {
     /// to make a deliberately leaky server and prove that its log tap
     /// catches the leak.
     pub envelope_observer: Option<EnvelopeObserver>,
+    /// **Test mode, never set in production** (the CLI cannot set it): every
+    /// connection echoes text and binary messages instead of speaking the
+    /// protocol. The accept path, size limits, ping/pong and close handling
+    /// stay the server's own, which is what the Autobahn|Testsuite fuzzing
+    /// client (it expects an echo endpoint) checks.
+    pub conformance_echo: bool,
 }
 
 /// The function type of an [`EnvelopeObserver`].
@@ -110,6 +116,7 @@ impl Default for Config {
             login_window: Duration::from_secs(60),
             max_strikes: 16,
             envelope_observer: None,
+            conformance_echo: false,
         }
     }
 }

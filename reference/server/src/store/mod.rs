@@ -89,8 +89,17 @@ pub trait Store: Send + Sync + 'static {
     /// How many one-time prekeys a device has left (`None`: no keys published).
     fn one_time_prekey_count(&self, device: &Address) -> Result<Option<u32>, StoreError>;
 
-    /// Stores an envelope durably; returns its sequence number.
-    fn enqueue(&self, envelope: &NewEnvelope) -> Result<u64, StoreError>;
+    /// Whether every commit returns without waiting for the disk (no fsync
+    /// in the commit path), so that the server may call the message-path
+    /// methods ([`Store::enqueue`], [`Store::pending`], [`Store::ack`]) on
+    /// its async workers instead of handing them to the blocking pool.
+    fn fast_commits(&self) -> bool {
+        false
+    }
+
+    /// Stores an envelope durably; returns its sequence number, or `None`
+    /// (storing nothing) when the recipient device has published no keys.
+    fn enqueue(&self, envelope: &NewEnvelope) -> Result<Option<u64>, StoreError>;
     /// Unacknowledged envelopes for a device with `seq > after`, in order.
     fn pending(&self, device: &Address, after: u64, limit: u32)
     -> Result<Vec<Deliver>, StoreError>;

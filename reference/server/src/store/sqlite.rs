@@ -2,7 +2,9 @@
 //! migrations by `PRAGMA user_version`.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use chatify_proto::frame::{Address, Deliver};
 use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
@@ -70,6 +72,42 @@ const MIGRATIONS: &[&str] = &[
 /// A SQLite database file (plus its `-wal` and `-shm` files).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Commits never wait for the disk (see [`Store::fast_commits`]).
+    fast_commits: bool,
+    /// Stops the background checkpointer (durability `Normal`).
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// With `synchronous=NORMAL` a commit only appends to the WAL; the fsyncs
+/// happen at checkpoints. SQLite's automatic checkpoint would run them
+/// inside whichever commit crosses the threshold, on the committing thread;
+/// this thread runs them instead, on its own connection (a passive
+/// checkpoint does not block writers), so that commits never wait for the
+/// disk.
+fn start_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<(), StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Database(format!("checkpoint thread: {e}")))?;
+    Ok(())
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -99,12 +137,23 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(db)?;
-        Self::setup(conn, durability)
+        let mut store = Self::setup(conn, durability)?;
+        if durability == Durability::Normal {
+            store
+                .lock()
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(db)?;
+            start_checkpointer(path, Arc::clone(&store.stop))?;
+            store.fast_commits = true;
+        }
+        Ok(store)
     }
 
     /// An in-memory database (tests, in-process runs that need no durability).
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory().map_err(db)?, Durability::Full)
+        let mut store = Self::setup(Connection::open_in_memory().map_err(db)?, Durability::Full)?;
+        store.fast_commits = true;
+        Ok(store)
     }
 
     fn setup(conn: Connection, durability: Durability) -> Result<Self, StoreError> {
@@ -120,6 +169,8 @@ impl SqliteStore {
             .map_err(db)?;
         let store = SqliteStore {
             conn: Mutex::new(conn),
+            fast_commits: false,
+            stop: Arc::new(AtomicBool::new(false)),
         };
         store.migrate()?;
         Ok(store)
@@ -212,6 +263,10 @@ fn to_deliver(row: Row) -> Result<Deliver, StoreError> {
 }
 
 impl Store for SqliteStore {
+    fn fast_commits(&self) -> bool {
+        self.fast_commits
+    }
+
     fn create_user(&self, username: &str, password_hash: &str) -> Result<(), StoreError> {
         let conn = self.lock();
         match conn.execute(
@@ -438,13 +493,19 @@ impl Store for SqliteStore {
         count_one_time_prekeys(&conn, device).map(Some)
     }
 
-    fn enqueue(&self, e: &NewEnvelope) -> Result<u64, StoreError> {
+    fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
         let conn = self.lock();
-        conn.execute(
-            "INSERT INTO envelopes (conversation, sender, sender_device, recipient, recipient_device,
-                                    message_id, sent_at_ms, envelope)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
+        // One statement: stored only if the recipient device exists.
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO envelopes (conversation, sender, sender_device, recipient, recipient_device,
+                                        message_id, sent_at_ms, envelope)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                 WHERE EXISTS(SELECT 1 FROM devices WHERE user = ?4 AND device = ?5)",
+            )
+            .map_err(db)?;
+        let inserted = insert
+            .execute(params![
                 &e.conversation[..],
                 e.from.user,
                 e.from.device,
@@ -453,10 +514,9 @@ impl Store for SqliteStore {
                 &e.message_id[..],
                 i64_of(e.sent_at_ms),
                 e.envelope
-            ],
-        )
-        .map_err(db)?;
-        Ok(u64_of(conn.last_insert_rowid()))
+            ])
+            .map_err(db)?;
+        Ok((inserted == 1).then(|| u64_of(conn.last_insert_rowid())))
     }
 
     fn pending(
@@ -590,16 +650,45 @@ mod tests {
         }
     }
 
+    /// A device row as publishing keys leaves it (the key bytes do not matter here).
+    fn device(store: &SqliteStore, user: &str) {
+        let conn = store.lock();
+        conn.execute(
+            "INSERT INTO users (name, password_hash) VALUES (?1, 'x')",
+            [user],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO devices VALUES (?1, 1, x'00', x'00', x'00', 1, x'00', x'00')",
+            [user],
+        )
+        .unwrap();
+    }
+
     #[test]
-    fn pruning_removes_only_old_acknowledged_envelopes() {
+    fn envelopes_for_a_device_without_keys_are_not_stored() {
         let store = SqliteStore::in_memory().unwrap();
+        assert_eq!(store.enqueue(&envelope("bob", 1_000)).unwrap(), None);
+        device(&store, "bob");
+        assert!(store.enqueue(&envelope("bob", 1_000)).unwrap().is_some());
         let bob = Address {
             user: "bob".into(),
             device: 1,
         };
-        let old_acked = store.enqueue(&envelope("bob", 1_000)).unwrap();
-        let old_pending = store.enqueue(&envelope("bob", 1_000)).unwrap();
-        let new_acked = store.enqueue(&envelope("bob", 9_000)).unwrap();
+        assert_eq!(store.pending(&bob, 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pruning_removes_only_old_acknowledged_envelopes() {
+        let store = SqliteStore::in_memory().unwrap();
+        device(&store, "bob");
+        let bob = Address {
+            user: "bob".into(),
+            device: 1,
+        };
+        let old_acked = store.enqueue(&envelope("bob", 1_000)).unwrap().unwrap();
+        let old_pending = store.enqueue(&envelope("bob", 1_000)).unwrap().unwrap();
+        let new_acked = store.enqueue(&envelope("bob", 9_000)).unwrap().unwrap();
         store.ack(&bob, &[old_acked, new_acked]).unwrap();
         assert_eq!(store.prune_history(5_000).unwrap(), 1);
         let pending: Vec<u64> = store
