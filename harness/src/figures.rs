@@ -608,3 +608,141 @@ fn fig6(path: &Path, p: &Paper) -> Result<(), String> {
         &rows,
     )
 }
+
+/// The comparison figure: delivered vs offered load for every system, and
+/// latency percentiles at the equal offered load.
+pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(), String> {
+    use crate::scenario::System;
+    let colour = |s: System| match s {
+        System::Chatify => E2EE,
+        System::ChatifyPlaintext => BASE,
+        System::Floor => PASS,
+        System::Socketio => RGBColor(148, 103, 189),
+    };
+    let Some(cmp) = &c.scenario.compare else {
+        return Err("figure: not a comparison".into());
+    };
+    let root = SVGBackend::new(path, (1100, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    title(
+        &root,
+        "Chatify beside the bare relay floor and Socket.io (same workload, same E2EE envelopes)",
+    )?;
+    let body = root.margin(40, 10, 10, 10);
+    let (left, right) = body.split_horizontally(550);
+
+    // Mean delivered rate per (system, offered rate) over repetitions.
+    let curve = |s: System| -> Vec<(f64, f64)> {
+        cmp.rates
+            .iter()
+            .filter_map(|&r| {
+                let xs: Vec<f64> = c
+                    .steps
+                    .iter()
+                    .filter(|st| st.system == s && st.rate == r)
+                    .map(|st| st.delivered_rate)
+                    .collect();
+                (!xs.is_empty()).then(|| (r, xs.iter().sum::<f64>() / xs.len() as f64))
+            })
+            .collect()
+    };
+    let lo = cmp.rates.first().copied().unwrap_or(1.0) * 0.8;
+    let hi = cmp.rates.last().copied().unwrap_or(10.0) * 1.25;
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            "Delivered vs offered load (mean over repetitions)",
+            ("sans-serif", 15),
+        )
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered (messages / s, log)")
+        .y_desc("delivered (messages / s, log)")
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new([(lo, lo), (hi, hi)], GREY.stroke_width(1)))
+        .map_err(err)?
+        .label("offered = delivered")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREY));
+    for &s in &cmp.systems {
+        let color = colour(s);
+        let pts = curve(s);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(s.name())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|pt| Circle::new(*pt, 4, color.filled())))
+            .map_err(err)?;
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+
+    // p50 (solid) and p99 (light) bars per system at the equal load.
+    let n = cmp.systems.len();
+    let vals: Vec<(System, f64, f64)> = cmp
+        .systems
+        .iter()
+        .filter_map(|s| {
+            c.systems
+                .get(s.name())
+                .map(|x| (*s, x.p50_us.mean / 1000.0, x.p99_us.mean / 1000.0))
+        })
+        .collect();
+    let ymax = vals.iter().map(|v| v.2).fold(0.1, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(&right)
+        .caption(
+            format!(
+                "Latency at {} msg/s offered: p50 (solid), p99 (light)",
+                cmp.equal_load_rate
+            ),
+            ("sans-serif", 15),
+        )
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..n as f64, (0.05f64..ymax).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            cmp.systems
+                .get(i)
+                .filter(|_| (x - x.floor() - 0.5).abs() < 0.01)
+                .map_or(String::new(), |s| s.name().to_owned())
+        })
+        .y_desc("latency (ms, log scale)")
+        .draw()
+        .map_err(err)?;
+    for (i, (s, p50, p99)) in vals.iter().enumerate() {
+        let x = i as f64;
+        let color = colour(*s);
+        chart
+            .draw_series([
+                Rectangle::new(
+                    [(x + 0.15, 0.05), (x + 0.5, p99.max(0.05))],
+                    color.mix(0.35).filled(),
+                ),
+                Rectangle::new([(x + 0.5, 0.05), (x + 0.85, p50.max(0.05))], color.filled()),
+            ])
+            .map_err(err)?;
+        chart
+            .draw_series([Text::new(
+                format!("{p50:.2} / {p99:.2} ms"),
+                (x + 0.12, (p99 * 1.25).max(0.06)),
+                ("sans-serif", 12).into_font(),
+            )])
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
+}

@@ -16,9 +16,11 @@
 #![allow(clippy::indexing_slicing)]
 
 mod check;
+mod compare;
 mod figures;
 mod logsink;
 mod paper;
+mod peers;
 mod plaintext;
 mod report;
 mod runner;
@@ -84,6 +86,28 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Measure Chatify beside its peers: the bare relay floor and Socket.io.
+    ///
+    /// Runs the scenario's [compare] systems (chatify, chatify-plaintext,
+    /// floor, socketio) with the same workload and the same E2EE envelopes,
+    /// interleaved and repeated, stepping the offered rate up to saturation;
+    /// writes report.md (table and targets), summary.json and
+    /// fig_compare.svg. The Socket.io peer needs Node.js and
+    /// `peers/socketio/install.sh` run once.
+    Compare {
+        /// The comparison scenario.
+        #[arg(default_value = "scenarios/compare.toml")]
+        scenario: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "reports/compare")]
+        out: PathBuf,
+        /// The Socket.io peer's directory (server.js and node_modules).
+        #[arg(long, default_value = "peers/socketio")]
+        socketio_dir: PathBuf,
+        /// Fewer rates, shorter steps and one repetition (a smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Compare a reproduce result with a committed baseline (the CI gate).
     ///
     /// Every security verdict must hold; E2EE/baseline ratios of latency and
@@ -97,6 +121,14 @@ enum Command {
         #[arg(default_value = "reports/paper/summary.json")]
         result: PathBuf,
     },
+    /// Internal: run the bare WebSocket relay (the transport floor of
+    /// `compare`) in this process.
+    #[command(name = "__floor", hide = true)]
+    Floor {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// Internal: run the reference server in this process (used for child
     /// servers). Takes chatify-server's options.
     #[command(name = "__serve", hide = true)]
@@ -106,6 +138,10 @@ enum Command {
         /// the log.
         #[arg(long)]
         log_envelopes_mutant: bool,
+        /// TEST MODE: echo every text and binary message instead of
+        /// speaking the protocol (for the Autobahn|Testsuite, `conformance/`).
+        #[arg(long)]
+        conformance_echo: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -151,11 +187,43 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
     Ok(outcome.as_expected())
 }
 
+fn run_compare(path: &Path, out: &Path, socketio_dir: &Path, quick: bool) -> Result<bool, String> {
+    let mut s = scenario::load(path)?;
+    let Some(c) = s.compare.as_mut() else {
+        return Err(format!("{}: no [compare] section", path.display()));
+    };
+    if quick {
+        c.repetitions = 1;
+        c.step_secs = c.step_secs.min(1.0);
+        c.rates.retain(|r| *r <= c.equal_load_rate * 4.0);
+        s.workload.grace_secs = s.workload.grace_secs.min(5.0);
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let comparison = runtime()?.block_on(compare::run(&s, out, socketio_dir, show))?;
+    print!("{}", compare::markdown(&comparison));
+    println!("report: {}", out.join("report.md").display());
+    if !comparison.all_delivered {
+        println!("a step below saturation lost, duplicated or reordered messages");
+    }
+    Ok(comparison.all_delivered)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Floor { listen } => {
+            match runtime().and_then(|rt| rt.block_on(peers::serve_floor(listen))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chatify-harness: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve {
             log_envelopes_mutant,
+            conformance_echo,
             args,
         } => {
             let argv =
@@ -164,6 +232,7 @@ fn main() -> ExitCode {
                 if log_envelopes_mutant {
                     config.envelope_observer = Some(runner::envelope_logger());
                 }
+                config.conformance_echo = conformance_echo;
             })
         }
         Command::Run {
@@ -231,6 +300,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Compare {
+            scenario,
+            out,
+            socketio_dir,
+            quick,
+        } => match run_compare(&scenario, &out, &socketio_dir, quick) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("chatify-harness: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Check { baseline, result } => match check::run(&baseline, &result) {
             Ok(report) => {
                 print!("{}", report.text);

@@ -46,7 +46,8 @@ pub(crate) fn tables(o: &Outcome) -> String {
     let _ = writeln!(
         s,
         "\nOffered {:.1} msg/s; delivered {} of {} in {:.2} s: **{:.1} msg/s**, {:.0} B/s of plaintext. \
-         Redeliveries dropped: {}; rejected: {}; send failures: {}; reconnects: {}.",
+         Redeliveries dropped: {}; rejected: {}; send failures: {}; reconnects: {}; \
+         server restarts: {} ({} by SIGKILL).",
         m.offered_rate,
         m.delivered,
         m.planned,
@@ -56,7 +57,9 @@ pub(crate) fn tables(o: &Outcome) -> String {
         m.duplicates_dropped,
         m.rejected,
         m.send_failures,
-        m.reconnects
+        m.reconnects,
+        m.server_restarts,
+        m.server_kills
     );
     if let (Some(cpu), Some(rss)) = (m.server_cpu_secs, m.server_peak_rss_kib) {
         let _ = writeln!(

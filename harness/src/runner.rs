@@ -175,16 +175,16 @@ impl Topology {
 
 /// A planned message.
 #[derive(Debug, Clone)]
-struct Planned {
-    sender: usize,
-    recipient: usize,
-    n: u64,
-    at: Duration,
-    plaintext: Plaintext,
-    message_id: [u8; 16],
+pub(crate) struct Planned {
+    pub(crate) sender: usize,
+    pub(crate) recipient: usize,
+    pub(crate) n: u64,
+    pub(crate) at: Duration,
+    pub(crate) plaintext: Plaintext,
+    pub(crate) message_id: [u8; 16],
 }
 
-fn schedule(s: &Scenario) -> Vec<Planned> {
+pub(crate) fn schedule(s: &Scenario) -> Vec<Planned> {
     let w = &s.workload;
     let partners = s.conversations.graph.partners(s.users.count);
     let senders: Vec<usize> = (0..s.users.count)
@@ -225,7 +225,7 @@ fn schedule(s: &Scenario) -> Vec<Planned> {
 
 /// What a user task reports.
 #[derive(Debug)]
-enum Record {
+pub(crate) enum Record {
     Delivered {
         recipient: usize,
         sender: usize,
@@ -247,7 +247,7 @@ enum Record {
     Reconnected,
 }
 
-fn user_name(i: usize) -> String {
+pub(crate) fn user_name(i: usize) -> String {
     format!("u{i}")
 }
 
@@ -466,12 +466,12 @@ async fn user_task(
     mut client: Option<Client>,
     sends: Vec<Planned>,
     expected: usize,
-    disconnects: Vec<(Duration, Duration)>,
+    disconnects: Vec<(Duration, Duration, bool)>,
 ) {
     let mut next = 0usize;
     let mut received = 0usize;
     let mut seen = HashSet::new();
-    let mut faults: VecDeque<(Duration, Duration)> = disconnects.into();
+    let mut faults: VecDeque<(Duration, Duration, bool)> = disconnects.into();
     loop {
         if next >= sends.len() && received >= expected {
             break;
@@ -480,7 +480,7 @@ async fn user_task(
             break;
         }
         let send_at = sends.get(next).map(|p| ctx.start + p.at);
-        let fault_at = faults.front().map(|(at, _)| ctx.start + *at);
+        let fault_at = faults.front().map(|(at, _, _)| ctx.start + *at);
         let Some(c) = client.as_mut() else {
             client = reconnect(&ctx, &home).await;
             if client.is_none() {
@@ -503,9 +503,15 @@ async fn user_task(
                 None => client = None,
             },
             _ = sleep_until(fault_at), if fault_at.is_some() => {
-                if let Some((_, down)) = faults.pop_front() {
+                if let Some((_, down, crash)) = faults.pop_front() {
                     if let Some(c) = client.take() {
-                        c.close().await;
+                        if crash {
+                            // Everything since the last save is lost with
+                            // the process; the socket just drops.
+                            drop(c);
+                        } else {
+                            c.close().await;
+                        }
                     }
                     tokio::time::sleep(down).await;
                 }
@@ -524,7 +530,7 @@ async fn user_task(
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
@@ -648,6 +654,9 @@ pub(crate) struct Metrics {
     pub(crate) rejected: u64,
     pub(crate) send_failures: u64,
     pub(crate) reconnects: u64,
+    /// Server restarts performed during the workload, and how many were kills.
+    pub(crate) server_restarts: u64,
+    pub(crate) server_kills: u64,
     /// Delivered messages per second, first intended send to last delivery.
     pub(crate) throughput_msgs: f64,
     /// Delivered plaintext bytes per second.
@@ -711,7 +720,7 @@ impl Outcome {
 const HIST_MAX: u64 = 3_600_000_000_000;
 
 #[allow(clippy::expect_used)]
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     // Constant bounds (1 ≤ low, high ≥ 2·low, 3 significant figures) are
     // valid, so construction cannot fail.
     Histogram::new_with_bounds(1, HIST_MAX, 3).expect("valid histogram bounds")
@@ -733,12 +742,12 @@ fn cdf(h: &Histogram<u64>) -> Vec<(f64, u64)> {
         .collect()
 }
 
-fn record(h: &mut Histogram<u64>, v: u128) {
+pub(crate) fn record(h: &mut Histogram<u64>, v: u128) {
     let v = u64::try_from(v).unwrap_or(u64::MAX).clamp(1, HIST_MAX);
     let _ = h.record(v);
 }
 
-fn proc_cpu_secs(pid: u32) -> Option<f64> {
+pub(crate) fn proc_cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces): state is 3rd.
     let rest = stat.rsplit_once(')')?.1;
@@ -749,7 +758,7 @@ fn proc_cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-fn proc_peak_rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn proc_peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -758,6 +767,161 @@ fn proc_peak_rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Turns the records of a run into metrics and the delivery checks.
+pub(crate) struct Tally {
+    start: Instant,
+    metrics: Metrics,
+    latency: Histogram<u64>,
+    encrypt: Histogram<u64>,
+    decrypt: Histogram<u64>,
+    setup: Histogram<u64>,
+    connect_auth: Histogram<u64>,
+    ledger: Ledger,
+    rejected_reasons: Vec<String>,
+    send_errors: Vec<String>,
+    last_delivery: Instant,
+    bytes: u64,
+}
+
+impl Tally {
+    pub(crate) fn new(
+        s: &Scenario,
+        plan: &[Planned],
+        start: Instant,
+        connect_auth: Histogram<u64>,
+    ) -> Self {
+        Tally {
+            start,
+            metrics: Metrics {
+                offered_rate: s.workload.rate,
+                planned: plan.len() as u64,
+                ..Metrics::default()
+            },
+            latency: hist(),
+            encrypt: hist(),
+            decrypt: hist(),
+            setup: hist(),
+            connect_auth,
+            ledger: Ledger::new(plan.iter().map(|p| (p.sender, p.n, p.recipient))),
+            rejected_reasons: Vec::new(),
+            send_errors: Vec::new(),
+            last_delivery: start,
+            bytes: 0,
+        }
+    }
+
+    pub(crate) fn add(&mut self, r: Record, progress: &Progress) {
+        let m = &mut self.metrics;
+        match r {
+            Record::Delivered {
+                recipient,
+                sender,
+                n,
+                latency,
+                decrypt,
+                bytes,
+                at,
+            } => {
+                record(&mut self.latency, latency.as_micros());
+                if let Some(d) = decrypt {
+                    record(&mut self.decrypt, d.as_nanos());
+                }
+                self.ledger.delivered(recipient, sender, n);
+                self.bytes += bytes as u64;
+                self.last_delivery = self.last_delivery.max(at);
+                m.delivered += 1;
+                progress.bar.inc(1);
+            }
+            Record::Duplicate => m.duplicates_dropped += 1,
+            Record::Rejected(reason) => {
+                m.rejected += 1;
+                if self.rejected_reasons.len() < 5 {
+                    self.rejected_reasons.push(reason);
+                }
+            }
+            Record::Unknown => self.ledger.unknown += 1,
+            Record::Sent { encrypt, setup } => {
+                if let Some(e) = encrypt {
+                    record(&mut self.encrypt, e.as_nanos());
+                }
+                if let Some(st) = setup {
+                    record(&mut self.setup, st.as_micros());
+                }
+            }
+            Record::SendFailed(e) => {
+                m.send_failures += 1;
+                if self.send_errors.len() < 5 {
+                    self.send_errors.push(e);
+                }
+            }
+            Record::ConnectAuth(d) => record(&mut self.connect_auth, d.as_micros()),
+            Record::Reconnected => m.reconnects += 1,
+        }
+    }
+
+    /// The metrics, and the two delivery checks. `cpu_before`/`cpu_after`
+    /// are the server process's CPU seconds around the workload.
+    pub(crate) fn finish(
+        self,
+        s: &Scenario,
+        cpu_before: Option<f64>,
+        cpu_after: Option<f64>,
+    ) -> (Metrics, Vec<Check>) {
+        let mut metrics = self.metrics;
+        let wall = self
+            .last_delivery
+            .saturating_duration_since(self.start)
+            .as_secs_f64()
+            .max(1e-9);
+        metrics.wall_secs = wall;
+        metrics.throughput_msgs = metrics.delivered as f64 / wall;
+        metrics.throughput_bytes = self.bytes as f64 / wall;
+        metrics.latency_us = Percentiles::of(&self.latency);
+        metrics.latency_cdf = cdf(&self.latency);
+        metrics.encrypt_ns = Percentiles::of(&self.encrypt);
+        metrics.decrypt_ns = Percentiles::of(&self.decrypt);
+        metrics.session_setup_us = Percentiles::of(&self.setup);
+        metrics.connect_auth_us = Percentiles::of(&self.connect_auth);
+        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+            metrics.server_cpu_secs = Some(b - a);
+            if metrics.delivered > 0 {
+                metrics.server_cpu_us_per_msg = Some((b - a) * 1e6 / metrics.delivered as f64);
+            }
+        }
+        let (once, once_evidence) = self.ledger.exactly_once();
+        let (order, order_evidence) = self.ledger.in_order();
+        let checks = vec![
+            Check {
+                name: "delivery.exactly-once",
+                verdict: once,
+                expected: s.expected("delivery.exactly-once"),
+                evidence: format!(
+                    "{once_evidence}; {} redeliveries dropped, {} rejected{}{}",
+                    metrics.duplicates_dropped,
+                    metrics.rejected,
+                    if self.rejected_reasons.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", self.rejected_reasons.join("; "))
+                    },
+                    if self.send_errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; send errors: {}", self.send_errors.join("; "))
+                    },
+                ),
+            },
+            Check {
+                name: "delivery.order",
+                verdict: order,
+                expected: s.expected("delivery.order"),
+                evidence: order_evidence,
+            },
+        ];
+        (metrics, checks)
+    }
 }
 
 /// How the caller wants progress shown.
@@ -903,6 +1067,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
                 (
                     Duration::from_secs_f64(d.at_secs),
                     Duration::from_secs_f64(d.down_secs),
+                    d.crash,
                 )
             })
             .collect();
@@ -926,46 +1091,21 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         .map(|r| (Duration::from_secs_f64(r.at_secs), r.kill))
         .collect();
     let progress = Progress::new(plan.len() as u64, &s.name, show_progress);
-    let mut metrics = Metrics {
-        offered_rate: s.workload.rate,
-        planned: plan.len() as u64,
-        ..Metrics::default()
-    };
-    let (mut latency, mut encrypt, mut decrypt, mut setup) = (hist(), hist(), hist(), hist());
-    let mut ledger = Ledger::new(plan.iter().map(|p| (p.sender, p.n, p.recipient)));
-    let mut rejected_reasons: Vec<String> = Vec::new();
-    let mut send_errors: Vec<String> = Vec::new();
-    let mut last_delivery = start;
-    let mut bytes = 0u64;
+    let mut tally = Tally::new(s, &plan, start, connect_auth);
     let mut restart_queue: VecDeque<(Duration, bool)> = restarts.into();
+    let (mut restarts_done, mut kills_done) = (0u64, 0u64);
 
     loop {
         let restart_at = restart_queue.front().map(|(at, _)| start + *at);
         tokio::select! {
             r = rx.recv() => match r {
                 None => break,
-                Some(Record::Delivered { recipient, sender, n, latency: l, decrypt: d, bytes: b, at }) => {
-                    record(&mut latency, l.as_micros());
-                    if let Some(d) = d { record(&mut decrypt, d.as_nanos()); }
-                    ledger.delivered(recipient, sender, n);
-                    bytes += b as u64;
-                    last_delivery = last_delivery.max(at);
-                    metrics.delivered += 1;
-                    progress.bar.inc(1);
-                }
-                Some(Record::Duplicate) => metrics.duplicates_dropped += 1,
-                Some(Record::Rejected(reason)) => { metrics.rejected += 1; if rejected_reasons.len() < 5 { rejected_reasons.push(reason); } }
-                Some(Record::Unknown) => ledger.unknown += 1,
-                Some(Record::Sent { encrypt: e, setup: st }) => {
-                    if let Some(e) = e { record(&mut encrypt, e.as_nanos()); }
-                    if let Some(st) = st { record(&mut setup, st.as_micros()); }
-                }
-                Some(Record::SendFailed(e)) => { metrics.send_failures += 1; if send_errors.len() < 5 { send_errors.push(e); } }
-                Some(Record::ConnectAuth(d)) => record(&mut connect_auth, d.as_micros()),
-                Some(Record::Reconnected) => metrics.reconnects += 1,
+                Some(r) => tally.add(r, &progress),
             },
             _ = sleep_until(restart_at), if restart_at.is_some() => {
                 if let Some((_, kill)) = restart_queue.pop_front() {
+                    restarts_done += 1;
+                    kills_done += u64::from(kill);
                     progress.bar.set_message(if kill { "server killed; restarting" } else { "server restarting" });
                     topo.stop(kill).await;
                     topo.start().await?;
@@ -978,25 +1118,13 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     while tasks.join_next().await.is_some() {}
     progress.bar.finish_and_clear();
     let cpu_after = topo.pid().and_then(proc_cpu_secs);
-
-    let wall = last_delivery
-        .saturating_duration_since(start)
-        .as_secs_f64()
-        .max(1e-9);
-    metrics.wall_secs = wall;
-    metrics.throughput_msgs = metrics.delivered as f64 / wall;
-    metrics.throughput_bytes = bytes as f64 / wall;
-    metrics.latency_us = Percentiles::of(&latency);
-    metrics.latency_cdf = cdf(&latency);
-    metrics.encrypt_ns = Percentiles::of(&encrypt);
-    metrics.decrypt_ns = Percentiles::of(&decrypt);
-    metrics.session_setup_us = Percentiles::of(&setup);
-    metrics.connect_auth_us = Percentiles::of(&connect_auth);
-    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
-        metrics.server_cpu_secs = Some(b - a);
-        if metrics.delivered > 0 {
-            metrics.server_cpu_us_per_msg = Some((b - a) * 1e6 / metrics.delivered as f64);
-        }
+    let (mut metrics, mut checks) = tally.finish(s, cpu_before, cpu_after);
+    metrics.server_restarts = restarts_done;
+    metrics.server_kills = kills_done;
+    if restarts_done > 0 {
+        // CPU times of different processes do not subtract.
+        metrics.server_cpu_secs = None;
+        metrics.server_cpu_us_per_msg = None;
     }
     metrics.server_peak_rss_kib = topo.pid().and_then(proc_peak_rss_kib);
 
@@ -1012,7 +1140,6 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         logsink::capture(None)?;
     }
 
-    let mut checks = Vec::new();
     let mut check = |name: &'static str, verdict: Verdict, evidence: String| {
         checks.push(Check {
             name,
@@ -1021,28 +1148,6 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
             evidence,
         });
     };
-    let (once, once_evidence) = ledger.exactly_once();
-    check(
-        "delivery.exactly-once",
-        once,
-        format!(
-            "{once_evidence}; {} redeliveries dropped, {} rejected{}{}",
-            metrics.duplicates_dropped,
-            metrics.rejected,
-            if rejected_reasons.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", rejected_reasons.join("; "))
-            },
-            if send_errors.is_empty() {
-                String::new()
-            } else {
-                format!("; send errors: {}", send_errors.join("; "))
-            },
-        ),
-    );
-    let (order, order_evidence) = ledger.in_order();
-    check("delivery.order", order, order_evidence);
     let mut tap_check =
         |name: &'static str, key: &'static str, result: Option<Result<TapResult, String>>| {
             let (verdict, evidence) = match &result {

@@ -29,6 +29,9 @@ pub(crate) struct Scenario {
     /// Present for load sweeps: the workload is run once per step.
     #[serde(default)]
     pub(crate) sweep: Option<Sweep>,
+    /// Present for `chatify-harness compare`: systems side by side.
+    #[serde(default)]
+    pub(crate) compare: Option<Compare>,
 }
 
 /// Where the server runs and what it stores in.
@@ -206,6 +209,10 @@ pub(crate) struct Disconnect {
     pub(crate) at_secs: f64,
     /// For how long.
     pub(crate) down_secs: f64,
+    /// `true`: the client crashes (its in-memory state is dropped without a
+    /// clean close or a save); `false`: it closes the connection cleanly.
+    #[serde(default)]
+    pub(crate) crash: bool,
 }
 
 /// A server restart.
@@ -295,6 +302,56 @@ pub(crate) struct Sweep {
     #[serde(default = "default_saturation_fraction")]
     pub(crate) saturation_fraction: f64,
     /// ...or the p99 latency exceeds this many milliseconds.
+    #[serde(default = "default_saturation_p99_ms")]
+    pub(crate) saturation_p99_ms: f64,
+}
+
+/// A system measured by `compare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum System {
+    /// The reference client and server, end-to-end encrypted.
+    Chatify,
+    /// The reference client and server with the harness-only identity
+    /// transform in place of E2EE.
+    ChatifyPlaintext,
+    /// A bare tokio-tungstenite relay carrying the same E2EE envelopes.
+    Floor,
+    /// Socket.io 4.8 on Node.js carrying the same E2EE envelopes.
+    Socketio,
+}
+
+impl System {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            System::Chatify => "chatify",
+            System::ChatifyPlaintext => "chatify-plaintext",
+            System::Floor => "floor",
+            System::Socketio => "socketio",
+        }
+    }
+}
+
+/// Systems side by side, interleaved, repeated (`chatify-harness compare`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Compare {
+    /// Systems to measure, in the order of the first repetition (later
+    /// repetitions rotate it).
+    pub(crate) systems: Vec<System>,
+    /// Offered rates (messages per second), increasing; each system is
+    /// stepped up until it saturates.
+    pub(crate) rates: Vec<f64>,
+    /// The rate (one of `rates`) at which latencies are compared.
+    pub(crate) equal_load_rate: f64,
+    /// Seconds of load per step.
+    pub(crate) step_secs: f64,
+    /// How many times the whole comparison is repeated.
+    pub(crate) repetitions: u32,
+    /// Saturation as in `[sweep]`.
+    #[serde(default = "default_saturation_fraction")]
+    pub(crate) saturation_fraction: f64,
+    /// Saturation as in `[sweep]`.
     #[serde(default = "default_saturation_p99_ms")]
     pub(crate) saturation_p99_ms: f64,
 }
@@ -391,6 +448,23 @@ impl Scenario {
                 || !positive(s.step_secs))
         {
             return Err("sweep.rates must be positive and sweep.step_secs > 0".into());
+        }
+        if let Some(c) = &self.compare {
+            if self.sweep.is_some() {
+                return Err("a scenario has [sweep] or [compare], not both".into());
+            }
+            if c.systems.is_empty()
+                || c.rates.is_empty()
+                || !c.rates.iter().all(|r| positive(*r))
+                || !c.rates.windows(2).all(|w| w[0] < w[1])
+                || !positive(c.step_secs)
+                || c.repetitions == 0
+            {
+                return Err("compare needs systems, increasing positive rates, step_secs > 0 and repetitions >= 1".into());
+            }
+            if !c.rates.contains(&c.equal_load_rate) {
+                return Err("compare.equal_load_rate must be one of compare.rates".into());
+            }
         }
         Ok(())
     }

@@ -1,0 +1,410 @@
+//! `chatify-harness compare`: Chatify beside its peers in one invocation.
+//!
+//! ```text
+//!  for each repetition (system order rotated):
+//!    for each offered rate (increasing):
+//!      for each system not yet saturated in this repetition:
+//!        chatify / chatify-plaintext ─▶ runner::run (reference client + server, child process)
+//!        floor / socketio            ─▶ peers::run  (same plan, same envelopes)
+//!  ─▶ steps ─▶ per-system summary (mean ± sd over repetitions) ─▶ targets
+//!  ─▶ report.md, summary.json, fig_compare.svg
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::peers::{self, Peer};
+use crate::runner;
+use crate::scenario::{Compare, Mode, Scenario, System, Taps, Verdict};
+
+/// One measured step of one system.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Step {
+    pub(crate) system: System,
+    pub(crate) repetition: u32,
+    pub(crate) rate: f64,
+    pub(crate) delivered_rate: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) max_us: u64,
+    /// Client encrypt + decrypt, p50 of each, summed (ns).
+    pub(crate) crypto_p50_ns: u64,
+    pub(crate) server_cpu_us_per_msg: Option<f64>,
+    pub(crate) server_peak_rss_kib: Option<u64>,
+    pub(crate) lost: u64,
+    pub(crate) saturated: bool,
+    /// Every message delivered once and in order (or the step saturated).
+    pub(crate) ok: bool,
+}
+
+/// Mean and sample standard deviation.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(crate) struct Stat {
+    pub(crate) mean: f64,
+    pub(crate) sd: f64,
+    pub(crate) n: usize,
+}
+
+impl Stat {
+    pub(crate) fn of(xs: &[f64]) -> Stat {
+        let n = xs.len();
+        if n == 0 {
+            return Stat::default();
+        }
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let sd = if n > 1 {
+            (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Stat { mean, sd, n }
+    }
+}
+
+/// One system's figures over the repetitions.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct SystemSummary {
+    /// Highest delivered rate of each repetition (msg/s).
+    pub(crate) saturation_msgs: Stat,
+    /// At the equal offered load.
+    pub(crate) p50_us: Stat,
+    pub(crate) p99_us: Stat,
+    pub(crate) server_cpu_us_per_msg: Stat,
+    pub(crate) crypto_p50_us: Stat,
+    pub(crate) server_peak_rss_kib: Stat,
+}
+
+/// A target of the benchmarks issue, checked on this run's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) measured: String,
+    pub(crate) bound: String,
+    pub(crate) met: Option<bool>,
+}
+
+/// Everything a comparison measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Comparison {
+    pub(crate) scenario: Scenario,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) systems: BTreeMap<&'static str, SystemSummary>,
+    pub(crate) targets: Vec<Target>,
+    /// Every step below saturation delivered every message once, in order.
+    pub(crate) all_delivered: bool,
+}
+
+fn stat_of(steps: &[&Step], f: impl Fn(&Step) -> Option<f64>) -> Stat {
+    Stat::of(&steps.iter().filter_map(|s| f(s)).collect::<Vec<_>>())
+}
+
+fn summarize(c: &Compare, steps: &[Step]) -> BTreeMap<&'static str, SystemSummary> {
+    let mut out = BTreeMap::new();
+    for &system in &c.systems {
+        let mine: Vec<&Step> = steps.iter().filter(|s| s.system == system).collect();
+        let best: Vec<f64> = (0..c.repetitions)
+            .filter_map(|r| {
+                mine.iter()
+                    .filter(|s| s.repetition == r)
+                    .map(|s| s.delivered_rate)
+                    .reduce(f64::max)
+            })
+            .collect();
+        let equal: Vec<&Step> = mine
+            .iter()
+            .copied()
+            .filter(|s| s.rate == c.equal_load_rate)
+            .collect();
+        out.insert(
+            system.name(),
+            SystemSummary {
+                saturation_msgs: Stat::of(&best),
+                p50_us: stat_of(&equal, |s| Some(s.p50_us as f64)),
+                p99_us: stat_of(&equal, |s| Some(s.p99_us as f64)),
+                server_cpu_us_per_msg: stat_of(&equal, |s| s.server_cpu_us_per_msg),
+                crypto_p50_us: stat_of(&equal, |s| {
+                    (s.crypto_p50_ns > 0).then(|| s.crypto_p50_ns as f64 / 1000.0)
+                }),
+                server_peak_rss_kib: stat_of(&equal, |s| s.server_peak_rss_kib.map(|k| k as f64)),
+            },
+        );
+    }
+    out
+}
+
+fn targets(systems: &BTreeMap<&'static str, SystemSummary>) -> Vec<Target> {
+    let get = |n: &str| systems.get(n);
+    let mut t = Vec::new();
+    let ratio = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
+    let mut push =
+        |name: &str, measured: Option<f64>, bound: &str, ok: fn(f64) -> bool, unit: &str| {
+            t.push(Target {
+                name: name.to_owned(),
+                measured: measured.map_or("not measured".into(), |m| format!("{m:.2}{unit}")),
+                bound: bound.to_owned(),
+                met: measured.map(ok),
+            });
+        };
+    let (ours, plain, floor, sio) = (
+        get("chatify"),
+        get("chatify-plaintext"),
+        get("floor"),
+        get("socketio"),
+    );
+    push(
+        "server CPU per delivered message, chatify / chatify-plaintext",
+        ours.zip(plain)
+            .and_then(|(o, p)| ratio(o.server_cpu_us_per_msg.mean, p.server_cpu_us_per_msg.mean)),
+        "≤ 1.05",
+        |r| r <= 1.05,
+        "",
+    );
+    // The crypto cost of this traffic pattern: the floor's clients hold the
+    // same sessions and take every ratchet step inside encrypt; Chatify's
+    // client takes the sending step while saving a received batch, off the
+    // measured encrypt time.
+    let crypto_us = floor
+        .filter(|f| f.crypto_p50_us.n > 0)
+        .or(ours)
+        .map(|x| x.crypto_p50_us.mean);
+    push(
+        "p50 latency overhead of E2EE (chatify − chatify-plaintext) / client encrypt+decrypt p50",
+        ours.zip(plain)
+            .zip(crypto_us)
+            .and_then(|((o, p), c)| ratio(o.p50_us.mean - p.p50_us.mean, c)),
+        "≤ 1.10",
+        |r| r <= 1.10,
+        "",
+    );
+    push(
+        "saturation throughput, chatify / socketio",
+        ours.zip(sio)
+            .and_then(|(o, s)| ratio(o.saturation_msgs.mean, s.saturation_msgs.mean)),
+        "≥ 5",
+        |r| r >= 5.0,
+        "",
+    );
+    push(
+        "saturation throughput, chatify / floor",
+        ours.zip(floor)
+            .and_then(|(o, f)| ratio(o.saturation_msgs.mean, f.saturation_msgs.mean)),
+        "≥ 0.7",
+        |r| r >= 0.7,
+        "",
+    );
+    push(
+        "p99 latency at equal offered load, chatify / socketio",
+        ours.zip(sio)
+            .and_then(|(o, s)| ratio(o.p99_us.mean, s.p99_us.mean)),
+        "≤ 0.25",
+        |r| r <= 0.25,
+        "",
+    );
+    t
+}
+
+/// Runs every step, writes report.md, summary.json and fig_compare.svg.
+pub(crate) async fn run(
+    s: &Scenario,
+    out: &Path,
+    socketio_dir: &Path,
+    show: bool,
+) -> Result<Comparison, String> {
+    let Some(c) = &s.compare else {
+        return Err(format!("{}: no [compare] section", s.name));
+    };
+    let mut steps = Vec::new();
+    for rep in 0..c.repetitions {
+        let mut order = c.systems.clone();
+        let k = rep as usize % order.len().max(1);
+        order.rotate_left(k);
+        let mut saturated: Vec<System> = Vec::new();
+        for &rate in &c.rates {
+            for &system in &order {
+                if saturated.contains(&system) {
+                    continue;
+                }
+                let mut step = s.clone();
+                step.compare = None;
+                step.workload.rate = rate;
+                step.workload.messages = ((rate * c.step_secs).round() as u64).max(1);
+                step.workload.seed = s.workload.seed.wrapping_add(u64::from(rep));
+                step.workload.mode = match system {
+                    System::ChatifyPlaintext => Mode::PlaintextBaseline,
+                    _ => Mode::E2ee,
+                };
+                step.taps = Taps {
+                    wire: false,
+                    store: false,
+                    logs: false,
+                    memory: false,
+                };
+                step.name = format!("{}-{}-{rate}-r{rep}", s.name, system.name());
+                eprintln!(
+                    "repetition {}/{}: {} at {rate} msg/s ({} messages)",
+                    rep + 1,
+                    c.repetitions,
+                    system.name(),
+                    step.workload.messages
+                );
+                let o = match system {
+                    System::Chatify | System::ChatifyPlaintext => {
+                        let dir = out.join("steps").join(&step.name);
+                        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                        let o = runner::run(&step, &dir, show).await?;
+                        let _ = std::fs::remove_dir_all(&dir);
+                        o
+                    }
+                    System::Floor => peers::run(&step, Peer::Floor, socketio_dir, show).await?,
+                    System::Socketio => {
+                        peers::run(&step, Peer::SocketIo, socketio_dir, show).await?
+                    }
+                };
+                let m = &o.metrics;
+                let lost = m.planned.saturating_sub(m.delivered);
+                let is_saturated = m.throughput_msgs < c.saturation_fraction * rate
+                    || (m.latency_us.p99 as f64) > c.saturation_p99_ms * 1000.0;
+                if is_saturated {
+                    saturated.push(system);
+                }
+                // Taps are off in comparisons (skipped); the delivery checks count.
+                let clean = o
+                    .checks
+                    .iter()
+                    .filter(|ch| ch.name.starts_with("delivery."))
+                    .all(|ch| ch.verdict == Verdict::Pass);
+                let order_kept = o
+                    .checks
+                    .iter()
+                    .find(|ch| ch.name == "delivery.order")
+                    .is_some_and(|ch| ch.verdict == Verdict::Pass);
+                steps.push(Step {
+                    system,
+                    repetition: rep,
+                    rate,
+                    delivered_rate: m.throughput_msgs,
+                    p50_us: m.latency_us.p50,
+                    p99_us: m.latency_us.p99,
+                    max_us: m.latency_us.max,
+                    crypto_p50_ns: m.encrypt_ns.p50 + m.decrypt_ns.p50,
+                    server_cpu_us_per_msg: m.server_cpu_us_per_msg,
+                    server_peak_rss_kib: m.server_peak_rss_kib,
+                    lost,
+                    saturated: is_saturated,
+                    ok: if is_saturated { order_kept } else { clean },
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(out.join("steps"));
+    let systems = summarize(c, &steps);
+    let comparison = Comparison {
+        scenario: s.clone(),
+        targets: targets(&systems),
+        all_delivered: steps.iter().all(|st| st.ok),
+        systems,
+        steps,
+    };
+    std::fs::write(out.join("report.md"), markdown(&comparison)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&comparison).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    crate::figures::compare(&out.join("fig_compare.svg"), &comparison)?;
+    Ok(comparison)
+}
+
+fn pm(s: Stat, digits: usize) -> String {
+    if s.n == 0 {
+        return "–".into();
+    }
+    format!("{:.digits$} ± {:.digits$}", s.mean, s.sd)
+}
+
+pub(crate) fn markdown(c: &Comparison) -> String {
+    let s = &c.scenario;
+    let Some(cmp) = &s.compare else {
+        return String::new();
+    };
+    let mut md = format!("# Comparison `{}`\n\n{}\n\n", s.name, s.description.trim());
+    let _ = writeln!(
+        md,
+        "{} users ({:?} graph), message sizes {:?} B, {:?} arrivals; {} repetitions, system order rotated each time; {} s of load per step; saturation when less than {:.0}% of the offered rate is delivered or p99 exceeds {} ms. Mean ± sample standard deviation over repetitions.\n",
+        s.users.count,
+        s.conversations.graph,
+        s.workload.size,
+        s.workload.arrival,
+        cmp.repetitions,
+        cmp.step_secs,
+        cmp.saturation_fraction * 100.0,
+        cmp.saturation_p99_ms,
+    );
+    let _ = writeln!(
+        md,
+        "| system | saturation msg/s | p50 µs at {r} msg/s | p99 µs at {r} msg/s | server CPU µs/msg at {r} msg/s | client enc+dec p50 µs | server peak RSS MiB |\n|---|---|---|---|---|---|---|",
+        r = cmp.equal_load_rate
+    );
+    for system in &cmp.systems {
+        if let Some(x) = c.systems.get(system.name()) {
+            let rss = Stat {
+                mean: x.server_peak_rss_kib.mean / 1024.0,
+                sd: x.server_peak_rss_kib.sd / 1024.0,
+                n: x.server_peak_rss_kib.n,
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                system.name(),
+                pm(x.saturation_msgs, 0),
+                pm(x.p50_us, 0),
+                pm(x.p99_us, 0),
+                pm(x.server_cpu_us_per_msg, 1),
+                pm(x.crypto_p50_us, 1),
+                pm(rss, 1),
+            );
+        }
+    }
+    md.push_str("\n## Targets\n\n| target | measured | bound | met |\n|---|---|---|---|\n");
+    for t in &c.targets {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.measured,
+            t.bound,
+            match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            }
+        );
+    }
+    md.push_str("\n## Steps\n\n| repetition | system | offered msg/s | delivered msg/s | p50 µs | p99 µs | max µs | server CPU µs/msg | undelivered at deadline | saturated | delivery checks |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for st in &c.steps {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+            st.repetition + 1,
+            st.system.name(),
+            st.rate,
+            st.delivered_rate,
+            st.p50_us,
+            st.p99_us,
+            st.max_us,
+            st.server_cpu_us_per_msg
+                .map_or("–".into(), |c| format!("{c:.1}")),
+            st.lost,
+            if st.saturated { "yes" } else { "no" },
+            if st.ok { "pass" } else { "FAIL" },
+        );
+    }
+    md.push_str(
+        "\nchatify and chatify-plaintext are the reference client and server (SQLite mailbox, \
+         acknowledged delivery, client state persisted before each send); floor and socketio \
+         relay the same E2EE envelopes between load-generator clients that hold chatify-core \
+         sessions in memory and persist nothing. All clients share the machine with the server.\n",
+    );
+    md
+}
