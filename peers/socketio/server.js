@@ -33,7 +33,7 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
 const httpServer = http.createServer();
 const io = new Server(httpServer, {
   transports: ["websocket"],
-  // Chatify's largest frame (1 MiB) fits.
+  // Larger than Chatify's largest frame (256 KiB).
   maxHttpBufferSize: 1 << 20,
   serveClient: false,
 });

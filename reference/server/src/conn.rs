@@ -113,7 +113,11 @@ struct Conn<S> {
 
 /// Why the connection loop stops.
 enum Stop {
+    /// The connection is gone (an error, or EOF).
     Closed,
+    /// The peer sent a close frame: the reply that tungstenite queued goes
+    /// out before the connection is dropped (RFC 6455 §5.5.1).
+    PeerClosed,
     Close(u16, &'static str),
 }
 
@@ -200,13 +204,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 _ = shutdown.changed() => break Stop::Close(CLOSE_GOING_AWAY, "server shutting down"),
             }
         };
-        if let Stop::Close(code, reason) = stop {
-            tracing::info!(conn = self.id, code, reason, "closing");
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+        match stop {
+            Stop::Close(code, reason) => {
+                tracing::info!(conn = self.id, code, reason, "closing");
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+            }
+            Stop::PeerClosed => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.flush()).await;
+            }
+            Stop::Closed => {}
         }
         if let Some(a) = self.auth.take() {
             self.shared.hub.unregister(&a.device, a.ticket);
@@ -258,7 +269,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             other => other,
         };
         let data = match msg {
-            None | Some(Ok(Message::Close(_))) => return Err(Stop::Closed),
+            None => return Err(Stop::Closed),
+            Some(Ok(Message::Close(_))) => return Err(Stop::PeerClosed),
             Some(Err(tungstenite::Error::Capacity(_))) => {
                 tracing::info!(conn = self.id, "frame over the size limit");
                 return Err(Stop::Close(CLOSE_TOO_BIG, "frame too large"));
