@@ -68,7 +68,7 @@ fn setup(c: &mut Criterion) {
     let mut g = c.benchmark_group("session setup");
     let mut rng = ChaCha20Rng::from_seed([1; 32]);
     g.bench_function(
-        "chatify (verify bundle, X3DH, first message both ways)",
+        "chatify (verify bundle, X3DH, first message, accept)",
         |b| {
             b.iter_batched(
                 || {
