@@ -19,7 +19,7 @@ use crate::runner;
 use crate::scenario::{Compare, Mode, Scenario, System, Taps, Verdict};
 
 /// One measured step of one system.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Step {
     pub(crate) system: System,
     pub(crate) repetition: u32,
@@ -39,7 +39,7 @@ pub(crate) struct Step {
 }
 
 /// Mean and sample standard deviation.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Stat {
     pub(crate) mean: f64,
     pub(crate) sd: f64,
@@ -63,7 +63,7 @@ impl Stat {
 }
 
 /// One system's figures over the repetitions.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SystemSummary {
     /// Highest delivered rate of each repetition (msg/s).
     pub(crate) saturation_msgs: Stat,
@@ -76,7 +76,7 @@ pub(crate) struct SystemSummary {
 }
 
 /// A target of the benchmarks issue, checked on this run's figures.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Target {
     pub(crate) name: String,
     pub(crate) measured: String,
@@ -85,11 +85,11 @@ pub(crate) struct Target {
 }
 
 /// Everything a comparison measured.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Comparison {
     pub(crate) scenario: Scenario,
     pub(crate) steps: Vec<Step>,
-    pub(crate) systems: BTreeMap<&'static str, SystemSummary>,
+    pub(crate) systems: BTreeMap<String, SystemSummary>,
     pub(crate) targets: Vec<Target>,
     /// Every step below saturation delivered every message once, in order.
     pub(crate) all_delivered: bool,
@@ -99,7 +99,7 @@ fn stat_of(steps: &[&Step], f: impl Fn(&Step) -> Option<f64>) -> Stat {
     Stat::of(&steps.iter().filter_map(|s| f(s)).collect::<Vec<_>>())
 }
 
-fn summarize(c: &Compare, steps: &[Step]) -> BTreeMap<&'static str, SystemSummary> {
+fn summarize(c: &Compare, steps: &[Step]) -> BTreeMap<String, SystemSummary> {
     let mut out = BTreeMap::new();
     for &system in &c.systems {
         let mine: Vec<&Step> = steps.iter().filter(|s| s.system == system).collect();
@@ -117,7 +117,7 @@ fn summarize(c: &Compare, steps: &[Step]) -> BTreeMap<&'static str, SystemSummar
             .filter(|s| s.rate == c.equal_load_rate)
             .collect();
         out.insert(
-            system.name(),
+            system.name().to_owned(),
             SystemSummary {
                 saturation_msgs: Stat::of(&best),
                 p50_us: stat_of(&equal, |s| Some(s.p50_us as f64)),
@@ -133,7 +133,7 @@ fn summarize(c: &Compare, steps: &[Step]) -> BTreeMap<&'static str, SystemSummar
     out
 }
 
-fn targets(systems: &BTreeMap<&'static str, SystemSummary>) -> Vec<Target> {
+fn targets(systems: &BTreeMap<String, SystemSummary>) -> Vec<Target> {
     let get = |n: &str| systems.get(n);
     let mut t = Vec::new();
     let ratio = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
@@ -306,14 +306,29 @@ pub(crate) async fn run(
         systems,
         steps,
     };
-    std::fs::write(out.join("report.md"), markdown(&comparison)).map_err(|e| e.to_string())?;
     std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&comparison).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
-    crate::figures::compare(&out.join("fig_compare.svg"), &comparison)?;
+    render(&comparison, out)?;
     Ok(comparison)
+}
+
+/// Writes report.md and fig_compare.svg.
+pub(crate) fn render(c: &Comparison, out: &Path) -> Result<(), String> {
+    std::fs::write(out.join("report.md"), markdown(c)).map_err(|e| e.to_string())?;
+    crate::figures::compare(&out.join("fig_compare.svg"), c)
+}
+
+/// Re-renders report.md and fig_compare.svg from a comparison's summary.json.
+pub(crate) fn replot(out: &Path) -> Result<Comparison, String> {
+    let path = out.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let c: Comparison =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    render(&c, out)?;
+    Ok(c)
 }
 
 fn pm(s: Stat, digits: usize) -> String {

@@ -662,6 +662,8 @@ pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(),
         .configure_mesh()
         .x_desc("offered (messages / s, log)")
         .y_desc("delivered (messages / s, log)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(err)?;
     chart
@@ -669,9 +671,11 @@ pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(),
         .map_err(err)?
         .label("offered = delivered")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREY));
-    for &s in &cmp.systems {
+    // Larger markers first, so that systems whose curves coincide all show.
+    for (i, &s) in cmp.systems.iter().enumerate() {
         let color = colour(s);
         let pts = curve(s);
+        let radius = 7u32.saturating_sub(i as u32 * 2).max(2);
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(err)?
@@ -680,7 +684,10 @@ pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(),
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
         chart
-            .draw_series(pts.iter().map(|pt| Circle::new(*pt, 4, color.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|pt| Circle::new(*pt, radius, color.filled())),
+            )
             .map_err(err)?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
@@ -713,14 +720,7 @@ pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(),
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            cmp.systems
-                .get(i)
-                .filter(|_| (x - x.floor() - 0.5).abs() < 0.01)
-                .map_or(String::new(), |s| s.name().to_owned())
-        })
+        .x_labels(0)
         .y_desc("latency (ms, log scale)")
         .draw()
         .map_err(err)?;
@@ -737,11 +737,18 @@ pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(),
             ])
             .map_err(err)?;
         chart
-            .draw_series([Text::new(
-                format!("{p50:.2} / {p99:.2} ms"),
-                (x + 0.12, (p99 * 1.25).max(0.06)),
-                ("sans-serif", 12).into_font(),
-            )])
+            .draw_series([
+                Text::new(
+                    format!("{p50:.2} / {p99:.2} ms"),
+                    (x + 0.12, (p99 * 1.25).max(0.06)),
+                    ("sans-serif", 12).into_font(),
+                ),
+                Text::new(
+                    s.name().to_owned(),
+                    (x + 0.12, 0.065),
+                    ("sans-serif", 12).into_font().color(&BLACK),
+                ),
+            ])
             .map_err(err)?;
     }
     root.present().map_err(err)

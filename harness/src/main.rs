@@ -107,6 +107,10 @@ enum Command {
         /// Fewer rates, shorter steps and one repetition (a smoke run).
         #[arg(long)]
         quick: bool,
+        /// Measure nothing: re-render report.md and fig_compare.svg from
+        /// the summary.json already in --out.
+        #[arg(long, conflicts_with = "quick")]
+        replot: bool,
     },
     /// Compare a reproduce result with a committed baseline (the CI gate).
     ///
@@ -301,10 +305,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Compare {
+            out, replot: true, ..
+        } => match compare::replot(&out) {
+            Ok(c) => {
+                print!("{}", compare::markdown(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chatify-harness: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Compare {
             scenario,
             out,
             socketio_dir,
             quick,
+            replot: false,
         } => match run_compare(&scenario, &out, &socketio_dir, quick) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,

@@ -468,7 +468,7 @@ fn claims(p: &Paper) -> Vec<Claim> {
             claim: "E2EE does not adversely affect performance",
             metric: "p50 latency E2EE / plaintext baseline (same system, same run), mean ± sd".into(),
             value: format!(
-                "{:.2} ± {:.2} (n = {}); +{:.2} ± {:.2} ms at p50",
+                "{:.2} ± {:.2} (n = {}); {:+.2} ± {:.2} ms at p50",
                 p.p50_ratio.mean,
                 p.p50_ratio.sd,
                 p.p50_ratio.n,
@@ -567,7 +567,7 @@ fn report(p: &Paper, took: Duration) -> String {
     );
     let _ = writeln!(
         s,
-        "- p50 end-to-end latency: E2EE / baseline = **{:.2} ± {:.2}** (mean ± sd), i.e. **+{:.2} ± {:.2} ms**;\n\
+        "- p50 end-to-end latency: E2EE / baseline = **{:.2} ± {:.2}** (mean ± sd), i.e. **{:+.2} ± {:.2} ms**;\n\
          - p99: E2EE / baseline = {:.2} ± {:.2};\n\
          - client encrypt + decrypt at p50: {:.1} ± {:.1} µs per message: the cryptography is a small part of the added latency; the rest is the remainder of the E2EE client path (session bookkeeping and the durable state writes made before a message leaves and before it is acknowledged), which this run does not separate;\n\
          - saturation throughput: **{:.0} msg/s E2EE vs {:.0} msg/s baseline** (ratio {:.2}).\n",

@@ -1030,6 +1030,32 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         clients.push(Some(c));
     }
 
+    // A faulty network applies to the workload, not to account setup: the
+    // clients reconnect through it (retrying, as a reset may come at once).
+    if let Some(net) = &s.faults.network {
+        tap.set_network(Some(net.clone()));
+        for (c, home) in clients.iter_mut().zip(&homes) {
+            if let Some(old) = c.take() {
+                old.close().await;
+            }
+            let mut last = String::new();
+            for attempt in 0..50u32 {
+                match Client::resume(home, Some(&options)).await {
+                    Ok(fresh) => {
+                        *c = Some(fresh);
+                        break;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10) + 1)))
+                    .await;
+            }
+            if c.is_none() {
+                return Err(format!("resume through the faulty network: {last}"));
+            }
+        }
+    }
+
     let detector = Detector::new(plan.iter().map(|p| &p.plaintext));
     let intended: Arc<HashMap<(usize, u64), Duration>> =
         Arc::new(plan.iter().map(|p| ((p.sender, p.n), p.at)).collect());

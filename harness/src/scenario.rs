@@ -197,6 +197,33 @@ pub(crate) struct Faults {
     /// Server restarts.
     #[serde(default)]
     pub(crate) server_restarts: Vec<Restart>,
+    /// A faulty network between every client and the server.
+    #[serde(default)]
+    pub(crate) network: Option<Network>,
+}
+
+/// Network faults, applied by the harness's relay to every connection in
+/// both directions (in user space: TCP order is kept, so jitter delays but
+/// does not reorder bytes; loss is a connection reset).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Network {
+    /// Added one-way delay (ms).
+    #[serde(default)]
+    pub(crate) delay_ms: f64,
+    /// Extra delay drawn uniformly from `0..jitter_ms` per chunk (ms).
+    #[serde(default)]
+    pub(crate) jitter_ms: f64,
+    /// Bandwidth per connection and direction (KiB/s; 0: unlimited).
+    #[serde(default)]
+    pub(crate) bandwidth_kib_s: f64,
+    /// Mean time (s) after which a connection is reset (TCP RST to both
+    /// ends), drawn from an exponential distribution; 0: never.
+    #[serde(default)]
+    pub(crate) reset_mean_secs: f64,
+    /// Seed of the jitter and reset draws.
+    #[serde(default)]
+    pub(crate) seed: u64,
 }
 
 /// A client that goes away and returns (resuming from its state file).
@@ -437,6 +464,16 @@ impl Scenario {
         if self.expect.checks.values().any(|v| *v == Verdict::Fail) && self.expect.reason.is_none()
         {
             return Err("expect.reason is required when a check is expected to fail".into());
+        }
+        if let Some(n) = &self.faults.network {
+            let ok = |x: f64| x.is_finite() && x >= 0.0;
+            if !(ok(n.delay_ms)
+                && ok(n.jitter_ms)
+                && ok(n.bandwidth_kib_s)
+                && ok(n.reset_mean_secs))
+            {
+                return Err("faults.network values must be finite and non-negative".into());
+            }
         }
         if self.conversations.graph == Graph::Pairs && self.users.count % 2 == 1 {
             return Err("the pairs graph needs an even users.count".into());

@@ -6,10 +6,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 use crate::plaintext::{Detector, Hit};
+use crate::scenario::Network;
 
 /// Most bytes the wire tap keeps (older bytes are scanned, then dropped).
 const WIRE_KEEP: usize = 64 * 1024 * 1024;
@@ -31,6 +36,8 @@ pub(crate) struct TapResult {
 pub(crate) struct WireTap {
     target: Arc<Mutex<SocketAddr>>,
     recorded: Arc<Mutex<Vec<u8>>>,
+    /// Faults for connections accepted from now on.
+    network: Arc<Mutex<Option<Network>>>,
     pub(crate) addr: SocketAddr,
 }
 
@@ -45,23 +52,37 @@ impl WireTap {
         let tap = WireTap {
             target: Arc::new(Mutex::new(target)),
             recorded: Arc::default(),
+            network: Arc::default(),
             addr: listener.local_addr()?,
         };
         let t = tap.clone();
         tokio::spawn(async move {
+            let mut n = 0u64;
             while let Ok((client, _)) = listener.accept().await {
+                n += 1;
                 let target = *lock(&t.target);
                 let recorded = record.then(|| Arc::clone(&t.recorded));
+                let shape = lock(&t.network)
+                    .as_ref()
+                    .map(|net| Shape::new(net, net.seed.wrapping_mul(1_000_003).wrapping_add(n)));
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
-                        relay(client, server, recorded).await;
+                        match shape {
+                            None => relay(client, server, recorded).await,
+                            Some(shape) => faulty_relay(client, server, recorded, shape).await,
+                        }
                     }
                 });
             }
         });
         Ok(tap)
+    }
+
+    /// Network faults for the connections accepted from now on.
+    pub(crate) fn set_network(&self, network: Option<Network>) {
+        *lock(&self.network) = network;
     }
 
     /// Points new connections at another server address (after a restart).
@@ -119,6 +140,136 @@ async fn relay(
         let _ = cw.shutdown().await;
     };
     tokio::join!(up, down);
+}
+
+/// One connection's network faults.
+struct Shape {
+    delay: Duration,
+    jitter: Duration,
+    /// Bytes per second (0: unlimited).
+    bandwidth: f64,
+    /// When the connection is reset, if ever.
+    reset_after: Option<Duration>,
+    rng: rand::rngs::StdRng,
+}
+
+impl Shape {
+    fn new(n: &Network, seed: u64) -> Shape {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let reset_after = (n.reset_mean_secs > 0.0).then(|| {
+            let u = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            Duration::from_secs_f64(-u.ln() * n.reset_mean_secs)
+        });
+        Shape {
+            delay: Duration::from_secs_f64(n.delay_ms / 1000.0),
+            jitter: Duration::from_secs_f64(n.jitter_ms / 1000.0),
+            bandwidth: n.bandwidth_kib_s * 1024.0,
+            reset_after,
+            rng,
+        }
+    }
+
+    fn jitter(&mut self) -> Duration {
+        if self.jitter.is_zero() {
+            return Duration::ZERO;
+        }
+        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        self.jitter.mul_f64(u)
+    }
+}
+
+/// Copies `r` to `w` through a delay line: each chunk leaves at its arrival
+/// time plus delay and jitter, no earlier than the previous chunk (bytes
+/// stay in order), and no faster than the bandwidth. `tap` sees each chunk
+/// as it arrives.
+async fn shaped_copy<R, W>(
+    mut r: R,
+    mut w: W,
+    delay: Duration,
+    jitters: Vec<Duration>,
+    bandwidth: f64,
+    mut tap: impl FnMut(&[u8]),
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut last_due = Instant::now();
+        let mut jitters = jitters.into_iter().cycle();
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = buf.get(..n).unwrap_or_default().to_vec();
+            tap(&chunk);
+            let mut due = Instant::now() + delay + jitters.next().unwrap_or_default();
+            due = due.max(last_due);
+            if bandwidth > 0.0 {
+                due += Duration::from_secs_f64(n as f64 / bandwidth);
+            }
+            last_due = due;
+            if tx.send((due, chunk)).is_err() {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    tokio::join!(read, write);
+}
+
+/// The relay with network faults; a reset drops both connections with an
+/// RST (linger 0) at the drawn time.
+async fn faulty_relay(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    recorded: Option<Arc<Mutex<Vec<u8>>>>,
+    mut shape: Shape,
+) {
+    // Precomputed jitter draws (the copy loops are not Send-friendly with a
+    // shared rng); each direction cycles through its own.
+    let up_jitter: Vec<Duration> = (0..256).map(|_| shape.jitter()).collect();
+    let down_jitter: Vec<Duration> = (0..256).map(|_| shape.jitter()).collect();
+    let reset_after = shape.reset_after;
+    {
+        let (cr, cw) = client.split();
+        let (sr, sw) = server.split();
+        let mut unmasker = Unmasker::default();
+        let up = shaped_copy(cr, sw, shape.delay, up_jitter, shape.bandwidth, |chunk| {
+            if let Some(recorded) = &recorded {
+                let mut rec = lock(recorded);
+                if rec.len() < WIRE_KEEP {
+                    unmasker.feed(chunk, &mut rec);
+                }
+            }
+        });
+        let down = shaped_copy(sr, cw, shape.delay, down_jitter, shape.bandwidth, |_| {});
+        let both = async { tokio::join!(up, down) };
+        match reset_after {
+            Some(after) => {
+                tokio::select! {
+                    _ = both => return,
+                    _ = tokio::time::sleep(after) => {}
+                }
+            }
+            None => {
+                both.await;
+                return;
+            }
+        }
+    }
+    let _ = client.set_zero_linger();
+    let _ = server.set_zero_linger();
 }
 
 /// Streaming decoder of client-to-server WebSocket traffic: passes the HTTP

@@ -165,3 +165,22 @@ fn crash_recovery_loses_and_duplicates_nothing() {
         assert_eq!(verdict(&v, check), "pass", "{check}: {summary}");
     }
 }
+
+/// Delay, jitter, a bandwidth limit and connection resets between every
+/// client and the server: nothing lost, nothing shown twice, order kept,
+/// and the clients did reconnect.
+#[test]
+fn a_faulty_network_loses_and_duplicates_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, summary) = run(&scenario("faulty-network"), out.path());
+    let v = verdicts(&summary);
+    assert!(ok, "{v:?}");
+    let m = &summary["metrics"];
+    assert_eq!(m["delivered"], m["planned"], "{m}");
+    assert!(
+        m["reconnects"].as_u64().unwrap() >= 5,
+        "resets happened: {m}"
+    );
+    // Added delay shows in the latency (two 15 ms legs at least).
+    assert!(m["latency_us"]["p50"].as_u64().unwrap() >= 30_000, "{m}");
+}
