@@ -389,11 +389,14 @@ impl Client {
             })?;
             let verified = VerifiedBundle::verify(&bundle)?;
             self.mark("bundle verified");
-            if !self.check_identity(&to, verified.identity()) {
+            // A bundle no session can be made from (a low-order key) pins
+            // nothing: the identity is checked once the session exists.
+            let identity = *verified.identity();
+            let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
+            if !self.check_identity(&to, &identity) {
                 self.persist().await?;
                 return Err(ClientError::IdentityChanged { peer: to.user });
             }
-            let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
             self.state.push_session(to.clone(), session);
             self.timings.setup = Some(started.elapsed());
             self.mark("session set up");
@@ -600,6 +603,16 @@ impl Client {
 
     fn open_timed(&mut self, d: &Deliver) -> Result<(Zeroizing<Vec<u8>>, bool), ClientError> {
         let envelope = Envelope::decode(&d.envelope).map_err(chatify_core::Error::from)?;
+        // The conversation is bound into the AEAD's associated data; the
+        // server's label of it is not. Both must be the one this client has
+        // with the claimed sender, or a server could file a genuine message
+        // under another conversation.
+        let expected = conversation_id(&self.state.user, &d.from.user);
+        if envelope.conversation != expected || d.conversation != expected {
+            return Err(ClientError::Protocol(
+                "the conversation does not match the sender".into(),
+            ));
+        }
         let sessions = self.state.sessions.entry(d.from.clone()).or_default();
         // A setup message of a session we have goes to that session; one of a
         // new session goes to `Device::accept`; any other message is tried on

@@ -1,9 +1,11 @@
 //! Storage behind a trait: accounts, tokens, the key directory, the mailbox
 //! and ciphertext history.
 //!
-//! Every method is synchronous and called from a blocking thread
-//! ([`tokio::task::spawn_blocking`]); a method returns only after its effect
-//! is committed, so a reply sent after it describes durable state.
+//! Every method is synchronous, called from a blocking thread
+//! ([`tokio::task::spawn_blocking`]) or, for the message path of a store
+//! whose commits never wait for the disk ([`Store::fast_commits`]), from an
+//! async worker; a method returns only after its effect is committed, so a
+//! reply sent after it describes durable state.
 
 pub mod sqlite;
 
