@@ -753,3 +753,67 @@ pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(),
     }
     root.present().map_err(err)
 }
+
+/// The malicious-server suite as a matrix: one row per attack, one column
+/// per check, green for pass and red for fail.
+pub(crate) fn security_matrix(
+    path: &Path,
+    verdicts: &[crate::adversary::Verdict],
+) -> Result<(), String> {
+    let columns = [
+        "nothing forged shown",
+        "expected reaction",
+        "next honest message",
+    ];
+    let row_h = 24i32;
+    let height = 90 + row_h * verdicts.len() as i32 + 30;
+    let root = SVGBackend::new(path, (980, height as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    title(
+        &root,
+        "Malicious server: every attack, the client's reaction, and what got through",
+    )?;
+    let x0 = 430;
+    let col_w = 170;
+    for (j, c) in columns.iter().enumerate() {
+        text(&root, c, x0 + j as i32 * col_w + 8, 52, 14, &BLACK)?;
+    }
+    for (i, v) in verdicts.iter().enumerate() {
+        let y = 75 + i as i32 * row_h;
+        text(
+            &root,
+            &format!("{} (expect {:?})", v.attack.name(), v.expect),
+            14,
+            y + 5,
+            13,
+            &BLACK,
+        )?;
+        for (j, check) in v.checks.iter().enumerate() {
+            let x = x0 + j as i32 * col_w;
+            let color = if check.pass { PASS } else { FAIL };
+            root.draw(&Rectangle::new(
+                [(x, y), (x + col_w - 6, y + row_h - 4)],
+                color.mix(0.85).filled(),
+            ))
+            .map_err(err)?;
+            text(
+                &root,
+                if check.pass { "pass" } else { "FAIL" },
+                x + 8,
+                y + 4,
+                13,
+                &WHITE,
+            )?;
+        }
+    }
+    let passed = verdicts.iter().filter(|v| v.pass).count();
+    text(
+        &root,
+        &format!("{passed} of {} attacks defeated", verdicts.len()),
+        14,
+        height - 26,
+        14,
+        &GREY,
+    )?;
+    root.present().map_err(err)
+}

@@ -15,6 +15,7 @@
 // which keep this lint.
 #![allow(clippy::indexing_slicing)]
 
+mod adversary;
 mod check;
 mod compare;
 mod figures;
@@ -111,6 +112,21 @@ enum Command {
         /// the summary.json already in --out.
         #[arg(long, conflicts_with = "quick")]
         replot: bool,
+    },
+    /// Run the malicious-server suite: every attack, its verdict.
+    ///
+    /// The real server over an adversarial store tampers with, replays,
+    /// drops, reorders, redirects and forges envelopes and substitutes keys
+    /// in its directory, against the reference clients. Writes report.md,
+    /// summary.json and fig_security_matrix.svg; exits non-zero if any
+    /// attack is not defeated.
+    Adversary {
+        /// Output directory.
+        #[arg(long, default_value = "reports/adversary")]
+        out: PathBuf,
+        /// Run one attack only (by name, e.g. flip-tag).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Compare a reproduce result with a committed baseline (the CI gate).
     ///
@@ -330,6 +346,23 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Adversary { out, only } => {
+            match runtime().and_then(|rt| rt.block_on(adversary::run(&out, only.as_deref()))) {
+                Ok(verdicts) => {
+                    print!("{}", adversary::markdown(&verdicts));
+                    println!("report: {}", out.join("report.md").display());
+                    if verdicts.iter().all(|v| v.pass) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("chatify-harness: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Check { baseline, result } => match check::run(&baseline, &result) {
             Ok(report) => {
                 print!("{}", report.text);

@@ -1,0 +1,1093 @@
+//! The malicious server: the real server over an adversarial store.
+//!
+//! ```text
+//!  reference clients ──ws──▶ chatify-server (unchanged) ──▶ AdversaryStore ──▶ SQLite
+//!                                                          │ tampers, replays, drops,
+//!                                                          │ reorders, redirects, forges,
+//!                                                          │ substitutes keys, withholds
+//!                                                          ▼ bundles
+//!  per attack: honest setup ─▶ armed phase ─▶ clients' events ─▶ checks ─▶ verdicts
+//! ```
+//!
+//! Everything a server knows passes through its store: what it relays, what
+//! it redelivers after a reconnect or a restart, and the key directory. An
+//! adversarial store therefore plays every attack a malicious server can
+//! make on ciphertext, metadata and keys, while the server's protocol code
+//! stays the real one. Each attack runs against fresh accounts; its checks
+//! are the same everywhere: nothing forged, altered, replayed or
+//! misattributed is shown as genuine, the client's expected reaction
+//! happens, and the next honest message still gets through.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chatify_client::{Client, ClientError, ConnectOptions, Event};
+use chatify_core::{Device, Session, VerifiedBundle};
+use chatify_proto::frame::{Address, Deliver};
+use chatify_proto::{
+    ConversationId, DeviceKeys, Envelope, OneTimePrekey, PrekeyBundle, SignedPrekey,
+};
+use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
+use chatify_server::{Config, Server};
+
+use crate::runner::CHEAP_ARGON2;
+
+/// One attack of the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Attack {
+    FlipCiphertext,
+    FlipTag,
+    FlipHeaderCounter,
+    FlipRatchetKey,
+    FlipConversation,
+    RelabelConversation,
+    ReplayAtOnce,
+    ReplayAfterReconnect,
+    ReplayAfterRestart,
+    Drop,
+    Reorder,
+    RedirectRecipient,
+    ForgeSender,
+    HugeCounter,
+    BundleBadSignature,
+    BundleLowOrderKey,
+    KeySubstitution,
+    WithheldPrekeyReplayedSetup,
+    Downgrade,
+}
+
+pub(crate) const ALL: &[Attack] = &[
+    Attack::FlipCiphertext,
+    Attack::FlipTag,
+    Attack::FlipHeaderCounter,
+    Attack::FlipRatchetKey,
+    Attack::FlipConversation,
+    Attack::RelabelConversation,
+    Attack::ReplayAtOnce,
+    Attack::ReplayAfterReconnect,
+    Attack::ReplayAfterRestart,
+    Attack::Drop,
+    Attack::Reorder,
+    Attack::RedirectRecipient,
+    Attack::ForgeSender,
+    Attack::HugeCounter,
+    Attack::BundleBadSignature,
+    Attack::BundleLowOrderKey,
+    Attack::KeySubstitution,
+    Attack::WithheldPrekeyReplayedSetup,
+    Attack::Downgrade,
+];
+
+/// What the client is expected to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Expect {
+    /// The envelope is rejected (an `Event::Rejected`).
+    Rejected,
+    /// Nothing is shown for it; the rest arrives intact.
+    NoEffect,
+    /// The genuine messages arrive, out of order, each once.
+    Reordered,
+    /// Sending fails with an error; nothing leaves the client.
+    SendRefused,
+    /// The message is shown flagged as from a changed identity, and sending
+    /// to that peer is blocked until the user confirms the new number.
+    KeyChangeAlert,
+}
+
+impl Attack {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Attack::FlipCiphertext => "flip-ciphertext",
+            Attack::FlipTag => "flip-tag",
+            Attack::FlipHeaderCounter => "flip-header-counter",
+            Attack::FlipRatchetKey => "flip-ratchet-key",
+            Attack::FlipConversation => "flip-conversation",
+            Attack::RelabelConversation => "relabel-conversation",
+            Attack::ReplayAtOnce => "replay-at-once",
+            Attack::ReplayAfterReconnect => "replay-after-reconnect",
+            Attack::ReplayAfterRestart => "replay-after-restart",
+            Attack::Drop => "drop",
+            Attack::Reorder => "reorder",
+            Attack::RedirectRecipient => "redirect-recipient",
+            Attack::ForgeSender => "forge-sender",
+            Attack::HugeCounter => "huge-counter",
+            Attack::BundleBadSignature => "bundle-bad-signature",
+            Attack::BundleLowOrderKey => "bundle-low-order-key",
+            Attack::KeySubstitution => "key-substitution",
+            Attack::WithheldPrekeyReplayedSetup => "withheld-prekey-replayed-setup",
+            Attack::Downgrade => "downgrade",
+        }
+    }
+
+    pub(crate) fn description(self) -> &'static str {
+        match self {
+            Attack::FlipCiphertext => "one bit of the ciphertext flipped",
+            Attack::FlipTag => "one bit of the AEAD tag flipped",
+            Attack::FlipHeaderCounter => "the ratchet header's counter changed (AD-bound)",
+            Attack::FlipRatchetKey => "one bit of the header's ratchet key flipped",
+            Attack::FlipConversation => "the envelope's conversation id changed (AD-bound)",
+            Attack::RelabelConversation => {
+                "the server's conversation label changed, envelope intact"
+            }
+            Attack::ReplayAtOnce => "an envelope relayed again under a fresh message id",
+            Attack::ReplayAfterReconnect => {
+                "an accepted envelope replayed after the recipient reconnects"
+            }
+            Attack::ReplayAfterRestart => "an accepted envelope replayed after a server restart",
+            Attack::Drop => "an envelope acknowledged to the sender and never delivered",
+            Attack::Reorder => "two envelopes delivered in swapped order",
+            Attack::RedirectRecipient => "Alice's envelope for Bob delivered to Carol",
+            Attack::ForgeSender => "Alice's envelope for Bob delivered as from Carol",
+            Attack::HugeCounter => "a counter of 4 000 000 announced (skipped-key exhaustion)",
+            Attack::BundleBadSignature => {
+                "the bundle's signed prekey replaced (signature no longer verifies)"
+            }
+            Attack::BundleLowOrderKey => {
+                "Bob's bundle replaced by the server's own, with a low-order signed prekey"
+            }
+            Attack::KeySubstitution => {
+                "a session set up by the server with its own identity, delivered as from Alice"
+            }
+            Attack::WithheldPrekeyReplayedSetup => {
+                "one-time prekeys withheld, then Alice's setup message replayed"
+            }
+            Attack::Downgrade => "the key directory says Bob has no keys (no E2EE)",
+        }
+    }
+
+    pub(crate) fn expect(self) -> Expect {
+        match self {
+            Attack::Drop => Expect::NoEffect,
+            Attack::Reorder => Expect::Reordered,
+            Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
+                Expect::SendRefused
+            }
+            Attack::KeySubstitution => Expect::KeyChangeAlert,
+            _ => Expect::Rejected,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The adversarial store.
+
+/// What the armed adversary does, and what it captured.
+#[derive(Default)]
+struct AdvState {
+    attack: Option<Attack>,
+    /// Whose envelopes to Bob are attacked.
+    from: String,
+    /// Envelopes from `from` to `to` seen while armed.
+    seen: usize,
+    held: Option<NewEnvelope>,
+    captured: Vec<NewEnvelope>,
+    /// Bundles handed out while armed.
+    bundles: usize,
+}
+
+/// The real SQLite store, with an adversary in front of it.
+pub(crate) struct AdversaryStore {
+    inner: SqliteStore,
+    state: Mutex<AdvState>,
+    /// The server's own device, for key substitution.
+    mallory: Mutex<Device>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fresh_id(id: &[u8; 16]) -> [u8; 16] {
+    let mut out = *id;
+    out[0] ^= 0xa5;
+    out[15] ^= 0x5a;
+    out
+}
+
+fn reencode(bytes: &[u8], f: impl FnOnce(&mut Envelope)) -> Vec<u8> {
+    match Envelope::decode(bytes) {
+        Ok(mut env) => {
+            f(&mut env);
+            env.encode()
+        }
+        Err(_) => bytes.to_vec(),
+    }
+}
+
+fn addr(user: &str) -> Address {
+    Address {
+        user: user.into(),
+        device: 1,
+    }
+}
+
+impl AdversaryStore {
+    fn new() -> Result<Self, String> {
+        Ok(AdversaryStore {
+            inner: SqliteStore::in_memory().map_err(|e| e.to_string())?,
+            state: Mutex::default(),
+            mallory: Mutex::new(Device::generate(&mut rand::rng())),
+        })
+    }
+
+    fn arm(&self, attack: Attack, from: &str) {
+        *lock(&self.state) = AdvState {
+            attack: Some(attack),
+            from: from.into(),
+            ..AdvState::default()
+        };
+    }
+
+    fn captured(&self) -> usize {
+        lock(&self.state).captured.len()
+    }
+
+    fn disarm(&self) -> Option<NewEnvelope> {
+        let mut s = lock(&self.state);
+        s.attack = None;
+        s.held.take()
+    }
+
+    /// Relays a captured envelope again under a fresh message id.
+    fn replay_captured(&self, k: usize) -> Result<(), String> {
+        let e = lock(&self.state)
+            .captured
+            .get(k)
+            .cloned()
+            .ok_or("nothing captured to replay")?;
+        let mut again = e;
+        again.message_id = fresh_id(&again.message_id);
+        self.inner
+            .enqueue(&again)
+            .map_err(|e| e.to_string())?
+            .ok_or("replay not stored")?;
+        Ok(())
+    }
+
+    /// An envelope from the server's own device: a new session with `to`
+    /// (from `to`'s real bundle), delivered as from `claimed`.
+    fn forge_session_from(&self, claimed: &str, to: &str, text: &[u8]) -> Result<(), String> {
+        let (bundle, _) = self
+            .inner
+            .take_bundle(&addr(to))
+            .map_err(|e| e.to_string())?
+            .ok_or("no bundle")?;
+        let verified = VerifiedBundle::verify(&bundle).map_err(|e| e.to_string())?;
+        let conversation = chatify_client::conversation_id(claimed, to);
+        let mallory = lock(&self.mallory);
+        let mut session =
+            Session::initiate(&mallory, verified, &mut rand::rng()).map_err(|e| e.to_string())?;
+        let env = session
+            .encrypt(conversation, text, &mut rand::rng())
+            .map_err(|e| e.to_string())?;
+        let mut message_id = [0u8; 16];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut message_id);
+        self.inner
+            .enqueue(&NewEnvelope {
+                from: addr(claimed),
+                to: addr(to),
+                conversation,
+                message_id,
+                sent_at_ms: 0,
+                envelope: env.encode(),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The server's own bundle in Bob's name, its signed prekey a low-order
+    /// point (u = 0), validly signed by the server's own identity (PROTOCOL
+    /// §4's signed messages), so that only the DH check can refuse it.
+    fn low_order_bundle(&self, user: &str) -> PrekeyBundle {
+        use ed25519_dalek::{Signer, SigningKey};
+        let mut seed = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
+        let signer = SigningKey::from_bytes(&seed);
+        let sign = |label: &[u8], id: Option<u32>, key: &[u8; 32]| {
+            let mut m = label.to_vec();
+            if let Some(id) = id {
+                m.extend_from_slice(&id.to_be_bytes());
+            }
+            m.extend_from_slice(key);
+            signer.sign(&m).to_bytes()
+        };
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
+        let identity_key =
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(seed)).to_bytes();
+        let spk = [0u8; 32];
+        PrekeyBundle {
+            user: user.into(),
+            device: 1,
+            identity: DeviceKeys {
+                signing_key: signer.verifying_key().to_bytes(),
+                identity_key,
+                identity_signature: sign(b"chatify/v1/identity-key", None, &identity_key),
+            },
+            signed_prekey: SignedPrekey {
+                id: 1,
+                public_key: spk,
+                signature: sign(b"chatify/v1/signed-prekey", Some(1), &spk),
+            },
+            one_time_prekey: None,
+        }
+    }
+}
+
+impl Store for AdversaryStore {
+    fn create_user(&self, u: &str, h: &str) -> Result<(), StoreError> {
+        self.inner.create_user(u, h)
+    }
+    fn password_hash(&self, u: &str) -> Result<Option<String>, StoreError> {
+        self.inner.password_hash(u)
+    }
+    fn create_token(&self, t: &[u8; 32], r: &TokenRecord) -> Result<(), StoreError> {
+        self.inner.create_token(t, r)
+    }
+    fn token(&self, t: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.token(t)
+    }
+    fn revoke_token(&self, t: &[u8; 32]) -> Result<(), StoreError> {
+        self.inner.revoke_token(t)
+    }
+    fn prune_tokens(&self, now: u64) -> Result<u64, StoreError> {
+        self.inner.prune_tokens(now)
+    }
+    fn publish_keys(
+        &self,
+        d: &Address,
+        i: &DeviceKeys,
+        s: &SignedPrekey,
+        o: &[OneTimePrekey],
+    ) -> Result<u32, StoreError> {
+        self.inner.publish_keys(d, i, s, o)
+    }
+    fn one_time_prekey_count(&self, d: &Address) -> Result<Option<u32>, StoreError> {
+        self.inner.one_time_prekey_count(d)
+    }
+    fn fast_commits(&self) -> bool {
+        self.inner.fast_commits()
+    }
+    fn pending(&self, d: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {
+        self.inner.pending(d, after, limit)
+    }
+    fn ack(&self, d: &Address, seqs: &[u64]) -> Result<(), StoreError> {
+        self.inner.ack(d, seqs)
+    }
+    fn history(
+        &self,
+        u: &str,
+        c: &ConversationId,
+        b: Option<u64>,
+        l: u32,
+    ) -> Result<Option<Vec<Deliver>>, StoreError> {
+        self.inner.history(u, c, b, l)
+    }
+    fn prune_history(&self, before: u64) -> Result<u64, StoreError> {
+        self.inner.prune_history(before)
+    }
+
+    fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
+        let attack = {
+            let mut s = lock(&self.state);
+            s.bundles += 1;
+            s.attack
+        };
+        let real = self.inner.take_bundle(device)?;
+        Ok(match (attack, real) {
+            (Some(Attack::Downgrade), _) => None,
+            (Some(Attack::BundleBadSignature), Some((mut b, n))) => {
+                b.signed_prekey.public_key[3] ^= 0x10;
+                Some((b, n))
+            }
+            (Some(Attack::BundleLowOrderKey), Some((_, n))) => {
+                Some((self.low_order_bundle(&device.user), n))
+            }
+            (Some(Attack::WithheldPrekeyReplayedSetup), Some((mut b, n))) => {
+                b.one_time_prekey = None;
+                Some((b, n))
+            }
+            (_, real) => real,
+        })
+    }
+
+    fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
+        let mut s = lock(&self.state);
+        let Some(attack) = s.attack else {
+            drop(s);
+            return self.inner.enqueue(e);
+        };
+        // The attacks target one sender's messages to Bob.
+        if e.from.user != s.from || e.to.user != "bob" {
+            drop(s);
+            return self.inner.enqueue(e);
+        }
+        let k = s.seen;
+        s.seen += 1;
+        s.captured.push(e.clone());
+        let mut out = e.clone();
+        // The first message of the armed phase is the target.
+        let target = k == 0;
+        match attack {
+            _ if !target && attack != Attack::Reorder => {}
+            Attack::FlipCiphertext => {
+                let at = out.envelope.len().saturating_sub(24);
+                if let Some(b) = out.envelope.get_mut(at) {
+                    *b ^= 0x01;
+                }
+            }
+            Attack::FlipTag => {
+                if let Some(b) = out.envelope.last_mut() {
+                    *b ^= 0x80;
+                }
+            }
+            Attack::FlipHeaderCounter => {
+                out.envelope = reencode(&out.envelope, |env| env.header.counter ^= 1);
+            }
+            Attack::FlipRatchetKey => {
+                out.envelope = reencode(&out.envelope, |env| env.header.ratchet_key[7] ^= 0x04);
+            }
+            Attack::FlipConversation => {
+                out.envelope = reencode(&out.envelope, |env| env.conversation[0] ^= 0x01);
+            }
+            Attack::RelabelConversation => out.conversation[0] ^= 0x01,
+            Attack::ReplayAtOnce => {
+                let stored = self.inner.enqueue(&out)?;
+                let mut again = out.clone();
+                again.message_id = fresh_id(&again.message_id);
+                self.inner.enqueue(&again)?;
+                return Ok(stored);
+            }
+            Attack::Drop => {
+                // Tell the sender it is stored; store nothing.
+                return Ok(Some(u64::MAX / 2 + k as u64));
+            }
+            Attack::Reorder => {
+                if target {
+                    s.held = Some(out);
+                    return Ok(Some(u64::MAX / 2));
+                }
+                let stored = self.inner.enqueue(&out)?;
+                if let Some(held) = s.held.take() {
+                    self.inner.enqueue(&held)?;
+                }
+                return Ok(stored);
+            }
+            Attack::RedirectRecipient => out.to = addr("carol"),
+            Attack::ForgeSender => out.from = addr("carol"),
+            Attack::HugeCounter => {
+                out.envelope = reencode(&out.envelope, |env| env.header.counter = 4_000_000);
+            }
+            Attack::ReplayAfterReconnect
+            | Attack::ReplayAfterRestart
+            | Attack::BundleBadSignature
+            | Attack::BundleLowOrderKey
+            | Attack::KeySubstitution
+            | Attack::WithheldPrekeyReplayedSetup
+            | Attack::Downgrade => {}
+        }
+        drop(s);
+        self.inner.enqueue(&out)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running an attack.
+
+/// What the clients did while an attack ran.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct Observed {
+    /// (recipient, claimed sender, text, identity changed) of every message shown.
+    pub(crate) shown: Vec<(String, String, String, bool)>,
+    /// (recipient, reason) of every rejection.
+    pub(crate) rejected: Vec<(String, String)>,
+    /// Redeliveries dropped by message id.
+    pub(crate) duplicates: usize,
+    /// Errors the sending client got.
+    pub(crate) send_errors: Vec<String>,
+    /// Envelopes that left the attacked sender for Bob while armed.
+    pub(crate) left_sender: usize,
+    /// Sending back to the attacked peer was blocked (key-change alert).
+    pub(crate) reply_blocked: bool,
+    /// The next honest message after the attack was shown.
+    pub(crate) next_honest_delivered: bool,
+}
+
+/// (sender, recipient, text) of every genuine message.
+type Genuine = Vec<(String, String, String)>;
+
+/// One check of one attack.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct CheckResult {
+    pub(crate) name: &'static str,
+    pub(crate) pass: bool,
+    pub(crate) evidence: String,
+}
+
+/// Nothing forged, altered, replayed or misattributed was shown as genuine:
+/// every message shown without an identity-change flag is one its claimed
+/// sender sent to that recipient, shown once.
+pub(crate) fn no_forgery(o: &Observed, genuine: &Genuine) -> CheckResult {
+    let mut bad = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (to, from, text, changed) in &o.shown {
+        if *changed {
+            continue;
+        }
+        let real = genuine
+            .iter()
+            .any(|(f, t, x)| f == from && t == to && x == text);
+        if !real {
+            bad.push(format!("{to} shown {text:?} as from {from}"));
+        } else if !seen.insert((to.clone(), from.clone(), text.clone())) {
+            bad.push(format!("{to} shown {text:?} twice"));
+        }
+    }
+    CheckResult {
+        name: "nothing forged shown as genuine",
+        pass: bad.is_empty(),
+        evidence: if bad.is_empty() {
+            format!("{} messages shown, all genuine and once", o.shown.len())
+        } else {
+            bad.join("; ")
+        },
+    }
+}
+
+/// The client reacted as the attack's expectation says.
+pub(crate) fn reaction(expect: Expect, o: &Observed, target: &str, recipient: &str) -> CheckResult {
+    let shown = |text: &str| o.shown.iter().filter(|s| s.2 == text && !s.3).count();
+    let (pass, evidence) = match expect {
+        Expect::Rejected => {
+            let rejected: Vec<&(String, String)> = o
+                .rejected
+                .iter()
+                .filter(|(to, _)| to == recipient)
+                .collect();
+            (
+                !rejected.is_empty() && shown(target) == 0,
+                format!(
+                    "{} rejection(s) at {recipient}{}; target shown {} time(s)",
+                    rejected.len(),
+                    rejected
+                        .first()
+                        .map(|(_, r)| format!(" ({r})"))
+                        .unwrap_or_default(),
+                    shown(target)
+                ),
+            )
+        }
+        Expect::NoEffect => (
+            shown(target) == 0 && o.rejected.is_empty(),
+            format!(
+                "target shown {} time(s), {} rejection(s)",
+                shown(target),
+                o.rejected.len()
+            ),
+        ),
+        Expect::Reordered => (
+            shown(target) == 1 && o.rejected.is_empty(),
+            format!("target shown {} time(s) after its successor", shown(target)),
+        ),
+        Expect::SendRefused => (
+            !o.send_errors.is_empty() && o.left_sender == 0,
+            format!(
+                "send error: {}; envelopes that left the sender: {}",
+                o.send_errors.first().map_or("none", String::as_str),
+                o.left_sender
+            ),
+        ),
+        Expect::KeyChangeAlert => {
+            let flagged = o.shown.iter().filter(|s| s.3).count();
+            (
+                flagged > 0 && o.reply_blocked,
+                format!(
+                    "{flagged} message(s) flagged as from a changed identity; replying blocked: {}",
+                    o.reply_blocked
+                ),
+            )
+        }
+    };
+    CheckResult {
+        name: "expected reaction",
+        pass,
+        evidence,
+    }
+}
+
+fn next_honest(o: &Observed) -> CheckResult {
+    CheckResult {
+        name: "next honest message gets through",
+        pass: o.next_honest_delivered,
+        evidence: if o.next_honest_delivered {
+            "delivered and shown".into()
+        } else {
+            "NOT delivered".into()
+        },
+    }
+}
+
+/// One attack's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Verdict {
+    pub(crate) attack: Attack,
+    pub(crate) description: &'static str,
+    pub(crate) expect: Expect,
+    pub(crate) observed: Observed,
+    pub(crate) checks: Vec<CheckResult>,
+    pub(crate) pass: bool,
+}
+
+struct User {
+    name: String,
+    client: Client,
+}
+
+/// How long a connection must stay silent before the events of a phase are
+/// taken as complete (generous: the suite runs its attacks concurrently and
+/// CI runs it beside other tests).
+const QUIET: Duration = Duration::from_millis(1000);
+
+/// Handles every push that arrives until none has for `QUIET`.
+async fn drain(u: &mut User, o: &mut Observed) -> Result<(), String> {
+    loop {
+        let push = match tokio::time::timeout(QUIET, u.client.next_push()).await {
+            Err(_) => return Ok(()),
+            Ok(None) => return Err(format!("{}: connection gone", u.name)),
+            Ok(Some(p)) => p,
+        };
+        let events = u
+            .client
+            .handle_batch(vec![push])
+            .await
+            .map_err(|e| format!("{}: {e}", u.name))?;
+        for e in events {
+            match e {
+                Event::Message(m) => o.shown.push((
+                    u.name.clone(),
+                    m.from.user,
+                    String::from_utf8_lossy(&m.text).into_owned(),
+                    m.identity_changed,
+                )),
+                Event::Rejected { reason, .. } => o.rejected.push((u.name.clone(), reason)),
+                Event::Duplicate { .. } => o.duplicates += 1,
+                Event::Disconnected(_) => return Err(format!("{}: disconnected", u.name)),
+                _ => {}
+            }
+        }
+    }
+}
+
+struct Bench {
+    store: Arc<AdversaryStore>,
+    server: Option<Server>,
+    options: ConnectOptions,
+    dir: tempfile::TempDir,
+    users: BTreeMap<&'static str, User>,
+    genuine: Genuine,
+}
+
+impl Bench {
+    async fn start() -> Result<Bench, String> {
+        let store = Arc::new(AdversaryStore::new()?);
+        let server = start_server(
+            Arc::clone(&store),
+            "127.0.0.1:0".parse().map_err(|_| "addr")?,
+        )
+        .await?;
+        let options = ConnectOptions::new(format!("ws://{}", server.local_addr()));
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut b = Bench {
+            store,
+            server: Some(server),
+            options,
+            dir,
+            users: BTreeMap::new(),
+            genuine: Vec::new(),
+        };
+        for name in ["alice", "bob", "carol", "erin"] {
+            let password = format!("{name}-adversary-password");
+            Client::register(&b.options, name, &password)
+                .await
+                .map_err(|e| format!("register {name}: {e}"))?;
+            let client = Client::login(&b.options, &b.dir.path().join(name), name, &password, 1)
+                .await
+                .map_err(|e| format!("login {name}: {e}"))?;
+            b.users.insert(
+                name,
+                User {
+                    name: name.into(),
+                    client,
+                },
+            );
+        }
+        // Sessions both ways between Alice, Bob and Carol (not Erin).
+        for (a, z) in [("alice", "bob"), ("alice", "carol"), ("bob", "carol")] {
+            let mut scratch = Observed::default();
+            b.send(a, z, &format!("hello {z}"), &mut scratch).await?;
+            b.drain(z, &mut scratch).await?;
+            b.send(z, a, &format!("hello {a}"), &mut scratch).await?;
+            b.drain(a, &mut scratch).await?;
+            if !scratch.rejected.is_empty() || scratch.shown.len() != 2 {
+                return Err(format!("honest setup failed: {scratch:?}"));
+            }
+        }
+        Ok(b)
+    }
+
+    fn user(&mut self, name: &str) -> Result<&mut User, String> {
+        self.users
+            .get_mut(name)
+            .ok_or_else(|| format!("no user {name}"))
+    }
+
+    async fn send(
+        &mut self,
+        from: &str,
+        to: &str,
+        text: &str,
+        o: &mut Observed,
+    ) -> Result<(), String> {
+        self.genuine.push((from.into(), to.into(), text.into()));
+        let u = self.user(from)?;
+        if let Err(e) = u.client.send(to, text.as_bytes()).await {
+            o.send_errors.push(e.to_string());
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self, name: &str, o: &mut Observed) -> Result<(), String> {
+        let u = self.user(name)?;
+        drain(u, o).await
+    }
+
+    async fn reconnect(&mut self, name: &str) -> Result<(), String> {
+        let options = self.options.clone();
+        let home = self.dir.path().join(name);
+        let u = self.user(name)?;
+        let fresh = Client::resume(&home, Some(&options))
+            .await
+            .map_err(|e| format!("resume {name}: {e}"))?;
+        let old = std::mem::replace(&mut u.client, fresh);
+        old.close().await;
+        Ok(())
+    }
+
+    /// What the store injected reaches `name` when its connection checks
+    /// the mailbox (a malicious server pushes whenever it likes; a new
+    /// connection is the push path that needs no help from the relay).
+    async fn push_injected(&mut self, name: &str, o: &mut Observed) -> Result<(), String> {
+        self.reconnect(name).await?;
+        self.drain(name, o).await
+    }
+
+    async fn restart_server(&mut self) -> Result<(), String> {
+        let old = self.server.take().ok_or("no server")?;
+        let listen = old.local_addr();
+        old.shutdown().await;
+        self.server = Some(start_server(Arc::clone(&self.store), listen).await?);
+        for name in ["alice", "bob", "carol", "erin"] {
+            self.reconnect(name).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn start_server(
+    store: Arc<AdversaryStore>,
+    listen: std::net::SocketAddr,
+) -> Result<Server, String> {
+    let config = Config {
+        listen,
+        password_cost: CHEAP_ARGON2,
+        ..Config::default()
+    };
+    let mut last = String::new();
+    for _ in 0..50 {
+        match Server::start(config.clone(), store.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("cannot start the server: {last}"))
+}
+
+/// Runs one attack against fresh accounts.
+pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
+    let mut b = Bench::start().await?;
+    let mut o = Observed::default();
+    let (target, recipient, next_from) = match attack {
+        Attack::BundleBadSignature
+        | Attack::BundleLowOrderKey
+        | Attack::Downgrade
+        | Attack::WithheldPrekeyReplayedSetup => ("erin-1", "bob", "erin"),
+        Attack::RedirectRecipient => ("attack-1", "carol", "alice"),
+        _ => ("attack-1", "bob", "alice"),
+    };
+    let from = if next_from == "erin" { "erin" } else { "alice" };
+    b.store.arm(attack, from);
+    match attack {
+        Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
+            b.send("erin", "bob", target, &mut o).await?;
+            b.drain("bob", &mut o).await?;
+            o.left_sender = b.store.captured();
+        }
+        Attack::WithheldPrekeyReplayedSetup => {
+            b.send("erin", "bob", target, &mut o).await?;
+            b.drain("bob", &mut o).await?;
+            // The genuine setup message was accepted; now the replay.
+            let first_ok = o.shown.iter().any(|s| s.2 == target);
+            o.shown.retain(|s| s.2 != target);
+            if !first_ok {
+                return Err("the genuine setup message was not shown".into());
+            }
+            b.genuine.retain(|g| g.2 != target);
+            b.store.replay_captured(0)?;
+            b.push_injected("bob", &mut o).await?;
+        }
+        Attack::KeySubstitution => {
+            b.store
+                .forge_session_from("alice", "bob", "attack-forged".as_ref())?;
+            b.push_injected("bob", &mut o).await?;
+            let bob = b.user("bob")?;
+            let reply = bob.client.send("alice", b"are you there?").await;
+            o.reply_blocked = matches!(reply, Err(ClientError::IdentityChanged { .. }));
+            if let Err(e) = &reply {
+                o.send_errors.push(e.to_string());
+            }
+        }
+        Attack::ReplayAfterReconnect | Attack::ReplayAfterRestart => {
+            b.send("alice", "bob", target, &mut o).await?;
+            b.drain("bob", &mut o).await?;
+            // Accepted once; the replay below must not show it again.
+            if attack == Attack::ReplayAfterRestart {
+                b.restart_server().await?;
+            } else {
+                b.reconnect("bob").await?;
+            }
+            b.store.replay_captured(0)?;
+            b.push_injected("bob", &mut o).await?;
+            // The genuine first delivery is not what is judged.
+            if let Some(i) = o.shown.iter().position(|s| s.2 == target) {
+                o.shown.remove(i);
+            }
+        }
+        Attack::ReplayAtOnce => {
+            b.send("alice", "bob", target, &mut o).await?;
+            b.drain("bob", &mut o).await?;
+            if let Some(i) = o.shown.iter().position(|s| s.2 == target) {
+                o.shown.remove(i);
+            }
+        }
+        Attack::RedirectRecipient => {
+            b.send("alice", "bob", target, &mut o).await?;
+            b.send("alice", "bob", "attack-2", &mut o).await?;
+            b.drain("bob", &mut o).await?;
+            b.push_injected("carol", &mut o).await?;
+        }
+        _ => {
+            b.send("alice", "bob", target, &mut o).await?;
+            b.send("alice", "bob", "attack-2", &mut o).await?;
+            b.drain("bob", &mut o).await?;
+        }
+    }
+    if b.store.disarm().is_some() {
+        return Err("the adversary still held an envelope".into());
+    }
+    // The next honest message (Bob's client still works, whatever the
+    // attack did to his sessions).
+    let mut after = Observed::default();
+    b.send(next_from, "bob", "after the attack", &mut after)
+        .await?;
+    b.drain("bob", &mut after).await?;
+    o.next_honest_delivered = after
+        .shown
+        .iter()
+        .any(|s| s.0 == "bob" && s.1 == next_from && s.2 == "after the attack" && !s.3);
+    let expect = attack.expect();
+    // Anything shown in either phase is judged for forgery.
+    let mut both = o.clone();
+    both.shown.extend(after.shown);
+    let checks = vec![
+        no_forgery(&both, &b.genuine),
+        reaction(expect, &o, target, recipient),
+        next_honest(&o),
+    ];
+    if let Some(server) = b.server.take() {
+        server.shutdown().await;
+    }
+    Ok(Verdict {
+        attack,
+        description: attack.description(),
+        expect,
+        pass: checks.iter().all(|c| c.pass),
+        observed: o,
+        checks,
+    })
+}
+
+/// Runs the suite and writes report.md, summary.json and fig_security_matrix.svg.
+pub(crate) async fn run(out: &Path, only: Option<&str>) -> Result<Vec<Verdict>, String> {
+    let attacks: Vec<Attack> = ALL
+        .iter()
+        .copied()
+        .filter(|a| only.is_none_or(|o| o == a.name()))
+        .collect();
+    if attacks.is_empty() {
+        return Err(format!(
+            "no attack named {only:?} (known: {})",
+            ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    eprintln!(
+        "running {} attacks, each on its own server and accounts",
+        attacks.len()
+    );
+    let verdicts = run_all(&attacks).await?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out.join("report.md"), markdown(&verdicts)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&verdicts).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    crate::figures::security_matrix(&out.join("fig_security_matrix.svg"), &verdicts)?;
+    Ok(verdicts)
+}
+
+/// Runs attacks concurrently (each has its own server, store and accounts;
+/// most of an attack's time is waiting for the network to go quiet), and
+/// returns the verdicts in the order given.
+pub(crate) async fn run_all(attacks: &[Attack]) -> Result<Vec<Verdict>, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, &attack) in attacks.iter().enumerate() {
+        tasks.spawn(async move { (i, run_attack(attack).await) });
+    }
+    let mut out: Vec<Option<Verdict>> = attacks.iter().map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, verdict) = joined.map_err(|e| format!("attack task: {e}"))?;
+        let v = verdict.map_err(|e| format!("{}: {e}", attacks[i].name()))?;
+        eprintln!(
+            "{}: {}",
+            v.attack.name(),
+            if v.pass { "defeated" } else { "NOT DEFEATED" }
+        );
+        out[i] = Some(v);
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+pub(crate) fn markdown(verdicts: &[Verdict]) -> String {
+    let mut md = String::from(
+        "# Malicious server suite\n\nThe real server over an adversarial store (`harness/src/adversary.rs`): every \
+         attack below is made by the server on what it relays, redelivers or serves from its key \
+         directory, against the reference clients. Each attack runs on fresh accounts after an \
+         honest exchange between Alice, Bob and Carol.\n\n\
+         | attack | what the server does | expected | nothing forged shown | expected reaction | next honest message | verdict |\n|---|---|---|---|---|---|---|\n",
+    );
+    for v in verdicts {
+        let cell = |i: usize| {
+            v.checks.get(i).map_or("–".to_owned(), |c| {
+                format!("{} ({})", if c.pass { "pass" } else { "FAIL" }, c.evidence)
+            })
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:?} | {} | {} | {} | {} |",
+            v.attack.name(),
+            v.description,
+            v.expect,
+            cell(0),
+            cell(1),
+            cell(2),
+            if v.pass { "**pass**" } else { "**FAIL**" }
+        );
+    }
+    let passed = verdicts.iter().filter(|v| v.pass).count();
+    let _ = writeln!(md, "\n{passed} of {} attacks defeated.", verdicts.len());
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn genuine() -> Genuine {
+        vec![("alice".into(), "bob".into(), "hi".into())]
+    }
+
+    #[test]
+    fn the_forgery_check_fails_on_forged_altered_misattributed_and_replayed_messages() {
+        let ok = Observed {
+            shown: vec![("bob".into(), "alice".into(), "hi".into(), false)],
+            ..Observed::default()
+        };
+        assert!(no_forgery(&ok, &genuine()).pass);
+        for bad in [
+            ("bob", "alice", "altered"), // altered content
+            ("bob", "carol", "hi"),      // misattributed
+            ("carol", "alice", "hi"),    // redirected
+        ] {
+            let o = Observed {
+                shown: vec![(bad.0.into(), bad.1.into(), bad.2.into(), false)],
+                ..Observed::default()
+            };
+            assert!(!no_forgery(&o, &genuine()).pass, "{bad:?}");
+        }
+        let twice = Observed {
+            shown: vec![
+                ("bob".into(), "alice".into(), "hi".into(), false),
+                ("bob".into(), "alice".into(), "hi".into(), false),
+            ],
+            ..Observed::default()
+        };
+        assert!(!no_forgery(&twice, &genuine()).pass);
+        // A flagged message (identity changed) is an alert, not "genuine".
+        let flagged = Observed {
+            shown: vec![("bob".into(), "alice".into(), "forged".into(), true)],
+            ..Observed::default()
+        };
+        assert!(no_forgery(&flagged, &genuine()).pass);
+    }
+
+    #[test]
+    fn the_reaction_check_fails_when_the_client_does_not_react() {
+        let silent = Observed::default();
+        assert!(!reaction(Expect::Rejected, &silent, "t", "bob").pass);
+        assert!(!reaction(Expect::SendRefused, &silent, "t", "bob").pass);
+        assert!(!reaction(Expect::KeyChangeAlert, &silent, "t", "bob").pass);
+        let shown = Observed {
+            shown: vec![("bob".into(), "alice".into(), "t".into(), false)],
+            rejected: vec![("bob".into(), "decrypt".into())],
+            ..Observed::default()
+        };
+        assert!(
+            !reaction(Expect::Rejected, &shown, "t", "bob").pass,
+            "target shown"
+        );
+        let leaked = Observed {
+            send_errors: vec!["no keys".into()],
+            left_sender: 1,
+            ..Observed::default()
+        };
+        assert!(!reaction(Expect::SendRefused, &leaked, "t", "bob").pass);
+    }
+
+    /// Every attack against the real server and clients (in process).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_attack_is_defeated() {
+        let verdicts = run_all(ALL).await.unwrap();
+        assert_eq!(verdicts.len(), ALL.len());
+        let failed: Vec<String> = verdicts
+            .iter()
+            .filter(|v| !v.pass)
+            .map(|v| format!("{}: {:?}", v.attack.name(), v.checks))
+            .collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+}
