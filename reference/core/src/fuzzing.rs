@@ -67,6 +67,19 @@ pub fn bundle_decode_verify(data: &[u8]) {
 
 /// Sessions: see the module docs.
 pub fn session_decrypt(data: &[u8]) {
+    session_decrypt_with(data, |session, envelope| {
+        session.decrypt(envelope).map(|p| p.to_vec())
+    });
+}
+
+/// How an established session's decrypt path is called (the real one, or
+/// in tests a deliberately broken one that the oracle must catch).
+pub type DecryptFn = fn(&mut Session, &Envelope) -> Result<Vec<u8>, crate::Error>;
+
+/// [`session_decrypt`] with the decrypt path given: the oracle's assertions
+/// (only genuine envelopes accepted, failures change nothing) run on it.
+#[doc(hidden)]
+pub fn session_decrypt_with(data: &[u8], decrypt: DecryptFn) {
     let Some(t) = template() else { return };
     let Ok(envelope) = Envelope::decode(data) else {
         return;
@@ -75,7 +88,7 @@ pub fn session_decrypt(data: &[u8]) {
 
     if let Ok(mut session) = Session::from_bytes(&t.bob_session) {
         let before = session.to_bytes();
-        match session.decrypt(&envelope) {
+        match decrypt(&mut session, &envelope) {
             Ok(_) => assert!(genuine, "a session accepted an envelope Alice never sent"),
             Err(_) => assert!(
                 *before == *session.to_bytes(),
@@ -96,6 +109,12 @@ pub fn session_decrypt(data: &[u8]) {
             ),
         }
     }
+}
+
+/// The genuine envelopes the session target knows (for tests of its oracle).
+#[doc(hidden)]
+pub fn genuine_envelopes() -> Vec<Vec<u8>> {
+    template().map(|t| t.genuine.clone()).unwrap_or_default()
 }
 
 /// Seed inputs for each target: `(target, name, bytes)`, deterministic.

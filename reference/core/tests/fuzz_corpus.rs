@@ -59,3 +59,46 @@ fn every_corpus_file_replays_cleanly() {
     }
     println!("replayed corpora: {}", counts.join(", "));
 }
+
+/// The session target's oracle is not vacuous: a decrypt path that accepts a
+/// tampered envelope, and one that changes the session when it fails, both
+/// make it panic (as the fuzzer would report them).
+#[test]
+fn the_session_oracle_catches_a_broken_decrypt_path() {
+    use chatify_core::Session;
+    use chatify_core::fuzzing::session_decrypt_with;
+    use chatify_proto::Envelope;
+
+    let genuine = chatify_core::fuzzing::genuine_envelopes();
+    let mut tampered = genuine[1].clone();
+    *tampered.last_mut().unwrap() ^= 1;
+
+    // MUTANT: a tag failure is ignored and the plaintext handed out anyway.
+    fn accepts_forgeries(s: &mut Session, e: &Envelope) -> Result<Vec<u8>, chatify_core::Error> {
+        s.decrypt(e).map(|p| p.to_vec()).or(Ok(Vec::new()))
+    }
+    // MUTANT: a failed decryption still moves the session (here: on to the
+    // genuine setup message).
+    fn not_transactional(s: &mut Session, e: &Envelope) -> Result<Vec<u8>, chatify_core::Error> {
+        let result = s.decrypt(e).map(|p| p.to_vec());
+        if result.is_err() {
+            let first = Envelope::decode(&chatify_core::fuzzing::genuine_envelopes()[1]).unwrap();
+            let _ = s.decrypt(&first);
+        }
+        result
+    }
+
+    let caught = |decrypt: chatify_core::fuzzing::DecryptFn| -> String {
+        let t = tampered.clone();
+        let err = std::panic::catch_unwind(move || session_decrypt_with(&t, decrypt))
+            .expect_err("the oracle let a broken decrypt path through");
+        err.downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| err.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    };
+    assert!(caught(accepts_forgeries).contains("never sent"));
+    assert!(caught(not_transactional).contains("changed the session"));
+    // The real path passes on the same input.
+    chatify_core::fuzzing::session_decrypt(&tampered);
+}
