@@ -160,6 +160,29 @@ impl Attack {
         }
     }
 
+    /// What the rejection must say (a substring of the client's reason).
+    pub(crate) fn reason(self) -> Option<&'static str> {
+        match self {
+            Attack::FlipCiphertext
+            | Attack::FlipTag
+            | Attack::FlipHeaderCounter
+            | Attack::FlipRatchetKey => Some("decryption failed"),
+            Attack::FlipConversation
+            | Attack::RelabelConversation
+            | Attack::RedirectRecipient
+            | Attack::ForgeSender => Some("conversation does not match"),
+            Attack::ReplayAtOnce
+            | Attack::ReplayAfterReconnect
+            | Attack::ReplayAfterRestart
+            | Attack::WithheldPrekeyReplayedSetup => Some("duplicate or replayed"),
+            Attack::HugeCounter => Some("too far ahead"),
+            Attack::BundleBadSignature => Some("bad signature"),
+            Attack::BundleLowOrderKey => Some("non-contributory"),
+            Attack::Downgrade => Some("no such device"),
+            Attack::Drop | Attack::Reorder | Attack::KeySubstitution => None,
+        }
+    }
+
     pub(crate) fn expect(self) -> Expect {
         match self {
             Attack::Drop => Expect::NoEffect,
@@ -559,14 +582,21 @@ pub(crate) fn no_forgery(o: &Observed, genuine: &Genuine) -> CheckResult {
 }
 
 /// The client reacted as the attack's expectation says.
-pub(crate) fn reaction(expect: Expect, o: &Observed, target: &str, recipient: &str) -> CheckResult {
+pub(crate) fn reaction(
+    expect: Expect,
+    reason: Option<&str>,
+    o: &Observed,
+    target: &str,
+    recipient: &str,
+) -> CheckResult {
     let shown = |text: &str| o.shown.iter().filter(|s| s.2 == text && !s.3).count();
+    let says = |r: &str| reason.is_none_or(|want| r.contains(want));
     let (pass, evidence) = match expect {
         Expect::Rejected => {
             let rejected: Vec<&(String, String)> = o
                 .rejected
                 .iter()
-                .filter(|(to, _)| to == recipient)
+                .filter(|(to, r)| to == recipient && says(r))
                 .collect();
             (
                 !rejected.is_empty() && shown(target) == 0,
@@ -594,7 +624,7 @@ pub(crate) fn reaction(expect: Expect, o: &Observed, target: &str, recipient: &s
             format!("target shown {} time(s) after its successor", shown(target)),
         ),
         Expect::SendRefused => (
-            !o.send_errors.is_empty() && o.left_sender == 0,
+            o.send_errors.iter().any(|e| says(e)) && o.left_sender == 0,
             format!(
                 "send error: {}; envelopes that left the sender: {}",
                 o.send_errors.first().map_or("none", String::as_str),
@@ -915,7 +945,7 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
     both.shown.extend(after.shown);
     let checks = vec![
         no_forgery(&both, &b.genuine),
-        reaction(expect, &o, target, recipient),
+        reaction(expect, attack.reason(), &o, target, recipient),
         next_honest(&o),
     ];
     if let Some(server) = b.server.take() {
@@ -998,10 +1028,14 @@ pub(crate) fn markdown(verdicts: &[Verdict]) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {:?} | {} | {} | {} | {} |",
+            "| {} | {} | {:?}{} | {} | {} | {} | {} |",
             v.attack.name(),
             v.description,
             v.expect,
+            v.attack
+                .reason()
+                .map(|r| format!(" (\"{r}\")"))
+                .unwrap_or_default(),
             cell(0),
             cell(1),
             cell(2),
@@ -1058,16 +1092,32 @@ mod tests {
     #[test]
     fn the_reaction_check_fails_when_the_client_does_not_react() {
         let silent = Observed::default();
-        assert!(!reaction(Expect::Rejected, &silent, "t", "bob").pass);
-        assert!(!reaction(Expect::SendRefused, &silent, "t", "bob").pass);
-        assert!(!reaction(Expect::KeyChangeAlert, &silent, "t", "bob").pass);
+        assert!(!reaction(Expect::Rejected, None, &silent, "t", "bob").pass);
+        assert!(!reaction(Expect::SendRefused, None, &silent, "t", "bob").pass);
+        assert!(!reaction(Expect::KeyChangeAlert, None, &silent, "t", "bob").pass);
+        let wrong_reason = Observed {
+            rejected: vec![("bob".into(), "decryption failed".into())],
+            ..Observed::default()
+        };
+        assert!(reaction(Expect::Rejected, None, &wrong_reason, "t", "bob").pass);
+        assert!(
+            !reaction(
+                Expect::Rejected,
+                Some("duplicate"),
+                &wrong_reason,
+                "t",
+                "bob"
+            )
+            .pass,
+            "a rejection for another reason is not the expected one"
+        );
         let shown = Observed {
             shown: vec![("bob".into(), "alice".into(), "t".into(), false)],
             rejected: vec![("bob".into(), "decrypt".into())],
             ..Observed::default()
         };
         assert!(
-            !reaction(Expect::Rejected, &shown, "t", "bob").pass,
+            !reaction(Expect::Rejected, None, &shown, "t", "bob").pass,
             "target shown"
         );
         let leaked = Observed {
@@ -1075,7 +1125,7 @@ mod tests {
             left_sender: 1,
             ..Observed::default()
         };
-        assert!(!reaction(Expect::SendRefused, &leaked, "t", "bob").pass);
+        assert!(!reaction(Expect::SendRefused, None, &leaked, "t", "bob").pass);
     }
 
     /// Every attack against the real server and clients (in process).
