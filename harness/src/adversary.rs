@@ -619,10 +619,18 @@ pub(crate) fn reaction(
                 o.rejected.len()
             ),
         ),
-        Expect::Reordered => (
-            shown(target) == 1 && o.rejected.is_empty(),
-            format!("target shown {} time(s) after its successor", shown(target)),
-        ),
+        Expect::Reordered => {
+            let at = o.shown.iter().position(|s| s.2 == target);
+            (
+                shown(target) == 1 && at.is_some_and(|i| i > 0) && o.rejected.is_empty(),
+                format!(
+                    "target shown {} time(s), at position {} of {} (after its successor)",
+                    shown(target),
+                    at.map_or("none".into(), |i| (i + 1).to_string()),
+                    o.shown.len()
+                ),
+            )
+        }
         Expect::SendRefused => (
             o.send_errors.iter().any(|e| says(e)) && o.left_sender == 0,
             format!(
@@ -859,8 +867,8 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
         Attack::RedirectRecipient => ("attack-1", "carol", "alice"),
         _ => ("attack-1", "bob", "alice"),
     };
-    let from = if next_from == "erin" { "erin" } else { "alice" };
-    b.store.arm(attack, from);
+    // The attacked sender is the one whose next honest message follows.
+    b.store.arm(attack, next_from);
     match attack {
         Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
             b.send("erin", "bob", target, &mut o).await?;
@@ -1095,6 +1103,17 @@ mod tests {
         assert!(!reaction(Expect::Rejected, None, &silent, "t", "bob").pass);
         assert!(!reaction(Expect::SendRefused, None, &silent, "t", "bob").pass);
         assert!(!reaction(Expect::KeyChangeAlert, None, &silent, "t", "bob").pass);
+        let in_order = Observed {
+            shown: vec![
+                ("bob".into(), "alice".into(), "t".into(), false),
+                ("bob".into(), "alice".into(), "t2".into(), false),
+            ],
+            ..Observed::default()
+        };
+        assert!(
+            !reaction(Expect::Reordered, None, &in_order, "t", "bob").pass,
+            "not reordered"
+        );
         let wrong_reason = Observed {
             rejected: vec![("bob".into(), "decryption failed".into())],
             ..Observed::default()
