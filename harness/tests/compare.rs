@@ -50,8 +50,12 @@ grace_secs = 5.0
 systems = [{systems}]
 rates = [100.0, 200.0]
 equal_load_rate = 100.0
-step_secs = 0.5
+step_secs = 1.0
 repetitions = 2
+# Far from saturation on any machine; a stall on a busy one (CI runs tests
+# side by side) must not end a system's steps early.
+saturation_fraction = 0.5
+saturation_p99_ms = 5000.0
 "#
         ),
     )
