@@ -177,22 +177,25 @@ impl State {
 
     /// The state file's bytes.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
-        self.encode_reserving(0).0
+        self.encode_sessions(
+            self.sessions
+                .iter()
+                .map(|(a, list)| (a.clone(), list.iter().map(Session::to_bytes).collect())),
+        )
     }
 
     /// The state file's bytes, with every session's sending chain
     /// `sends` messages ahead ([`Session::to_bytes_reserving`]). Once the
     /// bytes are durable, [`State::confirm_saved`] lets that many messages
     /// per session leave without another save.
-    pub fn encode_reserving(&self, sends: u32) -> (Zeroizing<Vec<u8>>, Reserved) {
-        let device = self.device.to_bytes();
+    pub fn encode_reserving(&mut self, sends: u32) -> (Zeroizing<Vec<u8>>, Reserved) {
         let mut reserved = Vec::new();
         let sessions: Vec<(Address, Vec<Zeroizing<Vec<u8>>>)> = self
             .sessions
-            .iter()
+            .iter_mut()
             .map(|(a, list)| {
                 let encoded = list
-                    .iter()
+                    .iter_mut()
                     .enumerate()
                     .map(|(i, session)| {
                         let (bytes, at) = session.to_bytes_reserving(sends);
@@ -203,6 +206,16 @@ impl State {
                 (a.clone(), encoded)
             })
             .collect();
+        (self.encode_sessions(sessions), Reserved(reserved))
+    }
+
+    /// The state file's bytes around already serialized sessions.
+    fn encode_sessions(
+        &self,
+        sessions: impl IntoIterator<Item = (Address, Vec<Zeroizing<Vec<u8>>>)>,
+    ) -> Zeroizing<Vec<u8>> {
+        let sessions: Vec<(Address, Vec<Zeroizing<Vec<u8>>>)> = sessions.into_iter().collect();
+        let device = self.device.to_bytes();
         let capacity = 1024
             + device.len()
             + sessions
@@ -245,7 +258,7 @@ impl State {
             Ok(())
         })();
         debug_assert!(result.is_ok());
-        (buf, Reserved(reserved))
+        buf
     }
 
     /// Takes the Double Ratchet's pending sending step of every active

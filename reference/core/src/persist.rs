@@ -120,9 +120,10 @@ fn decode_chain(d: &mut Decoder<'_>) -> Result<Option<Chain>, Error> {
 impl Session {
     /// Serializes the session (secret: store it protected). The sending
     /// chain is written where the last confirmed reservation left it, if
-    /// that is ahead of the live chain (see [`Session::to_bytes_reserving`]).
+    /// that is ahead of the live chain (see [`Session::to_bytes_reserving`]);
+    /// it reserves nothing new.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        self.to_bytes_reserving(0).0
+        self.encode(self.ratchet.saved_chain()).0
     }
 
     /// Serializes the session with its sending chain `n` messages ahead
@@ -131,9 +132,16 @@ impl Session {
     /// [`Session::confirm_saved`] and the next `n` messages may be sent
     /// without saving again. Restoring these bytes never reuses a message
     /// key that the live session may have used.
-    pub fn to_bytes_reserving(&self, n: u32) -> (Zeroizing<Vec<u8>>, SavedAt) {
+    pub fn to_bytes_reserving(&mut self, n: u32) -> (Zeroizing<Vec<u8>>, SavedAt) {
+        if n == 0 {
+            return self.encode(self.ratchet.saved_chain());
+        }
+        self.ratchet.reserve(n);
+        self.encode(self.ratchet.reserved_chain())
+    }
+
+    fn encode(&self, sending: Option<Chain>) -> (Zeroizing<Vec<u8>>, SavedAt) {
         let r = &self.ratchet;
-        let sending = r.reserved_chain(n);
         let saved = SavedAt {
             ratchet_key: r.dhs_public,
             counter: sending.as_ref().map(|c| c.counter),
@@ -217,6 +225,7 @@ impl Session {
                 previous_sending,
                 skipped,
                 reserved_until: 0,
+                reserved: None,
             },
         })
     }

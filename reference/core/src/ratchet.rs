@@ -92,6 +92,18 @@ impl Chain {
     }
 }
 
+/// `chain` walked forward to `target` (itself when already there or past).
+pub(crate) fn advance_to(chain: &Chain, target: u32) -> Chain {
+    let mut key = chain.key.clone();
+    for _ in chain.counter..target {
+        key = kdf::chain_step(&key).1;
+    }
+    Chain {
+        key,
+        counter: target.max(chain.counter),
+    }
+}
+
 fn check_skip(from: u32, to: u32) -> Result<(), Error> {
     let needed = u64::from(to).saturating_sub(u64::from(from));
     if needed > u64::from(MAX_SKIP) {
@@ -156,6 +168,9 @@ pub(crate) struct Ratchet {
     /// Memory only: the counter of the current sending chain at which the
     /// last save left it (0 when nothing is reserved).
     pub(crate) reserved_until: u32,
+    /// Memory only: the current sending chain derived ahead to the counter
+    /// of the next save, so that saves in a row do not derive it again.
+    pub(crate) reserved: Option<Chain>,
 }
 
 impl Ratchet {
@@ -181,6 +196,7 @@ impl Ratchet {
             previous_sending: 0,
             skipped: SkippedKeys::default(),
             reserved_until: 0,
+            reserved: None,
         })
     }
 
@@ -196,6 +212,7 @@ impl Ratchet {
             previous_sending: 0,
             skipped: SkippedKeys::default(),
             reserved_until: 0,
+            reserved: None,
         }
     }
 
@@ -222,27 +239,51 @@ impl Ratchet {
             counter: 0,
         });
         self.reserved_until = 0;
+        self.reserved = None;
         Ok(())
     }
 
-    /// Reserves the next `n` sends (at most [`MAX_RESERVED_SENDS`]) for the
-    /// save about to be written: returns the chain to write, `n` messages
-    /// ahead of the live one. Call [`Ratchet::confirm_reserved`] with the
-    /// returned counter once the save is durable.
-    pub(crate) fn reserved_chain(&self, n: u32) -> Option<Chain> {
-        let chain = self.sending.as_ref()?;
-        let target = chain
-            .counter
-            .saturating_add(n.min(MAX_RESERVED_SENDS))
-            .max(self.reserved_until);
-        let mut key = chain.key.clone();
-        for _ in chain.counter..target {
-            key = kdf::chain_step(&key).1;
+    /// Extends the reservation for the save about to be written so that at
+    /// least `n / 2` more sends (at most [`MAX_RESERVED_SENDS`]) lie before
+    /// it; when it does not, derives the chain `n` messages ahead, starting
+    /// from the previous reservation. A save in a row with few sends between
+    /// derives nothing.
+    pub(crate) fn reserve(&mut self, n: u32) {
+        let Some(live) = &self.sending else {
+            return;
+        };
+        let n = n.min(MAX_RESERVED_SENDS);
+        let ahead = self.reserved.as_ref().filter(|r| r.counter >= live.counter);
+        if ahead.is_some_and(|r| r.counter >= live.counter.saturating_add(n / 2)) {
+            return;
         }
-        Some(Chain {
-            key,
-            counter: target,
-        })
+        let target = live.counter.saturating_add(n);
+        self.reserved = Some(advance_to(ahead.unwrap_or(live), target));
+    }
+
+    /// The sending chain a save that reserves nothing writes: where the
+    /// last confirmed save left it, if that is ahead of the live chain.
+    pub(crate) fn saved_chain(&self) -> Option<Chain> {
+        let live = self.sending.as_ref()?;
+        let target = live.counter.max(self.reserved_until);
+        let from = self
+            .reserved
+            .as_ref()
+            .filter(|r| r.counter >= live.counter && r.counter <= target)
+            .unwrap_or(live);
+        Some(advance_to(from, target))
+    }
+
+    /// The sending chain a reserving save writes ([`Ratchet::reserve`] has
+    /// run): the reservation, never behind an earlier confirmed save.
+    pub(crate) fn reserved_chain(&self) -> Option<Chain> {
+        let live = self.sending.as_ref()?;
+        match &self.reserved {
+            Some(r) if r.counter >= live.counter.max(self.reserved_until) => {
+                Some(advance_to(r, r.counter))
+            }
+            _ => self.saved_chain(),
+        }
     }
 
     /// A save holding the sending chain at `counter` is durable.
@@ -255,6 +296,7 @@ impl Ratchet {
     /// Forgets every reservation (a save failed: the next send saves first).
     pub(crate) fn forget_reserved(&mut self) {
         self.reserved_until = 0;
+        self.reserved = None;
     }
 
     /// Whether the next message's key lies before what the last durable
@@ -355,6 +397,7 @@ impl Ratchet {
             self.previous_sending = sending.counter;
         }
         self.reserved_until = 0;
+        self.reserved = None;
         Ok(out)
     }
 }
