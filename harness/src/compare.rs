@@ -16,7 +16,8 @@ use std::path::Path;
 
 use crate::peers::{self, Peer};
 use crate::runner;
-use crate::scenario::{Compare, Mode, Scenario, System, Taps, Verdict};
+use crate::scenario::{Compare, Mode, Scenario, System};
+use crate::sweep;
 
 /// One measured step of one system.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -225,22 +226,13 @@ pub(crate) async fn run(
                 if saturated.contains(&system) {
                     continue;
                 }
-                let mut step = s.clone();
-                step.compare = None;
-                step.workload.rate = rate;
-                step.workload.messages = ((rate * c.step_secs).round() as u64).max(1);
-                step.workload.seed = s.workload.seed.wrapping_add(u64::from(rep));
-                step.workload.mode = match system {
+                let mode = match system {
                     System::ChatifyPlaintext => Mode::PlaintextBaseline,
                     _ => Mode::E2ee,
                 };
-                step.taps = Taps {
-                    wire: false,
-                    store: false,
-                    logs: false,
-                    memory: false,
-                };
-                step.name = format!("{}-{}-{rate}-r{rep}", s.name, system.name());
+                let name = format!("{}-{}-{rate}-r{rep}", s.name, system.name());
+                let mut step = sweep::step_scenario(s, name, mode, rate, c.step_secs);
+                step.workload.seed = s.workload.seed.wrapping_add(u64::from(rep));
                 eprintln!(
                     "repetition {}/{}: {} at {rate} msg/s ({} messages)",
                     rep + 1,
@@ -263,22 +255,11 @@ pub(crate) async fn run(
                 };
                 let m = &o.metrics;
                 let lost = m.planned.saturating_sub(m.delivered);
-                let is_saturated = m.throughput_msgs < c.saturation_fraction * rate
-                    || (m.latency_us.p99 as f64) > c.saturation_p99_ms * 1000.0;
+                let is_saturated =
+                    sweep::is_saturated(m, rate, c.saturation_fraction, c.saturation_p99_ms);
                 if is_saturated {
                     saturated.push(system);
                 }
-                // Taps are off in comparisons (skipped); the delivery checks count.
-                let clean = o
-                    .checks
-                    .iter()
-                    .filter(|ch| ch.name.starts_with("delivery."))
-                    .all(|ch| ch.verdict == Verdict::Pass);
-                let order_kept = o
-                    .checks
-                    .iter()
-                    .find(|ch| ch.name == "delivery.order")
-                    .is_some_and(|ch| ch.verdict == Verdict::Pass);
                 steps.push(Step {
                     system,
                     repetition: rep,
@@ -292,7 +273,7 @@ pub(crate) async fn run(
                     server_peak_rss_kib: m.server_peak_rss_kib,
                     lost,
                     saturated: is_saturated,
-                    ok: if is_saturated { order_kept } else { clean },
+                    ok: sweep::step_ok(&o, is_saturated),
                 });
             }
         }
