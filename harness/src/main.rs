@@ -231,16 +231,9 @@ fn run_compare(path: &Path, out: &Path, socketio_dir: &Path, quick: bool) -> Res
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Floor { listen } => {
-            match runtime().and_then(|rt| rt.block_on(peers::serve_floor(listen))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("chatify-harness: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+    // Ok(true): success; Ok(false): a verdict other than expected (exit 1);
+    // Err: the command could not do its work (exit 2).
+    let outcome: Result<bool, String> = match cli.command {
         Command::Serve {
             log_envelopes_mutant,
             conformance_echo,
@@ -248,60 +241,31 @@ fn main() -> ExitCode {
         } => {
             let argv =
                 std::iter::once("chatify-server".into()).chain(args.into_iter().map(Into::into));
-            chatify_server::cli::run_customized(argv, |config| {
+            return chatify_server::cli::run_customized(argv, |config| {
                 if log_envelopes_mutant {
                     config.envelope_observer = Some(runner::envelope_logger());
                 }
                 config.conformance_echo = conformance_echo;
-            })
+            });
         }
+        Command::Floor { listen } => runtime()
+            .and_then(|rt| rt.block_on(peers::serve_floor(listen)))
+            .map(|()| true),
         Command::Run {
             scenario,
             out,
             quiet,
-        } => match run_scenario(&scenario, out, quiet) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("chatify-harness: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::List { dir } => {
-            let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                    .collect(),
-                Err(e) => {
-                    eprintln!("chatify-harness: {}: {e}", dir.display());
-                    return ExitCode::from(2);
-                }
-            };
-            entries.sort();
-            for path in entries {
-                match scenario::load(&path) {
-                    Ok(s) => println!(
-                        "{:<40} {}",
-                        path.display(),
-                        s.description.lines().next().unwrap_or("")
-                    ),
-                    Err(e) => println!("{:<40} INVALID: {e}", path.display()),
-                }
-            }
-            ExitCode::SUCCESS
-        }
+        } => run_scenario(&scenario, out, quiet),
+        Command::List { dir } => list(&dir),
         Command::Reproduce {
             out,
             scenarios,
             quick,
         } => {
             let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let result = runtime()
-                .and_then(|rt| rt.block_on(paper::reproduce(&scenarios, &out, quick, show)));
-            match result {
-                Ok(p) => {
+            runtime()
+                .and_then(|rt| rt.block_on(paper::reproduce(&scenarios, &out, quick, show)))
+                .map(|p| {
                     for c in &p.claims {
                         println!(
                             "{:<5} {}: {}",
@@ -312,70 +276,62 @@ fn main() -> ExitCode {
                     }
                     println!("report: {}", out.join("report.md").display());
                     // Claims are findings; `check` is the regression gate.
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("chatify-harness: {e}");
-                    ExitCode::from(2)
-                }
-            }
+                    true
+                })
         }
         Command::Compare {
             out, replot: true, ..
-        } => match compare::replot(&out) {
-            Ok(c) => {
-                print!("{}", compare::markdown(&c));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("chatify-harness: {e}");
-                ExitCode::from(2)
-            }
-        },
+        } => compare::replot(&out).map(|c| {
+            print!("{}", compare::markdown(&c));
+            true
+        }),
         Command::Compare {
             scenario,
             out,
             socketio_dir,
             quick,
             replot: false,
-        } => match run_compare(&scenario, &out, &socketio_dir, quick) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("chatify-harness: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Adversary { out, only } => {
-            match runtime().and_then(|rt| rt.block_on(adversary::run(&out, only.as_deref()))) {
-                Ok(verdicts) => {
-                    print!("{}", adversary::markdown(&verdicts));
-                    println!("report: {}", out.join("report.md").display());
-                    if verdicts.iter().all(|v| v.pass) {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("chatify-harness: {e}");
-                    ExitCode::from(2)
-                }
-            }
+        } => run_compare(&scenario, &out, &socketio_dir, quick),
+        Command::Adversary { out, only } => runtime()
+            .and_then(|rt| rt.block_on(adversary::run(&out, only.as_deref())))
+            .map(|verdicts| {
+                print!("{}", adversary::markdown(&verdicts));
+                println!("report: {}", out.join("report.md").display());
+                verdicts.iter().all(|v| v.pass)
+            }),
+        Command::Check { baseline, result } => check::run(&baseline, &result).map(|report| {
+            print!("{}", report.text);
+            report.ok
+        }),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("chatify-harness: {e}");
+            ExitCode::from(2)
         }
-        Command::Check { baseline, result } => match check::run(&baseline, &result) {
-            Ok(report) => {
-                print!("{}", report.text);
-                if report.ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                eprintln!("chatify-harness: {e}");
-                ExitCode::from(2)
-            }
-        },
     }
+}
+
+/// The scenarios in a directory, one line each.
+fn list(dir: &Path) -> Result<bool, String> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        match scenario::load(&path) {
+            Ok(s) => println!(
+                "{:<40} {}",
+                path.display(),
+                s.description.lines().next().unwrap_or("")
+            ),
+            Err(e) => println!("{:<40} INVALID: {e}", path.display()),
+        }
+    }
+    Ok(true)
 }
