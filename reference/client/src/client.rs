@@ -237,14 +237,7 @@ impl Client {
         state.server = options.url.clone();
         state.token = Some(Zeroizing::new(ok.token));
         authenticate(&conn, state.token.as_deref().map_or(&[][..], |t| &t[..])).await?;
-        let mut client = Client {
-            conn,
-            state,
-            file,
-            timings: Timings::default(),
-            decrypt_times: Vec::new(),
-            trace: None,
-        };
+        let mut client = Client::new(conn, state, file);
         client
             .publish(if fresh { PREKEY_TARGET as usize } else { 0 })
             .await?;
@@ -265,14 +258,18 @@ impl Client {
         };
         let conn = Connection::connect(&url, tls).await?;
         authenticate(&conn, &token).await?;
-        Ok(Client {
+        Ok(Client::new(conn, state, file))
+    }
+
+    fn new(conn: Connection, state: State, file: StateFile) -> Client {
+        Client {
             conn,
             state,
             file,
             timings: Timings::default(),
             decrypt_times: Vec::new(),
             trace: None,
-        })
+        }
     }
 
     /// Own address.
