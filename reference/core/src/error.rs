@@ -46,6 +46,15 @@ pub enum Error {
     /// until the user verifies the new safety number.
     #[error("peer identity changed; verify the new safety number")]
     IdentityChanged,
+    /// The session has been serialized, and no durable save covers the next
+    /// message's key: save it with [`Session::to_bytes_reserving`] and
+    /// [`Session::confirm_saved`] first (docs/PROTOCOL.md §13.1). Nothing
+    /// was encrypted and no key was used.
+    ///
+    /// [`Session::to_bytes_reserving`]: crate::Session::to_bytes_reserving
+    /// [`Session::confirm_saved`]: crate::Session::confirm_saved
+    #[error("no durable save covers the next message key (save, reserving sends, first)")]
+    NotSaved,
     /// The envelope could not be decoded.
     #[error("envelope: {0}")]
     Envelope(#[from] chatify_proto::DecodeError),

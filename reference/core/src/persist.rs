@@ -140,13 +140,30 @@ impl Session {
         self.encode(self.ratchet.reserved_chain())
     }
 
+    /// Serializes the session for a save that no send asked for (after
+    /// receiving, say): it reserves `n` sends only on a sending chain
+    /// created since the session was restored, and otherwise reserves
+    /// nothing, as [`Session::to_bytes`]. A chain is created in one lifetime
+    /// only, so however many lifetimes and saves follow, such saves add at
+    /// most one reservation per chain (docs/PROTOCOL.md §13.1); in return a
+    /// reply right after a receive needs no save of its own.
+    pub fn to_bytes_reserving_new_chain(&mut self, n: u32) -> (Zeroizing<Vec<u8>>, SavedAt) {
+        if self.ratchet.created_here {
+            self.to_bytes_reserving(n)
+        } else {
+            self.encode(self.ratchet.saved_chain())
+        }
+    }
+
     fn encode(&self, sending: Option<Chain>) -> (Zeroizing<Vec<u8>>, SavedAt) {
+        self.persisted
+            .store(true, core::sync::atomic::Ordering::Relaxed);
         let r = &self.ratchet;
         let saved = SavedAt {
             ratchet_key: r.dhs_public,
             counter: sending.as_ref().map(|c| c.counter),
         };
-        let mut buf = Zeroizing::new(Vec::with_capacity(1024 + 48 * r.skipped.order.len()));
+        let mut buf = Zeroizing::new(Vec::with_capacity(session_capacity(r.skipped.order.len())));
         let mut e = Encoder::new(&mut *buf);
         let result = (|| -> EncResult {
             e.array(13)?.u8(STATE_VERSION)?.u8(SESSION_TAG)?;
@@ -226,9 +243,19 @@ impl Session {
                 skipped,
                 reserved_until: 0,
                 reserved: None,
+                created_here: false,
             },
+            persisted: core::sync::atomic::AtomicBool::new(true),
         })
     }
+}
+
+/// Bytes reserved for a serialized session with `skipped` skipped keys, so
+/// that the buffer never reallocates (a reallocation would leave a copy of
+/// the keys written so far in freed memory). Each skipped key takes at most
+/// 74 bytes: `[bstr32, u32, bstr32]` is 1 + 34 + 5 + 34.
+fn session_capacity(skipped: usize) -> usize {
+    1024 + 80 * skipped
 }
 
 /// Where a save left a session's sending chain (see
@@ -342,5 +369,50 @@ impl Device {
             one_time_prekeys,
             next_prekey_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::ratchet::MAX_SKIPPED_TOTAL;
+    use crate::secret::Key32;
+    use rand_chacha::rand_core::SeedableRng;
+
+    /// The zeroizing buffer is sized for the worst case, so it is never
+    /// reallocated while keys are written into it.
+    #[test]
+    fn a_full_session_fits_the_buffer_reserved_for_it() {
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed([3; 32]);
+        let alice = Device::generate(&mut rng);
+        let mut bob = Device::generate(&mut rng);
+        let keys = bob.publish_keys(1, &mut rng);
+        let bundle = chatify_proto::PrekeyBundle {
+            user: "bob".into(),
+            device: 1,
+            identity: keys.identity,
+            signed_prekey: keys.signed_prekey,
+            one_time_prekey: keys.one_time_prekeys.first().cloned(),
+        };
+        let verified = crate::VerifiedBundle::verify(&bundle).unwrap();
+        let mut session = Session::initiate(&alice, verified, &mut rng).unwrap();
+        for n in 0..MAX_SKIPPED_TOTAL {
+            // Counters near u32::MAX take the longest encoding.
+            let counter = u32::MAX - n as u32;
+            session.ratchet.skipped.insert(
+                [0xff; 32],
+                counter,
+                Key32::from_slice(&[7; 32]).unwrap(),
+            );
+        }
+        let bytes = session.to_bytes();
+        assert!(
+            bytes.len() <= session_capacity(MAX_SKIPPED_TOTAL),
+            "{} bytes written into {} reserved",
+            bytes.len(),
+            session_capacity(MAX_SKIPPED_TOTAL)
+        );
     }
 }

@@ -171,6 +171,10 @@ pub(crate) struct Ratchet {
     /// Memory only: the current sending chain derived ahead to the counter
     /// of the next save, so that saves in a row do not derive it again.
     pub(crate) reserved: Option<Chain>,
+    /// Memory only: the sending chain was created in this lifetime (not
+    /// restored). A chain is created in exactly one lifetime, so a save
+    /// that reserves on it without a send does so once per chain.
+    pub(crate) created_here: bool,
 }
 
 impl Ratchet {
@@ -197,6 +201,7 @@ impl Ratchet {
             skipped: SkippedKeys::default(),
             reserved_until: 0,
             reserved: None,
+            created_here: true,
         })
     }
 
@@ -213,6 +218,7 @@ impl Ratchet {
             skipped: SkippedKeys::default(),
             reserved_until: 0,
             reserved: None,
+            created_here: false,
         }
     }
 
@@ -240,6 +246,7 @@ impl Ratchet {
         });
         self.reserved_until = 0;
         self.reserved = None;
+        self.created_here = true;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Sessions: X3DH-style setup and the encrypt/decrypt API over the ratchet.
 
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use chatify_proto::limits::MAX_PLAINTEXT_LEN;
 use chatify_proto::{ConversationId, Envelope, PrekeyHeader};
@@ -28,6 +29,11 @@ pub struct Session {
     /// The initiator attaches this to every message until the peer answers.
     pub(crate) pending_prekey: Option<PrekeyHeader>,
     pub(crate) ratchet: Ratchet,
+    /// Set once the session has been serialized (or was restored): from
+    /// then on a restore could bring back a used key, so every message key
+    /// must be covered by a confirmed save before it is used (§13.1). A
+    /// session that was never serialized cannot be restored and needs none.
+    pub(crate) persisted: AtomicBool,
 }
 
 impl fmt::Debug for Session {
@@ -112,10 +118,18 @@ impl Session {
                 one_time_prekey_id: bundle.one_time_prekey.map(|(id, _)| id),
             }),
             ratchet,
+            persisted: AtomicBool::new(false),
         })
     }
 
     /// Encrypts one message of `conversation`.
+    ///
+    /// **Save before send, enforced.** Once the session has been serialized
+    /// (or was restored from bytes), this refuses with [`Error::NotSaved`]
+    /// unless a confirmed save ([`Session::to_bytes_reserving`], then
+    /// [`Session::confirm_saved`]) covers the next message key: no envelope
+    /// can exist whose key a crash and restore could use again. A session
+    /// that was never serialized cannot be restored, so it needs no save.
     pub fn encrypt<R: CryptoRng + ?Sized>(
         &mut self,
         conversation: ConversationId,
@@ -124,6 +138,9 @@ impl Session {
     ) -> Result<Envelope, Error> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(Error::PlaintextTooLong(plaintext.len()));
+        }
+        if self.persisted.load(Ordering::Relaxed) && !self.ratchet.next_send_reserved() {
+            return Err(Error::NotSaved);
         }
         let (header, mk) = self.ratchet.next_sending(rng)?;
         let mut envelope = Envelope {
@@ -164,8 +181,8 @@ impl Session {
     }
 
     /// Whether the next [`Session::encrypt`] uses a key that a durable save
-    /// already reserved ([`Session::to_bytes_reserving`]), so the envelope
-    /// may leave without saving first.
+    /// already reserved ([`Session::to_bytes_reserving`]). For a session that
+    /// has been serialized, [`Session::encrypt`] refuses when this is false.
     pub fn next_send_reserved(&self) -> bool {
         self.ratchet.next_send_reserved()
     }
@@ -184,6 +201,13 @@ impl Session {
     /// first.
     pub fn forget_reservation(&mut self) {
         self.ratchet.forget_reserved();
+    }
+
+    /// How many skipped message keys the session holds (messages of the
+    /// peer not received yet, or keys a restored peer reserved and never
+    /// used).
+    pub fn skipped_keys(&self) -> usize {
+        self.ratchet.skipped.len()
     }
 
     /// The peer's identity.
@@ -248,6 +272,7 @@ impl Device {
             base_key: setup.base_key,
             pending_prekey: None,
             ratchet: Ratchet::responder(shared, spk.key.secret.clone()),
+            persisted: AtomicBool::new(false),
         };
         let plaintext = session.decrypt(envelope)?;
 

@@ -203,6 +203,13 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         block(&to_alice.to_bytes())
     );
     to_bob.decrypt(&m2)?;
+    // Alice's session was serialized above, so §13.1 asks for a save that
+    // covers the next key before it is used; reserving one key moves no
+    // counter, and the sending step draws the same secret it would draw in
+    // `encrypt`.
+    to_bob.prepare_sending(&mut rng)?;
+    let (_, saved) = to_bob.to_bytes_reserving(1);
+    to_bob.confirm_saved(saved);
     let m3 = to_bob.encrypt(conversation, b"", &mut rng)?;
     let _ = writeln!(
         w,

@@ -212,6 +212,11 @@ fn step(c: &Config, w: &World, a: &Action) -> Result<Option<World>, String> {
             let p = &mut w.parties[from];
             let n = p.sent.get(&to).copied().unwrap_or(0);
             let mut s = Session::from_bytes(&p.sessions[&to]).unwrap();
+            // A restored session sends only under a durable save that
+            // covers the key (§13.1); reserving one key moves no counter.
+            s.prepare_sending(&mut p.rng).unwrap();
+            let (_, saved) = s.to_bytes_reserving(1);
+            s.confirm_saved(saved);
             let env = s
                 .encrypt(CONVERSATION, &plaintext(from, to, n), &mut p.rng)
                 .unwrap();

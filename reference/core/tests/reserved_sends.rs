@@ -218,3 +218,107 @@ fn a_prepared_chain_is_covered_by_the_receive_save() {
     p.alice.confirm_saved(at);
     assert!(!p.alice.next_send_reserved());
 }
+
+/// Save before send is enforced by the core: once a session has been
+/// serialized, `encrypt` refuses until a confirmed save covers the next key,
+/// and the refusal uses no key.
+#[test]
+fn a_serialized_session_encrypts_only_under_a_confirmed_save() {
+    let mut p = pair(5);
+    // Never serialized: it cannot be restored, so nothing is required.
+    p.alice
+        .encrypt(CONVERSATION, b"ephemeral", &mut p.rng)
+        .unwrap();
+    let bytes = p.alice.to_bytes();
+    assert_eq!(
+        p.alice.encrypt(CONVERSATION, b"x", &mut p.rng).unwrap_err(),
+        chatify_core::Error::NotSaved
+    );
+    let mut restored = Session::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        restored
+            .encrypt(CONVERSATION, b"x", &mut p.rng)
+            .unwrap_err(),
+        chatify_core::Error::NotSaved
+    );
+    // A save that reserves nothing does not cover the key either.
+    let _ = restored.to_bytes();
+    assert!(restored.encrypt(CONVERSATION, b"x", &mut p.rng).is_err());
+    // Written but not confirmed: still refused.
+    let (_, at) = restored.to_bytes_reserving(2);
+    assert!(restored.encrypt(CONVERSATION, b"x", &mut p.rng).is_err());
+    restored.confirm_saved(at);
+    for text in [&b"one"[..], b"two"] {
+        let env = restored.encrypt(CONVERSATION, text, &mut p.rng).unwrap();
+        assert_eq!(&p.bob.decrypt(&relay(&env)).unwrap()[..], text);
+    }
+    // The reservation of two is used up.
+    assert_eq!(
+        restored
+            .encrypt(CONVERSATION, b"three", &mut p.rng)
+            .unwrap_err(),
+        chatify_core::Error::NotSaved
+    );
+}
+
+/// The bound of PROTOCOL §13.1 over any number of lifetimes: saves made for
+/// no send (after receiving, after publishing) never move a restored
+/// sending chain, and a chain created in one lifetime is reserved on once.
+/// 500 lifetimes that only save, then one send: the peer bridges at most one
+/// reservation.
+#[test]
+fn saves_without_sends_never_move_a_restored_chain() {
+    let mut p = pair(9);
+    // Bob replies, so Alice's next message starts a new chain.
+    let env = p.bob.encrypt(CONVERSATION, b"b", &mut p.rng).unwrap();
+    p.alice.decrypt(&relay(&env)).unwrap();
+    p.alice.prepare_sending(&mut p.rng).unwrap();
+    let (bytes, at) = p.alice.to_bytes_reserving_new_chain(MAX_RESERVED_SENDS);
+    p.alice.confirm_saved(at);
+    let mut durable = bytes.to_vec();
+    for lifetime in 0..500 {
+        let mut alice = Session::from_bytes(&durable).unwrap();
+        let (bytes, at) = if lifetime % 2 == 0 {
+            alice.to_bytes_reserving_new_chain(MAX_RESERVED_SENDS)
+        } else {
+            (alice.to_bytes(), alice.to_bytes_reserving(0).1)
+        };
+        alice.confirm_saved(at);
+        assert_eq!(
+            &bytes[..],
+            &durable[..],
+            "lifetime {lifetime} moved the chain"
+        );
+        durable = bytes.to_vec();
+    }
+    let mut alice = Session::from_bytes(&durable).unwrap();
+    let (_, at) = alice.to_bytes_reserving(1);
+    alice.confirm_saved(at);
+    let env = alice
+        .encrypt(CONVERSATION, b"after 500 lifetimes", &mut p.rng)
+        .unwrap();
+    assert_eq!(env.header.counter, MAX_RESERVED_SENDS);
+    p.bob.decrypt(&relay(&env)).unwrap();
+    assert_eq!(p.bob.skipped_keys(), MAX_RESERVED_SENDS as usize);
+}
+
+/// A mutant of the rule, a save that reserves whenever it is made, over
+/// 20 lifetimes: the chain runs away and the peer gives up, which is
+/// what the test above guards against.
+#[test]
+fn a_save_that_always_reserves_breaks_the_conversation() {
+    let mut p = pair(9);
+    let mut durable = p.alice.to_bytes_reserving(MAX_RESERVED_SENDS).0.to_vec();
+    for _ in 0..20 {
+        let mut alice = Session::from_bytes(&durable).unwrap();
+        durable = alice.to_bytes_reserving(MAX_RESERVED_SENDS).0.to_vec();
+    }
+    let mut alice = Session::from_bytes(&durable).unwrap();
+    let (_, at) = alice.to_bytes_reserving(1);
+    alice.confirm_saved(at);
+    let env = alice.encrypt(CONVERSATION, b"x", &mut p.rng).unwrap();
+    assert!(matches!(
+        p.bob.decrypt(&relay(&env)),
+        Err(chatify_core::Error::TooManySkipped { .. })
+    ));
+}
