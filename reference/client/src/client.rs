@@ -16,6 +16,11 @@ use crate::ClientError;
 use crate::connection::{Connection, Push, expect, tls_config};
 use crate::state::{Pin, State, StateFile, StoredMessage};
 
+/// How long [`Client::login`] and [`Client::resume`] wait for another
+/// owner of the home directory to let go before failing with
+/// [`ClientError::HomeInUse`].
+pub const OWNER_WAIT: Duration = Duration::from_secs(2);
+
 /// One-time prekeys a device keeps published.
 pub const PREKEY_TARGET: u32 = 100;
 
@@ -171,6 +176,7 @@ pub struct Client {
     timings: Timings,
     decrypt_times: Vec<Duration>,
     trace: Option<Vec<TraceEvent>>,
+    send_reservation: u32,
 }
 
 async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError> {
@@ -223,7 +229,7 @@ impl Client {
             Body::LoginOk(ok) => Some(ok),
             _ => None,
         })?;
-        let file = StateFile::new(home);
+        let file = StateFile::acquire(home, OWNER_WAIT)?;
         let mut state = match file.load()? {
             Some(s) if s.user == ok.user && s.device_number == ok.device => s,
             _ => State::new(
@@ -249,7 +255,7 @@ impl Client {
         home: &Path,
         options: Option<&ConnectOptions>,
     ) -> Result<Client, ClientError> {
-        let file = StateFile::new(home);
+        let file = StateFile::acquire(home, OWNER_WAIT)?;
         let state = file.load()?.ok_or(ClientError::NotLoggedIn)?;
         let token = state.token.clone().ok_or(ClientError::NotLoggedIn)?;
         let (url, tls) = match options {
@@ -269,6 +275,7 @@ impl Client {
             timings: Timings::default(),
             decrypt_times: Vec::new(),
             trace: None,
+            send_reservation: MAX_RESERVED_SENDS,
         }
     }
 
@@ -282,19 +289,46 @@ impl Client {
         &self.state
     }
 
-    /// Saves the state on a blocking thread (the write ends with fsync, which
-    /// must not stall the async runtime other clients and tasks share).
-    /// Saves the state durably, reserving the next
-    /// [`MAX_RESERVED_SENDS`] sends of every session (so that most sends
-    /// need no save of their own) after taking pending sending steps.
-    async fn persist(&mut self) -> Result<(), ClientError> {
-        self.state.prepare_sending();
-        let (bytes, reserved) = self.state.encode_reserving(MAX_RESERVED_SENDS);
+    /// How many sends one save covers (1 to [`MAX_RESERVED_SENDS`]; the
+    /// default is the maximum). A process that sends at most one message and
+    /// exits (the CLI's `send` and `inbox`) should set 1: every key a save
+    /// reserves and the process does not use is a gap its peer must bridge
+    /// (docs/PROTOCOL.md §13.1).
+    pub fn set_send_reservation(&mut self, sends: u32) {
+        self.send_reservation = sends.clamp(1, MAX_RESERVED_SENDS);
+    }
+
+    /// Saves the state durably on a blocking thread (the write ends with
+    /// fsync, which must not stall the async runtime other clients and tasks
+    /// share). With `sending_to`, the save is the one a send needs: it takes
+    /// the pending sending step of the active session with that peer and
+    /// reserves its next [`Client::set_send_reservation`] keys. Any other
+    /// save (after receiving, publishing, logging out) reserves only on
+    /// sending chains created in this lifetime, so that a reply needs no
+    /// save of its own, and not at all with a reservation of 1: such saves
+    /// never move a restored chain, however many lifetimes they span.
+    async fn persist(&mut self, sending_to: Option<&Address>) -> Result<(), ClientError> {
+        let sends = match sending_to {
+            Some(peer) => {
+                if let Some(session) = self.state.active_session(peer) {
+                    session.prepare_sending(&mut rand::rng())?;
+                }
+                self.send_reservation
+            }
+            None if self.send_reservation > 1 => {
+                self.state.prepare_sending();
+                self.send_reservation
+            }
+            None => 0,
+        };
+        let (bytes, reserved) = self.state.encode_reserving(sending_to, sends);
+        let generation = self.file.generation();
         let file = self.file.clone();
-        let written = tokio::task::spawn_blocking(move || file.write_encoded(&bytes))
-            .await
-            .map_err(|e| ClientError::Io(e.to_string()))
-            .and_then(|r| r);
+        let written =
+            tokio::task::spawn_blocking(move || file.write_generation(&bytes, generation))
+                .await
+                .map_err(|e| ClientError::Io(e.to_string()))
+                .and_then(|r| r);
         match written {
             Ok(()) => {
                 self.state.confirm_saved(reserved);
@@ -317,7 +351,7 @@ impl Client {
     async fn publish(&mut self, count: usize) -> Result<u32, ClientError> {
         let keys = self.state.device.publish_keys(count, &mut rand::rng());
         let n = keys.one_time_prekeys.len() as u32;
-        self.persist().await?;
+        self.persist(None).await?;
         let reply = self.conn.request(keys).await?;
         expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
         Ok(n)
@@ -391,7 +425,7 @@ impl Client {
             let identity = *verified.identity();
             let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
             if !self.check_identity(&to, &identity) {
-                self.persist().await?;
+                self.persist(None).await?;
                 return Err(ClientError::IdentityChanged { peer: to.user });
             }
             self.state.push_session(to.clone(), session);
@@ -399,24 +433,27 @@ impl Client {
             self.mark("session set up");
         }
         let conversation = conversation_id(&self.state.user, &to.user);
+        // A crash must never make this device reuse a message key: unless
+        // the last save reserved the next key, save first, reserving it and
+        // the next ones (the core refuses to encrypt otherwise, §13.1).
+        let reserved = self
+            .state
+            .active_session(&to)
+            .is_some_and(|s| s.next_send_reserved());
+        if !reserved {
+            self.persist(Some(&to)).await?;
+            self.mark("state saved");
+        }
         let session = self
             .state
             .active_session(&to)
             .ok_or_else(|| ClientError::State("session vanished".into()))?;
-        // A crash must never make this device reuse a message key: unless
-        // the last save reserved this message's key, save before the
-        // envelope leaves (which reserves the next ones too).
-        let reserved = session.next_send_reserved();
         let started = Instant::now();
         let envelope = session
             .encrypt(conversation, text, &mut rand::rng())?
             .encode();
         self.timings.encrypt = Some(started.elapsed());
         self.mark("encrypted");
-        if !reserved {
-            self.persist().await?;
-            self.mark("state saved");
-        }
         self.mark("sent");
         let reply = self
             .conn
@@ -568,7 +605,7 @@ impl Client {
                 .map_err(|e| ClientError::Io(e.to_string()))??;
         }
         if std::mem::take(changed) {
-            self.persist().await?;
+            self.persist(None).await?;
             self.mark("state saved");
         }
         if !acks.is_empty() {
@@ -706,7 +743,7 @@ impl Client {
         let reply = self.conn.request(frame::Logout {}).await?;
         expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
         self.state.token = None;
-        self.persist().await?;
+        self.persist(None).await?;
         self.conn.shutdown().await;
         Ok(())
     }

@@ -32,8 +32,8 @@ pub mod connection;
 pub mod state;
 
 pub use client::{
-    Client, ConnectOptions, Event, Incoming, PREKEY_TARGET, SendReceipt, conversation_id,
-    parse_peer,
+    Client, ConnectOptions, Event, Incoming, OWNER_WAIT, PREKEY_TARGET, SendReceipt,
+    conversation_id, parse_peer,
 };
 pub use connection::{Connection, Push};
 
@@ -71,6 +71,18 @@ pub enum ClientError {
     IdentityChanged {
         /// The peer.
         peer: String,
+    },
+    /// Another process (or another client in this process) owns this home
+    /// directory: one device's state has one owner at a time.
+    #[error(
+        "{home} is in use by another chatify process{}; quit it (or send from it) and try again",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    HomeInUse {
+        /// The home directory.
+        home: String,
+        /// The owner's process id, as it recorded it.
+        pid: Option<u32>,
     },
     /// No local state: log in first.
     #[error("not logged in here; run `chatify login` first")]

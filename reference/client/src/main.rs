@@ -166,7 +166,16 @@ fn print_event(event: &Event) -> bool {
     true
 }
 
+/// The client of the last login. Every command but `chat` sends at most one
+/// message, so it reserves one key: a run of one-shot commands leaves the
+/// peer no gaps to bridge (docs/PROTOCOL.md §13.1).
 async fn resume(cli: &Cli) -> Result<Client, ClientError> {
+    let mut client = resume_with_home(cli).await?;
+    client.set_send_reservation(1);
+    Ok(client)
+}
+
+async fn resume_with_home(cli: &Cli) -> Result<Client, ClientError> {
     let home = home_dir(cli);
     match &cli.server {
         Some(url) => Client::resume(&home, Some(&options(cli, url.clone())?)).await,
@@ -233,17 +242,24 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
             let mut received = 0usize;
             loop {
-                match tokio::time::timeout(Duration::from_secs(*wait), client.next_event()).await {
-                    Err(_) | Ok(Ok(None)) => break,
-                    Ok(Err(e)) => return Err(e),
-                    Ok(Ok(Some(event))) => {
-                        if matches!(event, Event::Message(_)) {
-                            received += 1;
-                        }
-                        if !print_event(&event) {
-                            break;
-                        }
-                    }
+                // Only the wait for a push is timed (it is cancel-safe); the
+                // push is then handled to its end, its save and its
+                // acknowledgement included.
+                let push = match tokio::time::timeout(
+                    Duration::from_secs(*wait),
+                    client.next_push(),
+                )
+                .await
+                {
+                    Err(_) | Ok(None) => break,
+                    Ok(Some(push)) => push,
+                };
+                let event = client.handle(push).await?;
+                if matches!(event, Event::Message(_)) {
+                    received += 1;
+                }
+                if !print_event(&event) {
+                    break;
                 }
             }
             eprintln!("{received} new message(s)");
@@ -251,6 +267,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         }
         Command::Chat { peer } => {
             let mut client = resume(&cli).await?;
+            // A conversation: one save covers the next 64 sends.
+            client.set_send_reservation(chatify_core::MAX_RESERVED_SENDS);
             let target = parse_peer(peer)?;
             if let Some(n) = client.safety_number(&target.user) {
                 eprintln!("safety number with {}:\n{n}", target.user);

@@ -5,11 +5,20 @@
 //! messages, from which the ids of messages already received are rebuilt on
 //! load (a message is logged before the state that consumed its key is saved).
 //!
-//! **Protection.** The files hold private keys, session state and decrypted
-//! messages. They are created with mode 0600 in a directory created with mode
-//! 0700. The state is written to a temporary file, flushed to disk (`fsync`)
-//! and renamed over the previous one, so a crash leaves either the old or the
-//! new state; the message log is appended and flushed (`fdatasync`).
+//! **One owner.** A client holds an exclusive lock on `DIR/lock` (which
+//! records its process id) for its whole life, so two processes never share
+//! a device's state; a second one gets [`ClientError::HomeInUse`].
+//!
+//! **Durable, monotone saves.** The files hold private keys, session state
+//! and decrypted messages. They are created with mode 0600 in a directory
+//! created with mode 0700. The state is written to a temporary file of its
+//! own, flushed to disk (`fsync`), renamed over the previous one, and the
+//! directory is flushed; a failure of any step is a failed save. So a crash
+//! leaves either the old or the new state. Each encoding carries a
+//! generation number and a save older than the last one written is
+//! dropped, so a save whose caller was cancelled can never land after, and
+//! undo, a newer one. The message log is appended and flushed
+//! (`fdatasync`).
 //! It is not encrypted: it relies on the operating system's file
 //! protection, like an SSH private key without a passphrase. Secret buffers
 //! are zeroized after use.
@@ -17,12 +26,16 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chatify_core::{Device, PublicIdentity, SavedAt, Session};
 use chatify_proto::MessageId;
 use chatify_proto::frame::Address;
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
+use rand::Rng;
 use zeroize::Zeroizing;
 
 use crate::ClientError;
@@ -184,11 +197,19 @@ impl State {
         )
     }
 
-    /// The state file's bytes, with every session's sending chain
-    /// `sends` messages ahead ([`Session::to_bytes_reserving`]). Once the
-    /// bytes are durable, [`State::confirm_saved`] lets that many messages
-    /// per session leave without another save.
-    pub fn encode_reserving(&mut self, sends: u32) -> (Zeroizing<Vec<u8>>, Reserved) {
+    /// The state file's bytes, reserving `sends` sends (docs/PROTOCOL.md
+    /// §13.1): on the active session with `peer` when the save is made for a
+    /// send to it ([`Session::to_bytes_reserving`]); with `peer` `None`, on
+    /// each active session only if its sending chain was created in this
+    /// lifetime ([`Session::to_bytes_reserving_new_chain`]), and not at all
+    /// when `sends` is 0. Every other session is written without a new
+    /// reservation. Once the bytes are durable, [`State::confirm_saved`]
+    /// lets the reserved messages leave without another save.
+    pub fn encode_reserving(
+        &mut self,
+        peer: Option<&Address>,
+        sends: u32,
+    ) -> (Zeroizing<Vec<u8>>, Reserved) {
         let mut reserved = Vec::new();
         let sessions: Vec<(Address, Vec<Zeroizing<Vec<u8>>>)> = self
             .sessions
@@ -198,7 +219,12 @@ impl State {
                     .iter_mut()
                     .enumerate()
                     .map(|(i, session)| {
-                        let (bytes, at) = session.to_bytes_reserving(sends);
+                        let (bytes, at) = match peer {
+                            _ if i > 0 || sends == 0 => return session.to_bytes(),
+                            Some(p) if p == a => session.to_bytes_reserving(sends),
+                            Some(_) => return session.to_bytes(),
+                            None => session.to_bytes_reserving_new_chain(sends),
+                        };
                         reserved.push((a.clone(), i, at));
                         bytes
                     })
@@ -262,7 +288,7 @@ impl State {
     }
 
     /// Takes the Double Ratchet's pending sending step of every active
-    /// session now, so that the next save covers the new chains.
+    /// session now, so that a save made next can reserve on the new chains.
     pub fn prepare_sending(&mut self) {
         for list in self.sessions.values_mut() {
             if let Some(active) = list.first_mut() {
@@ -345,16 +371,97 @@ impl State {
     }
 }
 
-/// Where the state lives: `DIR/state.cbor`.
+/// Where the state lives: `DIR/state.cbor`. Clones share the lock and the
+/// write order.
 #[derive(Debug, Clone)]
 pub struct StateFile {
     dir: PathBuf,
+    shared: Arc<Shared>,
 }
 
+#[derive(Debug, Default)]
+struct Shared {
+    /// The exclusive lock on `DIR/lock`, held while any clone lives.
+    lock: Option<std::fs::File>,
+    /// The next generation handed out.
+    next: AtomicU64,
+    /// The newest generation written; held while writing.
+    written: Mutex<u64>,
+}
+
+/// A generation of the encoded state ([`StateFile::generation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Generation(u64);
+
 impl StateFile {
-    /// The state file in `dir`.
+    /// The state file in `dir`, for reading (no lock is taken).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        StateFile { dir: dir.into() }
+        StateFile {
+            dir: dir.into(),
+            shared: Arc::new(Shared::default()),
+        }
+    }
+
+    /// The state file in `dir`, owned: takes the exclusive lock on
+    /// `DIR/lock` (creating the directory), waiting up to `wait` for a
+    /// previous owner to let go. The lock is released when the last clone is
+    /// dropped, after any save in flight.
+    pub fn acquire(dir: impl Into<PathBuf>, wait: Duration) -> Result<Self, ClientError> {
+        let dir = dir.into();
+        let path = dir.join("lock");
+        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+        create_private_dir(&dir).map_err(io)?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let mut text = String::new();
+                    let _ = std::io::Read::read_to_string(&mut file, &mut text);
+                    return Err(ClientError::HomeInUse {
+                        home: dir.display().to_string(),
+                        pid: text.trim().parse().ok(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
+        file.set_len(0).map_err(io)?;
+        std::io::Seek::rewind(&mut file).map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(StateFile {
+            dir,
+            shared: Arc::new(Shared {
+                lock: Some(file),
+                ..Shared::default()
+            }),
+        })
+    }
+
+    /// Whether this handle owns the directory ([`StateFile::acquire`]).
+    pub fn is_owner(&self) -> bool {
+        self.shared.lock.is_some()
+    }
+
+    /// A new generation, to be taken when the state is encoded: a save
+    /// ([`StateFile::write_generation`]) older than one already written is
+    /// dropped.
+    pub fn generation(&self) -> Generation {
+        Generation(self.shared.next.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     /// The file's path.
@@ -437,25 +544,56 @@ impl StateFile {
         Ok(out)
     }
 
-    /// Writes the state atomically and durably (temp file, fsync, rename).
+    /// Writes the state atomically and durably (temp file, fsync, rename,
+    /// directory fsync).
     pub fn save(&self, state: &State) -> Result<(), ClientError> {
-        self.write_encoded(&state.encode())
+        self.write_generation(&state.encode(), self.generation())
     }
 
     /// Writes an encoded state ([`State::encode`]) atomically and durably.
     pub fn write_encoded(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.write_generation(bytes, self.generation())
+    }
+
+    /// Writes an encoded state of generation `generation` atomically and
+    /// durably, unless a newer generation is already written (then the
+    /// newer state stands and this returns `Ok`). Saves run one at a time.
+    pub fn write_generation(
+        &self,
+        bytes: &[u8],
+        generation: Generation,
+    ) -> Result<(), ClientError> {
+        let mut written = self
+            .shared
+            .written
+            .lock()
+            .map_err(|_| ClientError::State("a save panicked".into()))?;
+        if generation.0 <= *written {
+            return Ok(());
+        }
         let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.dir.display()));
         create_private_dir(&self.dir).map_err(io)?;
-        let tmp = self.dir.join("state.cbor.tmp");
-        {
-            let mut f = open_private(&tmp).map_err(io)?;
-            f.write_all(bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
+        let mut suffix = [0u8; 8];
+        rand::rng().fill_bytes(&mut suffix);
+        let tmp = self.dir.join(format!(
+            "state.cbor.{}.{}.tmp",
+            std::process::id(),
+            u64::from_le_bytes(suffix)
+        ));
+        let result = (|| {
+            let mut f = open_private(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, self.path())?;
+            // The rename is durable only once the directory is.
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, self.path()).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        result.map_err(io)?;
+        *written = generation.0;
         Ok(())
     }
 }
@@ -507,4 +645,52 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
         .truncate(true)
         .mode(0o600)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A save whose caller gave up (its generation is older) never lands
+    /// after a newer one: the newer state stands.
+    #[test]
+    fn an_older_generation_never_overwrites_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::acquire(dir.path(), Duration::ZERO).unwrap();
+        let (old, new) = (file.generation(), file.generation());
+        file.write_generation(b"new", new).unwrap();
+        file.write_generation(b"old", old).unwrap();
+        assert_eq!(std::fs::read(file.path()).unwrap(), b"new");
+        let newest = file.generation();
+        file.write_generation(b"newest", newest).unwrap();
+        assert_eq!(std::fs::read(file.path()).unwrap(), b"newest");
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    /// A second owner is refused with the first one's process id; the
+    /// directory is free again once every clone of the first is dropped.
+    #[test]
+    fn the_lock_names_its_owner_and_is_released_with_the_last_clone() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateFile::acquire(dir.path(), Duration::ZERO).unwrap();
+        let clone = first.clone();
+        drop(first);
+        match StateFile::acquire(dir.path(), Duration::ZERO) {
+            Err(ClientError::HomeInUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected HomeInUse, got {other:?}"),
+        }
+        drop(clone);
+        assert!(
+            StateFile::acquire(dir.path(), Duration::ZERO)
+                .unwrap()
+                .is_owner()
+        );
+    }
 }

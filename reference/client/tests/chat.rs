@@ -231,7 +231,8 @@ async fn sends_share_a_save_and_a_crash_mid_reservation_loses_nothing() {
     bob.send("alice", b"reply").await.unwrap();
     assert_eq!(next_message(&mut alice).await.text, b"reply".to_vec());
 
-    // Alice's receive saved her state with the next sending chain reserved.
+    // Alice's receive saved her state with her new sending chain reserved
+    // (a chain created in this lifetime, §13.1).
     alice.start_trace();
     for i in 0..20 {
         alice.send("bob", format!("a{i}").as_bytes()).await.unwrap();

@@ -124,6 +124,23 @@ async fn two_people_chat_in_two_terminals() {
         wait_for(&out2, "alice: hello Bob, it is Alice");
         writeln!(in2, "hi Alice!").unwrap();
         wait_for(&out1, "bob: hi Alice!");
+
+        // A second process on Alice's home while her chat runs: refused,
+        // naming the running one (two owners of one state reused message
+        // keys and overwrote each other's saves).
+        let out = chatify(&url, &a)
+            .args(["send", "bob", "from a second terminal"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "in use by another chatify process (pid {})",
+                t1.id()
+            )),
+            "{err}"
+        );
         drop(in1);
         drop(in2);
         assert!(t1.wait().unwrap().success());
