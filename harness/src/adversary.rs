@@ -56,6 +56,8 @@ pub(crate) enum Attack {
     BundleBadSignature,
     BundleLowOrderKey,
     KeySubstitution,
+    PersistentKeySubstitution,
+    GhostDevice,
     WithheldPrekeyReplayedSetup,
     Downgrade,
 }
@@ -78,6 +80,8 @@ pub(crate) const ALL: &[Attack] = &[
     Attack::BundleBadSignature,
     Attack::BundleLowOrderKey,
     Attack::KeySubstitution,
+    Attack::PersistentKeySubstitution,
+    Attack::GhostDevice,
     Attack::WithheldPrekeyReplayedSetup,
     Attack::Downgrade,
 ];
@@ -119,6 +123,8 @@ impl Attack {
             Attack::BundleBadSignature => "bundle-bad-signature",
             Attack::BundleLowOrderKey => "bundle-low-order-key",
             Attack::KeySubstitution => "key-substitution",
+            Attack::PersistentKeySubstitution => "persistent-key-substitution",
+            Attack::GhostDevice => "ghost-device",
             Attack::WithheldPrekeyReplayedSetup => "withheld-prekey-replayed-setup",
             Attack::Downgrade => "downgrade",
         }
@@ -153,6 +159,12 @@ impl Attack {
             Attack::KeySubstitution => {
                 "a session set up by the server with its own identity, delivered as from Alice"
             }
+            Attack::PersistentKeySubstitution => {
+                "as key-substitution, with three messages on the server's session"
+            }
+            Attack::GhostDevice => {
+                "a device alice:2 made by the server, with its own identity, writes to Bob three times"
+            }
             Attack::WithheldPrekeyReplayedSetup => {
                 "one-time prekeys withheld, then Alice's setup message replayed"
             }
@@ -179,7 +191,11 @@ impl Attack {
             Attack::BundleBadSignature => Some("bad signature"),
             Attack::BundleLowOrderKey => Some("non-contributory"),
             Attack::Downgrade => Some("no such device"),
-            Attack::Drop | Attack::Reorder | Attack::KeySubstitution => None,
+            Attack::Drop
+            | Attack::Reorder
+            | Attack::KeySubstitution
+            | Attack::PersistentKeySubstitution
+            | Attack::GhostDevice => None,
         }
     }
 
@@ -190,7 +206,9 @@ impl Attack {
             Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
                 Expect::SendRefused
             }
-            Attack::KeySubstitution => Expect::KeyChangeAlert,
+            Attack::KeySubstitution | Attack::PersistentKeySubstitution | Attack::GhostDevice => {
+                Expect::KeyChangeAlert
+            }
             _ => Expect::Rejected,
         }
     }
@@ -292,34 +310,42 @@ impl AdversaryStore {
         Ok(())
     }
 
-    /// An envelope from the server's own device: a new session with `to`
-    /// (from `to`'s real bundle), delivered as from `claimed`.
-    fn forge_session_from(&self, claimed: &str, to: &str, text: &[u8]) -> Result<(), String> {
+    /// Envelopes from the server's own device: one new session with `to`
+    /// (from `to`'s real bundle) carrying `texts`, delivered as from
+    /// `claimed`.
+    fn forge_session_from(
+        &self,
+        claimed: &Address,
+        to: &str,
+        texts: &[&str],
+    ) -> Result<(), String> {
         let (bundle, _) = self
             .inner
             .take_bundle(&addr(to))
             .map_err(|e| e.to_string())?
             .ok_or("no bundle")?;
         let verified = VerifiedBundle::verify(&bundle).map_err(|e| e.to_string())?;
-        let conversation = chatify_client::conversation_id(claimed, to);
+        let conversation = chatify_client::conversation_id(&claimed.user, to);
         let mallory = lock(&self.mallory);
         let mut session =
             Session::initiate(&mallory, verified, &mut rand::rng()).map_err(|e| e.to_string())?;
-        let env = session
-            .encrypt(conversation, text, &mut rand::rng())
-            .map_err(|e| e.to_string())?;
-        let mut message_id = [0u8; 16];
-        rand::Rng::fill_bytes(&mut rand::rng(), &mut message_id);
-        self.inner
-            .enqueue(&NewEnvelope {
-                from: addr(claimed),
-                to: addr(to),
-                conversation,
-                message_id,
-                sent_at_ms: 0,
-                envelope: env.encode(),
-            })
-            .map_err(|e| e.to_string())?;
+        for text in texts {
+            let env = session
+                .encrypt(conversation, text.as_bytes(), &mut rand::rng())
+                .map_err(|e| e.to_string())?;
+            let mut message_id = [0u8; 16];
+            rand::Rng::fill_bytes(&mut rand::rng(), &mut message_id);
+            self.inner
+                .enqueue(&NewEnvelope {
+                    from: claimed.clone(),
+                    to: addr(to),
+                    conversation,
+                    message_id,
+                    sent_at_ms: 0,
+                    envelope: env.encode(),
+                })
+                .map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 
@@ -510,6 +536,8 @@ impl Store for AdversaryStore {
             | Attack::BundleBadSignature
             | Attack::BundleLowOrderKey
             | Attack::KeySubstitution
+            | Attack::PersistentKeySubstitution
+            | Attack::GhostDevice
             | Attack::WithheldPrekeyReplayedSetup
             | Attack::Downgrade => {}
         }
@@ -806,12 +834,23 @@ impl Bench {
     async fn reconnect(&mut self, name: &str) -> Result<(), String> {
         let options = self.options.clone();
         let home = self.dir.path().join(name);
-        let u = self.user(name)?;
-        let fresh = Client::resume(&home, Some(&options))
+        // One owner per home: the old client lets go before the new one
+        // takes the state.
+        let (key, old) = self
+            .users
+            .remove_entry(name)
+            .ok_or_else(|| format!("no user {name}"))?;
+        old.client.close().await;
+        let client = Client::resume(&home, Some(&options))
             .await
             .map_err(|e| format!("resume {name}: {e}"))?;
-        let old = std::mem::replace(&mut u.client, fresh);
-        old.close().await;
+        self.users.insert(
+            key,
+            User {
+                name: old.name,
+                client,
+            },
+        );
         Ok(())
     }
 
@@ -888,9 +927,22 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
             b.store.replay_captured(0)?;
             b.push_injected("bob", &mut o).await?;
         }
-        Attack::KeySubstitution => {
-            b.store
-                .forge_session_from("alice", "bob", "attack-forged".as_ref())?;
+        Attack::KeySubstitution | Attack::PersistentKeySubstitution | Attack::GhostDevice => {
+            let (claimed, texts): (Address, &[&str]) = match attack {
+                Attack::KeySubstitution => (addr("alice"), &["attack-forged"]),
+                Attack::PersistentKeySubstitution => (
+                    addr("alice"),
+                    &["attack-forged", "attack-forged-2", "attack-forged-3"],
+                ),
+                _ => (
+                    Address {
+                        user: "alice".into(),
+                        device: 2,
+                    },
+                    &["attack-ghost", "attack-ghost-2", "attack-ghost-3"],
+                ),
+            };
+            b.store.forge_session_from(&claimed, "bob", texts)?;
             b.push_injected("bob", &mut o).await?;
             let bob = b.user("bob")?;
             let reply = bob.client.send("alice", b"are you there?").await;

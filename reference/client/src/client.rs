@@ -62,12 +62,26 @@ pub struct Incoming {
     pub sent_at_ms: u64,
     /// The plaintext.
     pub text: Vec<u8>,
-    /// The sender's identity differs from the pinned one: warn the user;
-    /// sending to them is blocked until the new safety number is confirmed.
+    /// The sender device's identity is not one the user has accepted for
+    /// this user (`warning` says why): warn on this message, as on every
+    /// message until the user confirms; sending to the user is blocked
+    /// until then.
     pub identity_changed: bool,
+    /// Why the sender is not trusted, if it is not.
+    pub warning: Option<IdentityWarning>,
     /// When this client had the plaintext (before the batch's durable commit
     /// and acknowledgement): what end-to-end latency is measured to.
     pub decrypted_at: Instant,
+}
+
+/// Why a message's sender is not trusted as the user it claims to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityWarning {
+    /// The device presented an identity other than the one pinned for it.
+    Changed,
+    /// A device of the user this client has not seen before, while another
+    /// device of the user is pinned: it may be the server's, not the user's.
+    NewDevice,
 }
 
 /// What [`Client::next_event`] reports.
@@ -357,7 +371,16 @@ impl Client {
         Ok(n)
     }
 
-    fn check_identity(&mut self, peer: &Address, presented: &chatify_core::PublicIdentity) -> bool {
+    /// Records the identity `peer` presented. The first device seen of a
+    /// user is trusted on first use; a device whose identity changed, or a
+    /// further device of a user already pinned, is recorded as awaiting
+    /// confirmation (and returns the warning) until the user confirms.
+    fn check_identity(
+        &mut self,
+        peer: &Address,
+        presented: &chatify_core::PublicIdentity,
+    ) -> Option<IdentityWarning> {
+        let user_known = self.state.pins.keys().any(|a| a.user == peer.user);
         match self.state.pins.get_mut(peer) {
             None => {
                 self.state.pins.insert(
@@ -366,18 +389,27 @@ impl Client {
                         identity: *presented,
                         verified: false,
                         changed_to: None,
+                        unconfirmed: user_known,
                     },
                 );
-                true
+                user_known.then_some(IdentityWarning::NewDevice)
             }
-            Some(pin) if pin.identity == *presented && pin.changed_to.is_none() => true,
             Some(pin) => {
                 if pin.identity != *presented {
                     pin.changed_to = Some(*presented);
                 }
-                false
+                self.state.trust_of(peer, presented)
             }
         }
+    }
+
+    /// Whether sending to `user` is blocked: one of their devices changed
+    /// identity or is new, and the user has not confirmed it.
+    fn blocked(&self, user: &str) -> bool {
+        self.state
+            .pins
+            .iter()
+            .any(|(a, p)| a.user == user && (p.changed_to.is_some() || p.unconfirmed))
     }
 
     /// Encrypts `text` for `peer` (`user` or `user:device`) and relays it
@@ -399,12 +431,7 @@ impl Client {
         message_id: MessageId,
     ) -> Result<SendReceipt, ClientError> {
         let to = parse_peer(peer)?;
-        if self
-            .state
-            .pins
-            .get(&to)
-            .is_some_and(|p| p.changed_to.is_some())
-        {
+        if self.blocked(&to.user) {
             return Err(ClientError::IdentityChanged { peer: to.user });
         }
         if self.state.sessions.get(&to).is_none_or(Vec::is_empty) {
@@ -424,7 +451,7 @@ impl Client {
             // nothing: the identity is checked once the session exists.
             let identity = *verified.identity();
             let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
-            if !self.check_identity(&to, &identity) {
+            if self.check_identity(&to, &identity).is_some() {
                 self.persist(None).await?;
                 return Err(ClientError::IdentityChanged { peer: to.user });
             }
@@ -552,7 +579,7 @@ impl Client {
                 continue;
             }
             match self.open(&d) {
-                Ok((plaintext, identity_changed)) => {
+                Ok((plaintext, warning)) => {
                     self.mark("decrypted");
                     let text = plaintext.to_vec();
                     logged.push(StoredMessage {
@@ -569,7 +596,8 @@ impl Client {
                         message_id: d.message_id,
                         sent_at_ms: d.sent_at_ms,
                         text,
-                        identity_changed,
+                        identity_changed: warning.is_some(),
+                        warning,
                         decrypted_at: Instant::now(),
                     }));
                 }
@@ -626,7 +654,10 @@ impl Client {
         &self.decrypt_times
     }
 
-    fn open(&mut self, d: &Deliver) -> Result<(Zeroizing<Vec<u8>>, bool), ClientError> {
+    fn open(
+        &mut self,
+        d: &Deliver,
+    ) -> Result<(Zeroizing<Vec<u8>>, Option<IdentityWarning>), ClientError> {
         let started = Instant::now();
         let result = self.open_timed(d);
         let took = started.elapsed();
@@ -635,7 +666,10 @@ impl Client {
         result
     }
 
-    fn open_timed(&mut self, d: &Deliver) -> Result<(Zeroizing<Vec<u8>>, bool), ClientError> {
+    fn open_timed(
+        &mut self,
+        d: &Deliver,
+    ) -> Result<(Zeroizing<Vec<u8>>, Option<IdentityWarning>), ClientError> {
         let envelope = Envelope::decode(&d.envelope).map_err(chatify_core::Error::from)?;
         // The conversation is bound into the AEAD's associated data; the
         // server's label of it is not. Both must be the one this client has
@@ -673,7 +707,10 @@ impl Client {
                             let s = sessions.remove(i);
                             sessions.insert(0, s);
                         }
-                        return Ok((plaintext, false));
+                        // Every message is judged, not just a session's
+                        // first: an identity not confirmed stays flagged.
+                        let identity = *session_identity(sessions, 0)?;
+                        return Ok((plaintext, self.state.trust_of(&d.from, &identity)));
                     }
                     Err(e) => last = e,
                 }
@@ -681,14 +718,15 @@ impl Client {
             return Err(last.into());
         }
         let (session, plaintext) = self.state.device.accept(&envelope)?;
-        let trusted = self.check_identity(&d.from, session.remote_identity());
+        let warning = self.check_identity(&d.from, session.remote_identity());
         self.state.push_session(d.from.clone(), session);
-        Ok((plaintext, !trusted))
+        Ok((plaintext, warning))
     }
 
-    /// The safety number with `peer`'s (`user` or `user:device`) pinned
-    /// identity, or the changed one awaiting confirmation; `None` if the peer
-    /// was never seen.
+    /// The safety number with `peer`'s (`user` or `user:device`, device 1
+    /// by default) pinned identity, or the changed one awaiting
+    /// confirmation; `None` if that device was never seen
+    /// ([`Client::devices`] lists every device of a user).
     pub fn safety_number(&self, peer: &str) -> Option<SafetyNumber> {
         let pin = self.state.pins.get(&parse_peer(peer).ok()?)?;
         let theirs = pin.changed_to.as_ref().unwrap_or(&pin.identity);
@@ -698,26 +736,59 @@ impl Client {
         ))
     }
 
-    /// Marks `peer`'s current identity verified; after an identity change
-    /// this accepts the new identity and unblocks sending.
+    /// Marks every device of `peer`'s user verified, as it presents itself
+    /// now: accepts changed identities and new devices, and unblocks
+    /// sending. (`verify` is about the user: a device left unconfirmed
+    /// would keep the user blocked.)
     pub fn confirm_peer(&mut self, peer: &str) -> Result<(), ClientError> {
-        let addr = parse_peer(peer)?;
-        let pin = self
+        let user = parse_peer(peer)?.user;
+        let devices: Vec<Address> = self
             .state
             .pins
-            .get_mut(&addr)
-            .ok_or_else(|| ClientError::State(format!("no identity known for {peer}")))?;
-        if let Some(new) = pin.changed_to.take() {
-            pin.identity = new;
-            // Sessions with the old identity are of no use any more.
-            if let Some(list) = self.state.sessions.get_mut(&addr) {
-                list.retain(|s| *s.remote_identity() == new);
-            }
+            .keys()
+            .filter(|a| a.user == user)
+            .cloned()
+            .collect();
+        if devices.is_empty() {
+            return Err(ClientError::State(format!("no identity known for {peer}")));
         }
-        if let Some(pin) = self.state.pins.get_mut(&addr) {
+        for addr in devices {
+            let Some(pin) = self.state.pins.get_mut(&addr) else {
+                continue;
+            };
+            if let Some(new) = pin.changed_to.take() {
+                pin.identity = new;
+                // Sessions with the old identity are of no use any more.
+                if let Some(list) = self.state.sessions.get_mut(&addr) {
+                    list.retain(|s| *s.remote_identity() == new);
+                }
+            }
+            pin.unconfirmed = false;
             pin.verified = true;
         }
         self.save()
+    }
+
+    /// Every device of `user` this client has seen, with its safety number
+    /// and whether it awaits confirmation.
+    pub fn devices(&self, user: &str) -> Vec<(Address, SafetyNumber, Option<IdentityWarning>)> {
+        let own = self.state.device.public_identity();
+        self.state
+            .pins
+            .iter()
+            .filter(|(a, _)| a.user == user)
+            .map(|(a, pin)| {
+                let theirs = pin.changed_to.as_ref().unwrap_or(&pin.identity);
+                let warning = if pin.changed_to.is_some() {
+                    Some(IdentityWarning::Changed)
+                } else if pin.unconfirmed {
+                    Some(IdentityWarning::NewDevice)
+                } else {
+                    None
+                };
+                (a.clone(), SafetyNumber::new(&own, theirs), warning)
+            })
+            .collect()
     }
 
     /// A page of the ciphertext history the server keeps of the conversation
@@ -786,4 +857,14 @@ impl Client {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+fn session_identity(
+    sessions: &[Session],
+    i: usize,
+) -> Result<&chatify_core::PublicIdentity, ClientError> {
+    sessions
+        .get(i)
+        .map(Session::remote_identity)
+        .ok_or_else(|| ClientError::State("session vanished".into()))
 }

@@ -32,8 +32,8 @@ pub mod connection;
 pub mod state;
 
 pub use client::{
-    Client, ConnectOptions, Event, Incoming, OWNER_WAIT, PREKEY_TARGET, SendReceipt,
-    conversation_id, parse_peer,
+    Client, ConnectOptions, Event, IdentityWarning, Incoming, OWNER_WAIT, PREKEY_TARGET,
+    SendReceipt, conversation_id, parse_peer,
 };
 pub use connection::{Connection, Push};
 

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chatify_client::{Client, ClientError, ConnectOptions, Event, Incoming, parse_peer};
+use chatify_client::{
+    Client, ClientError, ConnectOptions, Event, IdentityWarning, Incoming, parse_peer,
+};
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncBufReadExt;
 
@@ -85,11 +87,11 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Show the safety number with a peer; --confirm after comparing it in person.
+    /// Show the safety numbers with a user's devices; --confirm after comparing them in person.
     Verify {
-        /// The peer: `user` or `user:device`.
+        /// The user (`user`, or `user:device`: every device of the user is shown).
         peer: String,
-        /// Mark the shown number as verified (and accept a changed identity).
+        /// Mark every shown number as verified (accepting changed identities and new devices).
         #[arg(long)]
         confirm: bool,
     },
@@ -133,14 +135,25 @@ fn read_password(from_stdin: bool, confirm: bool) -> Result<String, ClientError>
 
 fn print_message(m: &Incoming) {
     let mut out = std::io::stdout().lock();
-    if m.identity_changed {
-        let _ = writeln!(
-            out,
-            "!! {}'s identity changed: sending to them is blocked until you run `chatify verify {} --confirm`",
-            m.from.user, m.from.user
-        );
+    let user = &m.from.user;
+    match m.warning {
+        Some(IdentityWarning::Changed) => {
+            let _ = writeln!(
+                out,
+                "!! NOT VERIFIED: {user}:{}'s identity changed. Sending to {user} is blocked until you compare safety numbers and run `chatify verify {user} --confirm`",
+                m.from.device
+            );
+        }
+        Some(IdentityWarning::NewDevice) => {
+            let _ = writeln!(
+                out,
+                "!! NOT VERIFIED: sent from {user}:{}, a device of {user} you have not confirmed (it may not be {user}'s). Sending to {user} is blocked until you run `chatify verify {user} --confirm`",
+                m.from.device
+            );
+        }
+        None => {}
     }
-    let _ = writeln!(out, "{}: {}", m.from.user, String::from_utf8_lossy(&m.text));
+    let _ = writeln!(out, "{user}: {}", String::from_utf8_lossy(&m.text));
     let _ = out.flush();
 }
 
@@ -309,25 +322,40 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Verify { peer, confirm } => {
             let home = home_dir(&cli);
             let mut client = resume(&cli).await?;
-            let number = client.safety_number(peer).ok_or_else(|| {
-                ClientError::State(format!(
-                    "no identity known for {peer} yet: send them a message or receive one first"
-                ))
-            })?;
-            let pin = client.state().pins.get(&parse_peer(peer)?).cloned();
-            println!("safety number with {peer}:\n{number}");
-            if let Some(pin) = pin {
-                if pin.changed_to.is_some() {
-                    println!(
-                        "!! {peer}'s identity CHANGED: compare this number with {peer} before confirming"
-                    );
-                } else if pin.verified {
-                    println!("(verified)");
+            let user = parse_peer(peer)?.user;
+            let devices = client.devices(&user);
+            if devices.is_empty() {
+                return Err(ClientError::State(format!(
+                    "no identity known for {user} yet: send them a message or receive one first"
+                )));
+            }
+            for (addr, number, warning) in &devices {
+                let shown = if devices.len() == 1 {
+                    user.clone()
+                } else {
+                    format!("{user}:{}", addr.device)
+                };
+                println!("safety number with {shown}:\n{number}");
+                match warning {
+                    Some(IdentityWarning::Changed) => println!(
+                        "!! {shown}'s identity CHANGED: compare this number with {user} before confirming"
+                    ),
+                    Some(IdentityWarning::NewDevice) => println!(
+                        "!! {shown} is a NEW DEVICE of {user}: compare this number with {user} before confirming"
+                    ),
+                    None if client.state().pins.get(addr).is_some_and(|p| p.verified) => {
+                        println!("(verified)")
+                    }
+                    None => {}
                 }
             }
             if *confirm {
-                client.confirm_peer(peer)?;
-                println!("marked {peer} as verified (state in {})", home.display());
+                client.confirm_peer(&user)?;
+                println!(
+                    "marked {user} ({} device(s)) as verified (state in {})",
+                    devices.len(),
+                    home.display()
+                );
             }
             client.close().await;
         }

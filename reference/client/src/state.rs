@@ -58,6 +58,10 @@ pub struct Pin {
     /// A different identity was presented; sending is blocked until the user
     /// verifies it. Holds the presented identity.
     pub changed_to: Option<PublicIdentity>,
+    /// A device first seen while another device of its user was already
+    /// pinned: not shown as the user, and sending to the user is blocked,
+    /// until the user confirms it.
+    pub unconfirmed: bool,
 }
 
 /// A decrypted message kept locally.
@@ -188,6 +192,24 @@ impl State {
         }
     }
 
+    /// Whether a message from `peer`, whose session presents `identity`, may
+    /// be shown as coming from `peer`'s user: `None` when the identity is the
+    /// one pinned and confirmed for that device, else why not.
+    pub fn trust_of(
+        &self,
+        peer: &Address,
+        identity: &PublicIdentity,
+    ) -> Option<crate::IdentityWarning> {
+        match self.pins.get(peer) {
+            // A message on a session with the pinned identity is from that
+            // identity, even while another one awaits confirmation.
+            Some(pin) if pin.identity != *identity => Some(crate::IdentityWarning::Changed),
+            Some(pin) if pin.unconfirmed => Some(crate::IdentityWarning::NewDevice),
+            Some(_) => None,
+            None => Some(crate::IdentityWarning::NewDevice),
+        }
+    }
+
     /// The state file's bytes.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         self.encode_sessions(
@@ -271,7 +293,7 @@ impl State {
             }
             e.array(self.pins.len() as u64)?;
             for (addr, pin) in &self.pins {
-                e.array(5)?
+                e.array(6)?
                     .str(&addr.user)?
                     .u32(addr.device)?
                     .bytes(&identity_bytes(&pin.identity))?
@@ -280,6 +302,7 @@ impl State {
                     Some(id) => e.bytes(&identity_bytes(id))?,
                     None => e.null()?,
                 };
+                e.bool(pin.unconfirmed)?;
             }
             Ok(())
         })();
@@ -347,7 +370,7 @@ impl State {
         }
         let n = d.array().map_err(bad)?.unwrap_or(0);
         for _ in 0..n {
-            d.array().map_err(bad)?;
+            let fields = d.array().map_err(bad)?;
             let user = d.str().map_err(bad)?.to_owned();
             let device = d.u32().map_err(bad)?;
             let identity = identity_from(d.bytes().map_err(bad)?)?;
@@ -358,12 +381,15 @@ impl State {
             } else {
                 Some(identity_from(d.bytes().map_err(bad)?)?)
             };
+            // Files written before devices were confirmed have 5 fields.
+            let unconfirmed = fields == Some(6) && d.bool().map_err(bad)?;
             state.pins.insert(
                 Address { user, device },
                 Pin {
                     identity,
                     verified,
                     changed_to,
+                    unconfirmed,
                 },
             );
         }

@@ -7,61 +7,19 @@
     clippy::indexing_slicing
 )]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatify_client::{Client, ClientError, ConnectOptions, Connection, Event, Incoming};
+use chatify_client::{Client, ClientError, ConnectOptions, Connection, Event};
 use chatify_proto::frame::{self, Address};
 use chatify_proto::{Body, ErrorCode};
-use chatify_server::auth::PasswordCost;
+use chatify_server::Config;
+use chatify_server::store::SqliteStore;
 use chatify_server::store::sqlite::Durability;
-use chatify_server::store::{SqliteStore, Store};
-use chatify_server::{Config, Server};
 
-fn config() -> Config {
-    Config {
-        password_cost: PasswordCost {
-            memory_kib: 64,
-            iterations: 1,
-        },
-        ..Config::default()
-    }
-}
+mod common;
 
-async fn server_with(store: Arc<dyn Store>, config: Config) -> (Server, ConnectOptions) {
-    let server = Server::start(config, store).await.unwrap();
-    let options = ConnectOptions::new(format!("ws://{}", server.local_addr()));
-    (server, options)
-}
-
-async fn server() -> (Server, ConnectOptions) {
-    server_with(Arc::new(SqliteStore::in_memory().unwrap()), config()).await
-}
-
-async fn user(options: &ConnectOptions, home: &Path, name: &str) -> Client {
-    let password = format!("{name}-password");
-    Client::register(options, name, &password).await.unwrap();
-    Client::login(options, home, name, &password, 1)
-        .await
-        .unwrap()
-}
-
-/// The next message event, skipping bookkeeping events.
-async fn next_message(client: &mut Client) -> Incoming {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(10), client.next_event())
-            .await
-            .expect("no event within 10 s")
-            .unwrap()
-            .expect("connection ended");
-        match event {
-            Event::Message(m) => return m,
-            Event::KeysReplenished(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
+use common::{config, next_message, server, server_with, user};
 
 #[tokio::test]
 async fn two_clients_chat_online() {

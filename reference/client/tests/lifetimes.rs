@@ -10,60 +10,15 @@
     clippy::indexing_slicing
 )]
 
-use std::path::Path;
-use std::time::Duration;
-
-use chatify_client::{Client, ClientError, ConnectOptions, Event, Incoming, Push};
+use chatify_client::{Client, ClientError, Event, Push};
 use chatify_core::MAX_RESERVED_SENDS;
-use chatify_proto::frame::Address;
-use chatify_server::auth::PasswordCost;
-use chatify_server::store::SqliteStore;
-use chatify_server::{Config, Server};
-use std::sync::Arc;
 
-async fn server() -> (Server, ConnectOptions) {
-    let config = Config {
-        password_cost: PasswordCost {
-            memory_kib: 64,
-            iterations: 1,
-        },
-        ..Config::default()
-    };
-    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
-        .await
-        .unwrap();
-    let options = ConnectOptions::new(format!("ws://{}", server.local_addr()));
-    (server, options)
-}
+mod common;
 
-async fn user(options: &ConnectOptions, home: &Path, name: &str) -> Client {
-    let password = format!("{name}-password");
-    Client::register(options, name, &password).await.unwrap();
-    Client::login(options, home, name, &password, 1)
-        .await
-        .unwrap()
-}
+use common::{next_message, server, user};
 
-async fn next_message(client: &mut Client) -> Incoming {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(10), client.next_event())
-            .await
-            .expect("no event within 10 s")
-            .unwrap()
-            .expect("connection ended");
-        match event {
-            Event::Message(m) => return m,
-            Event::KeysReplenished(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn addr(user: &str) -> Address {
-    Address {
-        user: user.into(),
-        device: 1,
-    }
+fn addr(name: &str) -> chatify_proto::frame::Address {
+    common::addr(name, 1)
 }
 
 /// Alice sends; Bob reads each message with a fresh process (`chatify

@@ -1,0 +1,67 @@
+//! Helpers shared by the client's integration tests: a real server on
+//! loopback, registered and logged-in users, and waiting for messages.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatify_client::{Client, ConnectOptions, Event, Incoming};
+use chatify_proto::frame::Address;
+use chatify_server::auth::PasswordCost;
+use chatify_server::store::{SqliteStore, Store};
+use chatify_server::{Config, Server};
+
+/// The default configuration with a cheap password hash.
+pub fn config() -> Config {
+    Config {
+        password_cost: PasswordCost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        ..Config::default()
+    }
+}
+
+pub async fn server_with(store: Arc<dyn Store>, config: Config) -> (Server, ConnectOptions) {
+    let server = Server::start(config, store).await.unwrap();
+    let options = ConnectOptions::new(format!("ws://{}", server.local_addr()));
+    (server, options)
+}
+
+/// A server over an in-memory store.
+pub async fn server() -> (Server, ConnectOptions) {
+    server_with(Arc::new(SqliteStore::in_memory().unwrap()), config()).await
+}
+
+/// Registers `name` (password `NAME-password`) and logs in device 1.
+pub async fn user(options: &ConnectOptions, home: &Path, name: &str) -> Client {
+    let password = format!("{name}-password");
+    Client::register(options, name, &password).await.unwrap();
+    Client::login(options, home, name, &password, 1)
+        .await
+        .unwrap()
+}
+
+/// The next message event, skipping bookkeeping events.
+pub async fn next_message(client: &mut Client) -> Incoming {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), client.next_event())
+            .await
+            .expect("no event within 10 s")
+            .unwrap()
+            .expect("connection ended");
+        match event {
+            Event::Message(m) => return m,
+            Event::KeysReplenished(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+pub fn addr(user: &str, device: u32) -> Address {
+    Address {
+        user: user.into(),
+        device,
+    }
+}
