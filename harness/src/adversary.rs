@@ -60,6 +60,8 @@ pub(crate) enum Attack {
     GhostDevice,
     WithheldPrekeyReplayedSetup,
     Downgrade,
+    IdReuse,
+    WithheldThenReleased,
 }
 
 pub(crate) const ALL: &[Attack] = &[
@@ -84,6 +86,8 @@ pub(crate) const ALL: &[Attack] = &[
     Attack::GhostDevice,
     Attack::WithheldPrekeyReplayedSetup,
     Attack::Downgrade,
+    Attack::IdReuse,
+    Attack::WithheldThenReleased,
 ];
 
 /// What the client is expected to do.
@@ -92,10 +96,15 @@ pub(crate) const ALL: &[Attack] = &[
 pub(crate) enum Expect {
     /// The envelope is rejected (an `Event::Rejected`).
     Rejected,
-    /// Nothing is shown for it; the rest arrives intact.
-    NoEffect,
-    /// The genuine messages arrive, out of order, each once.
+    /// Nothing is shown for it, the rest arrives intact, and the recipient
+    /// is told that a message from the sender is missing.
+    ReportedMissing,
+    /// The genuine messages arrive, out of order, each once, the late one
+    /// flagged as late.
     Reordered,
+    /// The held message is reported missing while held, then shown once,
+    /// flagged as late.
+    ReportedLate,
     /// Sending fails with an error; nothing leaves the client.
     SendRefused,
     /// The message is shown flagged as from a changed identity, and sending
@@ -127,6 +136,8 @@ impl Attack {
             Attack::GhostDevice => "ghost-device",
             Attack::WithheldPrekeyReplayedSetup => "withheld-prekey-replayed-setup",
             Attack::Downgrade => "downgrade",
+            Attack::IdReuse => "id-reuse",
+            Attack::WithheldThenReleased => "withheld-then-released",
         }
     }
 
@@ -169,6 +180,12 @@ impl Attack {
                 "one-time prekeys withheld, then Alice's setup message replayed"
             }
             Attack::Downgrade => "the key directory says Bob has no keys (no E2EE)",
+            Attack::IdReuse => {
+                "a new envelope delivered under the message id of one already delivered"
+            }
+            Attack::WithheldThenReleased => {
+                "an envelope held back while the next is delivered, released later"
+            }
         }
     }
 
@@ -191,6 +208,8 @@ impl Attack {
             Attack::BundleBadSignature => Some("bad signature"),
             Attack::BundleLowOrderKey => Some("non-contributory"),
             Attack::Downgrade => Some("no such device"),
+            Attack::IdReuse => Some("message id does not match"),
+            Attack::WithheldThenReleased => None,
             Attack::Drop
             | Attack::Reorder
             | Attack::KeySubstitution
@@ -201,8 +220,9 @@ impl Attack {
 
     pub(crate) fn expect(self) -> Expect {
         match self {
-            Attack::Drop => Expect::NoEffect,
+            Attack::Drop => Expect::ReportedMissing,
             Attack::Reorder => Expect::Reordered,
+            Attack::WithheldThenReleased => Expect::ReportedLate,
             Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
                 Expect::SendRefused
             }
@@ -284,6 +304,13 @@ impl AdversaryStore {
         };
     }
 
+    /// Stores the envelope the adversary held back.
+    fn release_held(&self) -> Result<(), String> {
+        let held = lock(&self.state).held.take().ok_or("nothing held")?;
+        self.inner.enqueue(&held).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     fn captured(&self) -> usize {
         lock(&self.state).captured.len()
     }
@@ -329,12 +356,22 @@ impl AdversaryStore {
         let mallory = lock(&self.mallory);
         let mut session =
             Session::initiate(&mallory, verified, &mut rand::rng()).map_err(|e| e.to_string())?;
-        for text in texts {
-            let env = session
-                .encrypt(conversation, text.as_bytes(), &mut rand::rng())
-                .map_err(|e| e.to_string())?;
+        for (seq, text) in (0u64..).zip(texts) {
             let mut message_id = [0u8; 16];
             rand::Rng::fill_bytes(&mut rand::rng(), &mut message_id);
+            // Sealed as any client seals a message (PROTOCOL §7.1).
+            let content = chatify_proto::Content {
+                message_id,
+                seq,
+                floor: 0,
+                sent_at_ms: 0,
+                body: text.as_bytes().to_vec(),
+            };
+            let mut plaintext = Vec::new();
+            content.encode_into(&mut plaintext);
+            let env = session
+                .encrypt(conversation, &plaintext, &mut rand::rng())
+                .map_err(|e| e.to_string())?;
             self.inner
                 .enqueue(&NewEnvelope {
                     from: claimed.clone(),
@@ -482,7 +519,16 @@ impl Store for AdversaryStore {
         // The first message of the armed phase is the target.
         let target = k == 0;
         match attack {
+            Attack::IdReuse if k == 1 => {
+                if let Some(first) = s.captured.first() {
+                    out.message_id = first.message_id;
+                }
+            }
             _ if !target && attack != Attack::Reorder => {}
+            Attack::WithheldThenReleased => {
+                s.held = Some(out);
+                return Ok(Some(u64::MAX / 2));
+            }
             Attack::FlipCiphertext => {
                 let at = out.envelope.len().saturating_sub(24);
                 if let Some(b) = out.envelope.get_mut(at) {
@@ -539,7 +585,8 @@ impl Store for AdversaryStore {
             | Attack::PersistentKeySubstitution
             | Attack::GhostDevice
             | Attack::WithheldPrekeyReplayedSetup
-            | Attack::Downgrade => {}
+            | Attack::Downgrade
+            | Attack::IdReuse => {}
         }
         drop(s);
         self.inner.enqueue(&out)
@@ -558,6 +605,10 @@ pub(crate) struct Observed {
     pub(crate) rejected: Vec<(String, String)>,
     /// Redeliveries dropped by message id.
     pub(crate) duplicates: usize,
+    /// Texts of messages shown flagged as late.
+    pub(crate) late: Vec<String>,
+    /// (recipient, sender, count) of every report of missing messages.
+    pub(crate) missing: Vec<(String, String, u64)>,
     /// Errors the sending client got.
     pub(crate) send_errors: Vec<String>,
     /// Envelopes that left the attacked sender for Bob while armed.
@@ -639,20 +690,35 @@ pub(crate) fn reaction(
                 ),
             )
         }
-        Expect::NoEffect => (
-            shown(target) == 0 && o.rejected.is_empty(),
-            format!(
-                "target shown {} time(s), {} rejection(s)",
-                shown(target),
-                o.rejected.len()
-            ),
-        ),
-        Expect::Reordered => {
-            let at = o.shown.iter().position(|s| s.2 == target);
+        Expect::ReportedMissing => {
+            let reports: u64 = o
+                .missing
+                .iter()
+                .filter(|(to, _, _)| to == recipient)
+                .map(|m| m.2)
+                .sum();
             (
-                shown(target) == 1 && at.is_some_and(|i| i > 0) && o.rejected.is_empty(),
+                shown(target) == 0 && o.rejected.is_empty() && reports >= 1,
                 format!(
-                    "target shown {} time(s), at position {} of {} (after its successor)",
+                    "target shown {} time(s), {} rejection(s), {reports} message(s) reported missing at {recipient}",
+                    shown(target),
+                    o.rejected.len()
+                ),
+            )
+        }
+        Expect::Reordered | Expect::ReportedLate => {
+            let at = o.shown.iter().position(|s| s.2 == target);
+            let flagged = o.late.iter().any(|t| t == target);
+            let reported = o.missing.iter().any(|(to, _, _)| to == recipient);
+            let missing_ok = expect == Expect::Reordered || reported;
+            (
+                shown(target) == 1
+                    && at.is_some_and(|i| i > 0)
+                    && o.rejected.is_empty()
+                    && flagged
+                    && missing_ok,
+                format!(
+                    "target shown {} time(s), at position {} of {} (after its successor), flagged late: {flagged}; reported missing while held: {reported}",
                     shown(target),
                     at.map_or("none".into(), |i| (i + 1).to_string()),
                     o.shown.len()
@@ -733,6 +799,18 @@ async fn drain(u: &mut User, o: &mut Observed) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", u.name))?;
         for e in events {
             match e {
+                Event::Message(m) if m.late.is_some() => {
+                    o.late.push(String::from_utf8_lossy(&m.text).into_owned());
+                    o.shown.push((
+                        u.name.clone(),
+                        m.from.user,
+                        String::from_utf8_lossy(&m.text).into_owned(),
+                        m.identity_changed,
+                    ));
+                }
+                Event::Missing { from, count } => {
+                    o.missing.push((u.name.clone(), from.user, count));
+                }
                 Event::Message(m) => o.shown.push((
                     u.name.clone(),
                     m.from.user,
@@ -780,9 +858,12 @@ impl Bench {
             Client::register(&b.options, name, &password)
                 .await
                 .map_err(|e| format!("register {name}: {e}"))?;
-            let client = Client::login(&b.options, &b.dir.path().join(name), name, &password, 1)
-                .await
-                .map_err(|e| format!("login {name}: {e}"))?;
+            let mut client =
+                Client::login(&b.options, &b.dir.path().join(name), name, &password, 1)
+                    .await
+                    .map_err(|e| format!("login {name}: {e}"))?;
+            // A gap is reported as soon as it is seen.
+            client.set_missing_grace(Duration::ZERO);
             b.users.insert(
                 name,
                 User {
@@ -841,9 +922,10 @@ impl Bench {
             .remove_entry(name)
             .ok_or_else(|| format!("no user {name}"))?;
         old.client.close().await;
-        let client = Client::resume(&home, Some(&options))
+        let mut client = Client::resume(&home, Some(&options))
             .await
             .map_err(|e| format!("resume {name}: {e}"))?;
+        client.set_missing_grace(Duration::ZERO);
         self.users.insert(
             key,
             User {
@@ -904,6 +986,7 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
         | Attack::Downgrade
         | Attack::WithheldPrekeyReplayedSetup => ("erin-1", "bob", "erin"),
         Attack::RedirectRecipient => ("attack-1", "carol", "alice"),
+        Attack::IdReuse => ("attack-2", "bob", "alice"),
         _ => ("attack-1", "bob", "alice"),
     };
     // The attacked sender is the one whose next honest message follows.
@@ -973,6 +1056,18 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
             if let Some(i) = o.shown.iter().position(|s| s.2 == target) {
                 o.shown.remove(i);
             }
+        }
+        Attack::IdReuse => {
+            b.send("alice", "bob", "attack-1", &mut o).await?;
+            b.send("alice", "bob", target, &mut o).await?;
+            b.drain("bob", &mut o).await?;
+        }
+        Attack::WithheldThenReleased => {
+            b.send("alice", "bob", target, &mut o).await?;
+            b.send("alice", "bob", "attack-2", &mut o).await?;
+            b.drain("bob", &mut o).await?;
+            b.store.release_held()?;
+            b.push_injected("bob", &mut o).await?;
         }
         Attack::RedirectRecipient => {
             b.send("alice", "bob", target, &mut o).await?;
@@ -1166,6 +1261,28 @@ mod tests {
             !reaction(Expect::Reordered, None, &in_order, "t", "bob").pass,
             "not reordered"
         );
+        // A drop nobody is told of, and a late message shown as on time.
+        assert!(!reaction(Expect::ReportedMissing, None, &silent, "t", "bob").pass);
+        let unflagged = Observed {
+            shown: vec![
+                ("bob".into(), "alice".into(), "t2".into(), false),
+                ("bob".into(), "alice".into(), "t".into(), false),
+            ],
+            missing: vec![("bob".into(), "alice".into(), 1)],
+            ..Observed::default()
+        };
+        assert!(!reaction(Expect::Reordered, None, &unflagged, "t", "bob").pass);
+        assert!(!reaction(Expect::ReportedLate, None, &unflagged, "t", "bob").pass);
+        let flagged_late = Observed {
+            late: vec!["t".into()],
+            ..unflagged.clone()
+        };
+        assert!(reaction(Expect::ReportedLate, None, &flagged_late, "t", "bob").pass);
+        let never_reported = Observed {
+            missing: Vec::new(),
+            ..flagged_late
+        };
+        assert!(!reaction(Expect::ReportedLate, None, &never_reported, "t", "bob").pass);
         let wrong_reason = Observed {
             rejected: vec![("bob".into(), "decryption failed".into())],
             ..Observed::default()

@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatify_core::{Device, MAX_RESERVED_SENDS, SafetyNumber, Session, VerifiedBundle};
+use chatify_proto::content::MAX_BODY_LEN;
 use chatify_proto::frame::{self, Address, Deliver};
-use chatify_proto::{Body, ConversationId, Envelope, MessageId};
+use chatify_proto::{Body, Content, ConversationId, Envelope, MessageId};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::ClientError;
 use crate::connection::{Connection, Push, expect, tls_config};
+use crate::delivery::{Arrival, SendSeq};
 use crate::state::{Pin, State, StateFile, StoredMessage};
 
 /// How long [`Client::login`] and [`Client::resume`] wait for another
@@ -60,6 +62,13 @@ pub struct Incoming {
     pub message_id: MessageId,
     /// The server's acceptance time, ms since the Unix epoch.
     pub sent_at_ms: u64,
+    /// When the sender sealed it, by the sender's clock (authenticated).
+    pub sealed_at_ms: u64,
+    /// The sender device's sequence number in this conversation.
+    pub seq: u64,
+    /// Set when later messages from the same device arrived first: the
+    /// server held this one back (or the network reordered it).
+    pub late: Option<Late>,
     /// The plaintext.
     pub text: Vec<u8>,
     /// The sender device's identity is not one the user has accepted for
@@ -73,6 +82,21 @@ pub struct Incoming {
     /// and acknowledgement): what end-to-end latency is measured to.
     pub decrypted_at: Instant,
 }
+
+/// A decrypted delivery: plaintext, trust warning, sender identity key.
+type Opened = (Zeroizing<Vec<u8>>, Option<IdentityWarning>, [u8; 32]);
+
+/// How late a message arrived ([`Incoming::late`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Late {
+    /// Later messages from the same device that arrived before it.
+    pub behind: u64,
+    /// Since this client noticed it was missing, in ms.
+    pub waited_ms: u64,
+}
+
+/// How long a gap may stay open before it is reported by default.
+pub const MISSING_GRACE: Duration = Duration::from_secs(30);
 
 /// Why a message's sender is not trusted as the user it claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +130,15 @@ pub enum Event {
         from: Address,
         /// The message id.
         message_id: MessageId,
+    },
+    /// Messages from `from` that never arrived: a later one did, and the
+    /// grace period passed. The server dropped or is withholding them (or
+    /// they are still on their way). Reported once per gap.
+    Missing {
+        /// The sender device.
+        from: Address,
+        /// How many messages.
+        count: u64,
     },
     /// The server asked for prekeys and this many were published.
     KeysReplenished(u32),
@@ -191,6 +224,8 @@ pub struct Client {
     decrypt_times: Vec<Duration>,
     trace: Option<Vec<TraceEvent>>,
     send_reservation: u32,
+    missing_grace: Duration,
+    queued: std::collections::VecDeque<Event>,
 }
 
 async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError> {
@@ -290,6 +325,8 @@ impl Client {
             decrypt_times: Vec::new(),
             trace: None,
             send_reservation: MAX_RESERVED_SENDS,
+            missing_grace: MISSING_GRACE,
+            queued: std::collections::VecDeque::new(),
         }
     }
 
@@ -335,6 +372,10 @@ impl Client {
             }
             None => 0,
         };
+        if let Some(peer) = sending_to {
+            let conversation = conversation_id(&self.state.user, &peer.user);
+            self.state.send_seqs.entry(conversation).or_default();
+        }
         let (bytes, reserved) = self.state.encode_reserving(sending_to, sends);
         let generation = self.file.generation();
         let file = self.file.clone();
@@ -431,6 +472,9 @@ impl Client {
         message_id: MessageId,
     ) -> Result<SendReceipt, ClientError> {
         let to = parse_peer(peer)?;
+        if text.len() > MAX_BODY_LEN {
+            return Err(chatify_core::Error::PlaintextTooLong(text.len()).into());
+        }
         if self.blocked(&to.user) {
             return Err(ClientError::IdentityChanged { peer: to.user });
         }
@@ -460,24 +504,46 @@ impl Client {
             self.mark("session set up");
         }
         let conversation = conversation_id(&self.state.user, &to.user);
-        // A crash must never make this device reuse a message key: unless
-        // the last save reserved the next key, save first, reserving it and
-        // the next ones (the core refuses to encrypt otherwise, §13.1).
+        // A crash must never make this device reuse a message key or a
+        // sequence number: unless the last save reserved the next ones,
+        // save first, reserving them and the next ones (the core refuses to
+        // encrypt otherwise, §13.1).
+        let seq_reserved = self
+            .state
+            .send_seqs
+            .get(&conversation)
+            .is_some_and(|s| s.next < s.reserved);
         let reserved = self
             .state
             .active_session(&to)
             .is_some_and(|s| s.next_send_reserved());
-        if !reserved {
+        if !reserved || !seq_reserved {
             self.persist(Some(&to)).await?;
             self.mark("state saved");
         }
+        let (seq, floor) = self
+            .state
+            .send_seqs
+            .get_mut(&conversation)
+            .and_then(SendSeq::take)
+            .ok_or_else(|| ClientError::State("no sequence number reserved".into()))?;
+        let mut content = Content {
+            message_id,
+            seq,
+            floor,
+            sent_at_ms: now_ms(),
+            body: text.to_vec(),
+        };
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(content.encoded_len_max()));
+        content.encode_into(&mut plaintext);
+        content.body.zeroize();
         let session = self
             .state
             .active_session(&to)
             .ok_or_else(|| ClientError::State("session vanished".into()))?;
         let started = Instant::now();
         let envelope = session
-            .encrypt(conversation, text, &mut rand::rng())?
+            .encrypt(conversation, &plaintext, &mut rand::rng())?
             .encode();
         self.timings.encrypt = Some(started.elapsed());
         self.mark("encrypted");
@@ -508,10 +574,15 @@ impl Client {
     /// a `select!`, wait on [`Client::next_push`] and pass the result to
     /// [`Client::handle`] outside the `select!`.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
-        match self.next_push().await {
-            None => Ok(None),
-            Some(push) => self.handle(push).await.map(Some),
+        if let Some(event) = self.queued.pop_front() {
+            return Ok(Some(event));
         }
+        let Some(push) = self.next_push().await else {
+            return Ok(None);
+        };
+        let events = self.handle(push).await?;
+        self.queued.extend(events);
+        Ok(self.queued.pop_front())
     }
 
     /// The next raw push from the server (cancel-safe).
@@ -520,12 +591,10 @@ impl Client {
     }
 
     /// Processes a push: decrypts, stores and acknowledges a delivery;
-    /// publishes prekeys when asked.
-    pub async fn handle(&mut self, push: Push) -> Result<Event, ClientError> {
-        let mut events = self.handle_batch(vec![push]).await?;
-        events
-            .pop()
-            .ok_or_else(|| ClientError::State("no event for a push".into()))
+    /// publishes prekeys when asked. Returns the push's event, followed by
+    /// any report of missing messages ([`Event::Missing`]) that came due.
+    pub async fn handle(&mut self, push: Push) -> Result<Vec<Event>, ClientError> {
+        self.handle_batch(vec![push]).await
     }
 
     /// A push that has already arrived, without waiting (cancel-safe).
@@ -571,47 +640,141 @@ impl Client {
             };
             self.mark("delivered");
             acks.push(d.seq);
-            if self.state.seen(&d.message_id) {
-                events.push(Event::Duplicate {
-                    from: d.from,
-                    message_id: d.message_id,
-                });
-                continue;
-            }
-            match self.open(&d) {
-                Ok((plaintext, warning)) => {
-                    self.mark("decrypted");
-                    let text = plaintext.to_vec();
-                    logged.push(StoredMessage {
-                        from: d.from.clone(),
-                        sent_at_ms: d.sent_at_ms,
-                        message_id: d.message_id,
-                        text: text.clone(),
-                    });
-                    self.state.mark_seen(d.message_id);
-                    changed = true;
-                    events.push(Event::Message(Incoming {
-                        from: d.from,
-                        conversation: d.conversation,
-                        message_id: d.message_id,
-                        sent_at_ms: d.sent_at_ms,
-                        text,
-                        identity_changed: warning.is_some(),
-                        warning,
-                        decrypted_at: Instant::now(),
-                    }));
-                }
-                Err(e) => events.push(Event::Rejected {
-                    from: d.from,
-                    seq: d.seq,
-                    reason: e.to_string(),
-                }),
-            }
+            let event = self.receive(d, &mut logged, &mut changed);
+            events.push(event);
         }
+        let overdue = self.overdue_gaps();
+        changed |= !overdue.is_empty();
+        events.extend(overdue);
         if !self.commit(&mut logged, &mut acks, &mut changed).await? {
             events.push(Event::Disconnected(None));
         }
         Ok(events)
+    }
+
+    /// Decrypts one delivery and judges it against what this device received
+    /// before (PROTOCOL §7.1): the id sealed inside must be the one it was
+    /// delivered under, and its sequence number tells a duplicate, a late
+    /// message and a gap.
+    fn receive(
+        &mut self,
+        d: Deliver,
+        logged: &mut Vec<StoredMessage>,
+        changed: &mut bool,
+    ) -> Event {
+        let rejected = |d: &Deliver, reason: String| Event::Rejected {
+            from: d.from.clone(),
+            seq: d.seq,
+            reason,
+        };
+        let (plaintext, warning, identity) = match self.open(&d) {
+            Ok(opened) => opened,
+            // A redelivery of a message this device already has: its key
+            // was used (and the state saved) when it first arrived.
+            Err(ClientError::Crypto(
+                chatify_core::Error::Duplicate | chatify_core::Error::ReplayedSetup,
+            )) if self.state.seen(&d.message_id) => {
+                return Event::Duplicate {
+                    from: d.from,
+                    message_id: d.message_id,
+                };
+            }
+            Err(e) => return rejected(&d, e.to_string()),
+        };
+        // The session consumed the message key: the state must be saved
+        // whatever is decided below.
+        *changed = true;
+        self.mark("decrypted");
+        let Ok(mut content) = Content::decode(&plaintext) else {
+            return rejected(&d, "malformed message content".into());
+        };
+        if content.message_id != d.message_id {
+            content.body.zeroize();
+            return rejected(
+                &d,
+                "the message id does not match the one sealed in the message".into(),
+            );
+        }
+        if self.state.seen(&content.message_id) {
+            content.body.zeroize();
+            return Event::Duplicate {
+                from: d.from,
+                message_id: d.message_id,
+            };
+        }
+        let arrival = self
+            .state
+            .recv_seqs
+            .entry((d.conversation, d.from.clone(), identity))
+            .or_default()
+            .arrive(content.seq, content.floor, now_ms());
+        let late = match arrival {
+            Arrival::Duplicate => {
+                content.body.zeroize();
+                return Event::Duplicate {
+                    from: d.from,
+                    message_id: d.message_id,
+                };
+            }
+            Arrival::InOrder => None,
+            Arrival::Late { behind, waited_ms } => Some(Late { behind, waited_ms }),
+        };
+        let text = std::mem::take(&mut content.body);
+        logged.push(StoredMessage {
+            from: d.from.clone(),
+            sent_at_ms: d.sent_at_ms,
+            message_id: d.message_id,
+            text: text.clone(),
+        });
+        self.state.mark_seen(d.message_id);
+        Event::Message(Incoming {
+            from: d.from,
+            conversation: d.conversation,
+            message_id: d.message_id,
+            sent_at_ms: d.sent_at_ms,
+            sealed_at_ms: content.sent_at_ms,
+            seq: content.seq,
+            late,
+            text,
+            identity_changed: warning.is_some(),
+            warning,
+            decrypted_at: Instant::now(),
+        })
+    }
+
+    /// Gaps that outlived the grace period, reported once each
+    /// ([`Event::Missing`]); marks them reported in the state.
+    fn overdue_gaps(&mut self) -> Vec<Event> {
+        let (now, grace) = (now_ms(), self.missing_grace.as_millis() as u64);
+        let mut out = Vec::new();
+        for ((_, from, _), r) in &mut self.state.recv_seqs {
+            let count = r.overdue(now, grace);
+            if count > 0 {
+                out.push(Event::Missing {
+                    from: from.clone(),
+                    count,
+                });
+            }
+        }
+        out
+    }
+
+    /// Reports messages whose absence outlived the grace period (a later
+    /// message from the same device arrived; they did not): call it from
+    /// time to time when no push arrives. Each gap is reported once; the
+    /// state is saved when there is one.
+    pub async fn check_missing(&mut self) -> Result<Vec<Event>, ClientError> {
+        let events = self.overdue_gaps();
+        if !events.is_empty() {
+            self.persist(None).await?;
+        }
+        Ok(events)
+    }
+
+    /// How long a gap may stay open before [`Event::Missing`] reports it
+    /// (default [`MISSING_GRACE`]).
+    pub fn set_missing_grace(&mut self, grace: Duration) {
+        self.missing_grace = grace;
     }
 
     /// Log, then state, then acknowledgement. Returns whether the
@@ -654,10 +817,9 @@ impl Client {
         &self.decrypt_times
     }
 
-    fn open(
-        &mut self,
-        d: &Deliver,
-    ) -> Result<(Zeroizing<Vec<u8>>, Option<IdentityWarning>), ClientError> {
+    /// Decrypts a delivery: the plaintext, why its sender is not trusted (if
+    /// not), and the sender session's X25519 identity key.
+    fn open(&mut self, d: &Deliver) -> Result<Opened, ClientError> {
         let started = Instant::now();
         let result = self.open_timed(d);
         let took = started.elapsed();
@@ -666,10 +828,7 @@ impl Client {
         result
     }
 
-    fn open_timed(
-        &mut self,
-        d: &Deliver,
-    ) -> Result<(Zeroizing<Vec<u8>>, Option<IdentityWarning>), ClientError> {
+    fn open_timed(&mut self, d: &Deliver) -> Result<Opened, ClientError> {
         let envelope = Envelope::decode(&d.envelope).map_err(chatify_core::Error::from)?;
         // The conversation is bound into the AEAD's associated data; the
         // server's label of it is not. Both must be the one this client has
@@ -710,7 +869,8 @@ impl Client {
                         // Every message is judged, not just a session's
                         // first: an identity not confirmed stays flagged.
                         let identity = *session_identity(sessions, 0)?;
-                        return Ok((plaintext, self.state.trust_of(&d.from, &identity)));
+                        let warning = self.state.trust_of(&d.from, &identity);
+                        return Ok((plaintext, warning, identity.identity_key));
                     }
                     Err(e) => last = e,
                 }
@@ -718,9 +878,10 @@ impl Client {
             return Err(last.into());
         }
         let (session, plaintext) = self.state.device.accept(&envelope)?;
-        let warning = self.check_identity(&d.from, session.remote_identity());
+        let identity = *session.remote_identity();
+        let warning = self.check_identity(&d.from, &identity);
         self.state.push_session(d.from.clone(), session);
-        Ok((plaintext, warning))
+        Ok((plaintext, warning, identity.identity_key))
     }
 
     /// The safety number with `peer`'s (`user` or `user:device`, device 1
@@ -867,4 +1028,11 @@ fn session_identity(
         .get(i)
         .map(Session::remote_identity)
         .ok_or_else(|| ClientError::State("session vanished".into()))
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -29,11 +29,12 @@
 
 mod client;
 pub mod connection;
+pub mod delivery;
 pub mod state;
 
 pub use client::{
-    Client, ConnectOptions, Event, IdentityWarning, Incoming, OWNER_WAIT, PREKEY_TARGET,
-    SendReceipt, conversation_id, parse_peer,
+    Client, ConnectOptions, Event, IdentityWarning, Incoming, Late, MISSING_GRACE, OWNER_WAIT,
+    PREKEY_TARGET, SendReceipt, conversation_id, parse_peer,
 };
 pub use connection::{Connection, Push};
 

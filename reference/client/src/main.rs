@@ -153,6 +153,14 @@ fn print_message(m: &Incoming) {
         }
         None => {}
     }
+    if let Some(late) = m.late {
+        let _ = writeln!(
+            out,
+            "!! the next message from {user} arrives late: {} later message(s) came first, {:.1} s ago",
+            late.behind,
+            late.waited_ms as f64 / 1000.0
+        );
+    }
     let _ = writeln!(out, "{user}: {}", String::from_utf8_lossy(&m.text));
     let _ = out.flush();
 }
@@ -165,6 +173,15 @@ fn print_event(event: &Event) -> bool {
                 "(dropped an envelope claiming to be from {}: {reason})",
                 from.user
             )
+        }
+        Event::Missing { from, count } => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "!! {count} message(s) from {}:{} are missing: later ones arrived and these did not (the server dropped or is holding them)",
+                from.user, from.device
+            );
+            let _ = out.flush();
         }
         Event::Duplicate { .. } | Event::KeysReplenished(_) => {}
         Event::Disconnected(info) => {
@@ -267,13 +284,19 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     Err(_) | Ok(None) => break,
                     Ok(Some(push)) => push,
                 };
-                let event = client.handle(push).await?;
-                if matches!(event, Event::Message(_)) {
-                    received += 1;
+                let mut open = true;
+                for event in client.handle(push).await? {
+                    if matches!(event, Event::Message(_)) {
+                        received += 1;
+                    }
+                    open &= print_event(&event);
                 }
-                if !print_event(&event) {
+                if !open {
                     break;
                 }
+            }
+            for event in client.check_missing().await? {
+                print_event(&event);
             }
             eprintln!("{received} new message(s)");
             client.close().await;
@@ -291,6 +314,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 target.user
             );
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            // Gaps are reported when they outlive the grace period, even
+            // while nothing arrives.
+            let mut missing_check = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
                     line = lines.next_line() => match line {
@@ -308,13 +334,21 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     },
                     push = client.next_push() => match push {
                         Some(push) => {
-                            let event = client.handle(push).await?;
-                            if !print_event(&event) {
+                            let mut open = true;
+                            for event in client.handle(push).await? {
+                                open &= print_event(&event);
+                            }
+                            if !open {
                                 break;
                             }
                         }
                         None => break,
                     },
+                    _ = missing_check.tick() => {
+                        for event in client.check_missing().await? {
+                            print_event(&event);
+                        }
+                    }
                 }
             }
             client.close().await;

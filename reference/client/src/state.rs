@@ -31,14 +31,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatify_core::{Device, PublicIdentity, SavedAt, Session};
-use chatify_proto::MessageId;
 use chatify_proto::frame::Address;
+use chatify_proto::{ConversationId, MessageId};
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 use rand::Rng;
 use zeroize::Zeroizing;
 
 use crate::ClientError;
+use crate::delivery::{Gap, RecvSeq, SendSeq};
 
 /// Message ids remembered to drop duplicates.
 pub const MAX_SEEN: usize = 10_000;
@@ -97,11 +98,24 @@ pub struct State {
     pub pins: BTreeMap<Address, Pin>,
     seen: HashSet<MessageId>,
     seen_order: VecDeque<MessageId>,
+    /// This device's sequence numbers, by conversation (PROTOCOL §7.1).
+    pub send_seqs: BTreeMap<ConversationId, SendSeq>,
+    /// What this device received of each sender device, by conversation
+    /// and the sender's identity key (a reinstalled device, or one whose
+    /// identity a server substituted, numbers its messages afresh).
+    pub recv_seqs: BTreeMap<RecvKey, RecvSeq>,
 }
+
+/// Whose sequence a [`RecvSeq`] follows: conversation, sender device and the
+/// sender's X25519 identity key.
+pub type RecvKey = (ConversationId, Address, [u8; 32]);
 
 /// What a save reserved ([`State::encode_reserving`]).
 #[derive(Debug)]
-pub struct Reserved(Vec<(Address, usize, SavedAt)>);
+pub struct Reserved {
+    sessions: Vec<(Address, usize, SavedAt)>,
+    seqs: Vec<(ConversationId, u64)>,
+}
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,6 +166,8 @@ impl State {
             pins: BTreeMap::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
+            send_seqs: BTreeMap::new(),
+            recv_seqs: BTreeMap::new(),
         }
     }
 
@@ -216,7 +232,17 @@ impl State {
             self.sessions
                 .iter()
                 .map(|(a, list)| (a.clone(), list.iter().map(Session::to_bytes).collect())),
+            &self.seqs_to_save(),
         )
+    }
+
+    /// The sequence numbers a save writes, reserving ahead (they are not
+    /// bounded by the peer, so every save may).
+    fn seqs_to_save(&self) -> Vec<(ConversationId, u64)> {
+        self.send_seqs
+            .iter()
+            .map(|(c, s)| (*c, s.to_save()))
+            .collect()
     }
 
     /// The state file's bytes, reserving `sends` sends (docs/PROTOCOL.md
@@ -254,13 +280,22 @@ impl State {
                 (a.clone(), encoded)
             })
             .collect();
-        (self.encode_sessions(sessions), Reserved(reserved))
+        let seqs = self.seqs_to_save();
+        let bytes = self.encode_sessions(sessions, &seqs);
+        (
+            bytes,
+            Reserved {
+                sessions: reserved,
+                seqs,
+            },
+        )
     }
 
     /// The state file's bytes around already serialized sessions.
     fn encode_sessions(
         &self,
         sessions: impl IntoIterator<Item = (Address, Vec<Zeroizing<Vec<u8>>>)>,
+        seqs: &[(ConversationId, u64)],
     ) -> Zeroizing<Vec<u8>> {
         let sessions: Vec<(Address, Vec<Zeroizing<Vec<u8>>>)> = sessions.into_iter().collect();
         let device = self.device.to_bytes();
@@ -270,11 +305,17 @@ impl State {
                 .iter()
                 .flat_map(|(_, list)| list.iter().map(|s| s.len() + 96))
                 .sum::<usize>()
-            + 200 * self.pins.len();
+            + 200 * self.pins.len()
+            + 32 * seqs.len()
+            + self
+                .recv_seqs
+                .values()
+                .map(|r| 96 + 40 * r.gaps.len())
+                .sum::<usize>();
         let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
         let mut e = Encoder::new(&mut *buf);
         let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
-            e.array(8)?.u64(STATE_VERSION)?;
+            e.array(10)?.u64(STATE_VERSION)?;
             e.str(&self.server)?
                 .str(&self.user)?
                 .u32(self.device_number)?;
@@ -304,6 +345,27 @@ impl State {
                 };
                 e.bool(pin.unconfirmed)?;
             }
+            e.array(seqs.len() as u64)?;
+            for (conversation, saved) in seqs {
+                e.array(2)?.bytes(conversation)?.u64(*saved)?;
+            }
+            e.array(self.recv_seqs.len() as u64)?;
+            for ((conversation, from, identity), r) in &self.recv_seqs {
+                e.array(6)?
+                    .bytes(conversation)?
+                    .str(&from.user)?
+                    .u32(from.device)?
+                    .bytes(identity)?
+                    .u64(r.expected)?;
+                e.array(r.gaps.len() as u64)?;
+                for g in &r.gaps {
+                    e.array(4)?
+                        .u64(g.from)?
+                        .u64(g.to)?
+                        .u64(g.noticed_ms)?
+                        .bool(g.reported)?;
+                }
+            }
             Ok(())
         })();
         debug_assert!(result.is_ok());
@@ -324,9 +386,14 @@ impl State {
 
     /// The bytes of [`State::encode_reserving`] are durable.
     pub fn confirm_saved(&mut self, reserved: Reserved) {
-        for (addr, i, at) in reserved.0 {
+        for (addr, i, at) in reserved.sessions {
             if let Some(session) = self.sessions.get_mut(&addr).and_then(|l| l.get_mut(i)) {
                 session.confirm_saved(at);
+            }
+        }
+        for (conversation, saved) in reserved.seqs {
+            if let Some(s) = self.send_seqs.get_mut(&conversation) {
+                s.reserved = s.reserved.max(saved);
             }
         }
     }
@@ -341,7 +408,9 @@ impl State {
     /// Parses a state file.
     pub fn decode(bytes: &[u8]) -> Result<State, ClientError> {
         let mut d = Decoder::new(bytes);
-        if d.array().map_err(bad)? != Some(8) || d.u64().map_err(bad)? != STATE_VERSION {
+        // Files written before authenticated delivery have 8 fields.
+        let fields = d.array().map_err(bad)?;
+        if !matches!(fields, Some(8 | 10)) || d.u64().map_err(bad)? != STATE_VERSION {
             return Err(ClientError::State("unsupported state file version".into()));
         }
         let server = d.str().map_err(bad)?.to_owned();
@@ -393,8 +462,62 @@ impl State {
                 },
             );
         }
+        if fields == Some(10) {
+            decode_seqs(&mut d, &mut state)?;
+        }
+        if d.position() != bytes.len() {
+            return Err(ClientError::State(
+                "trailing bytes in the state file".into(),
+            ));
+        }
         Ok(state)
     }
+}
+
+fn conversation_from(d: &mut Decoder<'_>) -> Result<ConversationId, ClientError> {
+    d.bytes()
+        .map_err(bad)?
+        .try_into()
+        .map_err(|_| ClientError::State("conversation id of the wrong length".into()))
+}
+
+fn decode_seqs(d: &mut Decoder<'_>, state: &mut State) -> Result<(), ClientError> {
+    for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
+        d.array().map_err(bad)?;
+        let conversation = conversation_from(d)?;
+        let saved = d.u64().map_err(bad)?;
+        state
+            .send_seqs
+            .insert(conversation, SendSeq::restored(saved));
+    }
+    for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
+        d.array().map_err(bad)?;
+        let conversation = conversation_from(d)?;
+        let user = d.str().map_err(bad)?.to_owned();
+        let device = d.u32().map_err(bad)?;
+        let identity: [u8; 32] = d
+            .bytes()
+            .map_err(bad)?
+            .try_into()
+            .map_err(|_| ClientError::State("identity key of the wrong length".into()))?;
+        let mut r = RecvSeq {
+            expected: d.u64().map_err(bad)?,
+            ..RecvSeq::default()
+        };
+        for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
+            d.array().map_err(bad)?;
+            r.gaps.push_back(Gap {
+                from: d.u64().map_err(bad)?,
+                to: d.u64().map_err(bad)?,
+                noticed_ms: d.u64().map_err(bad)?,
+                reported: d.bool().map_err(bad)?,
+            });
+        }
+        state
+            .recv_seqs
+            .insert((conversation, Address { user, device }, identity), r);
+    }
+    Ok(())
 }
 
 /// Where the state lives: `DIR/state.cbor`. Clones share the lock and the

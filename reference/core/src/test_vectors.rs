@@ -239,6 +239,22 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         );
     }
     let _ = writeln!(w, "```");
+    let content = chatify_proto::Content {
+        message_id: [0x11; 16],
+        seq: 3,
+        floor: 2,
+        sent_at_ms: 1_767_225_600_000,
+        body: b"Hello, Bob!".to_vec(),
+    };
+    let mut sealed = Vec::new();
+    content.encode_into(&mut sealed);
+    let _ = writeln!(
+        w,
+        "\n### V8. Message content (§7.1)\n\n\
+         Message id `11` × 16, sequence 3, floor 2, sealed at 1767225600000 ms, \
+         body `Hello, Bob!`: the plaintext a client encrypts.\n\n```text\n{}\n```",
+        block(&sealed)
+    );
     Ok(out)
 }
 

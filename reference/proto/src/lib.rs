@@ -32,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod content;
 pub mod envelope;
 mod error;
 pub mod frame;
@@ -40,6 +41,7 @@ pub mod fuzzing;
 pub mod keys;
 pub mod limits;
 
+pub use content::Content;
 pub use envelope::{Envelope, MessageHeader, PrekeyHeader};
 pub use error::{DecodeError, ErrorCode};
 pub use frame::{Body, Frame};
