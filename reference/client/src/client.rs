@@ -265,6 +265,19 @@ impl Client {
         password: &str,
         device: u32,
     ) -> Result<Client, ClientError> {
+        let file = StateFile::acquire(home, OWNER_WAIT)?;
+        Self::login_with(options, file, user, password, device).await
+    }
+
+    /// As [`Client::login`], with the state in `file` (for a
+    /// [`StateFile::with_storage`] on another storage).
+    pub async fn login_with(
+        options: &ConnectOptions,
+        file: StateFile,
+        user: &str,
+        password: &str,
+        device: u32,
+    ) -> Result<Client, ClientError> {
         let conn = Connection::connect(&options.url, options.tls.clone()).await?;
         let reply = conn
             .request(frame::Login {
@@ -278,7 +291,6 @@ impl Client {
             Body::LoginOk(ok) => Some(ok),
             _ => None,
         })?;
-        let file = StateFile::acquire(home, OWNER_WAIT)?;
         let mut state = match file.load()? {
             Some(s) if s.user == ok.user && s.device_number == ok.device => s,
             _ => State::new(
@@ -304,7 +316,14 @@ impl Client {
         home: &Path,
         options: Option<&ConnectOptions>,
     ) -> Result<Client, ClientError> {
-        let file = StateFile::acquire(home, OWNER_WAIT)?;
+        Self::resume_with(StateFile::acquire(home, OWNER_WAIT)?, options).await
+    }
+
+    /// As [`Client::resume`], with the state in `file`.
+    pub async fn resume_with(
+        file: StateFile,
+        options: Option<&ConnectOptions>,
+    ) -> Result<Client, ClientError> {
         let state = file.load()?.ok_or(ClientError::NotLoggedIn)?;
         let token = state.token.clone().ok_or(ClientError::NotLoggedIn)?;
         let (url, tls) = match options {

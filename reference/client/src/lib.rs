@@ -31,6 +31,7 @@ mod client;
 pub mod connection;
 pub mod delivery;
 pub mod state;
+pub mod storage;
 
 pub use client::{
     Client, ConnectOptions, Event, IdentityWarning, Incoming, Late, MISSING_GRACE, OWNER_WAIT,

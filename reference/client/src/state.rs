@@ -40,6 +40,7 @@ use zeroize::Zeroizing;
 
 use crate::ClientError;
 use crate::delivery::{Gap, RecvSeq, SendSeq};
+use crate::storage::{OsStorage, Storage};
 
 /// Message ids remembered to drop duplicates.
 pub const MAX_SEEN: usize = 10_000;
@@ -526,6 +527,7 @@ fn decode_seqs(d: &mut Decoder<'_>, state: &mut State) -> Result<(), ClientError
 pub struct StateFile {
     dir: PathBuf,
     shared: Arc<Shared>,
+    storage: Arc<dyn Storage>,
 }
 
 #[derive(Debug, Default)]
@@ -545,9 +547,16 @@ pub struct Generation(u64);
 impl StateFile {
     /// The state file in `dir`, for reading (no lock is taken).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self::with_storage(dir, Arc::new(OsStorage))
+    }
+
+    /// The state file in `dir` on another [`Storage`] (no lock is taken:
+    /// the storage's owner keeps it to one client).
+    pub fn with_storage(dir: impl Into<PathBuf>, storage: Arc<dyn Storage>) -> Self {
         StateFile {
             dir: dir.into(),
             shared: Arc::new(Shared::default()),
+            storage,
         }
     }
 
@@ -598,6 +607,7 @@ impl StateFile {
                 lock: Some(file),
                 ..Shared::default()
             }),
+            storage: Arc::new(OsStorage),
         })
     }
 
@@ -618,13 +628,15 @@ impl StateFile {
         self.dir.join("state.cbor")
     }
 
-    /// Loads the state; `None` if there is none yet.
+    /// Loads the state; `None` if there is none yet. A message log whose
+    /// last record a crash cut short is repaired first (cut back to its last
+    /// whole record), so that records appended later are read.
     pub fn load(&self) -> Result<Option<State>, ClientError> {
-        match std::fs::read(self.path()) {
+        match self.storage.read(&self.path()) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
                 let mut state = State::decode(&bytes)?;
-                for m in self.messages()? {
+                for m in self.read_log(true)? {
                     state.mark_seen(m.message_id);
                 }
                 Ok(Some(state))
@@ -639,14 +651,15 @@ impl StateFile {
         self.dir.join("messages.cbor")
     }
 
-    /// Appends decrypted messages to the log with one write and one flush to disk.
+    /// Appends decrypted messages to the log with one write and one flush to
+    /// disk (and a flush of the directory when the write created the log).
     pub fn append_messages(&self, messages: &[StoredMessage]) -> Result<(), ClientError> {
         if messages.is_empty() {
             return Ok(());
         }
-        let io =
-            |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.messages_path().display()));
-        create_private_dir(&self.dir).map_err(io)?;
+        let path = self.messages_path();
+        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+        self.storage.create_dir(&self.dir).map_err(io)?;
         let size: usize = messages.iter().map(|m| m.text.len() + 96).sum();
         let mut records = Zeroizing::new(Vec::with_capacity(size));
         let mut e = Encoder::new(&mut *records);
@@ -662,33 +675,45 @@ impl StateFile {
             })();
             debug_assert!(result.is_ok());
         }
-        let mut f = open_private_append(&self.messages_path()).map_err(io)?;
-        f.write_all(&records).map_err(io)?;
-        f.sync_data().map_err(io)
+        let created = self.storage.append(&path, &records).map_err(io)?;
+        self.storage.sync(&path).map_err(io)?;
+        if created {
+            self.storage.sync_dir(&self.dir).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Every logged message, oldest first, without duplicates (a crash can
     /// log a message twice; its id tells).
     pub fn messages(&self) -> Result<Vec<StoredMessage>, ClientError> {
-        let bytes = match std::fs::read(self.messages_path()) {
+        self.read_log(false)
+    }
+
+    fn read_log(&self, repair: bool) -> Result<Vec<StoredMessage>, ClientError> {
+        let path = self.messages_path();
+        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+        let bytes = match self.storage.read(&path) {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(ClientError::Io(format!(
-                    "{}: {e}",
-                    self.messages_path().display()
-                )));
-            }
+            Err(e) => return Err(io(e)),
         };
         let mut d = Decoder::new(&bytes);
         let mut out = Vec::new();
         let mut ids = HashSet::new();
+        let mut whole = 0;
         while d.position() < bytes.len() {
             // A record cut short by a crash ends the log.
             let Ok(m) = decode_message(&mut d) else { break };
+            whole = d.position();
             if ids.insert(m.message_id) {
                 out.push(m);
             }
+        }
+        if repair && whole < bytes.len() {
+            self.storage
+                .truncate(&path, whole as u64)
+                .and_then(|()| self.storage.sync(&path))
+                .map_err(io)?;
         }
         Ok(out)
     }
@@ -721,7 +746,7 @@ impl StateFile {
             return Ok(());
         }
         let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.dir.display()));
-        create_private_dir(&self.dir).map_err(io)?;
+        self.storage.create_dir(&self.dir).map_err(io)?;
         let mut suffix = [0u8; 8];
         rand::rng().fill_bytes(&mut suffix);
         let tmp = self.dir.join(format!(
@@ -730,16 +755,14 @@ impl StateFile {
             u64::from_le_bytes(suffix)
         ));
         let result = (|| {
-            let mut f = open_private(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, self.path())?;
+            self.storage.write_new(&tmp, bytes)?;
+            self.storage.sync(&tmp)?;
+            self.storage.rename(&tmp, &self.path())?;
             // The rename is durable only once the directory is.
-            std::fs::File::open(&self.dir)?.sync_all()
+            self.storage.sync_dir(&self.dir)
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = self.storage.remove(&tmp);
         }
         result.map_err(io)?;
         *written = generation.0;
@@ -766,15 +789,6 @@ fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
     })
 }
 
-fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-}
-
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
@@ -784,16 +798,6 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-}
-
-fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
 }
 
 #[cfg(test)]
