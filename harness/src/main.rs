@@ -158,6 +158,10 @@ enum Command {
         /// the log.
         #[arg(long)]
         log_envelopes_mutant: bool,
+        /// HARNESS-ONLY MUTANT: keep a copy of every password and token the
+        /// server sees (through its test hook), for the credential tap.
+        #[arg(long)]
+        keep_credentials_mutant: bool,
         /// TEST MODE: echo every text and binary message instead of
         /// speaking the protocol (for the Autobahn|Testsuite, `conformance/`).
         #[arg(long)]
@@ -236,6 +240,7 @@ fn main() -> ExitCode {
     let outcome: Result<bool, String> = match cli.command {
         Command::Serve {
             log_envelopes_mutant,
+            keep_credentials_mutant,
             conformance_echo,
             args,
         } => {
@@ -244,6 +249,9 @@ fn main() -> ExitCode {
             return chatify_server::cli::run_customized(argv, |config| {
                 if log_envelopes_mutant {
                     config.envelope_observer = Some(runner::envelope_logger());
+                }
+                if keep_credentials_mutant {
+                    config.credential_observer = Some(runner::credential_keeper());
                 }
                 config.conformance_echo = conformance_echo;
             });

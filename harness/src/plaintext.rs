@@ -113,7 +113,7 @@ pub(crate) struct Hit {
 /// Searches byte strings for the canaries and plaintext windows of a run.
 pub(crate) struct Detector {
     automaton: Option<AhoCorasick>,
-    forms: Vec<&'static str>,
+    forms: Vec<String>,
     windows: HashSet<[u8; 16]>,
 }
 
@@ -126,7 +126,7 @@ impl Detector {
         for p in plaintexts {
             for (form, needle) in encodings(&p.canary) {
                 needles.push(needle);
-                forms.push(form);
+                forms.push(format!("canary/{form}"));
             }
             if windows.len() < MAX_WINDOWS {
                 for w in p.bytes.windows(16) {
@@ -140,6 +140,24 @@ impl Detector {
             automaton: AhoCorasick::new(&needles).ok(),
             forms,
             windows,
+        }
+    }
+
+    /// Finds secrets (passwords, session tokens), each named by its label,
+    /// in every encoding a canary is searched in; no plaintext windows.
+    pub(crate) fn secrets<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut needles = Vec::new();
+        let mut forms = Vec::new();
+        for (label, secret) in secrets {
+            for (form, needle) in encodings(secret) {
+                needles.push(needle);
+                forms.push(format!("{label}/{form}"));
+            }
+        }
+        Detector {
+            automaton: AhoCorasick::new(&needles).ok(),
+            forms,
+            windows: HashSet::new(),
         }
     }
 
@@ -161,10 +179,11 @@ impl Detector {
                     hits.push(Hit {
                         place: place.to_owned(),
                         offset: base + m.start() as u64,
-                        form: format!(
-                            "canary/{}",
-                            self.forms.get(m.pattern().as_usize()).unwrap_or(&"?")
-                        ),
+                        form: self
+                            .forms
+                            .get(m.pattern().as_usize())
+                            .cloned()
+                            .unwrap_or_default(),
                     });
                 }
             }

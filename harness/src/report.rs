@@ -13,6 +13,7 @@ fn mode_label(m: Mode) -> &'static str {
         Mode::PlaintextBaseline => "plaintext-baseline (harness-only, no E2EE)",
         Mode::LeakyClientMutant => "LEAKY-CLIENT-MUTANT (harness-only)",
         Mode::LeakyServerLogMutant => "LEAKY-SERVER-LOG-MUTANT (harness-only)",
+        Mode::CredentialsKeptMutant => "CREDENTIALS-KEPT-MUTANT (harness-only)",
     }
 }
 

@@ -43,12 +43,25 @@ struct Topology {
     addr: SocketAddr,
     handle: Option<ServerHandle>,
     observer: Option<EnvelopeObserver>,
+    /// The child server keeps every password and token (a mutant).
+    keep_credentials: bool,
 }
 
 /// HARNESS-ONLY MUTANT hook: logs every envelope the server accepts, verbatim.
 pub(crate) fn envelope_logger() -> EnvelopeObserver {
     EnvelopeObserver(Arc::new(|envelope: &[u8]| {
         tracing::info!(target: "chatify_server::mutant", envelope = %String::from_utf8_lossy(envelope), "MUTANT: logging an envelope");
+    }))
+}
+
+/// HARNESS-ONLY MUTANT hook: keeps a copy of every password and token the
+/// server sees, for the life of the process.
+pub(crate) fn credential_keeper() -> EnvelopeObserver {
+    let kept: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    EnvelopeObserver(Arc::new(move |secret: &[u8]| {
+        if let Ok(mut k) = kept.lock() {
+            k.push(secret.to_vec());
+        }
     }))
 }
 
@@ -104,6 +117,9 @@ impl Topology {
                 command.arg("__serve");
                 if self.observer.is_some() {
                     command.arg("--log-envelopes-mutant");
+                }
+                if self.keep_credentials {
+                    command.arg("--keep-credentials-mutant");
                 }
                 let mut child = command
                     .args([
@@ -299,7 +315,7 @@ async fn send(ctx: &Ctx, home: &Path, client: &mut Option<Client>, p: &Planned) 
             continue;
         };
         let result = match ctx.mode {
-            Mode::E2ee | Mode::LeakyServerLogMutant => {
+            Mode::E2ee | Mode::LeakyServerLogMutant | Mode::CredentialsKeptMutant => {
                 let new_session = c
                     .state()
                     .sessions
@@ -408,7 +424,7 @@ async fn receive(
         gone: false,
     };
     match ctx.mode {
-        Mode::E2ee | Mode::LeakyServerLogMutant => {
+        Mode::E2ee | Mode::LeakyServerLogMutant | Mode::CredentialsKeptMutant => {
             let events = client.handle_batch(batch).await?;
             let mut decrypts = client.decrypt_times().iter().copied();
             for event in events {
@@ -527,6 +543,26 @@ async fn user_task(
     }
     if let Some(c) = client {
         c.close().await;
+    }
+}
+
+/// Waits until process `pid` has at most `max` sockets open (its listener),
+/// or `timeout` passes.
+async fn wait_for_sockets(pid: u32, max: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if open <= max {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -975,10 +1011,13 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
                 }
             })))
         }
-        Mode::E2ee | Mode::PlaintextBaseline => None,
+        Mode::E2ee | Mode::PlaintextBaseline | Mode::CredentialsKeptMutant => None,
     };
     if mode == Mode::LeakyServerLogMutant && s.topology.server == ServerMode::Child {
         return Err("the leaky-server-log mutant needs topology.server = \"in-process\"".into());
+    }
+    if mode == Mode::CredentialsKeptMutant && s.topology.server != ServerMode::Child {
+        return Err("the credentials-kept mutant needs topology.server = \"child\"".into());
     }
     let mut topo = Topology {
         mode: s.topology.server,
@@ -994,6 +1033,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         handle: None,
         observer,
+        keep_credentials: mode == Mode::CredentialsKeptMutant,
     };
     let capture_log = s.topology.server == ServerMode::InProcess && s.taps.logs;
     if capture_log {
@@ -1012,6 +1052,8 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let _ = std::fs::remove_dir_all(out.join("clients"));
     let mut connect_auth = hist();
     let mut clients = Vec::with_capacity(s.users.count);
+    // Every password and token, for the credential tap.
+    let mut credentials: Vec<(&str, Vec<u8>)> = Vec::new();
     for (i, home) in homes.iter().enumerate() {
         let name = user_name(i);
         let password = format!("{name}-harness-password");
@@ -1021,6 +1063,10 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         let c = Client::login(&options, home, &name, &password, 1)
             .await
             .map_err(|e| format!("login {name}: {e}"))?;
+        credentials.push(("password", password.into_bytes()));
+        if let Some(token) = &c.state().token {
+            credentials.push(("session token", token.to_vec()));
+        }
         c.close().await;
         let t = Instant::now();
         let c = Client::resume(home, Some(&options))
@@ -1157,9 +1203,26 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     // Taps: memory while the server process lives; then stop it and read
     // the files it left.
     let mut tap_results = BTreeMap::new();
-    let memory = match (s.taps.memory, topo.pid()) {
-        (true, Some(pid)) => Some(taps::scan_memory(pid, &detector)),
-        _ => None,
+    let secrets = Detector::secrets(credentials.iter().map(|(l, c)| (*l, c.as_slice())));
+    // The users have closed their connections; once the server has closed
+    // its side, no connection buffer of its own may hold a credential (a
+    // connection's WebSocket read buffer keeps its last frames while open).
+    if let Some(pid) = topo.pid() {
+        wait_for_sockets(pid, 1, Duration::from_secs(5)).await;
+    }
+    let (memory, credential_memory) = match (s.taps.memory, topo.pid()) {
+        (true, Some(pid)) => match taps::scan_memory(pid, &[&detector, &secrets]) {
+            Ok(mut r) => {
+                let creds = r.pop().ok_or("no credential result");
+                let plain = r.pop().ok_or("no plaintext result");
+                (
+                    Some(plain.map_err(String::from)),
+                    Some(creds.map_err(String::from)),
+                )
+            }
+            Err(e) => (Some(Err(e.clone())), Some(Err(e))),
+        },
+        _ => (None, None),
     };
     topo.stop(false).await;
     if capture_log {
@@ -1225,6 +1288,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         s.taps.logs.then(|| Ok(taps::scan_file(&log, &detector))),
     );
     tap_check("leak.memory", "memory", memory);
+    tap_check("leak.credentials", "credentials", credential_memory);
 
     Ok(Outcome {
         scenario: s.name.clone(),

@@ -139,6 +139,10 @@ pub(crate) enum Mode {
     /// it accepts through a test-only hook... and the harness hands it the
     /// plaintext to log. The log tap must catch it.
     LeakyServerLogMutant,
+    /// HARNESS-ONLY MUTANT: E2EE clients, but the (child) server keeps a
+    /// copy of every password and token it sees, through a test-only hook.
+    /// The credential tap must find them in its memory.
+    CredentialsKeptMutant,
 }
 
 /// Message arrivals.
@@ -403,6 +407,7 @@ pub(crate) const CHECKS: &[&str] = &[
     "leak.store",
     "leak.logs",
     "leak.memory",
+    "leak.credentials",
 ];
 
 /// Why a scenario file is unusable.

@@ -28,6 +28,7 @@ fn mode_name(m: Mode) -> &'static str {
         Mode::PlaintextBaseline => "plaintext-baseline",
         Mode::LeakyClientMutant => "leaky-client-mutant",
         Mode::LeakyServerLogMutant => "leaky-server-log-mutant",
+        Mode::CredentialsKeptMutant => "credentials-kept-mutant",
     }
 }
 

@@ -382,13 +382,14 @@ pub(crate) fn scan_file(path: &Path, detector: &Detector) -> TapResult {
     r
 }
 
-/// Searches the readable and writable mappings of process `pid`.
-pub(crate) fn scan_memory(pid: u32, detector: &Detector) -> Result<TapResult, String> {
+/// Searches the readable and writable mappings of process `pid` with each
+/// detector (one read of the memory); one result per detector.
+pub(crate) fn scan_memory(pid: u32, detectors: &[&Detector]) -> Result<Vec<TapResult>, String> {
     let maps =
         std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("maps: {e}"))?;
     let mut mem =
         std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| format!("mem: {e}"))?;
-    let mut r = TapResult::default();
+    let mut results = vec![TapResult::default(); detectors.len()];
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
         let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
@@ -412,17 +413,19 @@ pub(crate) fn scan_memory(pid: u32, detector: &Detector) -> Result<TapResult, St
         if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
             continue; // unmapped since we read the maps
         }
-        r.bytes += region.len() as u64;
-        detector.scan(
-            &format!("memory {name}"),
-            start,
-            &region,
-            20,
-            &mut r.hits,
-            &mut r.matches,
-        );
+        for (r, detector) in results.iter_mut().zip(detectors) {
+            r.bytes += region.len() as u64;
+            detector.scan(
+                &format!("memory {name}"),
+                start,
+                &region,
+                20,
+                &mut r.hits,
+                &mut r.matches,
+            );
+        }
     }
-    Ok(r)
+    Ok(results)
 }
 
 #[cfg(test)]

@@ -106,6 +106,21 @@ fn the_server_log_mutant_is_caught_by_the_log_tap_alone() {
     assert!(ok);
 }
 
+/// A server that keeps passwords and tokens is caught by the credential tap
+/// (its memory after the users disconnected), and by nothing else; the
+/// honest server of the smoke run passes the same tap.
+#[test]
+fn the_credentials_mutant_is_caught_by_the_credential_tap_alone() {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, summary) = run(&scenario("leaky-credentials"), out.path());
+    let v = verdicts(&summary);
+    assert_eq!(verdict(&v, "leak.credentials"), "fail", "{summary}");
+    assert_eq!(verdict(&v, "leak.memory"), "pass");
+    assert_eq!(verdict(&v, "leak.wire"), "pass");
+    assert_eq!(verdict(&v, "delivery.exactly-once"), "pass");
+    assert!(ok);
+}
+
 #[test]
 fn unexpected_verdicts_make_the_run_fail() {
     // The leaky mutant without its expectations: every tap failure is now a

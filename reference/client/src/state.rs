@@ -676,7 +676,7 @@ impl StateFile {
             debug_assert!(result.is_ok());
         }
         let created = self.storage.append(&path, &records).map_err(io)?;
-        self.storage.sync(&path).map_err(io)?;
+        self.storage.sync_data(&path).map_err(io)?;
         if created {
             self.storage.sync_dir(&self.dir).map_err(io)?;
         }

@@ -27,6 +27,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn truncate(&self, path: &Path, len: u64) -> std::io::Result<()>;
     /// Makes a file's contents durable (`fsync`).
     fn sync(&self, path: &Path) -> std::io::Result<()>;
+    /// Makes a file's data and size durable, not its times (`fdatasync`):
+    /// enough after an append.
+    fn sync_data(&self, path: &Path) -> std::io::Result<()> {
+        self.sync(path)
+    }
     /// Renames `from` over `to` (atomic; durable after [`Storage::sync_dir`]).
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()>;
     /// Makes a directory's entries durable (`fsync` of the directory).
@@ -91,6 +96,13 @@ impl Storage for OsStorage {
             .write(true)
             .open(path)?
             .sync_all()
+    }
+
+    fn sync_data(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .sync_data()
     }
 
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy)]
@@ -50,16 +51,22 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordVerifier::<str>::verify_password(&verifier, password.as_bytes(), hash).is_ok()
 }
 
-/// A fresh 32-byte bearer token.
-pub fn new_token() -> [u8; 32] {
-    let mut t = [0u8; 32];
-    rand::rng().fill_bytes(&mut t);
-    t
+/// A fresh 32-byte bearer token, drawn from the operating system straight
+/// into a heap buffer that is wiped when dropped. (The thread-local RNG
+/// would leave a copy in its block buffer until it refills.)
+pub fn new_token() -> Option<Zeroizing<Vec<u8>>> {
+    let mut t = Zeroizing::new(vec![0u8; 32]);
+    rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut t).ok()?;
+    Some(t)
 }
 
-/// What the store keeps of a token: its SHA-256.
+/// What the store keeps of a token: its SHA-256. The hasher, which holds
+/// the token in its block buffer, is boxed so that it lives on the heap
+/// (wiped when freed) and is wiped on drop (sha2's `zeroize` feature).
 pub fn token_hash(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
+    let mut hasher = Box::new(Sha256::new());
+    hasher.update(token);
+    hasher.finalize_reset().into()
 }
 
 /// Sliding-window limits on failed logins.

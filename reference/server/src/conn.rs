@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use zeroize::Zeroize;
+
 use crate::auth::{self, token_hash};
 use crate::hub::{Push, Ticket};
 use crate::store::{NewEnvelope, Store, StoreError, TokenRecord};
@@ -465,12 +467,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ));
         }
         let cost = self.shared.config.password_cost;
-        let password = r.password;
-        let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password, cost))
-            .await
-            .ok()
-            .flatten()
-            .ok_or((ErrorCode::Internal, "password hashing failed"))?;
+        let mut password = r.password;
+        let hash = tokio::task::spawn_blocking(move || {
+            let hash = auth::hash_password(&password, cost);
+            password.zeroize();
+            hash
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or((ErrorCode::Internal, "password hashing failed"))?;
         let name = r.username.clone();
         blocking(&self.shared, move |s| s.create_user(&name, &hash)).await?;
         tracing::info!(conn = self.id, user = %r.username, "registered");
@@ -492,15 +498,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let name = l.username.clone();
         let stored = blocking(&self.shared, move |s| s.password_hash(&name)).await?;
-        let password = l.password;
+        let mut password = l.password;
+        if let Some(observe) = &self.shared.config.credential_observer {
+            (observe.0)(password.as_bytes());
+        }
         // Without an account, verify against a fixed hash anyway so that the
         // response time does not reveal which user names exist.
-        let ok = tokio::task::spawn_blocking(move || match stored {
-            Some(hash) => auth::verify_password(&password, &hash),
-            None => {
-                let _ = auth::verify_password(&password, DUMMY_HASH);
-                false
-            }
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = match stored {
+                Some(hash) => auth::verify_password(&password, &hash),
+                None => {
+                    let _ = auth::verify_password(&password, DUMMY_HASH);
+                    false
+                }
+            };
+            password.zeroize();
+            ok
         })
         .await
         .unwrap_or(false);
@@ -509,7 +522,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             tracing::info!(conn = self.id, user = %l.username, "login failed");
             return Err((ErrorCode::BadCredentials, "wrong user name or password"));
         }
-        let token = auth::new_token();
+        let token = auth::new_token().ok_or((ErrorCode::Internal, "no randomness for a token"))?;
+        if let Some(observe) = &self.shared.config.credential_observer {
+            (observe.0)(&token);
+        }
         let expires_at = now_ms() / 1000 + self.shared.config.token_ttl.as_secs();
         let record = TokenRecord {
             user: l.username.clone(),
@@ -528,11 +544,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         .into())
     }
 
-    async fn authenticate(&mut self, a: frame::Authenticate) -> Reply {
+    async fn authenticate(&mut self, mut a: frame::Authenticate) -> Reply {
         if self.auth.is_some() {
             return Err((ErrorCode::InvalidRequest, "already authenticated"));
         }
         let hash = token_hash(&a.token);
+        a.token.zeroize();
         let record = blocking(&self.shared, move |s| s.token(&hash))
             .await?
             .ok_or((ErrorCode::InvalidToken, "unknown, expired or revoked token"))?;

@@ -25,6 +25,14 @@
 
 #![forbid(unsafe_code)]
 
+/// Every heap block of a process that links the server is zeroed when it
+/// is freed: decoded `Login` and `Authenticate` frames, WebSocket buffers and
+/// Argon2 inputs keep no password or token once dropped (the harness's
+/// memory tap checks it, `leak.credentials`).
+#[global_allocator]
+static ZEROING: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 pub mod auth;
 pub mod cli;
 mod conn;
@@ -81,6 +89,11 @@ pub struct Config {
     /// to make a deliberately leaky server and prove that its log tap
     /// catches the leak.
     pub envelope_observer: Option<EnvelopeObserver>,
+    /// **Test hook, never set in production** (the CLI cannot set it): called
+    /// with every password a login presents and every token the server
+    /// issues. The scenario harness uses it to make a mutant that keeps
+    /// them, and prove that its credential tap finds them in memory.
+    pub credential_observer: Option<EnvelopeObserver>,
     /// **Test mode, never set in production** (the CLI cannot set it): every
     /// connection echoes text and binary messages instead of speaking the
     /// protocol. The accept path, size limits, ping/pong and close handling
@@ -116,6 +129,7 @@ impl Default for Config {
             login_window: Duration::from_secs(60),
             max_strikes: 16,
             envelope_observer: None,
+            credential_observer: None,
             conformance_echo: false,
         }
     }
