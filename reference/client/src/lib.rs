@@ -3,8 +3,12 @@
 //! ```text
 //!   Client ── Connection (WebSocket, ws/wss) ── server
 //!     │
-//!     ├─ State (one file: device keys, sessions, pins, inbox) ── saved before
-//!     │   every envelope leaves and before every acknowledgement
+//!     ├─ StateFile (HOME, locked by one process) over a Storage
+//!     │    state.cbor: device keys, sessions, pins, sequence numbers ── saved
+//!     │      before a key or sequence number it does not cover is used
+//!     │    messages.cbor: the log, appended before an acknowledgement
+//!     ├─ delivery: sealed message ids and sequences → late, missing, duplicate
+//!     ├─ trust: pins per device; new devices and changed identities flagged
 //!     └─ chatify-core: VerifiedBundle → Session::initiate / Device::accept,
 //!        Session::encrypt / decrypt
 //! ```
@@ -35,7 +39,7 @@ pub mod storage;
 
 pub use client::{
     Client, ConnectOptions, Event, IdentityWarning, Incoming, Late, MISSING_GRACE, OWNER_WAIT,
-    PREKEY_TARGET, SendReceipt, conversation_id, parse_peer,
+    PREKEY_TARGET, SendReceipt, Timings, TraceEvent, conversation_id, parse_peer,
 };
 pub use connection::{Connection, Push};
 
