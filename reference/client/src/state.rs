@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -568,7 +568,7 @@ impl StateFile {
         let dir = dir.into();
         let path = dir.join("lock");
         let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
-        create_private_dir(&dir).map_err(io)?;
+        OsStorage.create_dir(&dir).map_err(io)?;
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
@@ -787,17 +787,6 @@ fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
         message_id,
         text,
     })
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 #[cfg(test)]
