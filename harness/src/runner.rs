@@ -546,20 +546,23 @@ async fn user_task(
     }
 }
 
-/// Waits until process `pid` has at most `max` sockets open (its listener),
-/// or `timeout` passes.
+/// Sockets process `pid` has open (`None` when it cannot be read).
+fn open_sockets(pid: u32) -> Option<usize> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count(),
+    )
+}
+
+/// Waits until process `pid` has at most `max` sockets open (as many as
+/// when it was idle), or `timeout` passes.
 async fn wait_for_sockets(pid: u32, max: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| {
-                dir.filter_map(Result::ok)
-                    .filter_map(|e| std::fs::read_link(e.path()).ok())
-                    .filter(|target| target.to_string_lossy().starts_with("socket:"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if open <= max {
+        if open_sockets(pid).is_none_or(|n| n <= max) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1040,6 +1043,9 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         logsink::capture(Some(&log))?;
     }
     topo.start().await?;
+    // The server's sockets before any client connects: its listener and its
+    // runtime's own (signal handling).
+    let idle_sockets = topo.pid().and_then(open_sockets);
     let tap = WireTap::start(topo.addr, s.taps.wire)
         .await
         .map_err(|e| e.to_string())?;
@@ -1207,8 +1213,8 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     // The users have closed their connections; once the server has closed
     // its side, no connection buffer of its own may hold a credential (a
     // connection's WebSocket read buffer keeps its last frames while open).
-    if let Some(pid) = topo.pid() {
-        wait_for_sockets(pid, 1, Duration::from_secs(5)).await;
+    if let (Some(pid), Some(idle)) = (topo.pid(), idle_sockets) {
+        wait_for_sockets(pid, idle, Duration::from_secs(5)).await;
     }
     let (memory, credential_memory) = match (s.taps.memory, topo.pid()) {
         (true, Some(pid)) => match taps::scan_memory(pid, &[&detector, &secrets]) {
