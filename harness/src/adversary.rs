@@ -365,10 +365,10 @@ impl AdversaryStore {
                 seq,
                 floor: 0,
                 sent_at_ms: 0,
-                body: text.as_bytes().to_vec(),
+                body: text.as_bytes(),
             };
             let mut plaintext = Vec::new();
-            content.encode_into(&mut plaintext);
+            content.encode(&mut plaintext).map_err(|e| e.to_string())?;
             let env = session
                 .encrypt(conversation, &plaintext, &mut rand::rng())
                 .map_err(|e| e.to_string())?;
@@ -799,24 +799,17 @@ async fn drain(u: &mut User, o: &mut Observed) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", u.name))?;
         for e in events {
             match e {
-                Event::Message(m) if m.late.is_some() => {
-                    o.late.push(String::from_utf8_lossy(&m.text).into_owned());
-                    o.shown.push((
-                        u.name.clone(),
-                        m.from.user,
-                        String::from_utf8_lossy(&m.text).into_owned(),
-                        m.identity_changed,
-                    ));
+                Event::Message(m) => {
+                    let text = String::from_utf8_lossy(&m.text).into_owned();
+                    if m.late.is_some() {
+                        o.late.push(text.clone());
+                    }
+                    let flagged = m.identity_changed();
+                    o.shown.push((u.name.clone(), m.from.user, text, flagged));
                 }
                 Event::Missing { from, count } => {
                     o.missing.push((u.name.clone(), from.user, count));
                 }
-                Event::Message(m) => o.shown.push((
-                    u.name.clone(),
-                    m.from.user,
-                    String::from_utf8_lossy(&m.text).into_owned(),
-                    m.identity_changed,
-                )),
                 Event::Rejected { reason, .. } => o.rejected.push((u.name.clone(), reason)),
                 Event::Duplicate { .. } => o.duplicates += 1,
                 Event::Disconnected(_) => return Err(format!("{}: disconnected", u.name)),

@@ -5,13 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatify_core::{Device, MAX_RESERVED_SENDS, SafetyNumber, Session, VerifiedBundle};
+use chatify_core::{Device, MAX_RESERVED_SENDS, SafetyNumber, SecretBuf, Session, VerifiedBundle};
 use chatify_proto::content::MAX_BODY_LEN;
 use chatify_proto::frame::{self, Address, Deliver};
 use chatify_proto::{Body, Content, ConversationId, Envelope, MessageId};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::ClientError;
 use crate::connection::{Connection, Push, expect, tls_config};
@@ -71,16 +71,21 @@ pub struct Incoming {
     pub late: Option<Late>,
     /// The plaintext.
     pub text: Vec<u8>,
-    /// The sender device's identity is not one the user has accepted for
-    /// this user (`warning` says why): warn on this message, as on every
-    /// message until the user confirms; sending to the user is blocked
-    /// until then.
-    pub identity_changed: bool,
-    /// Why the sender is not trusted, if it is not.
+    /// Why the sender device is not trusted as the user it claims to be, if
+    /// it is not: warn on this message, as on every message until the user
+    /// confirms; sending to the user is blocked until then.
     pub warning: Option<IdentityWarning>,
     /// When this client had the plaintext (before the batch's durable commit
     /// and acknowledgement): what end-to-end latency is measured to.
     pub decrypted_at: Instant,
+}
+
+impl Incoming {
+    /// Whether the sender is not (yet) trusted as the user it claims to be:
+    /// a changed identity or an unconfirmed device ([`Incoming::warning`]).
+    pub fn identity_changed(&self) -> bool {
+        self.warning.is_some()
+    }
 }
 
 /// A decrypted delivery: plaintext, trust warning, sender identity key.
@@ -383,6 +388,8 @@ impl Client {
                 if let Some(session) = self.state.active_session(peer) {
                     session.prepare_sending(&mut rand::rng())?;
                 }
+                let conversation = conversation_id(&self.state.user, &peer.user);
+                self.state.send_seqs.entry(conversation).or_default();
                 self.send_reservation
             }
             None if self.send_reservation > 1 => {
@@ -391,10 +398,6 @@ impl Client {
             }
             None => 0,
         };
-        if let Some(peer) = sending_to {
-            let conversation = conversation_id(&self.state.user, &peer.user);
-            self.state.send_seqs.entry(conversation).or_default();
-        }
         let (bytes, reserved) = self.state.encode_reserving(sending_to, sends);
         let generation = self.file.generation();
         let file = self.file.clone();
@@ -440,7 +443,7 @@ impl Client {
         peer: &Address,
         presented: &chatify_core::PublicIdentity,
     ) -> Option<IdentityWarning> {
-        let user_known = self.state.pins.keys().any(|a| a.user == peer.user);
+        let user_known = self.state.pins_of(&peer.user).next().is_some();
         match self.state.pins.get_mut(peer) {
             None => {
                 self.state.pins.insert(
@@ -467,9 +470,8 @@ impl Client {
     /// identity or is new, and the user has not confirmed it.
     fn blocked(&self, user: &str) -> bool {
         self.state
-            .pins
-            .iter()
-            .any(|(a, p)| a.user == user && (p.changed_to.is_some() || p.unconfirmed))
+            .pins_of(user)
+            .any(|(_, p)| p.changed_to.is_some() || p.unconfirmed)
     }
 
     /// Encrypts `text` for `peer` (`user` or `user:device`) and relays it
@@ -546,23 +548,24 @@ impl Client {
             .get_mut(&conversation)
             .and_then(SendSeq::take)
             .ok_or_else(|| ClientError::State("no sequence number reserved".into()))?;
-        let mut content = Content {
+        let content = Content {
             message_id,
             seq,
             floor,
             sent_at_ms: now_ms(),
-            body: text.to_vec(),
+            body: text,
         };
-        let mut plaintext = Zeroizing::new(Vec::with_capacity(content.encoded_len_max()));
-        content.encode_into(&mut plaintext);
-        content.body.zeroize();
+        let mut plaintext = SecretBuf::with_capacity(content.encoded_len_max());
+        content
+            .encode(&mut plaintext)
+            .map_err(|e| ClientError::State(format!("encoding the message: {e}")))?;
         let session = self
             .state
             .active_session(&to)
             .ok_or_else(|| ClientError::State("session vanished".into()))?;
         let started = Instant::now();
         let envelope = session
-            .encrypt(conversation, &plaintext, &mut rand::rng())?
+            .encrypt(conversation, plaintext.as_slice(), &mut rand::rng())?
             .encode();
         self.timings.encrypt = Some(started.elapsed());
         self.mark("encrypted");
@@ -704,18 +707,16 @@ impl Client {
         // whatever is decided below.
         *changed = true;
         self.mark("decrypted");
-        let Ok(mut content) = Content::decode(&plaintext) else {
+        let Ok(content) = Content::decode(&plaintext) else {
             return rejected(&d, "malformed message content".into());
         };
         if content.message_id != d.message_id {
-            content.body.zeroize();
             return rejected(
                 &d,
                 "the message id does not match the one sealed in the message".into(),
             );
         }
         if self.state.seen(&content.message_id) {
-            content.body.zeroize();
             return Event::Duplicate {
                 from: d.from,
                 message_id: d.message_id,
@@ -729,7 +730,6 @@ impl Client {
             .arrive(content.seq, content.floor, now_ms());
         let late = match arrival {
             Arrival::Duplicate => {
-                content.body.zeroize();
                 return Event::Duplicate {
                     from: d.from,
                     message_id: d.message_id,
@@ -738,7 +738,7 @@ impl Client {
             Arrival::InOrder => None,
             Arrival::Late { behind, waited_ms } => Some(Late { behind, waited_ms }),
         };
-        let text = std::mem::take(&mut content.body);
+        let text = content.body.to_vec();
         logged.push(StoredMessage {
             from: d.from.clone(),
             sent_at_ms: d.sent_at_ms,
@@ -755,7 +755,6 @@ impl Client {
             seq: content.seq,
             late,
             text,
-            identity_changed: warning.is_some(),
             warning,
             decrypted_at: Instant::now(),
         })
@@ -922,13 +921,7 @@ impl Client {
     /// would keep the user blocked.)
     pub fn confirm_peer(&mut self, peer: &str) -> Result<(), ClientError> {
         let user = parse_peer(peer)?.user;
-        let devices: Vec<Address> = self
-            .state
-            .pins
-            .keys()
-            .filter(|a| a.user == user)
-            .cloned()
-            .collect();
+        let devices: Vec<Address> = self.state.pins_of(&user).map(|(a, _)| a.clone()).collect();
         if devices.is_empty() {
             return Err(ClientError::State(format!("no identity known for {peer}")));
         }
@@ -954,9 +947,7 @@ impl Client {
     pub fn devices(&self, user: &str) -> Vec<(Address, SafetyNumber, Option<IdentityWarning>)> {
         let own = self.state.device.public_identity();
         self.state
-            .pins
-            .iter()
-            .filter(|(a, _)| a.user == user)
+            .pins_of(user)
             .map(|(a, pin)| {
                 let theirs = pin.changed_to.as_ref().unwrap_or(&pin.identity);
                 let warning = if pin.changed_to.is_some() {

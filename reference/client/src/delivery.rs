@@ -20,7 +20,9 @@ use std::collections::VecDeque;
 /// bounded by the peer, so every save may reserve).
 pub const SEQ_RESERVATION: u64 = 64;
 
-/// Gaps remembered per sender device; the oldest are forgotten past it.
+/// Gaps remembered per sender device. Past it, the oldest gap already
+/// reported is forgotten; if none is, the oldest is, and the messages it
+/// spans are still reported ([`RecvSeq::forgotten`]).
 pub const MAX_GAPS: usize = 256;
 
 /// The sending side of one conversation.
@@ -98,6 +100,10 @@ pub struct RecvSeq {
     pub expected: u64,
     /// Numbers not received below `expected`, oldest first.
     pub gaps: VecDeque<Gap>,
+    /// Messages of gaps forgotten before they were reported (a server
+    /// opening more than [`MAX_GAPS`] gaps within a grace period): reported
+    /// by the next [`RecvSeq::overdue`].
+    pub forgotten: u64,
 }
 
 /// How a sequence number fits what was received before.
@@ -133,9 +139,7 @@ impl RecvSeq {
                     noticed_ms: now_ms,
                     reported: false,
                 });
-                while self.gaps.len() > MAX_GAPS {
-                    self.gaps.pop_front();
-                }
+                self.bound();
             }
             self.expected = seq + 1;
             return Arrival::InOrder;
@@ -160,13 +164,28 @@ impl RecvSeq {
             }
         }
         self.gaps.make_contiguous().sort_by_key(|g| g.from);
+        self.bound();
         Arrival::Late { behind, waited_ms }
     }
 
+    /// Keeps at most [`MAX_GAPS`] gaps, forgetting reported ones first and
+    /// counting the messages of unreported ones it has to forget.
+    fn bound(&mut self) {
+        while self.gaps.len() > MAX_GAPS {
+            let i = self.gaps.iter().position(|g| g.reported).unwrap_or(0);
+            if let Some(g) = self.gaps.remove(i)
+                && !g.reported
+            {
+                self.forgotten = self.forgotten.saturating_add(g.len());
+            }
+        }
+    }
+
     /// Gaps noticed at least `grace_ms` before `now_ms` and not reported
-    /// yet: marks them reported and returns how many messages they span.
+    /// yet, and forgotten ones: marks them reported and returns how many
+    /// messages they span.
     pub fn overdue(&mut self, now_ms: u64, grace_ms: u64) -> u64 {
-        let mut missing = 0;
+        let mut missing = std::mem::take(&mut self.forgotten);
         for gap in &mut self.gaps {
             if !gap.reported && now_ms.saturating_sub(gap.noticed_ms) >= grace_ms {
                 gap.reported = true;
@@ -176,9 +195,9 @@ impl RecvSeq {
         missing
     }
 
-    /// Messages missing now (reported or not).
+    /// Messages missing now (reported or not, forgotten included).
     pub fn missing(&self) -> u64 {
-        self.gaps.iter().map(Gap::len).sum()
+        self.gaps.iter().map(Gap::len).sum::<u64>() + self.forgotten
     }
 }
 
@@ -228,6 +247,27 @@ mod tests {
         // A gap after the floor still counts.
         r.arrive(66, 64, 6);
         assert_eq!(r.missing(), 1);
+    }
+
+    /// A server that drops every other message opens a gap per message:
+    /// past the bound, gaps are forgotten, but every dropped message is
+    /// still reported, once.
+    #[test]
+    fn a_flood_of_gaps_is_bounded_and_still_fully_reported() {
+        let mut r = RecvSeq::default();
+        let dropped = 3 * MAX_GAPS as u64;
+        for i in 0..=dropped {
+            r.arrive(2 * i, 0, 0);
+        }
+        assert!(r.gaps.len() <= MAX_GAPS);
+        assert_eq!(r.missing(), dropped);
+        assert_eq!(r.overdue(10, 10), dropped);
+        assert_eq!(r.overdue(20, 10), 0);
+        // Reported gaps are forgotten before unreported ones.
+        r.arrive(2 * dropped + 2, 0, 20);
+        r.arrive(2 * dropped + 4, 0, 20);
+        assert!(r.gaps.iter().any(|g| !g.reported));
+        assert_eq!(r.overdue(30, 10), 2);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chatify_core::{Device, PublicIdentity, SavedAt, Session};
+use chatify_core::{Device, PublicIdentity, SavedAt, SecretBuf, Session};
 use chatify_proto::frame::Address;
 use chatify_proto::{ConversationId, MessageId};
 use minicbor::data::Type;
@@ -209,6 +209,19 @@ impl State {
         }
     }
 
+    /// The pinned devices of `user`, in device order.
+    pub fn pins_of<'a>(&'a self, user: &str) -> impl Iterator<Item = (&'a Address, &'a Pin)> {
+        let first = Address {
+            user: user.to_owned(),
+            device: 0,
+        };
+        let last = Address {
+            user: user.to_owned(),
+            device: u32::MAX,
+        };
+        self.pins.range(first..=last)
+    }
+
     /// Whether a message from `peer`, whose session presents `identity`, may
     /// be shown as coming from `peer`'s user: `None` when the identity is the
     /// one pinned and confirmed for that device, else why not.
@@ -300,21 +313,16 @@ impl State {
     ) -> Zeroizing<Vec<u8>> {
         let sessions: Vec<(Address, Vec<Zeroizing<Vec<u8>>>)> = sessions.into_iter().collect();
         let device = self.device.to_bytes();
+        // A hint: SecretBuf wipes what it outgrows, so no estimate is unsafe.
         let capacity = 1024
             + device.len()
             + sessions
                 .iter()
-                .flat_map(|(_, list)| list.iter().map(|s| s.len() + 96))
+                .flat_map(|(_, list)| list.iter().map(|s| s.len() + 16))
                 .sum::<usize>()
-            + 200 * self.pins.len()
-            + 32 * seqs.len()
-            + self
-                .recv_seqs
-                .values()
-                .map(|r| 96 + 40 * r.gaps.len())
-                .sum::<usize>();
-        let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
-        let mut e = Encoder::new(&mut *buf);
+            + 256 * (self.pins.len() + self.recv_seqs.len() + self.sessions.len());
+        let mut buf = SecretBuf::with_capacity(capacity);
+        let mut e = Encoder::new(&mut buf);
         let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
             e.array(10)?.u64(STATE_VERSION)?;
             e.str(&self.server)?
@@ -352,12 +360,13 @@ impl State {
             }
             e.array(self.recv_seqs.len() as u64)?;
             for ((conversation, from, identity), r) in &self.recv_seqs {
-                e.array(6)?
+                e.array(7)?
                     .bytes(conversation)?
                     .str(&from.user)?
                     .u32(from.device)?
                     .bytes(identity)?
-                    .u64(r.expected)?;
+                    .u64(r.expected)?
+                    .u64(r.forgotten)?;
                 e.array(r.gaps.len() as u64)?;
                 for g in &r.gaps {
                     e.array(4)?
@@ -370,7 +379,7 @@ impl State {
             Ok(())
         })();
         debug_assert!(result.is_ok());
-        buf
+        buf.into_inner()
     }
 
     /// Takes the Double Ratchet's pending sending step of every active
@@ -503,6 +512,7 @@ fn decode_seqs(d: &mut Decoder<'_>, state: &mut State) -> Result<(), ClientError
             .map_err(|_| ClientError::State("identity key of the wrong length".into()))?;
         let mut r = RecvSeq {
             expected: d.u64().map_err(bad)?,
+            forgotten: d.u64().map_err(bad)?,
             ..RecvSeq::default()
         };
         for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
@@ -528,6 +538,8 @@ pub struct StateFile {
     dir: PathBuf,
     shared: Arc<Shared>,
     storage: Arc<dyn Storage>,
+    /// A handle that does not own the directory only reads.
+    read_only: bool,
 }
 
 #[derive(Debug, Default)]
@@ -545,9 +557,13 @@ struct Shared {
 pub struct Generation(u64);
 
 impl StateFile {
-    /// The state file in `dir`, for reading (no lock is taken).
+    /// The state file in `dir`, for reading only: no lock is taken, so it
+    /// never writes (not even the repair of a torn log); saves fail.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self::with_storage(dir, Arc::new(OsStorage))
+        StateFile {
+            read_only: true,
+            ..Self::with_storage(dir, Arc::new(OsStorage))
+        }
     }
 
     /// The state file in `dir` on another [`Storage`] (no lock is taken:
@@ -557,6 +573,7 @@ impl StateFile {
             dir: dir.into(),
             shared: Arc::new(Shared::default()),
             storage,
+            read_only: false,
         }
     }
 
@@ -608,7 +625,18 @@ impl StateFile {
                 ..Shared::default()
             }),
             storage: Arc::new(OsStorage),
+            read_only: false,
         })
+    }
+
+    fn writable(&self) -> Result<(), ClientError> {
+        if self.read_only {
+            return Err(ClientError::State(format!(
+                "{} was opened for reading only",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Whether this handle owns the directory ([`StateFile::acquire`]).
@@ -636,7 +664,7 @@ impl StateFile {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
                 let mut state = State::decode(&bytes)?;
-                for m in self.read_log(true)? {
+                for m in self.read_log(!self.read_only)? {
                     state.mark_seen(m.message_id);
                 }
                 Ok(Some(state))
@@ -657,12 +685,13 @@ impl StateFile {
         if messages.is_empty() {
             return Ok(());
         }
+        self.writable()?;
         let path = self.messages_path();
         let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
         self.storage.create_dir(&self.dir).map_err(io)?;
-        let size: usize = messages.iter().map(|m| m.text.len() + 96).sum();
-        let mut records = Zeroizing::new(Vec::with_capacity(size));
-        let mut e = Encoder::new(&mut *records);
+        let size: usize = messages.iter().map(|m| m.text.len() + 128).sum();
+        let mut records = SecretBuf::with_capacity(size);
+        let mut e = Encoder::new(&mut records);
         for m in messages {
             let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
                 e.array(5)?
@@ -675,7 +704,7 @@ impl StateFile {
             })();
             debug_assert!(result.is_ok());
         }
-        let created = self.storage.append(&path, &records).map_err(io)?;
+        let created = self.storage.append(&path, records.as_slice()).map_err(io)?;
         self.storage.sync_data(&path).map_err(io)?;
         if created {
             self.storage.sync_dir(&self.dir).map_err(io)?;
@@ -745,6 +774,7 @@ impl StateFile {
         if generation.0 <= *written {
             return Ok(());
         }
+        self.writable()?;
         let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.dir.display()));
         self.storage.create_dir(&self.dir).map_err(io)?;
         let mut suffix = [0u8; 8];
@@ -791,9 +821,49 @@ fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
     use super::*;
+    use crate::delivery::SEQ_RESERVATION;
+
+    /// Sequence numbers, gaps and pins survive a save and a load, with the
+    /// longest user names (the encoding's size hints are only hints).
+    #[test]
+    fn delivery_state_and_pins_round_trip() {
+        let long = "u".repeat(64);
+        let device = Device::generate(&mut rand::rng());
+        let mut state = State::new("ws://x".repeat(300), long.clone(), 7, device);
+        let peer = Address {
+            user: long.clone(),
+            device: u32::MAX,
+        };
+        let identity = state.device.public_identity();
+        state.pins.insert(
+            peer.clone(),
+            Pin {
+                identity,
+                verified: true,
+                changed_to: Some(identity),
+                unconfirmed: true,
+            },
+        );
+        state.send_seqs.insert([3; 16], SendSeq::restored(41));
+        let mut r = RecvSeq::default();
+        r.arrive(5, 0, 100);
+        r.forgotten = 9;
+        state
+            .recv_seqs
+            .insert(([3; 16], peer.clone(), [4; 32]), r.clone());
+        let back = State::decode(&state.encode()).unwrap();
+        assert_eq!(back.pins, state.pins);
+        assert_eq!(back.recv_seqs, state.recv_seqs);
+        // A load starts past the reservation the save wrote.
+        assert_eq!(
+            back.send_seqs[&[3; 16]],
+            SendSeq::restored(41 + SEQ_RESERVATION)
+        );
+        assert_eq!(back.server, state.server);
+    }
 
     /// A save whose caller gave up (its generation is older) never lands
     /// after a newer one: the newer state stands.
@@ -814,6 +884,35 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    /// A handle that does not own the directory never writes: not a save,
+    /// not the repair of a torn log (another process may own it).
+    #[test]
+    fn a_reading_handle_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = StateFile::acquire(dir.path(), Duration::ZERO).unwrap();
+        owner
+            .save(&State::new(
+                "ws://x".into(),
+                "alice".into(),
+                1,
+                Device::generate(&mut rand::rng()),
+            ))
+            .unwrap();
+        let torn = [0x85, 0x65];
+        std::fs::write(owner.messages_path(), torn).unwrap();
+        let reader = StateFile::new(dir.path());
+        assert!(reader.load().unwrap().is_some());
+        assert_eq!(
+            std::fs::read(owner.messages_path()).unwrap(),
+            torn,
+            "repaired by a reader"
+        );
+        assert!(reader.save(&reader.load().unwrap().unwrap()).is_err());
+        // The owner repairs it.
+        owner.load().unwrap();
+        assert!(std::fs::read(owner.messages_path()).unwrap().is_empty());
     }
 
     /// A second owner is refused with the first one's process id; the

@@ -37,7 +37,7 @@ async fn two_clients_chat_online() {
         (m.from.user.as_str(), &m.text[..]),
         ("alice", &b"hello Bob"[..])
     );
-    assert!(!m.identity_changed);
+    assert!(!m.identity_changed());
 
     for i in 0..5 {
         bob.send("alice", format!("reply {i}").as_bytes())
@@ -367,7 +367,7 @@ async fn a_changed_identity_is_shown_and_blocks_sending_until_confirmed() {
     bob.send("alice", b"it's me, new phone").await.unwrap();
     let m = next_message(&mut alice).await;
     assert_eq!(m.text, b"it's me, new phone".to_vec());
-    assert!(m.identity_changed, "the change must be flagged");
+    assert!(m.identity_changed(), "the change must be flagged");
     assert_ne!(alice.safety_number("bob").unwrap(), before);
 
     match alice.send("bob", b"blocked?").await {

@@ -78,6 +78,7 @@ pub use fingerprint::{IdentityCheck, SafetyNumber};
 pub use identity::{Device, MAX_ONE_TIME_PREKEYS, MAX_SEEN_BASE_KEYS, PublicIdentity};
 pub use persist::{STATE_VERSION, SavedAt};
 pub use ratchet::{MAX_RESERVED_SENDS, MAX_SKIP, MAX_SKIPPED_TOTAL};
+pub use secret::SecretBuf;
 pub use session::Session;
 
 /// Re-exported so that callers name the same RNG traits as this crate.

@@ -1,10 +1,10 @@
 //! Versioned serialization of session and device state, so a client survives
 //! restarts.
 //!
-//! The output holds secret keys: it is returned in a [`Zeroizing`] buffer
-//! whose capacity is reserved up front (no reallocation leaves a stray copy),
-//! and the caller must store it protected (the reference client encrypts it
-//! at rest). Format: a CBOR array whose first element is [`STATE_VERSION`];
+//! The output holds secret keys: it is written into a [`SecretBuf`] (which
+//! wipes what it outgrows) and returned in a [`Zeroizing`] buffer, and the
+//! caller must store it protected (PROTOCOL §13; the reference client keeps
+//! it in a file of mode 0600 and does not encrypt it yet). Format: a CBOR array whose first element is [`STATE_VERSION`];
 //! docs/PROTOCOL.md §State lists the fields.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ use crate::identity::{
     Device, IdentityKeyPair, PrekeySecret, PublicIdentity, SeenBaseKeys, SignedPrekeySecret,
 };
 use crate::ratchet::{Chain, Ratchet, SkippedKeys};
-use crate::secret::Key32;
+use crate::secret::{Key32, SecretBuf};
 use crate::session::Session;
 
 /// Version of the persisted state format.
@@ -30,7 +30,7 @@ pub const STATE_VERSION: u8 = 1;
 const SESSION_TAG: u8 = 0x53; // 'S'
 const DEVICE_TAG: u8 = 0x44; // 'D'
 
-type W<'a> = Encoder<&'a mut Vec<u8>>;
+type W<'a> = Encoder<&'a mut SecretBuf>;
 type EncResult = Result<(), minicbor::encode::Error<core::convert::Infallible>>;
 
 fn bad(_: minicbor::decode::Error) -> Error {
@@ -86,10 +86,10 @@ fn header(d: &mut Decoder<'_>, tag: u8) -> Result<(), Error> {
     Ok(())
 }
 
-fn finish(buf: Zeroizing<Vec<u8>>, result: EncResult) -> Zeroizing<Vec<u8>> {
-    // Encoding into a Vec cannot fail; see chatify-proto's Frame::encode.
+fn finish(buf: SecretBuf, result: EncResult) -> Zeroizing<Vec<u8>> {
+    // Encoding into memory cannot fail; see chatify-proto's Frame::encode.
     debug_assert!(result.is_ok());
-    buf
+    buf.into_inner()
 }
 
 fn encode_chain(e: &mut W<'_>, chain: &Option<Chain>) -> EncResult {
@@ -163,8 +163,8 @@ impl Session {
             ratchet_key: r.dhs_public,
             counter: sending.as_ref().map(|c| c.counter),
         };
-        let mut buf = Zeroizing::new(Vec::with_capacity(session_capacity(r.skipped.order.len())));
-        let mut e = Encoder::new(&mut *buf);
+        let mut buf = SecretBuf::with_capacity(session_capacity(r.skipped.order.len()));
+        let mut e = Encoder::new(&mut buf);
         let result = (|| -> EncResult {
             e.array(13)?.u8(STATE_VERSION)?.u8(SESSION_TAG)?;
             e.bytes(&self.local.to_bytes())?
@@ -250,10 +250,10 @@ impl Session {
     }
 }
 
-/// Bytes reserved for a serialized session with `skipped` skipped keys, so
-/// that the buffer never reallocates (a reallocation would leave a copy of
-/// the keys written so far in freed memory). Each skipped key takes at most
-/// 74 bytes: `[bstr32, u32, bstr32]` is 1 + 34 + 5 + 34.
+/// Bytes reserved up front for a serialized session with `skipped` skipped
+/// keys, so that the buffer rarely has to grow ([`SecretBuf`] wipes the old
+/// copy when it does). Each skipped key takes at most 74 bytes:
+/// `[bstr32, u32, bstr32]` is 1 + 34 + 5 + 34.
 fn session_capacity(skipped: usize) -> usize {
     1024 + 80 * skipped
 }
@@ -298,8 +298,8 @@ impl Device {
             .sum();
         let capacity =
             512 + 160 * self.signed_prekeys.len() + 48 * self.one_time_prekeys.len() + 36 * seen;
-        let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
-        let mut e = Encoder::new(&mut *buf);
+        let mut buf = SecretBuf::with_capacity(capacity);
+        let mut e = Encoder::new(&mut buf);
         let result = (|| -> EncResult {
             e.array(7)?.u8(STATE_VERSION)?.u8(DEVICE_TAG)?;
             let signing = Zeroizing::new(self.identity.signing.to_bytes());

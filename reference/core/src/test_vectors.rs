@@ -244,10 +244,11 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         seq: 3,
         floor: 2,
         sent_at_ms: 1_767_225_600_000,
-        body: b"Hello, Bob!".to_vec(),
+        body: b"Hello, Bob!",
     };
     let mut sealed = Vec::new();
-    content.encode_into(&mut sealed);
+    // Encoding into a Vec cannot fail.
+    let _ = content.encode(&mut sealed);
     let _ = writeln!(
         w,
         "\n### V8. Message content (§7.1)\n\n\

@@ -25,10 +25,12 @@ pub const CONTENT_OVERHEAD: usize = 64;
 /// Largest body a client may send in one message.
 pub const MAX_BODY_LEN: usize = MAX_PLAINTEXT_LEN - CONTENT_OVERHEAD;
 
-/// A message as sealed by its sender.
-#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+/// A message as sealed by its sender. The body is borrowed: from the
+/// sender's text when encoding, from the decrypted plaintext when decoding,
+/// so that no copy of it is made here.
+#[derive(Clone, Copy, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
-pub struct Content {
+pub struct Content<'a> {
     /// The message id; it must equal the id the server delivers it under.
     #[n(0)]
     #[cbor(with = "minicbor::bytes")]
@@ -46,12 +48,12 @@ pub struct Content {
     #[n(3)]
     pub sent_at_ms: u64,
     /// The message itself.
-    #[n(4)]
+    #[b(4)]
     #[cbor(with = "minicbor::bytes")]
-    pub body: Vec<u8>,
+    pub body: &'a [u8],
 }
 
-impl fmt::Debug for Content {
+impl fmt::Debug for Content<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Content")
             .field("message_id", &crate::frame::Hex(&self.message_id))
@@ -63,14 +65,14 @@ impl fmt::Debug for Content {
     }
 }
 
-impl Content {
-    /// Appends the canonical encoding to `buf` (pass a zeroizing buffer
-    /// with room for [`Content::encoded_len_max`] bytes: the body is
+impl<'a> Content<'a> {
+    /// Writes the canonical encoding to `w` (a zeroizing buffer: the body is
     /// plaintext).
-    pub fn encode_into(&self, buf: &mut Vec<u8>) {
-        let result = Encoder::new(buf).encode(self).map(|_| ());
-        // Writing to a Vec cannot fail.
-        debug_assert!(result.is_ok());
+    pub fn encode<W: minicbor::encode::Write>(
+        &self,
+        w: W,
+    ) -> Result<(), minicbor::encode::Error<W::Error>> {
+        Encoder::new(w).encode(self).map(|_| ())
     }
 
     /// An upper bound of the encoded length.
@@ -78,8 +80,10 @@ impl Content {
         self.body.len() + CONTENT_OVERHEAD
     }
 
-    /// Decodes content, accepting only its canonical encoding.
-    pub fn decode(bytes: &[u8]) -> Result<Content, DecodeError> {
+    /// Decodes content borrowing its body from `bytes`, accepting only the
+    /// canonical encoding (checked by comparing a re-encoding with the input
+    /// as it is produced, without a copy).
+    pub fn decode(bytes: &'a [u8]) -> Result<Content<'a>, DecodeError> {
         if bytes.len() > MAX_PLAINTEXT_LEN {
             return Err(DecodeError::TooLarge {
                 len: bytes.len(),
@@ -87,16 +91,41 @@ impl Content {
             });
         }
         let mut d = minicbor::Decoder::new(bytes);
-        let content: Content = d.decode()?;
+        let content: Content<'a> = d.decode()?;
         if d.position() != bytes.len() {
             return Err(DecodeError::TrailingBytes(bytes.len() - d.position()));
         }
-        let mut again = Vec::with_capacity(bytes.len());
-        content.encode_into(&mut again);
-        if again != bytes {
+        let mut same = SameAs {
+            expected: bytes,
+            at: 0,
+        };
+        if content.encode(&mut same).is_err() || same.at != bytes.len() {
             return Err(DecodeError::NonCanonical);
         }
         Ok(content)
+    }
+}
+
+/// A writer that only checks that what is written is `expected`, in order.
+struct SameAs<'a> {
+    expected: &'a [u8],
+    at: usize,
+}
+
+/// What [`SameAs`] reports when the bytes differ.
+#[derive(Debug)]
+struct Differs;
+
+impl minicbor::encode::Write for SameAs<'_> {
+    type Error = Differs;
+
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), Differs> {
+        let end = self.at.checked_add(buf.len()).ok_or(Differs)?;
+        if self.expected.get(self.at..end) != Some(buf) {
+            return Err(Differs);
+        }
+        self.at = end;
+        Ok(())
     }
 }
 
@@ -108,25 +137,26 @@ mod tests {
 
     #[test]
     fn round_trip_worst_case_overhead_and_canonical_only() {
+        let body = vec![1; MAX_BODY_LEN];
         let c = Content {
             message_id: [7; 16],
             seq: u64::MAX,
             floor: u64::MAX,
             sent_at_ms: u64::MAX,
-            body: vec![1; MAX_BODY_LEN],
+            body: &body,
         };
         let mut buf = Vec::new();
-        c.encode_into(&mut buf);
+        c.encode(&mut buf).unwrap();
         assert!(buf.len() <= c.encoded_len_max() && buf.len() <= MAX_PLAINTEXT_LEN);
         assert_eq!(Content::decode(&buf).unwrap(), c);
         // The same content with a non-shortest integer is refused.
         let small = Content {
             seq: 1,
-            body: b"x".to_vec(),
+            body: b"x",
             ..c
         };
         let mut buf = Vec::new();
-        small.encode_into(&mut buf);
+        small.encode(&mut buf).unwrap();
         let at = buf.iter().position(|&b| b == 0x01).unwrap();
         let mut long = buf[..at].to_vec();
         long.extend_from_slice(&[0x18, 0x01]);
