@@ -36,9 +36,20 @@ fn end_to_end(c: &mut Criterion) {
                 .await
                 .unwrap();
             clients.push(
-                Client::login(&options, &dir.path().join(name), name, "bench-password", 1)
-                    .await
+                Client::login(
+                    &options,
+                    &dir.path().join(name),
+                    &chatify_client::Passphrase::with_cost(
+                        "bench",
+                        chatify_client::KdfCost::MINIMUM,
+                    )
                     .unwrap(),
+                    name,
+                    "bench-password",
+                    1,
+                )
+                .await
+                .unwrap(),
             );
         }
         let bob = clients.pop().unwrap();

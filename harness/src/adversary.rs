@@ -851,10 +851,16 @@ impl Bench {
             Client::register(&b.options, name, &password)
                 .await
                 .map_err(|e| format!("register {name}: {e}"))?;
-            let mut client =
-                Client::login(&b.options, &b.dir.path().join(name), name, &password, 1)
-                    .await
-                    .map_err(|e| format!("login {name}: {e}"))?;
+            let mut client = Client::login(
+                &b.options,
+                &b.dir.path().join(name),
+                &crate::home_passphrase(),
+                name,
+                &password,
+                1,
+            )
+            .await
+            .map_err(|e| format!("login {name}: {e}"))?;
             // A gap is reported as soon as it is seen.
             client.set_missing_grace(Duration::ZERO);
             b.users.insert(
@@ -915,7 +921,7 @@ impl Bench {
             .remove_entry(name)
             .ok_or_else(|| format!("no user {name}"))?;
         old.client.close().await;
-        let mut client = Client::resume(&home, Some(&options))
+        let mut client = Client::resume(&home, &crate::home_passphrase(), Some(&options))
             .await
             .map_err(|e| format!("resume {name}: {e}"))?;
         client.set_missing_grace(Duration::ZERO);

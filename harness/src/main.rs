@@ -171,6 +171,23 @@ enum Command {
     },
 }
 
+/// The passphrase of every client home the harness makes, at the cheapest
+/// derivation cost: runs open homes thousands of times, and the cost is the
+/// user's choice, not something the runs measure.
+pub(crate) fn home_passphrase() -> chatify_client::Passphrase {
+    chatify_client::Passphrase::with_cost("harness home", chatify_client::KdfCost::MINIMUM)
+        .unwrap_or_else(|_| chatify_client::Passphrase::new("harness home"))
+}
+
+/// A client home, owned and unlocked, so that what is timed next (connect
+/// and authenticate) leaves the passphrase's derivation out.
+pub(crate) fn unlocked_home(
+    home: &Path,
+) -> Result<chatify_client::state::StateFile, chatify_client::ClientError> {
+    chatify_client::state::StateFile::acquire(home, chatify_client::OWNER_WAIT)?
+        .unlock(&home_passphrase())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

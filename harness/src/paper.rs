@@ -312,6 +312,7 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
         Client::login(
             &options,
             &dir.join(name),
+            &crate::home_passphrase(),
             name,
             &format!("{name}-sample-pw"),
             1,
@@ -341,7 +342,7 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
     let mut events = Vec::new();
-    let mut bob = Client::resume(&dir.join("bob"), Some(&options))
+    let mut bob = Client::resume(&dir.join("bob"), &crate::home_passphrase(), Some(&options))
         .await
         .map_err(err)?;
     events.push(TimelineEvent {
@@ -350,9 +351,13 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
         at_ms: ms_since(t0, Instant::now()),
     });
     let t = Instant::now();
-    let mut alice = Client::resume(&dir.join("alice"), Some(&options))
-        .await
-        .map_err(err)?;
+    let mut alice = Client::resume(
+        &dir.join("alice"),
+        &crate::home_passphrase(),
+        Some(&options),
+    )
+    .await
+    .map_err(err)?;
     events.push(TimelineEvent {
         actor: "alice",
         what: "connect + authenticate started".into(),

@@ -279,8 +279,12 @@ struct Ctx {
 async fn reconnect(ctx: &Ctx, home: &Path) -> Option<Client> {
     let mut backoff = Duration::from_millis(20);
     while Instant::now() < ctx.deadline {
+        let Ok(file) = crate::unlocked_home(home) else {
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
         let t = Instant::now();
-        match Client::resume(home, Some(&ctx.options)).await {
+        match Client::resume_with(file, Some(&ctx.options)).await {
             Ok(c) => {
                 let _ = ctx.records.send(Record::ConnectAuth(t.elapsed()));
                 let _ = ctx.records.send(Record::Reconnected);
@@ -1066,16 +1070,24 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         Client::register(&options, &name, &password)
             .await
             .map_err(|e| format!("register {name}: {e}"))?;
-        let c = Client::login(&options, home, &name, &password, 1)
-            .await
-            .map_err(|e| format!("login {name}: {e}"))?;
+        let c = Client::login(
+            &options,
+            home,
+            &crate::home_passphrase(),
+            &name,
+            &password,
+            1,
+        )
+        .await
+        .map_err(|e| format!("login {name}: {e}"))?;
         credentials.push(("password", password.into_bytes()));
         if let Some(token) = &c.state().token {
             credentials.push(("session token", token.to_vec()));
         }
         c.close().await;
+        let file = crate::unlocked_home(home).map_err(|e| format!("unlock {name}: {e}"))?;
         let t = Instant::now();
-        let c = Client::resume(home, Some(&options))
+        let c = Client::resume_with(file, Some(&options))
             .await
             .map_err(|e| format!("resume {name}: {e}"))?;
         record(&mut connect_auth, t.elapsed().as_micros());
@@ -1092,7 +1104,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
             }
             let mut last = String::new();
             for attempt in 0..50u32 {
-                match Client::resume(home, Some(&options)).await {
+                match Client::resume(home, &crate::home_passphrase(), Some(&options)).await {
                     Ok(fresh) => {
                         *c = Some(fresh);
                         break;

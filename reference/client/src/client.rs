@@ -17,6 +17,7 @@ use crate::ClientError;
 use crate::connection::{Connection, Push, expect, tls_config};
 use crate::delivery::{Arrival, SendSeq};
 use crate::state::{Pin, State, StateFile, StoredMessage};
+use crate::vault::Passphrase;
 
 /// How long [`Client::login`] and [`Client::resume`] wait for another
 /// owner of the home directory to let go before failing with
@@ -260,21 +261,23 @@ impl Client {
         expect(reply?, |b| matches!(b, Body::Ok(_)).then_some(()))
     }
 
-    /// Logs in as `device` of `user`, keeping state in `home`: reuses the
-    /// device keys found there for the same account, or creates them, and
-    /// publishes them.
+    /// Logs in as `device` of `user`, keeping state in `home`, encrypted
+    /// under `passphrase` (docs/PROTOCOL.md §13.2): reuses the device keys
+    /// found there for the same account, or creates them, and publishes
+    /// them.
     pub async fn login(
         options: &ConnectOptions,
         home: &Path,
+        passphrase: &Passphrase,
         user: &str,
         password: &str,
         device: u32,
     ) -> Result<Client, ClientError> {
-        let file = StateFile::acquire(home, OWNER_WAIT)?;
+        let file = StateFile::acquire(home, OWNER_WAIT)?.unlock(passphrase)?;
         Self::login_with(options, file, user, password, device).await
     }
 
-    /// As [`Client::login`], with the state in `file` (for a
+    /// As [`Client::login`], with the state in `file`, unlocked (for a
     /// [`StateFile::with_storage`] on another storage).
     pub async fn login_with(
         options: &ConnectOptions,
@@ -319,12 +322,14 @@ impl Client {
     /// Reconnects with the state in `home` (after a restart).
     pub async fn resume(
         home: &Path,
+        passphrase: &Passphrase,
         options: Option<&ConnectOptions>,
     ) -> Result<Client, ClientError> {
-        Self::resume_with(StateFile::acquire(home, OWNER_WAIT)?, options).await
+        let file = StateFile::acquire(home, OWNER_WAIT)?.unlock(passphrase)?;
+        Self::resume_with(file, options).await
     }
 
-    /// As [`Client::resume`], with the state in `file`.
+    /// As [`Client::resume`], with the state in `file`, unlocked.
     pub async fn resume_with(
         file: StateFile,
         options: Option<&ConnectOptions>,

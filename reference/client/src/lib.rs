@@ -3,7 +3,8 @@
 //! ```text
 //!   Client ── Connection (WebSocket, ws/wss) ── server
 //!     │
-//!     ├─ StateFile (HOME, locked by one process) over a Storage
+//!     ├─ StateFile (HOME, locked by one process, sealed under a key that
+//!     │    key.cbor wraps under the user's passphrase) over a Storage
 //!     │    state.cbor: device keys, sessions, pins, sequence numbers ── saved
 //!     │      before a key or sequence number it does not cover is used
 //!     │    messages.cbor: the log, appended before an acknowledgement
@@ -14,12 +15,16 @@
 //! ```
 //!
 //! ```no_run
-//! use chatify_client::{Client, ConnectOptions, Event};
+//! use chatify_client::{Client, ConnectOptions, Event, Passphrase};
 //!
 //! # async fn demo() -> Result<(), chatify_client::ClientError> {
 //! let options = ConnectOptions::new("ws://127.0.0.1:8080");
 //! Client::register(&options, "alice", "correct horse battery").await?;
-//! let mut alice = Client::login(&options, "/tmp/alice".as_ref(), "alice", "correct horse battery", 1).await?;
+//! // The device's files are encrypted under a passphrase of the user's.
+//! let home = Passphrase::new("a passphrase for this device");
+//! let mut alice =
+//!     Client::login(&options, "/tmp/alice".as_ref(), &home, "alice", "correct horse battery", 1)
+//!         .await?;
 //! alice.send("bob", b"hello Bob").await?;
 //! while let Some(event) = alice.next_event().await? {
 //!     if let Event::Message(m) = event {
@@ -36,12 +41,14 @@ pub mod connection;
 pub mod delivery;
 pub mod state;
 pub mod storage;
+pub mod vault;
 
 pub use client::{
     Client, ConnectOptions, Event, IdentityWarning, Incoming, Late, MISSING_GRACE, OWNER_WAIT,
     PREKEY_TARGET, SendReceipt, Timings, TraceEvent, conversation_id, parse_peer,
 };
 pub use connection::{Connection, Push};
+pub use vault::{KdfCost, Passphrase};
 
 use chatify_proto::ErrorCode;
 
@@ -90,6 +97,9 @@ pub enum ClientError {
         /// The owner's process id, as it recorded it.
         pid: Option<u32>,
     },
+    /// The passphrase does not open this home's key file.
+    #[error("wrong passphrase for this home directory")]
+    WrongPassphrase,
     /// No local state: log in first.
     #[error("not logged in here; run `chatify login` first")]
     NotLoggedIn,

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chatify_client::state::StateFile;
 use chatify_client::{
-    Client, ClientError, ConnectOptions, Event, IdentityWarning, Incoming, parse_peer,
+    Client, ClientError, ConnectOptions, Event, IdentityWarning, Incoming, Passphrase, parse_peer,
 };
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncBufReadExt;
@@ -21,7 +22,8 @@ use tokio::io::AsyncBufReadExt;
     long_about = "End-to-end-encrypted chat from the terminal.\n\n\
         Messages are encrypted on this device and decrypted only on the recipient's; the \
         server relays and stores ciphertext only. Keys, sessions and received messages are \
-        kept in --home (state.cbor and messages.cbor, mode 0600).\n\n\
+        kept in --home (state.cbor and messages.cbor, mode 0600), encrypted under a passphrase \
+        asked for in the terminal (or given by CHATIFY_PASSPHRASE or --passphrase-file).\n\n\
         Typical use, in two terminals:\n  \
         chatify --home ~/.chatify-alice register alice\n  \
         chatify --home ~/.chatify-alice login alice\n  \
@@ -40,6 +42,11 @@ struct Cli {
     /// PEM file of the CA that signed a wss:// server's certificate.
     #[arg(long, global = true, env = "CHATIFY_CA_CERT")]
     ca_cert: Option<PathBuf>,
+
+    /// File whose first line is the passphrase that encrypts --home (else
+    /// the CHATIFY_PASSPHRASE variable, else a prompt in the terminal).
+    #[arg(long, global = true, env = "CHATIFY_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -97,6 +104,9 @@ enum Command {
     },
     /// Revoke this device's session token.
     Logout,
+    /// Change the passphrase that encrypts --home (asks for the new one twice,
+    /// or reads it from the CHATIFY_NEW_PASSPHRASE variable).
+    Passphrase,
 }
 
 fn home_dir(cli: &Cli) -> PathBuf {
@@ -131,6 +141,66 @@ fn read_password(from_stdin: bool, confirm: bool) -> Result<String, ClientError>
         }
     }
     Ok(first)
+}
+
+/// The passphrase of `home`: from --passphrase-file, CHATIFY_PASSPHRASE, or
+/// the terminal (twice, when the home is new).
+fn passphrase(cli: &Cli, home: &std::path::Path) -> Result<Passphrase, ClientError> {
+    let io = |e: std::io::Error| ClientError::Io(e.to_string());
+    if let Some(path) = &cli.passphrase_file {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?,
+        );
+        return Ok(Passphrase::new(text.lines().next().unwrap_or_default()));
+    }
+    if let Some(secret) = std::env::var_os("CHATIFY_PASSPHRASE") {
+        let secret = secret
+            .into_string()
+            .map_err(|_| ClientError::State("CHATIFY_PASSPHRASE is not UTF-8".into()))?;
+        return Ok(Passphrase::new(secret));
+    }
+    if !std::io::stderr().is_terminal() && !std::io::stdin().is_terminal() {
+        return Err(ClientError::State(
+            "no passphrase for the home directory: set CHATIFY_PASSPHRASE or \
+             --passphrase-file, or run in a terminal"
+                .into(),
+        ));
+    }
+    if home.join("key.cbor").exists() {
+        let secret = rpassword::prompt_password(format!("Passphrase for {}: ", home.display()))
+            .map_err(io)?;
+        return Ok(Passphrase::new(secret));
+    }
+    new_passphrase(&format!(
+        "Choose a passphrase to encrypt {} (empty: none, files protected by their permissions only): ",
+        home.display()
+    ))
+}
+
+/// A new passphrase, typed twice (or CHATIFY_NEW_PASSPHRASE).
+fn new_passphrase(prompt: &str) -> Result<Passphrase, ClientError> {
+    let io = |e: std::io::Error| ClientError::Io(e.to_string());
+    if let Some(secret) = std::env::var_os("CHATIFY_NEW_PASSPHRASE") {
+        let secret = secret
+            .into_string()
+            .map_err(|_| ClientError::State("CHATIFY_NEW_PASSPHRASE is not UTF-8".into()))?;
+        return Ok(Passphrase::new(secret));
+    }
+    let first = zeroize::Zeroizing::new(rpassword::prompt_password(prompt).map_err(io)?);
+    let again = zeroize::Zeroizing::new(rpassword::prompt_password("Repeat it: ").map_err(io)?);
+    if *again != *first {
+        return Err(ClientError::State("the passphrases differ".into()));
+    }
+    Ok(Passphrase::new(first.as_str()))
+}
+
+/// This device's home, owned and unlocked.
+fn open_home(cli: &Cli) -> Result<StateFile, ClientError> {
+    let home = home_dir(cli);
+    let file = StateFile::acquire(&home, chatify_client::OWNER_WAIT)?;
+    let passphrase = passphrase(cli, &home)?;
+    file.unlock(&passphrase)
 }
 
 fn print_message(m: &Incoming) {
@@ -207,15 +277,18 @@ async fn resume(cli: &Cli) -> Result<Client, ClientError> {
 
 async fn resume_with_home(cli: &Cli) -> Result<Client, ClientError> {
     let home = home_dir(cli);
+    if !home.join("key.cbor").exists() && !home.join("state.cbor").exists() {
+        return Err(ClientError::NotLoggedIn);
+    }
+    let file = open_home(cli)?;
     match &cli.server {
-        Some(url) => Client::resume(&home, Some(&options(cli, url.clone())?)).await,
+        Some(url) => Client::resume_with(file, Some(&options(cli, url.clone())?)).await,
         None if cli.ca_cert.is_some() => {
-            let state = chatify_client::state::StateFile::new(&home)
-                .load()?
-                .ok_or(ClientError::NotLoggedIn)?;
-            Client::resume(&home, Some(&options(cli, state.server.clone())?)).await
+            let state = file.load()?.ok_or(ClientError::NotLoggedIn)?;
+            let options = options(cli, state.server.clone())?;
+            Client::resume_with(file, Some(&options)).await
         }
-        None => Client::resume(&home, None).await,
+        None => Client::resume_with(file, None).await,
     }
 }
 
@@ -238,17 +311,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         } => {
             let password = read_password(*password_stdin, false)?;
             let home = home_dir(&cli);
+            let file = open_home(&cli)?;
             let url = match &cli.server {
                 Some(u) => u.clone(),
-                None => chatify_client::state::StateFile::new(&home)
-                    .load()
-                    .ok()
-                    .flatten()
-                    .map(|s| s.server)
-                    .unwrap_or_else(default_url),
+                None => file.load()?.map(|s| s.server).unwrap_or_else(default_url),
             };
             let client =
-                Client::login(&options(&cli, url)?, &home, user, &password, *device).await?;
+                Client::login_with(&options(&cli, url)?, file, user, &password, *device).await?;
             println!(
                 "logged in as {}:{}; keys published; state in {}",
                 user,
@@ -397,6 +466,17 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let client = resume(&cli).await?;
             client.logout().await?;
             println!("logged out");
+        }
+        Command::Passphrase => {
+            let home = home_dir(&cli);
+            let file = StateFile::acquire(&home, chatify_client::OWNER_WAIT)?;
+            if !file.key_path().exists() {
+                return Err(ClientError::NotLoggedIn);
+            }
+            let old = passphrase(&cli, &home)?;
+            let new = new_passphrase("New passphrase (empty: none): ")?;
+            file.change_passphrase(&old, &new)?;
+            println!("passphrase of {} changed", home.display());
         }
     }
     Ok(())

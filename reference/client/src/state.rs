@@ -19,9 +19,13 @@
 //! dropped, so a save whose caller was cancelled can never land after, and
 //! undo, a newer one. The message log is appended and flushed
 //! (`fdatasync`).
-//! It is not encrypted: it relies on the operating system's file
-//! protection, like an SSH private key without a passphrase. Secret buffers
-//! are zeroized after use.
+//!
+//! **Encrypted at rest.** Both files are sealed under the home's data key,
+//! which `key.cbor` keeps wrapped under the user's passphrase
+//! ([`crate::vault`], docs/PROTOCOL.md §13.2): a handle reads and writes
+//! only once [`StateFile::unlock`]ed. Files of a version that did not
+//! encrypt are encrypted by the first owner that unlocks them. Secret
+//! buffers are zeroized after use.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::Write;
@@ -41,6 +45,13 @@ use zeroize::Zeroizing;
 use crate::ClientError;
 use crate::delivery::{Gap, RecvSeq, SendSeq};
 use crate::storage::{OsStorage, Storage};
+use crate::vault::{Passphrase, Purpose, STATE_MAGIC, Vault};
+
+/// The largest sealed record of the message log (a length prefix above it
+/// is damage); below 2^24, so a sealed log's first byte is 0, and a
+/// plaintext log of an older version (whose first byte is 0x85) tells
+/// itself apart.
+const MAX_LOG_RECORD: usize = 1 << 23;
 
 /// Message ids remembered to drop duplicates.
 pub const MAX_SEEN: usize = 10_000;
@@ -540,6 +551,8 @@ pub struct StateFile {
     storage: Arc<dyn Storage>,
     /// A handle that does not own the directory only reads.
     read_only: bool,
+    /// The data key, once unlocked.
+    vault: Option<Arc<Vault>>,
 }
 
 #[derive(Debug, Default)]
@@ -574,6 +587,7 @@ impl StateFile {
             shared: Arc::new(Shared::default()),
             storage,
             read_only: false,
+            vault: None,
         }
     }
 
@@ -626,7 +640,112 @@ impl StateFile {
             }),
             storage: Arc::new(OsStorage),
             read_only: false,
+            vault: None,
         })
+    }
+
+    /// The key file's path.
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("key.cbor")
+    }
+
+    /// Opens the home with `passphrase`: unwraps the data key of
+    /// `key.cbor`, or, on an owned handle where there is none, creates it
+    /// and encrypts any files an older version left in the clear. A wrong
+    /// passphrase is [`ClientError::WrongPassphrase`].
+    pub fn unlock(mut self, passphrase: &Passphrase) -> Result<Self, ClientError> {
+        let key_path = self.key_path();
+        match self.storage.read(&key_path) {
+            Ok(file) => self.vault = Some(Arc::new(Vault::unlock(&file, passphrase)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.read_only {
+                    // Nothing to read without a key, unless an older
+                    // version left state in the clear (load says so).
+                    return Ok(self);
+                }
+                let (vault, file) = Vault::create(passphrase)?;
+                self.write_atomic(&key_path, &file)?;
+                self.vault = Some(Arc::new(vault));
+            }
+            Err(e) => return Err(ClientError::Io(format!("{}: {e}", key_path.display()))),
+        }
+        if !self.read_only {
+            self.encrypt_plaintext_files()?;
+        }
+        Ok(self)
+    }
+
+    /// Replaces the passphrase: rewrites `key.cbor` only (the data key, and
+    /// so the other files, stay as they are).
+    pub fn change_passphrase(&self, old: &Passphrase, new: &Passphrase) -> Result<(), ClientError> {
+        self.writable()?;
+        let key_path = self.key_path();
+        let file = self
+            .storage
+            .read(&key_path)
+            .map_err(|e| ClientError::Io(format!("{}: {e}", key_path.display())))?;
+        let rewrapped = Vault::rewrap(&file, old, new)?;
+        self.write_atomic(&key_path, &rewrapped)
+    }
+
+    /// Encrypts a state file and message log that an older version wrote in
+    /// the clear (each replaced atomically, so a crash leaves either form,
+    /// and the next unlock finishes the work).
+    fn encrypt_plaintext_files(&self) -> Result<(), ClientError> {
+        let io = |p: &PathBuf, e: std::io::Error| ClientError::Io(format!("{}: {e}", p.display()));
+        let path = self.path();
+        match self.storage.read(&path) {
+            Ok(bytes) if !bytes.starts_with(STATE_MAGIC) => {
+                let bytes = Zeroizing::new(bytes);
+                State::decode(&bytes)?;
+                self.write_generation(&bytes, self.generation())?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, e)),
+        }
+        let log = self.messages_path();
+        match self.storage.read(&log) {
+            Ok(bytes) if bytes.first() == Some(&0x85) => {
+                let bytes = Zeroizing::new(bytes);
+                let mut d = Decoder::new(&bytes);
+                let mut records = SecretBuf::with_capacity(bytes.len() + 64);
+                while d.position() < bytes.len() {
+                    let start = d.position();
+                    if decode_message(&mut d).is_err() {
+                        break;
+                    }
+                    let record = bytes.get(start..d.position()).unwrap_or_default();
+                    self.push_sealed_record(&mut records, record)?;
+                }
+                self.write_atomic(&log, records.as_slice())?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&log, e)),
+        }
+        Ok(())
+    }
+
+    fn vault(&self) -> Result<&Vault, ClientError> {
+        self.vault.as_deref().ok_or_else(|| {
+            ClientError::State(format!(
+                "{} is encrypted and was not unlocked",
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// Seals one log record and appends it, length first, to `out`.
+    fn push_sealed_record(&self, out: &mut SecretBuf, record: &[u8]) -> Result<(), ClientError> {
+        let sealed = self.vault()?.seal(Purpose::LogRecord, record);
+        if sealed.len() > MAX_LOG_RECORD {
+            return Err(ClientError::State("a message too large to log".into()));
+        }
+        let mut w = |b: &[u8]| minicbor::encode::Write::write_all(out, b);
+        let _ = w(&(sealed.len() as u32).to_be_bytes());
+        let _ = w(&sealed);
+        Ok(())
     }
 
     fn writable(&self) -> Result<(), ClientError> {
@@ -661,8 +780,17 @@ impl StateFile {
     /// whole record), so that records appended later are read.
     pub fn load(&self) -> Result<Option<State>, ClientError> {
         match self.storage.read(&self.path()) {
-            Ok(bytes) => {
-                let bytes = Zeroizing::new(bytes);
+            Ok(sealed) => {
+                let Some(body) = sealed.strip_prefix(STATE_MAGIC.as_slice()) else {
+                    return Err(ClientError::State(format!(
+                        "{} was written by an older version, in the clear; \
+                         run any command that uses this home to encrypt it",
+                        self.path().display()
+                    )));
+                };
+                let bytes = self.vault()?.open(Purpose::State, body).ok_or_else(|| {
+                    ClientError::State(format!("{} is damaged", self.path().display()))
+                })?;
                 let mut state = State::decode(&bytes)?;
                 for m in self.read_log(!self.read_only)? {
                     state.mark_seen(m.message_id);
@@ -689,10 +817,11 @@ impl StateFile {
         let path = self.messages_path();
         let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
         self.storage.create_dir(&self.dir).map_err(io)?;
-        let size: usize = messages.iter().map(|m| m.text.len() + 128).sum();
+        let size: usize = messages.iter().map(|m| m.text.len() + 160).sum();
         let mut records = SecretBuf::with_capacity(size);
-        let mut e = Encoder::new(&mut records);
         for m in messages {
+            let mut record = SecretBuf::with_capacity(m.text.len() + 128);
+            let mut e = Encoder::new(&mut record);
             let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
                 e.array(5)?
                     .str(&m.from.user)?
@@ -703,6 +832,7 @@ impl StateFile {
                 Ok(())
             })();
             debug_assert!(result.is_ok());
+            self.push_sealed_record(&mut records, record.as_slice())?;
         }
         let created = self.storage.append(&path, records.as_slice()).map_err(io)?;
         self.storage.sync_data(&path).map_err(io)?;
@@ -726,16 +856,46 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(e)),
         };
-        let mut d = Decoder::new(&bytes);
+        if bytes.first() == Some(&0x85) {
+            return Err(ClientError::State(format!(
+                "{} was written by an older version, in the clear; \
+                 run any command that uses this home to encrypt it",
+                path.display()
+            )));
+        }
+        let vault = self.vault()?;
         let mut out = Vec::new();
         let mut ids = HashSet::new();
         let mut whole = 0;
-        while d.position() < bytes.len() {
-            // A record cut short by a crash ends the log.
-            let Ok(m) = decode_message(&mut d) else { break };
-            whole = d.position();
-            if ids.insert(m.message_id) {
-                out.push(m);
+        let mut at = 0;
+        while at < bytes.len() {
+            match open_record(vault, &bytes, at) {
+                Some((record, next)) => {
+                    let m = decode_message(&mut Decoder::new(&record)).map_err(|_| {
+                        ClientError::State(format!("{} is damaged at byte {at}", path.display()))
+                    })?;
+                    at = next;
+                    whole = next;
+                    if ids.insert(m.message_id) {
+                        out.push(m);
+                    }
+                }
+                None => {
+                    // A record a crash cut short (or left unwritten) ends
+                    // the log; one that fails with whole records after it
+                    // is damage, not a crash.
+                    let mut probe = at;
+                    while let Some(next) = record_end(&bytes, probe) {
+                        if open_record(vault, &bytes, probe).is_some() {
+                            return Err(ClientError::State(format!(
+                                "{} is damaged at byte {at}",
+                                path.display()
+                            )));
+                        }
+                        probe = next;
+                    }
+                    break;
+                }
             }
         }
         if repair && whole < bytes.len() {
@@ -775,29 +935,58 @@ impl StateFile {
             return Ok(());
         }
         self.writable()?;
-        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", self.dir.display()));
+        let mut sealed = STATE_MAGIC.to_vec();
+        sealed.extend_from_slice(&self.vault()?.seal(Purpose::State, bytes));
+        self.write_atomic(&self.path(), &sealed)?;
+        *written = generation.0;
+        Ok(())
+    }
+
+    /// Replaces `path` atomically and durably: a temporary file of its own,
+    /// `fsync`, rename, `fsync` of the directory; any failure is a failure.
+    fn write_atomic(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), ClientError> {
+        self.writable()?;
+        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
         self.storage.create_dir(&self.dir).map_err(io)?;
         let mut suffix = [0u8; 8];
         rand::rng().fill_bytes(&mut suffix);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
         let tmp = self.dir.join(format!(
-            "state.cbor.{}.{}.tmp",
+            "{name}.{}.{}.tmp",
             std::process::id(),
             u64::from_le_bytes(suffix)
         ));
         let result = (|| {
             self.storage.write_new(&tmp, bytes)?;
             self.storage.sync(&tmp)?;
-            self.storage.rename(&tmp, &self.path())?;
+            self.storage.rename(&tmp, path)?;
             // The rename is durable only once the directory is.
             self.storage.sync_dir(&self.dir)
         })();
         if result.is_err() {
             let _ = self.storage.remove(&tmp);
         }
-        result.map_err(io)?;
-        *written = generation.0;
-        Ok(())
+        result.map_err(io)
     }
+}
+
+/// The end of the sealed log record at `at`, if it is whole.
+fn record_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let len = bytes.get(at..at.checked_add(4)?)?;
+    let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+    if len > MAX_LOG_RECORD {
+        return None;
+    }
+    let end = at.checked_add(4)?.checked_add(len)?;
+    (end <= bytes.len()).then_some(end)
+}
+
+/// Opens the sealed log record at `at`: its plaintext and where the next
+/// one starts.
+fn open_record(vault: &Vault, bytes: &[u8], at: usize) -> Option<(Zeroizing<Vec<u8>>, usize)> {
+    let end = record_end(bytes, at)?;
+    let sealed = bytes.get(at + 4..end)?;
+    Some((vault.open(Purpose::LogRecord, sealed)?, end))
 }
 
 fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
@@ -825,6 +1014,22 @@ mod tests {
 
     use super::*;
     use crate::delivery::SEQ_RESERVATION;
+    use crate::vault::KdfCost;
+
+    fn pass(s: &str) -> Passphrase {
+        Passphrase::with_cost(s, KdfCost::MINIMUM).unwrap()
+    }
+
+    /// What the state file holds, decrypted.
+    fn plain(file: &StateFile) -> Vec<u8> {
+        let sealed = std::fs::read(file.path()).unwrap();
+        let body = sealed.strip_prefix(STATE_MAGIC.as_slice()).unwrap();
+        file.vault()
+            .unwrap()
+            .open(Purpose::State, body)
+            .unwrap()
+            .to_vec()
+    }
 
     /// Sequence numbers, gaps and pins survive a save and a load, with the
     /// longest user names (the encoding's size hints are only hints).
@@ -870,14 +1075,17 @@ mod tests {
     #[test]
     fn an_older_generation_never_overwrites_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
-        let file = StateFile::acquire(dir.path(), Duration::ZERO).unwrap();
+        let file = StateFile::acquire(dir.path(), Duration::ZERO)
+            .unwrap()
+            .unlock(&pass("p"))
+            .unwrap();
         let (old, new) = (file.generation(), file.generation());
         file.write_generation(b"new", new).unwrap();
         file.write_generation(b"old", old).unwrap();
-        assert_eq!(std::fs::read(file.path()).unwrap(), b"new");
+        assert_eq!(plain(&file), b"new");
         let newest = file.generation();
         file.write_generation(b"newest", newest).unwrap();
-        assert_eq!(std::fs::read(file.path()).unwrap(), b"newest");
+        assert_eq!(plain(&file), b"newest");
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -891,7 +1099,10 @@ mod tests {
     #[test]
     fn a_reading_handle_never_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let owner = StateFile::acquire(dir.path(), Duration::ZERO).unwrap();
+        let owner = StateFile::acquire(dir.path(), Duration::ZERO)
+            .unwrap()
+            .unlock(&pass("p"))
+            .unwrap();
         owner
             .save(&State::new(
                 "ws://x".into(),
@@ -900,9 +1111,10 @@ mod tests {
                 Device::generate(&mut rand::rng()),
             ))
             .unwrap();
-        let torn = [0x85, 0x65];
+        // A record whose length says more than the file holds.
+        let torn = [0, 0, 0, 40, 7];
         std::fs::write(owner.messages_path(), torn).unwrap();
-        let reader = StateFile::new(dir.path());
+        let reader = StateFile::new(dir.path()).unlock(&pass("p")).unwrap();
         assert!(reader.load().unwrap().is_some());
         assert_eq!(
             std::fs::read(owner.messages_path()).unwrap(),
@@ -913,6 +1125,191 @@ mod tests {
         // The owner repairs it.
         owner.load().unwrap();
         assert!(std::fs::read(owner.messages_path()).unwrap().is_empty());
+    }
+
+    fn message(text: &[u8], id: u8) -> StoredMessage {
+        StoredMessage {
+            from: Address {
+                user: "bob".into(),
+                device: 1,
+            },
+            sent_at_ms: 1,
+            message_id: [id; 16],
+            text: text.to_vec(),
+        }
+    }
+
+    /// Whether `needle` occurs in `haystack` (the leak check below).
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Neither file holds a private key, a name or a message in the clear;
+    /// the check finds all three in the files an unencrypting version wrote
+    /// (its mutant), and only the right passphrase opens them.
+    #[test]
+    fn files_at_rest_hold_no_secret_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::acquire(dir.path(), Duration::ZERO)
+            .unwrap()
+            .unlock(&pass("p"))
+            .unwrap();
+        let state = State::new(
+            "ws://x".into(),
+            "markeruser".into(),
+            1,
+            Device::generate(&mut rand::rng()),
+        );
+        let secrets: Vec<Vec<u8>> = vec![
+            state.device.to_bytes().to_vec(),
+            b"markeruser".to_vec(),
+            b"the secret text".to_vec(),
+        ];
+        file.save(&state).unwrap();
+        file.append_messages(&[message(b"the secret text", 1)])
+            .unwrap();
+        let check = |state_bytes: &[u8], log_bytes: &[u8]| {
+            secrets
+                .iter()
+                .filter(|s| contains(state_bytes, s) || contains(log_bytes, s))
+                .count()
+        };
+        let on_disk = (
+            std::fs::read(file.path()).unwrap(),
+            std::fs::read(file.messages_path()).unwrap(),
+        );
+        assert_eq!(check(&on_disk.0, &on_disk.1), 0);
+        // The mutant: the same state and log as an older version wrote them.
+        let mut log = Vec::new();
+        Encoder::new(&mut log)
+            .array(5)
+            .unwrap()
+            .str("bob")
+            .unwrap()
+            .u32(1)
+            .unwrap()
+            .u64(1)
+            .unwrap()
+            .bytes(&[1; 16])
+            .unwrap()
+            .bytes(b"the secret text")
+            .unwrap();
+        assert_eq!(check(&state.encode(), &log), 3);
+        // They load with the passphrase, and not without it.
+        assert_eq!(file.load().unwrap().unwrap().user, "markeruser");
+        assert_eq!(
+            file.messages().unwrap(),
+            vec![message(b"the secret text", 1)]
+        );
+        drop(file);
+        let wrong = StateFile::acquire(dir.path(), Duration::ZERO)
+            .unwrap()
+            .unlock(&pass("q"));
+        assert!(matches!(wrong, Err(ClientError::WrongPassphrase)));
+        let locked = StateFile::new(dir.path());
+        assert!(matches!(locked.load(), Err(ClientError::State(_))));
+    }
+
+    /// Files an older version left in the clear are encrypted by the first
+    /// owner that unlocks them, nothing lost; a passphrase change keeps them.
+    #[test]
+    fn plaintext_files_are_encrypted_in_place_and_the_passphrase_can_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::new(
+            "ws://x".into(),
+            "alice".into(),
+            1,
+            Device::generate(&mut rand::rng()),
+        );
+        std::fs::write(dir.path().join("state.cbor"), state.encode()).unwrap();
+        let mut log = Vec::new();
+        for (text, id) in [(&b"one"[..], 1u8), (b"two", 2)] {
+            Encoder::new(&mut log)
+                .array(5)
+                .unwrap()
+                .str("bob")
+                .unwrap()
+                .u32(1)
+                .unwrap()
+                .u64(1)
+                .unwrap()
+                .bytes(&[id; 16])
+                .unwrap()
+                .bytes(text)
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("messages.cbor"), &log).unwrap();
+        // A reader cannot, and says why.
+        let reader = StateFile::new(dir.path()).unlock(&pass("p")).unwrap();
+        assert!(
+            reader
+                .load()
+                .unwrap_err()
+                .to_string()
+                .contains("older version")
+        );
+        let file = StateFile::acquire(dir.path(), Duration::ZERO)
+            .unwrap()
+            .unlock(&pass("p"))
+            .unwrap();
+        assert!(!contains(
+            &std::fs::read(file.messages_path()).unwrap(),
+            b"two"
+        ));
+        assert!(std::fs::read(file.path()).unwrap().starts_with(STATE_MAGIC));
+        assert_eq!(file.load().unwrap().unwrap().user, "alice");
+        let expected = vec![message(b"one", 1), message(b"two", 2)];
+        assert_eq!(file.messages().unwrap(), expected);
+        file.change_passphrase(&pass("p"), &pass("new")).unwrap();
+        assert!(matches!(
+            file.change_passphrase(&pass("p"), &pass("x")),
+            Err(ClientError::WrongPassphrase)
+        ));
+        drop(file);
+        let file = StateFile::acquire(dir.path(), Duration::ZERO)
+            .unwrap()
+            .unlock(&pass("new"))
+            .unwrap();
+        assert_eq!(file.messages().unwrap(), expected);
+    }
+
+    /// A log cut short or left unwritten at its end by a crash is cut back
+    /// to its last whole record; a damaged record with whole ones after it
+    /// is an error, not a silent loss of everything after it.
+    #[test]
+    fn a_torn_log_tail_is_repaired_and_damage_inside_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::acquire(dir.path(), Duration::ZERO)
+            .unwrap()
+            .unlock(&pass("p"))
+            .unwrap();
+        file.save(&State::new(
+            "ws://x".into(),
+            "alice".into(),
+            1,
+            Device::generate(&mut rand::rng()),
+        ))
+        .unwrap();
+        file.append_messages(&[message(b"one", 1)]).unwrap();
+        let one = std::fs::read(file.messages_path()).unwrap();
+        file.append_messages(&[message(b"two", 2)]).unwrap();
+        let both = std::fs::read(file.messages_path()).unwrap();
+        for tail in [&both[one.len()..one.len() + 9], &[0u8; 40][..]] {
+            let mut torn = one.clone();
+            torn.extend_from_slice(tail);
+            std::fs::write(file.messages_path(), &torn).unwrap();
+            file.load().unwrap();
+            assert_eq!(std::fs::read(file.messages_path()).unwrap(), one);
+        }
+        let mut damaged = both.clone();
+        damaged[10] ^= 1;
+        std::fs::write(file.messages_path(), &damaged).unwrap();
+        assert!(
+            file.messages()
+                .unwrap_err()
+                .to_string()
+                .contains("damaged at byte 0")
+        );
     }
 
     /// A second owner is refused with the first one's process id; the

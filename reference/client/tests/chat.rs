@@ -90,7 +90,7 @@ async fn a_message_to_an_offline_client_arrives_when_it_connects() {
             .await
             .unwrap();
     }
-    let mut bob = Client::resume(&dir.path().join("bob"), Some(&options))
+    let mut bob = Client::resume(&dir.path().join("bob"), &common::pass(), Some(&options))
         .await
         .unwrap();
     for i in 0..3 {
@@ -101,7 +101,7 @@ async fn a_message_to_an_offline_client_arrives_when_it_connects() {
     }
     // Acknowledged: a new connection gets nothing more.
     bob.close().await;
-    let mut bob = Client::resume(&dir.path().join("bob"), Some(&options))
+    let mut bob = Client::resume(&dir.path().join("bob"), &common::pass(), Some(&options))
         .await
         .unwrap();
     alice.send("bob", b"fresh").await.unwrap();
@@ -125,13 +125,13 @@ async fn a_server_restarted_between_send_and_receive_still_delivers() {
     // A new server process on the same database file.
     let store = Arc::new(SqliteStore::open(&db, Durability::Full).unwrap());
     let (server, options) = server_with(store, config()).await;
-    let mut bob = Client::resume(&dir.path().join("bob"), Some(&options))
+    let mut bob = Client::resume(&dir.path().join("bob"), &common::pass(), Some(&options))
         .await
         .unwrap();
     let m = next_message(&mut bob).await;
     assert_eq!(m.text, b"survives a restart".to_vec());
     // And the session goes on after the restart in both directions.
-    let mut alice = Client::resume(&dir.path().join("alice"), Some(&options))
+    let mut alice = Client::resume(&dir.path().join("alice"), &common::pass(), Some(&options))
         .await
         .unwrap();
     bob.send("alice", b"got it").await.unwrap();
@@ -164,10 +164,10 @@ async fn clients_survive_restarts_from_their_state_files() {
         // Both "crash" (no clean close) and come back from disk.
         drop(alice);
         drop(bob);
-        alice = Client::resume(&dir.path().join("alice"), Some(&options))
+        alice = Client::resume(&dir.path().join("alice"), &common::pass(), Some(&options))
             .await
             .unwrap();
-        bob = Client::resume(&dir.path().join("bob"), Some(&options))
+        bob = Client::resume(&dir.path().join("bob"), &common::pass(), Some(&options))
             .await
             .unwrap();
     }
@@ -204,7 +204,7 @@ async fn sends_share_a_save_and_a_crash_mid_reservation_loses_nothing() {
 
     // Crash: no clean close; the state on disk is from before the burst.
     drop(alice);
-    let mut alice = Client::resume(&dir.path().join("alice"), Some(&options))
+    let mut alice = Client::resume(&dir.path().join("alice"), &common::pass(), Some(&options))
         .await
         .unwrap();
     alice.send("bob", b"after the crash").await.unwrap();
@@ -358,6 +358,7 @@ async fn a_changed_identity_is_shown_and_blocks_sending_until_confirmed() {
     let mut bob = Client::login(
         &options,
         &dir.path().join("bob-new"),
+        &common::pass(),
         "bob",
         "bob-password",
         1,
@@ -515,7 +516,7 @@ async fn a_batch_is_committed_and_acknowledged_at_once() {
     assert_eq!(bob.decrypt_times().len(), 20);
     // All were acknowledged and logged: after a restart nothing comes again.
     bob.close().await;
-    let mut bob = Client::resume(&dir.path().join("bob"), Some(&options))
+    let mut bob = Client::resume(&dir.path().join("bob"), &common::pass(), Some(&options))
         .await
         .unwrap();
     assert_eq!(bob.messages().unwrap().len(), 20);

@@ -21,7 +21,11 @@ use chatify_server::{Config, Server};
 
 fn chatify(server: &str, home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_chatify"));
-    c.env_remove("CHATIFY_HOME").env_remove("CHATIFY_CA_CERT");
+    c.env_remove("CHATIFY_HOME")
+        .env_remove("CHATIFY_CA_CERT")
+        .env_remove("CHATIFY_PASSPHRASE_FILE")
+        .env_remove("CHATIFY_NEW_PASSPHRASE")
+        .env("CHATIFY_PASSPHRASE", "a passphrase for the test");
     c.arg("--server").arg(server).arg("--home").arg(home);
     c
 }
@@ -166,6 +170,29 @@ async fn two_people_chat_in_two_terminals() {
         let (n1, n2) = (number(&a, "bob"), number(&b, "alice"));
         assert_eq!(n1, n2);
         assert_eq!(n1.split_whitespace().count(), 12, "{n1}");
+
+        // The home is encrypted: what Alice received is not in her files,
+        // a wrong passphrase is refused clearly, and the passphrase changes.
+        for file in ["messages.cbor", "state.cbor"] {
+            let bytes = std::fs::read(a.join(file)).unwrap();
+            assert!(!bytes.windows(9).any(|w| w == b"hi Alice!"), "{file}");
+        }
+        let out = chatify(&url, &a)
+            .env("CHATIFY_PASSPHRASE", "not the passphrase")
+            .args(["inbox", "--wait", "0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+        let mut c = chatify(&url, &a);
+        c.env("CHATIFY_NEW_PASSPHRASE", "another passphrase")
+            .arg("passphrase");
+        run(c, "");
+        let mut c = chatify(&url, &a);
+        c.env("CHATIFY_PASSPHRASE", "another passphrase")
+            .args(["inbox", "--all", "--wait", "0"]);
+        let out = String::from_utf8(run(c, "").stdout).unwrap();
+        assert!(out.contains("bob: hi Alice!"), "{out}");
     })
     .await
     .unwrap();
@@ -187,6 +214,8 @@ fn help_explains_every_command_and_option() {
         "inbox",
         "verify",
         "logout",
+        "passphrase",
+        "--passphrase-file",
         "--server",
         "--home",
         "--ca-cert",

@@ -32,7 +32,7 @@ use chatify_client::state::StateFile;
 use chatify_client::storage::Storage;
 use chatify_client::{Client, ClientError, ConnectOptions, Event};
 use chatify_proto::Envelope;
-use common::server;
+use common::{pass, server};
 
 #[derive(Debug, Clone, Default)]
 struct Inode {
@@ -323,6 +323,7 @@ async fn script(
     seen: &mut Seen,
 ) -> Result<(), ClientError> {
     let (a, b) = names;
+    let alice_file = alice_file.unlock(&pass())?;
     let mut alice = Client::login_with(options, alice_file, a, "alice-password", 1).await?;
     alice_sends(&mut alice, b, "m0", seen).await?;
     receive(bob, "bob", "m0", seen).await.unwrap().unwrap();
@@ -353,7 +354,7 @@ async fn run(
         .await
         .unwrap();
     Client::register(options, &b, "bob-password").await.unwrap();
-    let mut bob = Client::login(options, dir.path(), &b, "bob-password", 1)
+    let mut bob = Client::login(options, dir.path(), &pass(), &b, "bob-password", 1)
         .await
         .unwrap();
     let home = PathBuf::from("/alice");
@@ -369,11 +370,15 @@ async fn run(
     // Alice restarts from the disk the crash left, and the conversation
     // ends: everything sent to her arrives, and she writes once more.
     let disk = fs.after_crash(after);
-    let file = StateFile::with_storage(&home, Arc::new(disk.clone()));
-    let mut alice = match Client::resume_with(file, Some(options)).await {
+    let unlocked = || {
+        StateFile::with_storage(&home, Arc::new(disk.clone()))
+            .unlock(&pass())
+            .map_err(|e| format!("{at}: the home does not unlock: {e}"))
+    };
+    let mut alice = match Client::resume_with(unlocked()?, Some(options)).await {
         Ok(c) => c,
         Err(ClientError::NotLoggedIn) => {
-            let file = StateFile::with_storage(&home, Arc::new(disk.clone()));
+            let file = unlocked()?;
             Client::login_with(options, file, &a, "alice-password", 1)
                 .await
                 .map_err(|e| format!("{at}: login again: {e}"))?

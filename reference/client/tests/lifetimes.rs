@@ -45,7 +45,9 @@ async fn fresh_reader_per_message(reservation: u32) {
     drop(bob);
     for i in 0..40 {
         alice.send("bob", format!("a{i}").as_bytes()).await.unwrap();
-        let mut bob = Client::resume(&bob_home, Some(&options)).await.unwrap();
+        let mut bob = Client::resume(&bob_home, &common::pass(), Some(&options))
+            .await
+            .unwrap();
         bob.set_send_reservation(reservation);
         assert_eq!(
             next_message(&mut bob).await.text,
@@ -53,7 +55,9 @@ async fn fresh_reader_per_message(reservation: u32) {
         );
         drop(bob);
     }
-    let mut bob = Client::resume(&bob_home, Some(&options)).await.unwrap();
+    let mut bob = Client::resume(&bob_home, &common::pass(), Some(&options))
+        .await
+        .unwrap();
     bob.set_send_reservation(1);
     bob.send("alice", b"still here").await.unwrap();
     assert_eq!(next_message(&mut alice).await.text, b"still here".to_vec());
@@ -86,13 +90,17 @@ async fn prekey_requests_over_many_lifetimes_do_not_move_the_sending_chain() {
     next_message(&mut bob).await;
     drop(bob);
     for _ in 0..30 {
-        let mut bob = Client::resume(&bob_home, Some(&options)).await.unwrap();
+        let mut bob = Client::resume(&bob_home, &common::pass(), Some(&options))
+            .await
+            .unwrap();
         // What a hostile server's `PrekeysLow` push makes the client do.
         let events = bob.handle(Push::PrekeysLow(99)).await.unwrap();
         assert_eq!(events, vec![Event::KeysReplenished(1)]);
         drop(bob);
     }
-    let mut bob = Client::resume(&bob_home, Some(&options)).await.unwrap();
+    let mut bob = Client::resume(&bob_home, &common::pass(), Some(&options))
+        .await
+        .unwrap();
     bob.set_send_reservation(1);
     bob.send("alice", b"reply").await.unwrap();
     assert_eq!(next_message(&mut alice).await.text, b"reply".to_vec());
@@ -124,14 +132,18 @@ async fn hundreds_of_one_shot_sends_each_from_a_fresh_process() {
         } else {
             ("alice", "bob", &alice_home, &bob_home)
         };
-        let mut sender = Client::resume(home, Some(&options)).await.unwrap();
+        let mut sender = Client::resume(home, &common::pass(), Some(&options))
+            .await
+            .unwrap();
         sender.set_send_reservation(1);
         sender
             .send(to, format!("{from} {i}").as_bytes())
             .await
             .unwrap();
         drop(sender);
-        let mut reader = Client::resume(peer_home, Some(&options)).await.unwrap();
+        let mut reader = Client::resume(peer_home, &common::pass(), Some(&options))
+            .await
+            .unwrap();
         reader.set_send_reservation(1);
         // Every restart of the sender skips the sequence numbers it had
         // reserved: none of them may be reported missing (a report would be
@@ -157,13 +169,15 @@ async fn a_home_has_one_owner_at_a_time() {
     let (server, options) = server().await;
     let home = dir.path().join("alice");
     let alice = user(&options, &home, "alice").await;
-    let second = Client::resume(&home, Some(&options)).await;
+    let second = Client::resume(&home, &common::pass(), Some(&options)).await;
     match second {
         Err(ClientError::HomeInUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
         other => panic!("expected HomeInUse, got {other:?}"),
     }
     drop(alice);
-    let again = Client::resume(&home, Some(&options)).await.unwrap();
+    let again = Client::resume(&home, &common::pass(), Some(&options))
+        .await
+        .unwrap();
     drop(again);
     server.shutdown().await;
 }

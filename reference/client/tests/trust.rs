@@ -36,6 +36,7 @@ async fn a_ghost_device_is_never_shown_as_its_user() {
     let mut ghost = Client::login(
         &options,
         &dir.path().join("ghost"),
+        &common::pass(),
         "bob",
         "bob-password",
         2,
@@ -88,9 +89,16 @@ async fn a_changed_identity_is_flagged_on_every_message_until_confirmed() {
 
     // Same account and device, new keys: what a reinstall, or a server
     // substituting its own keys, looks like.
-    let mut substitute = Client::login(&options, &dir.path().join("sub"), "bob", "bob-password", 1)
-        .await
-        .unwrap();
+    let mut substitute = Client::login(
+        &options,
+        &dir.path().join("sub"),
+        &common::pass(),
+        "bob",
+        "bob-password",
+        1,
+    )
+    .await
+    .unwrap();
     for i in 0..5 {
         substitute
             .send("alice", format!("m{i}").as_bytes())
@@ -101,7 +109,7 @@ async fn a_changed_identity_is_flagged_on_every_message_until_confirmed() {
     }
     // Restarting does not clear it.
     drop(alice);
-    let mut alice = Client::resume(&dir.path().join("alice"), Some(&options))
+    let mut alice = Client::resume(&dir.path().join("alice"), &common::pass(), Some(&options))
         .await
         .unwrap();
     substitute.send("alice", b"after restart").await.unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatify_client::{Client, ConnectOptions, Event, Incoming};
+use chatify_client::{Client, ConnectOptions, Event, Incoming, KdfCost, Passphrase};
 use chatify_proto::frame::Address;
 use chatify_server::auth::PasswordCost;
 use chatify_server::store::{SqliteStore, Store};
@@ -34,11 +34,16 @@ pub async fn server() -> (Server, ConnectOptions) {
     server_with(Arc::new(SqliteStore::in_memory().unwrap()), config()).await
 }
 
+/// The passphrase of every test home (at the cheapest derivation cost).
+pub fn pass() -> Passphrase {
+    Passphrase::with_cost("test passphrase", KdfCost::MINIMUM).unwrap()
+}
+
 /// Registers `name` (password `NAME-password`) and logs in device 1.
 pub async fn user(options: &ConnectOptions, home: &Path, name: &str) -> Client {
     let password = format!("{name}-password");
     Client::register(options, name, &password).await.unwrap();
-    Client::login(options, home, name, &password, 1)
+    Client::login(options, home, &pass(), name, &password, 1)
         .await
         .unwrap()
 }
