@@ -62,6 +62,8 @@ pub(crate) enum Attack {
     Downgrade,
     IdReuse,
     WithheldThenReleased,
+    PrekeyServedTwice,
+    DatabaseRollback,
 }
 
 pub(crate) const ALL: &[Attack] = &[
@@ -88,6 +90,8 @@ pub(crate) const ALL: &[Attack] = &[
     Attack::Downgrade,
     Attack::IdReuse,
     Attack::WithheldThenReleased,
+    Attack::PrekeyServedTwice,
+    Attack::DatabaseRollback,
 ];
 
 /// What the client is expected to do.
@@ -96,9 +100,13 @@ pub(crate) const ALL: &[Attack] = &[
 pub(crate) enum Expect {
     /// The envelope is rejected (an `Event::Rejected`).
     Rejected,
-    /// Nothing is shown for it, the rest arrives intact, and the recipient
-    /// is told that a message from the sender is missing.
-    ReportedMissing,
+    /// Nothing is shown for it, the rest arrives intact, the recipient is
+    /// told that a message from the sender is missing, and the sender that
+    /// it was not delivered.
+    ReportedBothWays,
+    /// The recipient cannot open it and rejects it, asks for it again, and
+    /// the sender sends it again: it is shown once, and the sender is told.
+    Resent,
     /// The genuine messages arrive, out of order, each once, the late one
     /// flagged as late.
     Reordered,
@@ -138,6 +146,8 @@ impl Attack {
             Attack::Downgrade => "downgrade",
             Attack::IdReuse => "id-reuse",
             Attack::WithheldThenReleased => "withheld-then-released",
+            Attack::PrekeyServedTwice => "prekey-served-twice",
+            Attack::DatabaseRollback => "database-rollback",
         }
     }
 
@@ -186,6 +196,13 @@ impl Attack {
             Attack::WithheldThenReleased => {
                 "an envelope held back while the next is delivered, released later"
             }
+            Attack::PrekeyServedTwice => {
+                "Bob's bundle, one-time prekey included, served to Erin and then to Frank"
+            }
+            Attack::DatabaseRollback => {
+                "the database restored from a copy older than one acknowledged envelope: \
+                 it is lost, and one already delivered comes back"
+            }
         }
     }
 
@@ -209,7 +226,8 @@ impl Attack {
             Attack::BundleLowOrderKey => Some("non-contributory"),
             Attack::Downgrade => Some("no such device"),
             Attack::IdReuse => Some("message id does not match"),
-            Attack::WithheldThenReleased => None,
+            Attack::PrekeyServedTwice => Some("unknown prekey"),
+            Attack::WithheldThenReleased | Attack::DatabaseRollback => None,
             Attack::Drop
             | Attack::Reorder
             | Attack::KeySubstitution
@@ -220,7 +238,8 @@ impl Attack {
 
     pub(crate) fn expect(self) -> Expect {
         match self {
-            Attack::Drop => Expect::ReportedMissing,
+            Attack::Drop | Attack::DatabaseRollback => Expect::ReportedBothWays,
+            Attack::PrekeyServedTwice => Expect::Resent,
             Attack::Reorder => Expect::Reordered,
             Attack::WithheldThenReleased => Expect::ReportedLate,
             Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
@@ -249,6 +268,8 @@ struct AdvState {
     captured: Vec<NewEnvelope>,
     /// Bundles handed out while armed.
     bundles: usize,
+    /// Bob's bundle as first handed out while armed (to hand it out again).
+    served: Option<(PrekeyBundle, u32)>,
 }
 
 /// The real SQLite store, with an adversary in front of it.
@@ -360,13 +381,7 @@ impl AdversaryStore {
             let mut message_id = [0u8; 16];
             rand::Rng::fill_bytes(&mut rand::rng(), &mut message_id);
             // Sealed as any client seals a message (PROTOCOL §7.1).
-            let content = chatify_proto::Content {
-                message_id,
-                seq,
-                floor: 0,
-                sent_at_ms: 0,
-                body: text.as_bytes(),
-            };
+            let content = chatify_proto::Content::message(message_id, seq, 0, 0, text.as_bytes());
             let mut plaintext = Vec::new();
             content.encode(&mut plaintext).map_err(|e| e.to_string())?;
             let env = session
@@ -497,6 +512,16 @@ impl Store for AdversaryStore {
                 b.one_time_prekey = None;
                 Some((b, n))
             }
+            (Some(Attack::PrekeyServedTwice), real) if device.user == "bob" => {
+                let mut s = lock(&self.state);
+                match s.served.take() {
+                    Some(first) => Some(first),
+                    None => {
+                        s.served = real.clone();
+                        real
+                    }
+                }
+            }
             (_, real) => real,
         })
     }
@@ -519,6 +544,17 @@ impl Store for AdversaryStore {
         // The first message of the armed phase is the target.
         let target = k == 0;
         match attack {
+            Attack::DatabaseRollback if k == 1 => {
+                // Acknowledged, then lost when the database goes back to a
+                // copy taken before it; the copy still holds the envelope
+                // Bob acknowledged since, which is delivered again.
+                if let Some(old) = s.captured.first().cloned() {
+                    drop(s);
+                    self.inner.enqueue(&old)?;
+                }
+                return Ok(Some(u64::MAX / 2 + 1));
+            }
+            Attack::DatabaseRollback => {}
             Attack::IdReuse if k == 1 => {
                 if let Some(first) = s.captured.first() {
                     out.message_id = first.message_id;
@@ -541,7 +577,12 @@ impl Store for AdversaryStore {
                 }
             }
             Attack::FlipHeaderCounter => {
-                out.envelope = reencode(&out.envelope, |env| env.header.counter ^= 1);
+                // One ahead: the key the receiver derives is not the one
+                // that sealed it (one behind would be a used key, rejected
+                // as a duplicate instead).
+                out.envelope = reencode(&out.envelope, |env| {
+                    env.header.counter = env.header.counter.wrapping_add(1);
+                });
             }
             Attack::FlipRatchetKey => {
                 out.envelope = reencode(&out.envelope, |env| env.header.ratchet_key[7] ^= 0x04);
@@ -586,7 +627,8 @@ impl Store for AdversaryStore {
             | Attack::GhostDevice
             | Attack::WithheldPrekeyReplayedSetup
             | Attack::Downgrade
-            | Attack::IdReuse => {}
+            | Attack::IdReuse
+            | Attack::PrekeyServedTwice => {}
         }
         drop(s);
         self.inner.enqueue(&out)
@@ -609,6 +651,13 @@ pub(crate) struct Observed {
     pub(crate) late: Vec<String>,
     /// (recipient, sender, count) of every report of missing messages.
     pub(crate) missing: Vec<(String, String, u64)>,
+    /// (sender, recipient, text) of every message reported not delivered.
+    pub(crate) undelivered: Vec<(String, String, String)>,
+    /// (sender, recipient, text) of every message sent again on request.
+    pub(crate) resent: Vec<(String, String, String)>,
+    /// The id and text of every message sent, to name what is reported.
+    #[serde(skip)]
+    pub(crate) sent: BTreeMap<[u8; 16], String>,
     /// Errors the sending client got.
     pub(crate) send_errors: Vec<String>,
     /// Envelopes that left the attacked sender for Bob while armed.
@@ -690,19 +739,42 @@ pub(crate) fn reaction(
                 ),
             )
         }
-        Expect::ReportedMissing => {
+        Expect::ReportedBothWays => {
             let reports: u64 = o
                 .missing
                 .iter()
                 .filter(|(to, _, _)| to == recipient)
                 .map(|m| m.2)
                 .sum();
+            let told = o
+                .undelivered
+                .iter()
+                .any(|(_, to, text)| to == recipient && text == target);
             (
-                shown(target) == 0 && o.rejected.is_empty() && reports >= 1,
+                shown(target) == 0 && o.rejected.is_empty() && reports >= 1 && told,
                 format!(
-                    "target shown {} time(s), {} rejection(s), {reports} message(s) reported missing at {recipient}",
+                    "target shown {} time(s), {} rejection(s), {reports} message(s) reported missing at {recipient}; its sender told it was not delivered: {told}",
                     shown(target),
                     o.rejected.len()
+                ),
+            )
+        }
+        Expect::Resent => {
+            let rejected = o
+                .rejected
+                .iter()
+                .filter(|(to, r)| to == recipient && says(r))
+                .count();
+            let resent = o
+                .resent
+                .iter()
+                .filter(|(_, to, text)| to == recipient && text == target)
+                .count();
+            (
+                rejected >= 1 && resent >= 1 && shown(target) == 1,
+                format!(
+                    "{rejected} rejection(s) at {recipient}, {resent} message(s) sent again, target shown {} time(s)",
+                    shown(target)
                 ),
             )
         }
@@ -786,17 +858,19 @@ const QUIET: Duration = Duration::from_millis(1000);
 
 /// Handles every push that arrives until none has for `QUIET`.
 async fn drain(u: &mut User, o: &mut Observed) -> Result<(), String> {
-    loop {
-        let push = match tokio::time::timeout(QUIET, u.client.next_push()).await {
-            Err(_) => return Ok(()),
+    let mut quiet = false;
+    while !quiet {
+        let events = match tokio::time::timeout(QUIET, u.client.next_push()).await {
+            // Quiet: the periodic work reports what came due and sends
+            // what is owed (receipts, retry requests).
+            Err(_) => {
+                quiet = true;
+                u.client.tick().await
+            }
             Ok(None) => return Err(format!("{}: connection gone", u.name)),
-            Ok(Some(p)) => p,
-        };
-        let events = u
-            .client
-            .handle_batch(vec![push])
-            .await
-            .map_err(|e| format!("{}: {e}", u.name))?;
+            Ok(Some(push)) => u.client.handle_batch(vec![push]).await,
+        }
+        .map_err(|e| format!("{}: {e}", u.name))?;
         for e in events {
             match e {
                 Event::Message(m) => {
@@ -812,11 +886,39 @@ async fn drain(u: &mut User, o: &mut Observed) -> Result<(), String> {
                 }
                 Event::Rejected { reason, .. } => o.rejected.push((u.name.clone(), reason)),
                 Event::Duplicate { .. } => o.duplicates += 1,
+                Event::Undelivered {
+                    to,
+                    message_ids,
+                    unlisted,
+                } => {
+                    for id in message_ids {
+                        let text = o.sent.get(&id).cloned().unwrap_or_default();
+                        o.undelivered.push((u.name.clone(), to.user.clone(), text));
+                    }
+                    if unlisted > 0 {
+                        let text = format!("({unlisted} unlisted)");
+                        o.undelivered.push((u.name.clone(), to.user, text));
+                    }
+                }
+                Event::Resent { to, message_id } => {
+                    let text = o.sent.get(&message_id).cloned().unwrap_or_default();
+                    o.resent.push((u.name.clone(), to.user, text));
+                }
                 Event::Disconnected(_) => return Err(format!("{}: disconnected", u.name)),
                 _ => {}
             }
         }
     }
+    Ok(())
+}
+
+/// The bench's clients report at once what a user would be told after a
+/// grace period: a gap as soon as it is seen, a message without a receipt
+/// once the drain's quiet period passed; and send receipts at once.
+fn tune(client: &mut Client) {
+    client.set_missing_grace(Duration::ZERO);
+    client.set_delivery_grace(QUIET);
+    client.set_receipt_delay(Duration::ZERO);
 }
 
 struct Bench {
@@ -846,7 +948,7 @@ impl Bench {
             users: BTreeMap::new(),
             genuine: Vec::new(),
         };
-        for name in ["alice", "bob", "carol", "erin"] {
+        for name in ["alice", "bob", "carol", "erin", "frank"] {
             let password = format!("{name}-adversary-password");
             Client::register(&b.options, name, &password)
                 .await
@@ -861,8 +963,7 @@ impl Bench {
             )
             .await
             .map_err(|e| format!("login {name}: {e}"))?;
-            // A gap is reported as soon as it is seen.
-            client.set_missing_grace(Duration::ZERO);
+            tune(&mut client);
             b.users.insert(
                 name,
                 User {
@@ -900,8 +1001,11 @@ impl Bench {
     ) -> Result<(), String> {
         self.genuine.push((from.into(), to.into(), text.into()));
         let u = self.user(from)?;
-        if let Err(e) = u.client.send(to, text.as_bytes()).await {
-            o.send_errors.push(e.to_string());
+        match u.client.send(to, text.as_bytes()).await {
+            Ok(receipt) => {
+                o.sent.insert(receipt.message_id, text.to_owned());
+            }
+            Err(e) => o.send_errors.push(e.to_string()),
         }
         Ok(())
     }
@@ -924,7 +1028,7 @@ impl Bench {
         let mut client = Client::resume(&home, &crate::home_passphrase(), Some(&options))
             .await
             .map_err(|e| format!("resume {name}: {e}"))?;
-        client.set_missing_grace(Duration::ZERO);
+        tune(&mut client);
         self.users.insert(
             key,
             User {
@@ -948,7 +1052,7 @@ impl Bench {
         let listen = old.local_addr();
         old.shutdown().await;
         self.server = Some(start_server(Arc::clone(&self.store), listen).await?);
-        for name in ["alice", "bob", "carol", "erin"] {
+        for name in ["alice", "bob", "carol", "erin", "frank"] {
             self.reconnect(name).await?;
         }
         Ok(())
@@ -985,6 +1089,7 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
         | Attack::Downgrade
         | Attack::WithheldPrekeyReplayedSetup => ("erin-1", "bob", "erin"),
         Attack::RedirectRecipient => ("attack-1", "carol", "alice"),
+        Attack::PrekeyServedTwice => ("frank-1", "bob", "frank"),
         Attack::IdReuse => ("attack-2", "bob", "alice"),
         _ => ("attack-1", "bob", "alice"),
     };
@@ -1068,6 +1173,27 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
             b.store.release_held()?;
             b.push_injected("bob", &mut o).await?;
         }
+        Attack::PrekeyServedTwice => {
+            // Erin gets Bob's bundle first; Frank gets it again.
+            b.send("erin", "bob", "erin-1", &mut o).await?;
+            b.send("frank", "bob", target, &mut o).await?;
+            // Bob rejects Frank's setup and asks for it again; Frank sends
+            // it again on Bob's new session; Bob reads it.
+            b.drain("bob", &mut o).await?;
+            b.drain("frank", &mut o).await?;
+            b.drain("bob", &mut o).await?;
+        }
+        Attack::DatabaseRollback => {
+            b.send("alice", "bob", "attack-0", &mut o).await?;
+            b.drain("bob", &mut o).await?;
+            // The copy the database goes back to was taken before
+            // "attack-0" was acknowledged by Bob and "attack-1" stored.
+            b.send("alice", "bob", target, &mut o).await?;
+            b.send("alice", "bob", "attack-2", &mut o).await?;
+            b.drain("bob", &mut o).await?;
+            // Bob's receipts reach Alice; hers does not cover the lost one.
+            b.drain("alice", &mut o).await?;
+        }
         Attack::RedirectRecipient => {
             b.send("alice", "bob", target, &mut o).await?;
             b.send("alice", "bob", "attack-2", &mut o).await?;
@@ -1078,6 +1204,9 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
             b.send("alice", "bob", target, &mut o).await?;
             b.send("alice", "bob", "attack-2", &mut o).await?;
             b.drain("bob", &mut o).await?;
+            if attack.expect() == Expect::ReportedBothWays {
+                b.drain("alice", &mut o).await?;
+            }
         }
     }
     if b.store.disarm().is_some() {
@@ -1260,8 +1389,52 @@ mod tests {
             !reaction(Expect::Reordered, None, &in_order, "t", "bob").pass,
             "not reordered"
         );
-        // A drop nobody is told of, and a late message shown as on time.
-        assert!(!reaction(Expect::ReportedMissing, None, &silent, "t", "bob").pass);
+        // A drop nobody is told of, or only the recipient, or only the
+        // sender, or of another message; and a late message shown as on
+        // time.
+        assert!(!reaction(Expect::ReportedBothWays, None, &silent, "t", "bob").pass);
+        let recipient_told = Observed {
+            missing: vec![("bob".into(), "alice".into(), 1)],
+            ..Observed::default()
+        };
+        let sender_told = Observed {
+            undelivered: vec![("alice".into(), "bob".into(), "t".into())],
+            ..Observed::default()
+        };
+        let both = Observed {
+            undelivered: sender_told.undelivered.clone(),
+            ..recipient_told.clone()
+        };
+        let other = Observed {
+            undelivered: vec![("alice".into(), "bob".into(), "t2".into())],
+            ..recipient_told.clone()
+        };
+        for o in [&recipient_told, &sender_told, &other] {
+            assert!(!reaction(Expect::ReportedBothWays, None, o, "t", "bob").pass);
+        }
+        assert!(reaction(Expect::ReportedBothWays, None, &both, "t", "bob").pass);
+        // A setup that fails and is never sent again, or sent again and
+        // never shown, or shown without the recipient having rejected it.
+        let rejected = Observed {
+            rejected: vec![("bob".into(), "unknown prekey".into())],
+            ..Observed::default()
+        };
+        let resent = Observed {
+            resent: vec![("frank".into(), "bob".into(), "t".into())],
+            ..rejected.clone()
+        };
+        let shown_again = Observed {
+            shown: vec![("bob".into(), "frank".into(), "t".into(), false)],
+            ..resent.clone()
+        };
+        let not_rejected = Observed {
+            rejected: Vec::new(),
+            ..shown_again.clone()
+        };
+        for o in [&rejected, &resent, &not_rejected] {
+            assert!(!reaction(Expect::Resent, Some("prekey"), o, "t", "bob").pass);
+        }
+        assert!(reaction(Expect::Resent, Some("prekey"), &shown_again, "t", "bob").pass);
         let unflagged = Observed {
             shown: vec![
                 ("bob".into(), "alice".into(), "t2".into(), false),

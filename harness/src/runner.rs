@@ -430,11 +430,10 @@ async fn receive(
     match ctx.mode {
         Mode::E2ee | Mode::LeakyServerLogMutant | Mode::CredentialsKeptMutant => {
             let events = client.handle_batch(batch).await?;
-            let mut decrypts = client.decrypt_times().iter().copied();
             for event in events {
                 match event {
                     Event::Message(m)
-                        if delivered(ctx, me, &m.text, decrypts.next(), m.decrypted_at) =>
+                        if delivered(ctx, me, &m.text, Some(m.decrypt_time), m.decrypted_at) =>
                     {
                         r.messages += 1;
                     }
@@ -443,7 +442,6 @@ async fn receive(
                         let _ = ctx.records.send(Record::Duplicate);
                     }
                     Event::Rejected { reason, .. } => {
-                        let _ = decrypts.next();
                         let _ = ctx.records.send(Record::Rejected(reason));
                     }
                     Event::Disconnected(_) => r.gone = true,

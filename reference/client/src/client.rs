@@ -1,12 +1,14 @@
 //! The high-level client: an account on a server, its keys and sessions,
 //! and the send/receive loop.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatify_core::{Device, MAX_RESERVED_SENDS, SafetyNumber, SecretBuf, Session, VerifiedBundle};
 use chatify_proto::content::MAX_BODY_LEN;
+use chatify_proto::content::{MAX_RETRY_IDS, Receipt, Retry};
 use chatify_proto::frame::{self, Address, Deliver};
 use chatify_proto::{Body, Content, ConversationId, Envelope, MessageId};
 use rand::Rng;
@@ -15,8 +17,8 @@ use zeroize::Zeroizing;
 
 use crate::ClientError;
 use crate::connection::{Connection, Push, expect, tls_config};
-use crate::delivery::{Arrival, SendSeq};
-use crate::state::{Pin, State, StateFile, StoredMessage};
+use crate::delivery::{Arrival, Pending, SendSeq};
+use crate::state::{Pin, RecvKey, State, StateFile, StoredMessage};
 use crate::vault::Passphrase;
 
 /// How long [`Client::login`] and [`Client::resume`] wait for another
@@ -79,6 +81,8 @@ pub struct Incoming {
     /// When this client had the plaintext (before the batch's durable commit
     /// and acknowledgement): what end-to-end latency is measured to.
     pub decrypted_at: Instant,
+    /// How long its decryption took.
+    pub decrypt_time: Duration,
 }
 
 impl Incoming {
@@ -103,6 +107,23 @@ pub struct Late {
 
 /// How long a gap may stay open before it is reported by default.
 pub const MISSING_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a sent message may go without the recipient device's receipt
+/// before it is reported undelivered, by default.
+pub const DELIVERY_GRACE: Duration = Duration::from_secs(300);
+
+/// How long a device waits after a message arrives before sending its
+/// receipt, by default: messages arriving meanwhile share one receipt.
+pub const RECEIPT_DELAY: Duration = Duration::from_millis(500);
+
+/// A device asks one sender device to send messages again at most this
+/// often (further ids wait for the next request).
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Bytes of sent texts kept, in all, to send them again if the recipient
+/// cannot open them (PROTOCOL §7.3); beyond it, a message is tracked
+/// without its text.
+pub const MAX_KEPT_TEXT: usize = 256 * 1024;
 
 /// Why a message's sender is not trusted as the user it claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +166,53 @@ pub enum Event {
         from: Address,
         /// How many messages.
         count: u64,
+    },
+    /// The recipient device's encrypted receipt covers these messages:
+    /// they reached it and it decrypted them (PROTOCOL §7.2). The list may
+    /// be empty (a receipt that covered nothing new).
+    Delivered {
+        /// The recipient device.
+        to: Address,
+        /// The messages.
+        message_ids: Vec<MessageId>,
+    },
+    /// Messages the server stored for `to` that no receipt of its covered
+    /// within the delivery grace period: not delivered yet (the recipient is
+    /// offline, or the server lost or withholds them). Reported once; a
+    /// receipt arriving later still reports them [`Event::Delivered`].
+    Undelivered {
+        /// The recipient device.
+        to: Address,
+        /// The messages.
+        message_ids: Vec<MessageId>,
+        /// More messages whose tracking was dropped past the bound of
+        /// messages tracked per recipient (their ids are not kept).
+        unlisted: u64,
+    },
+    /// `from` could not open these messages of ours and asked for them
+    /// again on a new session (PROTOCOL §7.3); what is sent again follows
+    /// as [`Event::Resent`] or [`Event::NotResent`].
+    RetryRequested {
+        /// The device that asked.
+        from: Address,
+        /// How many messages it named.
+        count: usize,
+    },
+    /// A message `to` could not open, sent again on a new session.
+    Resent {
+        /// The recipient device.
+        to: Address,
+        /// The message.
+        message_id: MessageId,
+    },
+    /// A message `to` could not open and that cannot be sent again (its
+    /// text is no longer kept, or sending failed): the user should send it
+    /// again.
+    NotResent {
+        /// The recipient device.
+        to: Address,
+        /// The message.
+        message_id: MessageId,
     },
     /// The server asked for prekeys and this many were published.
     KeysReplenished(u32),
@@ -231,7 +299,18 @@ pub struct Client {
     trace: Option<Vec<TraceEvent>>,
     send_reservation: u32,
     missing_grace: Duration,
+    delivery_grace: Duration,
+    receipt_delay: Duration,
     queued: std::collections::VecDeque<Event>,
+    /// Receipts to send, by whose sequence they report, and when.
+    receipts_due: BTreeMap<RecvKey, u64>,
+    /// Message ids to ask each sender device for again, and when it was
+    /// last asked.
+    retries: BTreeMap<Address, (Vec<MessageId>, Option<Instant>)>,
+    /// Messages to send again (conversation, recipient, sequence number).
+    resends: Vec<(ConversationId, Address, u64)>,
+    /// The outbox changed since the last save.
+    outbox_dirty: bool,
 }
 
 async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError> {
@@ -355,7 +434,13 @@ impl Client {
             trace: None,
             send_reservation: MAX_RESERVED_SENDS,
             missing_grace: MISSING_GRACE,
+            delivery_grace: DELIVERY_GRACE,
+            receipt_delay: RECEIPT_DELAY,
             queued: std::collections::VecDeque::new(),
+            receipts_due: BTreeMap::new(),
+            retries: BTreeMap::new(),
+            resends: Vec::new(),
+            outbox_dirty: false,
         }
     }
 
@@ -505,68 +590,128 @@ impl Client {
             return Err(ClientError::IdentityChanged { peer: to.user });
         }
         if self.state.sessions.get(&to).is_none_or(Vec::is_empty) {
-            let started = Instant::now();
-            self.mark("bundle requested");
-            let reply = self
-                .conn
-                .request(frame::FetchBundle { device: to.clone() })
-                .await?;
-            let bundle = expect(reply, |b| match b {
-                Body::Bundle(b) => Some(b.bundle),
-                _ => None,
-            })?;
-            let verified = VerifiedBundle::verify(&bundle)?;
-            self.mark("bundle verified");
-            // A bundle no session can be made from (a low-order key) pins
-            // nothing: the identity is checked once the session exists.
-            let identity = *verified.identity();
-            let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
-            if self.check_identity(&to, &identity).is_some() {
-                self.persist(None).await?;
-                return Err(ClientError::IdentityChanged { peer: to.user });
-            }
-            self.state.push_session(to.clone(), session);
-            self.timings.setup = Some(started.elapsed());
-            self.mark("session set up");
+            self.set_up_session(&to).await?;
         }
         let conversation = conversation_id(&self.state.user, &to.user);
-        // A crash must never make this device reuse a message key or a
-        // sequence number: unless the last save reserved the next ones,
-        // save first, reserving them and the next ones (the core refuses to
-        // encrypt otherwise, §13.1).
-        let seq_reserved = self
-            .state
-            .send_seqs
-            .get(&conversation)
-            .is_some_and(|s| s.next < s.reserved);
-        let reserved = self
-            .state
-            .active_session(&to)
-            .is_some_and(|s| s.next_send_reserved());
-        if !reserved || !seq_reserved {
-            self.persist(Some(&to)).await?;
-            self.mark("state saved");
-        }
+        self.ensure_reserved(&to, conversation, true).await?;
         let (seq, floor) = self
             .state
             .send_seqs
             .get_mut(&conversation)
             .and_then(SendSeq::take)
             .ok_or_else(|| ClientError::State("no sequence number reserved".into()))?;
-        let content = Content {
-            message_id,
-            seq,
-            floor,
-            sent_at_ms: now_ms(),
-            body: text,
-        };
+        let sealed_at_ms = now_ms();
+        let content = Content::message(message_id, seq, floor, sealed_at_ms, text);
+        let ok = self.seal_and_send(&to, conversation, &content).await?;
+        // Tracked until the recipient's receipt covers it (saved with the
+        // next save, and by `close`); its text is kept within a budget.
+        let keep = self.kept_text() + text.len() <= MAX_KEPT_TEXT;
+        self.state
+            .outbox
+            .entry((conversation, to.clone()))
+            .or_default()
+            .stored(
+                seq,
+                Pending {
+                    message_id,
+                    floor,
+                    sealed_at_ms,
+                    stored_at_ms: now_ms(),
+                    reported: false,
+                    text: keep.then(|| Zeroizing::new(text.to_vec())),
+                },
+            );
+        self.outbox_dirty = true;
+        Ok(SendReceipt {
+            seq: ok.seq,
+            message_id: ok.message_id,
+        })
+    }
+
+    /// Bytes of sent texts kept in the outbox.
+    fn kept_text(&self) -> usize {
+        self.state
+            .outbox
+            .values()
+            .flat_map(|o| o.pending.values())
+            .filter_map(|p| p.text.as_ref().map(|t| t.len()))
+            .sum()
+    }
+
+    /// Fetches `to`'s bundle and makes a new session with it the active
+    /// one (refused, with the pin updated, if the identity is not trusted).
+    async fn set_up_session(&mut self, to: &Address) -> Result<(), ClientError> {
+        let started = Instant::now();
+        self.mark("bundle requested");
+        let reply = self
+            .conn
+            .request(frame::FetchBundle { device: to.clone() })
+            .await?;
+        let bundle = expect(reply, |b| match b {
+            Body::Bundle(b) => Some(b.bundle),
+            _ => None,
+        })?;
+        let verified = VerifiedBundle::verify(&bundle)?;
+        self.mark("bundle verified");
+        // A bundle no session can be made from (a low-order key) pins
+        // nothing: the identity is checked once the session exists.
+        let identity = *verified.identity();
+        let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
+        if self.check_identity(to, &identity).is_some() {
+            self.persist(None).await?;
+            return Err(ClientError::IdentityChanged {
+                peer: to.user.clone(),
+            });
+        }
+        self.state.push_session(to.clone(), session);
+        self.timings.setup = Some(started.elapsed());
+        self.mark("session set up");
+        Ok(())
+    }
+
+    /// A crash must never make this device reuse a message key or a
+    /// sequence number: unless the last save reserved the next ones, save
+    /// first, reserving them and the next ones (the core refuses to encrypt
+    /// otherwise, §13.1).
+    async fn ensure_reserved(
+        &mut self,
+        to: &Address,
+        conversation: ConversationId,
+        needs_seq: bool,
+    ) -> Result<(), ClientError> {
+        let seq_reserved = !needs_seq
+            || self
+                .state
+                .send_seqs
+                .get(&conversation)
+                .is_some_and(|s| s.next < s.reserved);
+        let reserved = self
+            .state
+            .active_session(to)
+            .is_some_and(|s| s.next_send_reserved());
+        if !reserved || !seq_reserved {
+            self.persist(Some(to)).await?;
+            self.outbox_dirty = false;
+            self.mark("state saved");
+        }
+        Ok(())
+    }
+
+    /// Seals `content` on the active session with `to` and relays it;
+    /// returns once the server stored it.
+    async fn seal_and_send(
+        &mut self,
+        to: &Address,
+        conversation: ConversationId,
+        content: &Content<'_>,
+    ) -> Result<frame::SendOk, ClientError> {
         let mut plaintext = SecretBuf::with_capacity(content.encoded_len_max());
         content
             .encode(&mut plaintext)
             .map_err(|e| ClientError::State(format!("encoding the message: {e}")))?;
         let session = self
             .state
-            .active_session(&to)
+            .active_session(to)
             .ok_or_else(|| ClientError::State("session vanished".into()))?;
         let started = Instant::now();
         let envelope = session
@@ -578,9 +723,9 @@ impl Client {
         let reply = self
             .conn
             .request(frame::Send {
-                to,
+                to: to.clone(),
                 conversation,
-                message_id,
+                message_id: content.message_id,
                 envelope,
             })
             .await?;
@@ -589,10 +734,218 @@ impl Client {
             _ => None,
         })?;
         self.mark("stored (SendOk)");
-        Ok(SendReceipt {
-            seq: ok.seq,
-            message_id: ok.message_id,
-        })
+        Ok(ok)
+    }
+
+    /// Sends a control content (a receipt or a retry request) to `to` on
+    /// the active session, outside the sequence and the trace.
+    async fn send_control(
+        &mut self,
+        to: &Address,
+        receipt: Option<Receipt>,
+        retry: Option<Retry>,
+    ) -> Result<(), ClientError> {
+        let trace = self.trace.take();
+        let result = async {
+            let conversation = conversation_id(&self.state.user, &to.user);
+            self.ensure_reserved(to, conversation, false).await?;
+            let mut message_id = [0u8; 16];
+            rand::rng().fill_bytes(&mut message_id);
+            let content = Content {
+                receipt,
+                retry,
+                ..Content::message(message_id, 0, 0, now_ms(), b"")
+            };
+            self.seal_and_send(to, conversation, &content).await
+        }
+        .await;
+        self.trace = trace;
+        result.map(|_| ())
+    }
+
+    /// Sends what is due: receipts whose delay passed (all with `all`),
+    /// requests to send again (at most one per sender device per
+    /// [`RETRY_INTERVAL`]), and messages a recipient asked for again.
+    /// Returns the events of what was sent again.
+    async fn flush(&mut self, all: bool) -> Result<Vec<Event>, ClientError> {
+        let mut events = Vec::new();
+        for (conversation, to, seq) in std::mem::take(&mut self.resends) {
+            events.extend(self.resend(conversation, &to, seq).await?);
+        }
+        let now = now_ms();
+        let due: Vec<RecvKey> = self
+            .receipts_due
+            .iter()
+            .filter(|(_, at)| all || **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.receipts_due.remove(&key);
+            let (_, from, identity) = &key;
+            // A receipt speaks of one identity's sequence: it goes on a
+            // session with that identity only.
+            let session_matches = self
+                .state
+                .active_session(from)
+                .is_some_and(|s| s.remote_identity().identity_key == *identity);
+            let Some(receipt) = self.state.recv_seqs.get(&key).map(|r| r.receipt()) else {
+                continue;
+            };
+            if session_matches {
+                let sent = self.send_control(&from.clone(), Some(receipt), None).await;
+                tolerate(sent)?;
+            }
+        }
+        let asks: Vec<Address> = self
+            .retries
+            .iter()
+            .filter(|(_, (ids, last))| {
+                !ids.is_empty() && last.is_none_or(|t| t.elapsed() >= RETRY_INTERVAL)
+            })
+            .map(|(a, _)| a.clone())
+            .collect();
+        for from in asks {
+            let Some((ids, last)) = self.retries.get_mut(&from) else {
+                continue;
+            };
+            let take = ids.len().min(MAX_RETRY_IDS);
+            let batch: Vec<MessageId> = ids.drain(..take).collect();
+            *last = Some(Instant::now());
+            // The request travels on a new session: the one the sender set
+            // up is the one that failed.
+            match self.set_up_session(&from).await {
+                Ok(()) => {}
+                // An identity not trusted, or no keys: nothing is sent to it.
+                Err(ClientError::IdentityChanged { .. })
+                | Err(ClientError::Server { .. })
+                | Err(ClientError::Crypto(_)) => continue,
+                Err(e) => return Err(e),
+            }
+            let retry = Retry {
+                message_ids: batch.into_iter().map(Into::into).collect(),
+            };
+            let sent = self.send_control(&from, None, Some(retry)).await;
+            tolerate(sent)?;
+        }
+        Ok(events)
+    }
+
+    /// Sends the pending message `seq` to `to` again, on the active session,
+    /// with its id, sequence number and floor.
+    async fn resend(
+        &mut self,
+        conversation: ConversationId,
+        to: &Address,
+        seq: u64,
+    ) -> Result<Option<Event>, ClientError> {
+        // A receipt that came meanwhile leaves nothing to send again.
+        let Some(p) = self
+            .state
+            .outbox
+            .get(&(conversation, to.clone()))
+            .and_then(|o| o.pending.get(&seq))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let Some(text) = &p.text else {
+            return Ok(Some(Event::NotResent {
+                to: to.clone(),
+                message_id: p.message_id,
+            }));
+        };
+        self.ensure_reserved(to, conversation, false).await?;
+        let content = Content::message(p.message_id, seq, p.floor, p.sealed_at_ms, text);
+        let trace = self.trace.take();
+        let sent = self.seal_and_send(to, conversation, &content).await;
+        self.trace = trace;
+        match sent {
+            Ok(_) => {
+                if let Some(pending) = self
+                    .state
+                    .outbox
+                    .get_mut(&(conversation, to.clone()))
+                    .and_then(|o| o.pending.get_mut(&seq))
+                {
+                    pending.stored_at_ms = now_ms();
+                    pending.reported = false;
+                }
+                self.outbox_dirty = true;
+                Ok(Some(Event::Resent {
+                    to: to.clone(),
+                    message_id: p.message_id,
+                }))
+            }
+            Err(ClientError::Disconnected) => Err(ClientError::Disconnected),
+            Err(_) => Ok(Some(Event::NotResent {
+                to: to.clone(),
+                message_id: p.message_id,
+            })),
+        }
+    }
+
+    /// Periodic work, to call from time to time when no push arrives
+    /// ([`Client::next_event`] does it by itself): reports gaps and
+    /// undelivered messages whose grace period passed ([`Event::Missing`],
+    /// [`Event::Undelivered`]), each once, and sends due receipts and
+    /// retry requests. The state is saved when anything changed.
+    pub async fn tick(&mut self) -> Result<Vec<Event>, ClientError> {
+        let mut events = self.overdue_gaps();
+        events.extend(self.overdue_sends());
+        events.extend(self.flush(false).await?);
+        if !events.is_empty() || self.outbox_dirty {
+            self.persist(None).await?;
+            self.outbox_dirty = false;
+        }
+        Ok(events)
+    }
+
+    /// Sent messages no receipt covered within the delivery grace period,
+    /// reported once each ([`Event::Undelivered`]).
+    fn overdue_sends(&mut self) -> Vec<Event> {
+        let (now, grace) = (now_ms(), self.delivery_grace.as_millis() as u64);
+        let mut out = Vec::new();
+        for ((_, to), outbox) in &mut self.state.outbox {
+            let (message_ids, unlisted) = outbox.overdue(now, grace);
+            if !message_ids.is_empty() || unlisted > 0 {
+                out.push(Event::Undelivered {
+                    to: to.clone(),
+                    message_ids,
+                    unlisted,
+                });
+            }
+        }
+        out
+    }
+
+    /// How long a sent message may go without a receipt before
+    /// [`Event::Undelivered`] reports it (default [`DELIVERY_GRACE`]).
+    pub fn set_delivery_grace(&mut self, grace: Duration) {
+        self.delivery_grace = grace;
+    }
+
+    /// How long to wait after a message arrives before sending its receipt
+    /// (default [`RECEIPT_DELAY`]).
+    pub fn set_receipt_delay(&mut self, delay: Duration) {
+        self.receipt_delay = delay;
+    }
+
+    /// When the next receipt or retry request falls due.
+    fn next_due(&self) -> Option<Instant> {
+        let now = now_ms();
+        let receipt = self
+            .receipts_due
+            .values()
+            .min()
+            .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now)));
+        let retry = self
+            .retries
+            .values()
+            .filter(|(ids, _)| !ids.is_empty())
+            .map(|(_, last)| last.map_or_else(Instant::now, |t| t + RETRY_INTERVAL))
+            .min();
+        let resend = (!self.resends.is_empty()).then(Instant::now);
+        [receipt, retry, resend].into_iter().flatten().min()
     }
 
     /// Waits for the next event. `Ok(None)` when the connection is gone.
@@ -601,15 +954,29 @@ impl Client {
     /// a `select!`, wait on [`Client::next_push`] and pass the result to
     /// [`Client::handle`] outside the `select!`.
     pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
-        if let Some(event) = self.queued.pop_front() {
-            return Ok(Some(event));
+        loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Ok(Some(event));
+            }
+            let push = match self.next_due() {
+                Some(at) => {
+                    tokio::select! {
+                        push = self.conn.next_push() => push,
+                        () = tokio::time::sleep_until(at.into()) => {
+                            let events = self.tick().await?;
+                            self.queued.extend(events);
+                            continue;
+                        }
+                    }
+                }
+                None => self.conn.next_push().await,
+            };
+            let Some(push) = push else {
+                return Ok(None);
+            };
+            let events = self.handle(push).await?;
+            self.queued.extend(events);
         }
-        let Some(push) = self.next_push().await else {
-            return Ok(None);
-        };
-        let events = self.handle(push).await?;
-        self.queued.extend(events);
-        Ok(self.queued.pop_front())
     }
 
     /// The next raw push from the server (cancel-safe).
@@ -675,6 +1042,18 @@ impl Client {
         events.extend(overdue);
         if !self.commit(&mut logged, &mut acks, &mut changed).await? {
             events.push(Event::Disconnected(None));
+            return Ok(events);
+        }
+        // Messages asked for again go now; receipts when their delay passed.
+        // The batch's messages are the application's already: a failure
+        // here must not lose their events (what it could not send is
+        // reported by its recipient's sender, or asked for again).
+        if !self.resends.is_empty() || self.next_due().is_some_and(|at| at <= Instant::now()) {
+            match self.flush(false).await {
+                Ok(more) => events.extend(more),
+                Err(ClientError::Disconnected) => events.push(Event::Disconnected(None)),
+                Err(_) => {}
+            }
         }
         Ok(events)
     }
@@ -706,7 +1085,15 @@ impl Client {
                     message_id: d.message_id,
                 };
             }
-            Err(e) => return rejected(&d, e.to_string()),
+            Err(e) => {
+                if self.should_ask_again(&d, &e) {
+                    let (ids, _) = self.retries.entry(d.from.clone()).or_default();
+                    if !ids.contains(&d.message_id) {
+                        ids.push(d.message_id);
+                    }
+                }
+                return rejected(&d, e.to_string());
+            }
         };
         // The session consumed the message key: the state must be saved
         // whatever is decided below.
@@ -726,6 +1113,10 @@ impl Client {
                 from: d.from,
                 message_id: d.message_id,
             };
+        }
+        if content.is_control() {
+            self.state.mark_control(d.message_id);
+            return self.control(&d, &content);
         }
         let arrival = self
             .state
@@ -751,6 +1142,10 @@ impl Client {
             text: text.clone(),
         });
         self.state.mark_seen(d.message_id);
+        let due = now_ms() + self.receipt_delay.as_millis() as u64;
+        self.receipts_due
+            .entry((d.conversation, d.from.clone(), identity))
+            .or_insert(due);
         Event::Message(Incoming {
             from: d.from,
             conversation: d.conversation,
@@ -762,7 +1157,56 @@ impl Client {
             text,
             warning,
             decrypted_at: Instant::now(),
+            decrypt_time: self.timings.decrypt.unwrap_or_default(),
         })
+    }
+
+    /// Whether a delivery that failed to open should be asked for again
+    /// (PROTOCOL §7.3): a session-setup message this device cannot accept
+    /// (a one-time prekey it no longer has, as when a server serves one
+    /// twice or restores an old database), or a message from a device it
+    /// has no session with. A failure on an existing session (a tampered
+    /// or forged envelope) is only rejected.
+    fn should_ask_again(&self, d: &Deliver, e: &ClientError) -> bool {
+        let is_setup = Envelope::decode(&d.envelope).is_ok_and(|env| env.prekey.is_some());
+        let no_session = self.state.sessions.get(&d.from).is_none_or(Vec::is_empty);
+        matches!(
+            e,
+            ClientError::Crypto(chatify_core::Error::UnknownPrekey | chatify_core::Error::Decrypt)
+        ) && (is_setup || no_session)
+            && d.from != self.state.address()
+    }
+
+    /// A receipt or a retry request from `d.from`, authenticated by its
+    /// session.
+    fn control(&mut self, d: &Deliver, content: &Content<'_>) -> Event {
+        let key = (d.conversation, d.from.clone());
+        if let Some(receipt) = &content.receipt {
+            let message_ids = self
+                .state
+                .outbox
+                .get_mut(&key)
+                .map(|o| o.receipt(receipt))
+                .unwrap_or_default();
+            return Event::Delivered {
+                to: d.from.clone(),
+                message_ids,
+            };
+        }
+        let asked = content
+            .retry
+            .as_ref()
+            .map_or(&[][..], |r| &r.message_ids[..]);
+        for id in asked {
+            // An id already receipted, or never ours, asks for nothing.
+            if let Some(seq) = self.state.outbox.get(&key).and_then(|o| o.find(id)) {
+                self.resends.push((d.conversation, d.from.clone(), seq));
+            }
+        }
+        Event::RetryRequested {
+            from: d.from.clone(),
+            count: asked.len(),
+        }
     }
 
     /// Gaps that outlived the grace period, reported once each
@@ -780,18 +1224,6 @@ impl Client {
             }
         }
         out
-    }
-
-    /// Reports messages whose absence outlived the grace period (a later
-    /// message from the same device arrived; they did not): call it from
-    /// time to time when no push arrives. Each gap is reported once; the
-    /// state is saved when there is one.
-    pub async fn check_missing(&mut self) -> Result<Vec<Event>, ClientError> {
-        let events = self.overdue_gaps();
-        if !events.is_empty() {
-            self.persist(None).await?;
-        }
-        Ok(events)
     }
 
     /// How long a gap may stay open before [`Event::Missing`] reports it
@@ -877,6 +1309,8 @@ impl Client {
         };
         let new_setup = envelope.prekey.is_some() && candidates.is_empty();
         if !new_setup {
+            // A message one session already used the key of is a
+            // duplicate, whatever the other sessions say of it.
             let mut last = chatify_core::Error::Decrypt;
             for i in candidates {
                 let Some(session) = sessions.get_mut(i) else {
@@ -895,7 +1329,8 @@ impl Client {
                         let warning = self.state.trust_of(&d.from, &identity);
                         return Ok((plaintext, warning, identity.identity_key));
                     }
-                    Err(e) => last = e,
+                    Err(e) if last != chatify_core::Error::Duplicate => last = e,
+                    Err(_) => {}
                 }
             }
             return Err(last.into());
@@ -995,8 +1430,14 @@ impl Client {
         Ok(())
     }
 
-    /// Closes the connection cleanly.
-    pub async fn close(self) {
+    /// Sends the receipts still waiting for their delay, saves what the
+    /// outbox learned since the last save, and closes the connection
+    /// cleanly (best effort: a failure here loses no message).
+    pub async fn close(mut self) {
+        let _ = self.flush(true).await;
+        if self.outbox_dirty {
+            let _ = self.persist(None).await;
+        }
         self.conn.shutdown().await;
     }
 
@@ -1032,6 +1473,17 @@ impl Client {
     /// The connection, for requests this type does not wrap.
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+/// A receipt or retry request the server refused (a device it says does
+/// not exist, a rate limit) is not this client's failure: the sender will
+/// report what it did not hear about. Only a lost connection is an error.
+fn tolerate(sent: Result<(), ClientError>) -> Result<(), ClientError> {
+    match sent {
+        Err(ClientError::Disconnected) => Err(ClientError::Disconnected),
+        Err(ClientError::Io(e)) => Err(ClientError::Io(e)),
+        _ => Ok(()),
     }
 }
 

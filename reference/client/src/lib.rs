@@ -8,7 +8,8 @@
 //!     │    state.cbor: device keys, sessions, pins, sequence numbers ── saved
 //!     │      before a key or sequence number it does not cover is used
 //!     │    messages.cbor: the log, appended before an acknowledgement
-//!     ├─ delivery: sealed message ids and sequences → late, missing, duplicate
+//!     ├─ delivery: sealed message ids and sequences → late, missing, duplicate;
+//!     │    encrypted receipts → delivered / undelivered; retry → sent again
 //!     ├─ trust: pins per device; new devices and changed identities flagged
 //!     └─ chatify-core: VerifiedBundle → Session::initiate / Device::accept,
 //!        Session::encrypt / decrypt
@@ -44,8 +45,9 @@ pub mod storage;
 pub mod vault;
 
 pub use client::{
-    Client, ConnectOptions, Event, IdentityWarning, Incoming, Late, MISSING_GRACE, OWNER_WAIT,
-    PREKEY_TARGET, SendReceipt, Timings, TraceEvent, conversation_id, parse_peer,
+    Client, ConnectOptions, DELIVERY_GRACE, Event, IdentityWarning, Incoming, Late, MAX_KEPT_TEXT,
+    MISSING_GRACE, OWNER_WAIT, PREKEY_TARGET, RECEIPT_DELAY, RETRY_INTERVAL, SendReceipt, Timings,
+    TraceEvent, conversation_id, parse_peer,
 };
 pub use connection::{Connection, Push};
 pub use vault::{KdfCost, Passphrase};

@@ -73,12 +73,17 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Send one message and exit.
+    /// Send one message and exit once the server stored it (or, with --wait,
+    /// once the recipient's device confirms it received it).
     Send {
         /// Recipient: `user` or `user:device`.
         peer: String,
         /// The message.
         text: String,
+        /// Seconds to wait for the recipient device's encrypted receipt
+        /// ("delivered to bob"); 0 exits once the server stored it.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
     },
     /// Chat interactively: type lines to send them; the peer's lines appear as they arrive.
     Chat {
@@ -253,7 +258,48 @@ fn print_event(event: &Event) -> bool {
             );
             let _ = out.flush();
         }
-        Event::Duplicate { .. } | Event::KeysReplenished(_) => {}
+        Event::Delivered { to, message_ids } if !message_ids.is_empty() => {
+            eprintln!(
+                "(delivered to {}:{}: {} message(s))",
+                to.user,
+                to.device,
+                message_ids.len()
+            );
+        }
+        Event::Undelivered {
+            to,
+            message_ids,
+            unlisted,
+        } => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "!! {} message(s) to {}:{} stored by the server but not delivered: no receipt from that device (it may be offline, or the server lost or is holding them)",
+                message_ids.len() as u64 + unlisted,
+                to.user,
+                to.device
+            );
+            let _ = out.flush();
+        }
+        Event::Resent { to, .. } => {
+            eprintln!(
+                "({}:{} could not open a message of yours; sent it again on a new session)",
+                to.user, to.device
+            );
+        }
+        Event::NotResent { to, .. } => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "!! {}:{} could not open a message of yours and it can no longer be sent again: send it again",
+                to.user, to.device
+            );
+            let _ = out.flush();
+        }
+        Event::Duplicate { .. }
+        | Event::KeysReplenished(_)
+        | Event::Delivered { .. }
+        | Event::RetryRequested { .. } => {}
         Event::Disconnected(info) => {
             match info {
                 Some((code, reason)) => eprintln!("disconnected by the server ({code}: {reason})"),
@@ -326,10 +372,31 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             );
             client.close().await;
         }
-        Command::Send { peer, text } => {
+        Command::Send { peer, text, wait } => {
             let mut client = resume(&cli).await?;
             let receipt = client.send(peer, text.as_bytes()).await?;
-            println!("sent (server sequence number {})", receipt.seq);
+            let to = parse_peer(peer)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(*wait);
+            let mut delivered = false;
+            while !delivered && *wait > 0 {
+                let push = match tokio::time::timeout_at(deadline, client.next_push()).await {
+                    Err(_) | Ok(None) => break,
+                    Ok(Some(push)) => push,
+                };
+                for event in client.handle(push).await? {
+                    delivered |= matches!(&event, Event::Delivered { message_ids, .. }
+                        if message_ids.contains(&receipt.message_id));
+                    print_event(&event);
+                }
+            }
+            if delivered {
+                println!("delivered to {}", to.user);
+            } else {
+                println!(
+                    "stored by the server (sequence number {}); not yet delivered to {}",
+                    receipt.seq, to.user
+                );
+            }
             client.close().await;
         }
         Command::Inbox { wait, all } => {
@@ -364,7 +431,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     break;
                 }
             }
-            for event in client.check_missing().await? {
+            for event in client.tick().await? {
                 print_event(&event);
             }
             eprintln!("{received} new message(s)");
@@ -383,9 +450,10 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 target.user
             );
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            // Gaps are reported when they outlive the grace period, even
-            // while nothing arrives.
-            let mut missing_check = tokio::time::interval(Duration::from_secs(5));
+            // Receipts go out, and gaps and undelivered messages are
+            // reported when they outlive their grace period, even while
+            // nothing arrives.
+            let mut missing_check = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     line = lines.next_line() => match line {
@@ -414,7 +482,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                         None => break,
                     },
                     _ = missing_check.tick() => {
-                        for event in client.check_missing().await? {
+                        for event in client.tick().await? {
                             print_event(&event);
                         }
                     }

@@ -43,7 +43,7 @@ use rand::Rng;
 use zeroize::Zeroizing;
 
 use crate::ClientError;
-use crate::delivery::{Gap, RecvSeq, SendSeq};
+use crate::delivery::{Gap, Outbox, Pending, RecvSeq, SendSeq};
 use crate::storage::{OsStorage, Storage};
 use crate::vault::{Passphrase, Purpose, STATE_MAGIC, Vault};
 
@@ -116,7 +116,17 @@ pub struct State {
     /// and the sender's identity key (a reinstalled device, or one whose
     /// identity a server substituted, numbers its messages afresh).
     pub recv_seqs: BTreeMap<RecvKey, RecvSeq>,
+    /// Sent messages the server stored and no receipt has covered yet, by
+    /// conversation and recipient device (PROTOCOL §7.2).
+    pub outbox: BTreeMap<(ConversationId, Address), Outbox>,
+    /// Ids of the latest control contents received (receipts, retry
+    /// requests; at most [`MAX_CONTROL_IDS`]): they are not in the message
+    /// log, so this is how a redelivery after a restart is known as one.
+    pub control_ids: VecDeque<MessageId>,
 }
+
+/// Control-content ids remembered across restarts.
+pub const MAX_CONTROL_IDS: usize = 256;
 
 /// Whose sequence a [`RecvSeq`] follows: conversation, sender device and the
 /// sender's X25519 identity key.
@@ -180,6 +190,8 @@ impl State {
             seen_order: VecDeque::new(),
             send_seqs: BTreeMap::new(),
             recv_seqs: BTreeMap::new(),
+            outbox: BTreeMap::new(),
+            control_ids: VecDeque::new(),
         }
     }
 
@@ -217,6 +229,15 @@ impl State {
                     self.seen.remove(&old);
                 }
             }
+        }
+    }
+
+    /// Remembers the id of a control content received (and marks it seen).
+    pub fn mark_control(&mut self, id: MessageId) {
+        self.mark_seen(id);
+        self.control_ids.push_back(id);
+        while self.control_ids.len() > MAX_CONTROL_IDS {
+            self.control_ids.pop_front();
         }
     }
 
@@ -331,11 +352,18 @@ impl State {
                 .iter()
                 .flat_map(|(_, list)| list.iter().map(|s| s.len() + 16))
                 .sum::<usize>()
-            + 256 * (self.pins.len() + self.recv_seqs.len() + self.sessions.len());
+            + 256 * (self.pins.len() + self.recv_seqs.len() + self.sessions.len())
+            + 20 * self.control_ids.len()
+            + self
+                .outbox
+                .values()
+                .flat_map(|o| o.pending.values())
+                .map(|p| 80 + p.text.as_ref().map_or(0, |t| t.len()))
+                .sum::<usize>();
         let mut buf = SecretBuf::with_capacity(capacity);
         let mut e = Encoder::new(&mut buf);
         let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
-            e.array(10)?.u64(STATE_VERSION)?;
+            e.array(12)?.u64(STATE_VERSION)?;
             e.str(&self.server)?
                 .str(&self.user)?
                 .u32(self.device_number)?;
@@ -371,7 +399,7 @@ impl State {
             }
             e.array(self.recv_seqs.len() as u64)?;
             for ((conversation, from, identity), r) in &self.recv_seqs {
-                e.array(7)?
+                e.array(8)?
                     .bytes(conversation)?
                     .str(&from.user)?
                     .u32(from.device)?
@@ -380,12 +408,40 @@ impl State {
                     .u64(r.forgotten)?;
                 e.array(r.gaps.len() as u64)?;
                 for g in &r.gaps {
-                    e.array(4)?
+                    e.array(5)?
                         .u64(g.from)?
                         .u64(g.to)?
                         .u64(g.noticed_ms)?
-                        .bool(g.reported)?;
+                        .bool(g.reported)?
+                        .bool(g.skipped)?;
                 }
+                e.u64(r.known_from)?;
+            }
+            e.array(self.outbox.len() as u64)?;
+            for ((conversation, to), outbox) in &self.outbox {
+                e.array(5)?
+                    .bytes(conversation)?
+                    .str(&to.user)?
+                    .u32(to.device)?
+                    .u64(outbox.evicted)?;
+                e.array(outbox.pending.len() as u64)?;
+                for (seq, p) in &outbox.pending {
+                    e.array(7)?
+                        .u64(*seq)?
+                        .bytes(&p.message_id)?
+                        .u64(p.floor)?
+                        .u64(p.sealed_at_ms)?
+                        .u64(p.stored_at_ms)?
+                        .bool(p.reported)?;
+                    match &p.text {
+                        Some(t) => e.bytes(t)?,
+                        None => e.null()?,
+                    };
+                }
+            }
+            e.array(self.control_ids.len() as u64)?;
+            for id in &self.control_ids {
+                e.bytes(id)?;
             }
             Ok(())
         })();
@@ -431,7 +487,7 @@ impl State {
         let mut d = Decoder::new(bytes);
         // Files written before authenticated delivery have 8 fields.
         let fields = d.array().map_err(bad)?;
-        if !matches!(fields, Some(8 | 10)) || d.u64().map_err(bad)? != STATE_VERSION {
+        if !matches!(fields, Some(8 | 10 | 11 | 12)) || d.u64().map_err(bad)? != STATE_VERSION {
             return Err(ClientError::State("unsupported state file version".into()));
         }
         let server = d.str().map_err(bad)?.to_owned();
@@ -483,8 +539,21 @@ impl State {
                 },
             );
         }
-        if fields == Some(10) {
+        if matches!(fields, Some(10..=12)) {
             decode_seqs(&mut d, &mut state)?;
+        }
+        if matches!(fields, Some(11 | 12)) {
+            decode_outbox(&mut d, &mut state)?;
+        }
+        if fields == Some(12) {
+            for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
+                let id: MessageId = d
+                    .bytes()
+                    .map_err(bad)?
+                    .try_into()
+                    .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
+                state.mark_control(id);
+            }
         }
         if d.position() != bytes.len() {
             return Err(ClientError::State(
@@ -512,7 +581,8 @@ fn decode_seqs(d: &mut Decoder<'_>, state: &mut State) -> Result<(), ClientError
             .insert(conversation, SendSeq::restored(saved));
     }
     for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
-        d.array().map_err(bad)?;
+        // Entries written before receipts have 7 fields.
+        let fields = d.array().map_err(bad)?;
         let conversation = conversation_from(d)?;
         let user = d.str().map_err(bad)?.to_owned();
         let device = d.u32().map_err(bad)?;
@@ -527,17 +597,69 @@ fn decode_seqs(d: &mut Decoder<'_>, state: &mut State) -> Result<(), ClientError
             ..RecvSeq::default()
         };
         for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
-            d.array().map_err(bad)?;
+            // Gaps written before skipped ranges were kept have 4 fields.
+            let fields = d.array().map_err(bad)?;
             r.gaps.push_back(Gap {
                 from: d.u64().map_err(bad)?,
                 to: d.u64().map_err(bad)?,
                 noticed_ms: d.u64().map_err(bad)?,
                 reported: d.bool().map_err(bad)?,
+                skipped: fields == Some(5) && d.bool().map_err(bad)?,
             });
+        }
+        if fields == Some(8) {
+            r.known_from = d.u64().map_err(bad)?;
         }
         state
             .recv_seqs
             .insert((conversation, Address { user, device }, identity), r);
+    }
+    Ok(())
+}
+
+fn decode_outbox(d: &mut Decoder<'_>, state: &mut State) -> Result<(), ClientError> {
+    for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
+        d.array().map_err(bad)?;
+        let conversation = conversation_from(d)?;
+        let user = d.str().map_err(bad)?.to_owned();
+        let device = d.u32().map_err(bad)?;
+        let mut outbox = Outbox {
+            evicted: d.u64().map_err(bad)?,
+            ..Outbox::default()
+        };
+        for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
+            d.array().map_err(bad)?;
+            let seq = d.u64().map_err(bad)?;
+            let message_id: MessageId = d
+                .bytes()
+                .map_err(bad)?
+                .try_into()
+                .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
+            let floor = d.u64().map_err(bad)?;
+            let sealed_at_ms = d.u64().map_err(bad)?;
+            let stored_at_ms = d.u64().map_err(bad)?;
+            let reported = d.bool().map_err(bad)?;
+            let text = if d.datatype().map_err(bad)? == Type::Null {
+                d.null().map_err(bad)?;
+                None
+            } else {
+                Some(Zeroizing::new(d.bytes().map_err(bad)?.to_vec()))
+            };
+            outbox.pending.insert(
+                seq,
+                Pending {
+                    message_id,
+                    floor,
+                    sealed_at_ms,
+                    stored_at_ms,
+                    reported,
+                    text,
+                },
+            );
+        }
+        state
+            .outbox
+            .insert((conversation, Address { user, device }), outbox);
     }
     Ok(())
 }
@@ -1056,12 +1178,38 @@ mod tests {
         let mut r = RecvSeq::default();
         r.arrive(5, 0, 100);
         r.forgotten = 9;
+        r.arrive(90, 80, 100);
+        r.known_from = 3;
         state
             .recv_seqs
             .insert(([3; 16], peer.clone(), [4; 32]), r.clone());
+        let mut outbox = Outbox {
+            evicted: 2,
+            ..Outbox::default()
+        };
+        for (seq, text) in [(5, Some(vec![9u8; 300])), (u64::MAX, None)] {
+            outbox.stored(
+                seq,
+                Pending {
+                    message_id: [seq as u8; 16],
+                    floor: 4,
+                    sealed_at_ms: 6,
+                    stored_at_ms: 7,
+                    reported: true,
+                    text: text.map(Zeroizing::new),
+                },
+            );
+        }
+        state.outbox.insert(([3; 16], peer.clone()), outbox);
+        for i in 0..=MAX_CONTROL_IDS {
+            state.mark_control([i as u8; 16]);
+        }
         let back = State::decode(&state.encode()).unwrap();
+        assert_eq!(back.control_ids, state.control_ids);
+        assert!(back.seen(&[5; 16]) && back.control_ids.len() == MAX_CONTROL_IDS);
         assert_eq!(back.pins, state.pins);
         assert_eq!(back.recv_seqs, state.recv_seqs);
+        assert_eq!(back.outbox, state.outbox);
         // A load starts past the reservation the save wrote.
         assert_eq!(
             back.send_seqs[&[3; 16]],

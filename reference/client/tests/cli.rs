@@ -150,17 +150,30 @@ async fn two_people_chat_in_two_terminals() {
         assert!(t1.wait().unwrap().success());
         assert!(t2.wait().unwrap().success());
 
-        // One-shot send and inbox; and the safety numbers match.
+        // One-shot send and inbox: the send says the server stored it,
+        // and, waiting, that Bob's device received it (his encrypted
+        // receipt); and the safety numbers match.
         let mut c = chatify(&url, &a);
         c.args(["send", "bob", "one more thing"]);
-        run(c, "");
+        let out = String::from_utf8(run(c, "").stdout).unwrap();
+        assert!(out.contains("stored by the server"), "{out}");
+        assert!(out.contains("not yet delivered to bob"), "{out}");
+        let waiting = chatify(&url, &a)
+            .args(["send", "--wait", "20", "bob", "and another"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut c = chatify(&url, &b);
-        c.args(["inbox", "--wait", "1"]);
+        c.args(["inbox", "--wait", "5"]);
         let out = run(c, "");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            "alice: one more thing"
+            "alice: one more thing\nalice: and another"
         );
+        let out = waiting.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("delivered to bob"), "{said}");
         let number = |home: &Path, peer: &str| {
             let mut c = chatify(&url, home);
             c.args(["verify", peer]);

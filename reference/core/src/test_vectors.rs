@@ -239,13 +239,8 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         );
     }
     let _ = writeln!(w, "```");
-    let content = chatify_proto::Content {
-        message_id: [0x11; 16],
-        seq: 3,
-        floor: 2,
-        sent_at_ms: 1_767_225_600_000,
-        body: b"Hello, Bob!",
-    };
+    let content =
+        chatify_proto::Content::message([0x11; 16], 3, 2, 1_767_225_600_000, b"Hello, Bob!");
     let mut sealed = Vec::new();
     // Encoding into a Vec cannot fail.
     let _ = content.encode(&mut sealed);
@@ -255,6 +250,33 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
          Message id `11` × 16, sequence 3, floor 2, sealed at 1767225600000 ms, \
          body `Hello, Bob!`: the plaintext a client encrypts.\n\n```text\n{}\n```",
         block(&sealed)
+    );
+    let receipt = chatify_proto::Content {
+        receipt: Some(chatify_proto::content::Receipt {
+            received_below: 9,
+            missing: vec![[4, 6]],
+            known_from: 0,
+        }),
+        ..chatify_proto::Content::message([0x22; 16], 0, 0, 1_767_225_601_000, b"")
+    };
+    let retry = chatify_proto::Content {
+        retry: Some(chatify_proto::content::Retry {
+            message_ids: vec![[0x11; 16].into()],
+        }),
+        ..chatify_proto::Content::message([0x33; 16], 0, 0, 1_767_225_602_000, b"")
+    };
+    let (mut r, mut q) = (Vec::new(), Vec::new());
+    let _ = receipt.encode(&mut r);
+    let _ = retry.encode(&mut q);
+    let _ = writeln!(
+        w,
+        "\n### V9. Control contents (§7.2, §7.3)\n\n\
+         A receipt (message id `22` × 16, sealed at 1767225601000 ms): everything below 9 \
+         received except 4 and 5.\n\n```text\n{}\n```\n\n\
+         A retry request (message id `33` × 16, sealed at 1767225602000 ms) for message \
+         `11` × 16.\n\n```text\n{}\n```",
+        block(&r),
+        block(&q)
     );
     Ok(out)
 }

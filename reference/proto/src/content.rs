@@ -9,8 +9,10 @@
 //!
 //! Encoding: a canonical CBOR map with keys `0` message id (bstr 16), `1`
 //! sequence (uint), `2` floor (uint), `3` the sender's clock in ms since
-//! the Unix epoch (uint), `4` body (bstr). Decoding accepts only the
-//! canonical encoding.
+//! the Unix epoch (uint), `4` body (bstr), and at most one of `5` a
+//! delivery receipt and `6` a retry request (PROTOCOL §7.2, §7.3), which
+//! make it a *control* content: empty body, `seq` and `floor` 0, not shown
+//! and outside the sequence. Decoding accepts only the canonical encoding.
 
 use core::fmt;
 
@@ -22,13 +24,48 @@ use crate::{DecodeError, MessageId};
 /// Bytes the content's fields other than the body take at most.
 pub const CONTENT_OVERHEAD: usize = 64;
 
+/// Gaps a receipt lists at most (the oldest are left out beyond it).
+pub const MAX_RECEIPT_GAPS: usize = 256;
+
+/// Message ids one retry request names at most.
+pub const MAX_RETRY_IDS: usize = 64;
+
+/// What a device received of one sender device's messages in one
+/// conversation (PROTOCOL §7.2): every number from `known_from` up to
+/// `received_below` except those in `missing` (`[from, to)` ranges,
+/// ascending). Nothing is said of numbers below `known_from`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Receipt {
+    /// One past the highest sequence number received.
+    #[n(0)]
+    pub received_below: u64,
+    /// Ranges between `known_from` and `received_below` that did not
+    /// arrive (including numbers skipped below the sender's floor).
+    #[n(1)]
+    pub missing: Vec<[u64; 2]>,
+    /// Where what the receipt says starts.
+    #[n(2)]
+    pub known_from: u64,
+}
+
+/// Message ids a device could not open (PROTOCOL §7.3): the sender sets up
+/// a new session (this request arrives on one) and sends them again.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Retry {
+    /// The ids, as the server delivered them.
+    #[n(0)]
+    pub message_ids: Vec<minicbor::bytes::ByteArray<16>>,
+}
+
 /// Largest body a client may send in one message.
 pub const MAX_BODY_LEN: usize = MAX_PLAINTEXT_LEN - CONTENT_OVERHEAD;
 
 /// A message as sealed by its sender. The body is borrowed: from the
 /// sender's text when encoding, from the decrypted plaintext when decoding,
 /// so that no copy of it is made here.
-#[derive(Clone, Copy, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct Content<'a> {
     /// The message id; it must equal the id the server delivers it under.
@@ -51,6 +88,12 @@ pub struct Content<'a> {
     #[b(4)]
     #[cbor(with = "minicbor::bytes")]
     pub body: &'a [u8],
+    /// A delivery receipt for the peer's messages (a control content).
+    #[n(5)]
+    pub receipt: Option<Receipt>,
+    /// A request to send these messages again (a control content).
+    #[n(6)]
+    pub retry: Option<Retry>,
 }
 
 impl fmt::Debug for Content<'_> {
@@ -61,11 +104,37 @@ impl fmt::Debug for Content<'_> {
             .field("floor", &self.floor)
             .field("sent_at_ms", &self.sent_at_ms)
             .field("body_len", &self.body.len())
+            .field("receipt", &self.receipt)
+            .field("retry", &self.retry.as_ref().map(|r| r.message_ids.len()))
             .finish()
     }
 }
 
 impl<'a> Content<'a> {
+    /// A message carrying `body`.
+    pub fn message(
+        message_id: MessageId,
+        seq: u64,
+        floor: u64,
+        sent_at_ms: u64,
+        body: &'a [u8],
+    ) -> Self {
+        Content {
+            message_id,
+            seq,
+            floor,
+            sent_at_ms,
+            body,
+            receipt: None,
+            retry: None,
+        }
+    }
+
+    /// Whether this is a control content (a receipt or a retry request).
+    pub fn is_control(&self) -> bool {
+        self.receipt.is_some() || self.retry.is_some()
+    }
+
     /// Writes the canonical encoding to `w` (a zeroizing buffer: the body is
     /// plaintext).
     pub fn encode<W: minicbor::encode::Write>(
@@ -77,7 +146,15 @@ impl<'a> Content<'a> {
 
     /// An upper bound of the encoded length.
     pub fn encoded_len_max(&self) -> usize {
-        self.body.len() + CONTENT_OVERHEAD
+        let receipt = self
+            .receipt
+            .as_ref()
+            .map_or(0, |r| 24 + 20 * r.missing.len());
+        let retry = self
+            .retry
+            .as_ref()
+            .map_or(0, |r| 8 + 18 * r.message_ids.len());
+        self.body.len() + CONTENT_OVERHEAD + receipt + retry
     }
 
     /// Decodes content borrowing its body from `bytes`, accepting only the
@@ -102,7 +179,44 @@ impl<'a> Content<'a> {
         if content.encode(&mut same).is_err() || same.at != bytes.len() {
             return Err(DecodeError::NonCanonical);
         }
+        let control_ok = match (&content.receipt, &content.retry) {
+            (None, None) => true,
+            (Some(_), Some(_)) => false,
+            (receipt, retry) => {
+                content.body.is_empty()
+                    && content.seq == 0
+                    && content.floor == 0
+                    && receipt.as_ref().is_none_or(Receipt::is_valid)
+                    && retry.as_ref().is_none_or(|r| {
+                        !r.message_ids.is_empty() && r.message_ids.len() <= MAX_RETRY_IDS
+                    })
+            }
+        };
+        if !control_ok {
+            return Err(DecodeError::Invalid("malformed receipt or retry request"));
+        }
         Ok(content)
+    }
+}
+
+impl Receipt {
+    /// Ranges ascending, non-empty, not overlapping, within `[known_from,
+    /// received_below)`, at most [`MAX_RECEIPT_GAPS`].
+    fn is_valid(&self) -> bool {
+        let mut floor = self.known_from;
+        self.known_from <= self.received_below
+            && self.missing.len() <= MAX_RECEIPT_GAPS
+            && self.missing.iter().all(|&[from, to]| {
+                let ok = from >= floor && from < to && to <= self.received_below;
+                floor = to;
+                ok
+            })
+    }
+
+    /// Whether `seq` is covered: received, or skipped by the receiver.
+    pub fn covers(&self, seq: u64) -> bool {
+        (self.known_from..self.received_below).contains(&seq)
+            && !self.missing.iter().any(|&[f, t]| (f..t).contains(&seq))
     }
 }
 
@@ -138,13 +252,7 @@ mod tests {
     #[test]
     fn round_trip_worst_case_overhead_and_canonical_only() {
         let body = vec![1; MAX_BODY_LEN];
-        let c = Content {
-            message_id: [7; 16],
-            seq: u64::MAX,
-            floor: u64::MAX,
-            sent_at_ms: u64::MAX,
-            body: &body,
-        };
+        let c = Content::message([7; 16], u64::MAX, u64::MAX, u64::MAX, &body);
         let mut buf = Vec::new();
         c.encode(&mut buf).unwrap();
         assert!(buf.len() <= c.encoded_len_max() && buf.len() <= MAX_PLAINTEXT_LEN);
@@ -153,7 +261,7 @@ mod tests {
         let small = Content {
             seq: 1,
             body: b"x",
-            ..c
+            ..c.clone()
         };
         let mut buf = Vec::new();
         small.encode(&mut buf).unwrap();
@@ -163,5 +271,98 @@ mod tests {
         long.extend_from_slice(&buf[at + 1..]);
         assert!(Content::decode(&long).is_err());
         assert!(Content::decode(&buf[..buf.len() - 1]).is_err());
+    }
+
+    fn control(receipt: Option<Receipt>, retry: Option<Retry>) -> Content<'static> {
+        Content {
+            receipt,
+            retry,
+            ..Content::message([9; 16], 0, 0, 5, b"")
+        }
+    }
+
+    fn round_trips(c: &Content<'_>) -> bool {
+        let mut buf = Vec::new();
+        c.encode(&mut buf).unwrap();
+        buf.len() <= c.encoded_len_max() && Content::decode(&buf).as_ref() == Ok(c)
+    }
+
+    /// Receipts and retry requests round-trip at their largest; anything
+    /// that breaks their rules (both at once, a body, a sequence number,
+    /// unordered or overlapping gaps, a gap past what was received, too
+    /// many entries) is refused.
+    #[test]
+    fn control_contents_follow_their_rules() {
+        let gaps: Vec<[u64; 2]> = (0..MAX_RECEIPT_GAPS as u64)
+            .map(|i| [u64::MAX / 2 + 3 * i, u64::MAX / 2 + 3 * i + 2])
+            .collect();
+        let receipt = Receipt {
+            received_below: u64::MAX,
+            missing: gaps.clone(),
+            known_from: 1,
+        };
+        assert!(round_trips(&control(Some(receipt.clone()), None)));
+        let ids = Retry {
+            message_ids: vec![[3; 16].into(); MAX_RETRY_IDS],
+        };
+        assert!(round_trips(&control(None, Some(ids.clone()))));
+        assert!(receipt.covers(1) && !receipt.covers(0) && !receipt.covers(u64::MAX / 2 + 1));
+        assert!(receipt.covers(u64::MAX / 2 + 2) && !receipt.covers(u64::MAX));
+
+        let bad = |c: Content<'_>| {
+            let mut buf = Vec::new();
+            c.encode(&mut buf).unwrap();
+            Content::decode(&buf).is_err()
+        };
+        assert!(bad(control(Some(receipt.clone()), Some(ids.clone()))));
+        assert!(bad(Content {
+            body: b"x",
+            ..control(Some(receipt.clone()), None)
+        }));
+        assert!(bad(Content {
+            seq: 1,
+            ..control(None, Some(ids.clone()))
+        }));
+        assert!(bad(control(
+            None,
+            Some(Retry {
+                message_ids: vec![]
+            })
+        )));
+        assert!(bad(control(
+            None,
+            Some(Retry {
+                message_ids: vec![[3; 16].into(); MAX_RETRY_IDS + 1]
+            })
+        )));
+        // Adjacent ranges (a skipped run, then a gap) are fine.
+        let adjacent = Receipt {
+            received_below: 10,
+            missing: vec![[2, 5], [5, 6]],
+            known_from: 0,
+        };
+        assert!(round_trips(&control(Some(adjacent), None)));
+        for missing in [
+            vec![[5, 7], [2, 3]],
+            vec![[2, 5], [4, 6]],
+            vec![[3, 3]],
+            vec![[3, 11]],
+            vec![[0, 1]; MAX_RECEIPT_GAPS + 1],
+        ] {
+            let r = Receipt {
+                received_below: 10,
+                missing,
+                known_from: 0,
+            };
+            assert!(bad(control(Some(r), None)));
+        }
+        for (known_from, missing) in [(11, vec![]), (4, vec![[3, 5]])] {
+            let r = Receipt {
+                received_below: 10,
+                missing,
+                known_from,
+            };
+            assert!(bad(control(Some(r), None)));
+        }
     }
 }

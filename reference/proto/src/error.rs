@@ -39,6 +39,10 @@ pub enum DecodeError {
     /// The bytes are not the CBOR this protocol expects.
     #[error("malformed CBOR: {0}")]
     Malformed(MalformedCbor),
+    /// The value decodes canonically but breaks a rule of its own (PROTOCOL
+    /// names the rule).
+    #[error("invalid value: {0}")]
+    Invalid(&'static str),
 }
 
 /// A description of a CBOR decoding failure that never includes input bytes.

@@ -58,7 +58,10 @@ pub async fn next_message(client: &mut Client) -> Incoming {
             .expect("connection ended");
         match event {
             Event::Message(m) => return m,
-            Event::KeysReplenished(_) => continue,
+            Event::KeysReplenished(_)
+            | Event::Delivered { .. }
+            | Event::RetryRequested { .. }
+            | Event::Resent { .. } => continue,
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -1,0 +1,286 @@
+//! Nothing lost without someone being told (PROTOCOL §7.2, §7.3): the
+//! recipient's encrypted receipts tell the sender what was delivered; a
+//! message the server stored and never delivered is reported to its sender;
+//! a session-setup message the recipient cannot open (a one-time prekey the
+//! server served twice) is asked for again and resent on a new session.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chatify_client::{Client, Event};
+use chatify_proto::frame::{Address, Deliver};
+use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
+use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
+use common::{config, next_message, server_with, user};
+
+/// A server that misbehaves on command: it acknowledges envelopes for one
+/// user and stores nothing, or hands out one device's bundle (and its
+/// one-time prekey) to a second initiator.
+#[derive(Default)]
+struct Hostile {
+    inner: Option<SqliteStore>,
+    drop_to: Mutex<Option<String>>,
+    serve_twice: Mutex<Option<String>>,
+    served: Mutex<BTreeMap<String, (PrekeyBundle, u32)>>,
+}
+
+impl Hostile {
+    fn new() -> Self {
+        Hostile {
+            inner: Some(SqliteStore::in_memory().unwrap()),
+            ..Hostile::default()
+        }
+    }
+    fn inner(&self) -> &SqliteStore {
+        self.inner.as_ref().unwrap()
+    }
+}
+
+impl Store for Hostile {
+    fn create_user(&self, u: &str, h: &str) -> Result<(), StoreError> {
+        self.inner().create_user(u, h)
+    }
+    fn password_hash(&self, u: &str) -> Result<Option<String>, StoreError> {
+        self.inner().password_hash(u)
+    }
+    fn create_token(&self, t: &[u8; 32], r: &TokenRecord) -> Result<(), StoreError> {
+        self.inner().create_token(t, r)
+    }
+    fn token(&self, t: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner().token(t)
+    }
+    fn revoke_token(&self, t: &[u8; 32]) -> Result<(), StoreError> {
+        self.inner().revoke_token(t)
+    }
+    fn prune_tokens(&self, now: u64) -> Result<u64, StoreError> {
+        self.inner().prune_tokens(now)
+    }
+    fn publish_keys(
+        &self,
+        d: &Address,
+        i: &DeviceKeys,
+        s: &SignedPrekey,
+        o: &[OneTimePrekey],
+    ) -> Result<u32, StoreError> {
+        self.inner().publish_keys(d, i, s, o)
+    }
+    fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
+        if self.serve_twice.lock().unwrap().as_deref() == Some(&device.user) {
+            let mut served = self.served.lock().unwrap();
+            if let Some(again) = served.remove(&device.user) {
+                *self.serve_twice.lock().unwrap() = None;
+                return Ok(Some(again));
+            }
+            let real = self.inner().take_bundle(device)?;
+            if let Some(b) = &real {
+                served.insert(device.user.clone(), b.clone());
+            }
+            return Ok(real);
+        }
+        self.inner().take_bundle(device)
+    }
+    fn one_time_prekey_count(&self, d: &Address) -> Result<Option<u32>, StoreError> {
+        self.inner().one_time_prekey_count(d)
+    }
+    fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
+        if self.drop_to.lock().unwrap().as_deref() == Some(&e.to.user) {
+            // Told stored; nothing stored.
+            return Ok(Some(u64::MAX / 2));
+        }
+        self.inner().enqueue(e)
+    }
+    fn pending(&self, d: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {
+        self.inner().pending(d, after, limit)
+    }
+    fn ack(&self, d: &Address, seqs: &[u64]) -> Result<(), StoreError> {
+        self.inner().ack(d, seqs)
+    }
+    fn history(
+        &self,
+        user: &str,
+        c: &ConversationId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Option<Vec<Deliver>>, StoreError> {
+        self.inner().history(user, c, before, limit)
+    }
+    fn prune_history(&self, before: u64) -> Result<u64, StoreError> {
+        self.inner().prune_history(before)
+    }
+}
+
+/// Every event until none arrives for `quiet`.
+async fn events(client: &mut Client, quiet: Duration) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(event) = tokio::time::timeout(quiet, client.next_event()).await {
+        match event.unwrap() {
+            Some(e) => out.push(e),
+            None => break,
+        }
+    }
+    out
+}
+
+fn delivered(events: &[Event]) -> Vec<[u8; 16]> {
+    events
+        .iter()
+        .flat_map(|e| match e {
+            Event::Delivered { message_ids, .. } => message_ids.clone(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_tell_the_sender_what_reached_the_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, options) = server_with(Arc::new(Hostile::new()), config()).await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
+    bob.set_receipt_delay(Duration::from_millis(50));
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(
+            alice
+                .send("bob", format!("m{i}").as_bytes())
+                .await
+                .unwrap()
+                .message_id,
+        );
+    }
+    for _ in 0..3 {
+        next_message(&mut bob).await;
+    }
+    // Bob's client sends one receipt once its delay passed, by itself.
+    let _ = events(&mut bob, Duration::from_millis(300)).await;
+    let got = events(&mut alice, Duration::from_millis(300)).await;
+    assert_eq!(delivered(&got), sent, "{got:?}");
+    assert!(alice.state().outbox.values().all(|o| o.pending.is_empty()));
+    // Receipts are not messages: nothing is shown, logged or numbered.
+    assert!(!got.iter().any(|e| matches!(e, Event::Message(_))));
+    assert!(alice.messages().unwrap().is_empty());
+    server.shutdown().await;
+}
+
+/// A server that says "stored" and drops the message: the recipient sees a
+/// gap once a later message arrives, and the sender, who gets a receipt
+/// for the later one only, is told the first was not delivered. With the
+/// receipts of the previous client (none), the sender learns nothing: the
+/// check below fails on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_server_drops_is_reported_to_its_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Hostile::new());
+    let (server, options) = server_with(store.clone(), config()).await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
+    alice.set_delivery_grace(Duration::from_millis(400));
+    bob.set_receipt_delay(Duration::ZERO);
+    bob.set_missing_grace(Duration::ZERO);
+    alice.send("bob", b"first").await.unwrap();
+    next_message(&mut bob).await;
+    *store.drop_to.lock().unwrap() = Some("bob".into());
+    let lost = alice.send("bob", b"lost").await.unwrap().message_id;
+    *store.drop_to.lock().unwrap() = None;
+    let later = alice.send("bob", b"later").await.unwrap().message_id;
+    let at_bob = events(&mut bob, Duration::from_millis(300)).await;
+    assert!(
+        at_bob
+            .iter()
+            .any(|e| matches!(e, Event::Missing { count: 1, .. })),
+        "{at_bob:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let mut at_alice = events(&mut alice, Duration::from_millis(300)).await;
+    at_alice.extend(alice.tick().await.unwrap());
+    assert!(delivered(&at_alice).contains(&later), "{at_alice:?}");
+    assert!(!delivered(&at_alice).contains(&lost));
+    let undelivered: Vec<[u8; 16]> = at_alice
+        .iter()
+        .flat_map(|e| match e {
+            Event::Undelivered { message_ids, .. } => message_ids.clone(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(undelivered, vec![lost], "{at_alice:?}");
+    // Reported once, and still tracked (a late receipt would report it).
+    assert!(alice.tick().await.unwrap().is_empty());
+    // The tracking survives a restart.
+    drop(alice);
+    let alice = Client::resume(&dir.path().join("alice"), &common::pass(), Some(&options))
+        .await
+        .unwrap();
+    let pending: Vec<_> = alice
+        .state()
+        .outbox
+        .values()
+        .flat_map(|o| o.pending.values().map(|p| p.message_id))
+        .collect();
+    assert_eq!(pending, vec![lost]);
+    server.shutdown().await;
+}
+
+/// The server hands Bob's bundle, one-time prekey included, to Carol after
+/// Alice: Bob cannot open Carol's first message (its prekey is spent). He
+/// rejects it, asks Carol for it again on a session of his own, and Carol's
+/// client sends it again: Bob reads it once, and Carol is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_prekey_served_twice_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Hostile::new());
+    let (server, options) = server_with(store.clone(), config()).await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
+    let mut carol = user(&options, &dir.path().join("carol"), "carol").await;
+    bob.set_receipt_delay(Duration::from_millis(50));
+    *store.serve_twice.lock().unwrap() = Some("bob".into());
+    alice.send("bob", b"from alice").await.unwrap();
+    let id = carol.send("bob", b"from carol").await.unwrap().message_id;
+    assert!(store.serve_twice.lock().unwrap().is_none(), "served twice");
+
+    let at_bob = events(&mut bob, Duration::from_millis(400)).await;
+    let shown = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(String::from_utf8_lossy(&m.text).into_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(shown(&at_bob), vec!["from alice"]);
+    assert!(
+        at_bob
+            .iter()
+            .any(|e| matches!(e, Event::Rejected { from, .. } if from.user == "carol")),
+        "{at_bob:?}"
+    );
+    let at_carol = events(&mut carol, Duration::from_millis(400)).await;
+    assert!(
+        at_carol
+            .iter()
+            .any(|e| matches!(e, Event::Resent { message_id, .. } if *message_id == id)),
+        "{at_carol:?}"
+    );
+    let at_bob = events(&mut bob, Duration::from_millis(400)).await;
+    assert_eq!(shown(&at_bob), vec!["from carol"]);
+    // And it was delivered, by Bob's receipt on the new session.
+    let at_carol = events(&mut carol, Duration::from_millis(900)).await;
+    assert!(delivered(&at_carol).contains(&id), "{at_carol:?}");
+    // The conversation goes on both ways.
+    carol.send("bob", b"again").await.unwrap();
+    assert_eq!(next_message(&mut bob).await.text, b"again".to_vec());
+    bob.send("carol", b"hello carol").await.unwrap();
+    assert_eq!(next_message(&mut carol).await.text, b"hello carol".to_vec());
+    server.shutdown().await;
+}
