@@ -86,8 +86,8 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Whether the sender is not (yet) trusted as the user it claims to be:
-    /// a changed identity or an unconfirmed device ([`Incoming::warning`]).
+    /// Whether the sender is not (yet) trusted as the user it claims to be
+    /// ([`Incoming::warning`]).
     pub fn identity_changed(&self) -> bool {
         self.warning.is_some()
     }
@@ -127,12 +127,12 @@ pub const MAX_KEPT_TEXT: usize = 256 * 1024;
 
 /// Why a message's sender is not trusted as the user it claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IdentityWarning {
-    /// The device presented an identity other than the one pinned for it.
+    /// The device presented an identity other than the one pinned for its
+    /// user: it was not linked by the user (a device the server made, or a
+    /// reinstall), or the user changed identity.
     Changed,
-    /// A device of the user this client has not seen before, while another
-    /// device of the user is pinned: it may be the server's, not the user's.
-    NewDevice,
 }
 
 /// What [`Client::next_event`] reports.
@@ -223,11 +223,16 @@ pub enum Event {
 /// The server's receipt for a sent message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendReceipt {
-    /// The server's sequence number.
+    /// The server's sequence number (of the copy for the first device).
     pub seq: u64,
     /// The message id.
     pub message_id: MessageId,
+    /// How many devices a copy was stored for.
+    pub devices: u32,
 }
+
+/// How long a user's device list is used before it is asked for again.
+pub const DEVICE_LIST_TTL: Duration = Duration::from_secs(60);
 
 /// The conversation id of two users: the first 16 bytes of
 /// `SHA-256("chatify/v1/conversation" || len || name || len || name)`, names sorted.
@@ -243,6 +248,18 @@ pub fn conversation_id(a: &str, b: &str) -> ConversationId {
     let mut id = [0u8; 16];
     id.copy_from_slice(digest.as_slice().get(..16).unwrap_or(&[0u8; 16]));
     id
+}
+
+/// `user` (every device of the user: `None`) or `user:device`.
+pub fn parse_target(peer: &str) -> Result<(String, Option<u32>), ClientError> {
+    if peer.contains(':') {
+        let a = parse_peer(peer)?;
+        return Ok((a.user, Some(a.device)));
+    }
+    if peer.is_empty() {
+        return Err(ClientError::State("empty peer name".into()));
+    }
+    Ok((peer.to_owned(), None))
 }
 
 /// `user` or `user:device` (device 1 by default).
@@ -311,6 +328,8 @@ pub struct Client {
     resends: Vec<(ConversationId, Address, u64)>,
     /// The outbox changed since the last save.
     outbox_dirty: bool,
+    /// Device lists of users, and when they were fetched.
+    device_lists: std::collections::HashMap<String, (Vec<u32>, Instant)>,
 }
 
 async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError> {
@@ -365,6 +384,39 @@ impl Client {
         password: &str,
         device: u32,
     ) -> Result<Client, ClientError> {
+        Self::login_inner(options, file, user, password, device, None).await
+    }
+
+    /// Logs in as a new `device` of `user` that takes the identity another
+    /// device of the user left under `code` ([`Client::create_link`]), with
+    /// prekeys of its own, and publishes them: contacts see it as the user,
+    /// with the same safety number (docs/PROTOCOL.md §12). The home in `file`
+    /// (unlocked) must hold no state yet.
+    pub async fn login_linked(
+        options: &ConnectOptions,
+        file: StateFile,
+        user: &str,
+        password: &str,
+        device: u32,
+        code: &str,
+    ) -> Result<Client, ClientError> {
+        let secret = parse_link_code(code)?;
+        Self::login_inner(options, file, user, password, device, Some(secret)).await
+    }
+
+    async fn login_inner(
+        options: &ConnectOptions,
+        file: StateFile,
+        user: &str,
+        password: &str,
+        device: u32,
+        link: Option<Zeroizing<[u8; 16]>>,
+    ) -> Result<Client, ClientError> {
+        if link.is_some() && file.load()?.is_some() {
+            return Err(ClientError::State(
+                "this home already holds a device's keys; link into a new --home".into(),
+            ));
+        }
         let conn = Connection::connect(&options.url, options.tls.clone()).await?;
         let reply = conn
             .request(frame::Login {
@@ -387,10 +439,26 @@ impl Client {
                 Device::generate(&mut rand::rng()),
             ),
         };
-        let fresh = state.device.one_time_prekey_count() == 0;
         state.server = options.url.clone();
         state.token = Some(Zeroizing::new(ok.token));
         authenticate(&conn, state.token.as_deref().map_or(&[][..], |t| &t[..])).await?;
+        if let Some(secret) = link {
+            let (link_id, key) = link_keys(&secret);
+            let reply = conn.request(frame::TakeLink { link_id }).await?;
+            let blob = expect(reply, |b| match b {
+                Body::Link(l) => Some(l.blob),
+                _ => None,
+            })?;
+            let secrets = crate::vault::open_with_key(&key, &link_ad(&ok.user), &blob)
+                .filter(|s| s.len() == 64)
+                .ok_or_else(|| {
+                    ClientError::State("the link does not open with this code".into())
+                })?;
+            let mut identity = Zeroizing::new([0u8; 64]);
+            identity.copy_from_slice(&secrets);
+            state.device = Device::with_identity(&identity, &mut rand::rng());
+        }
+        let fresh = state.device.one_time_prekey_count() == 0;
         let mut client = Client::new(conn, state, file);
         client
             .publish(if fresh { PREKEY_TARGET as usize } else { 0 })
@@ -441,6 +509,7 @@ impl Client {
             retries: BTreeMap::new(),
             resends: Vec::new(),
             outbox_dirty: false,
+            device_lists: std::collections::HashMap::new(),
         }
     }
 
@@ -524,48 +593,73 @@ impl Client {
         Ok(n)
     }
 
-    /// Records the identity `peer` presented. The first device seen of a
-    /// user is trusted on first use; a device whose identity changed, or a
-    /// further device of a user already pinned, is recorded as awaiting
-    /// confirmation (and returns the warning) until the user confirms.
+    /// Records the identity a device of `user` presented. The user's first
+    /// identity is trusted on first use; a device presenting another one is
+    /// recorded as a change awaiting confirmation (and returns the warning)
+    /// until the user confirms. Every device the user linked presents the
+    /// same identity (docs/PROTOCOL.md §12).
     fn check_identity(
         &mut self,
-        peer: &Address,
+        user: &str,
         presented: &chatify_core::PublicIdentity,
     ) -> Option<IdentityWarning> {
-        let user_known = self.state.pins_of(&peer.user).next().is_some();
-        match self.state.pins.get_mut(peer) {
+        match self.state.pins.get_mut(user) {
             None => {
                 self.state.pins.insert(
-                    peer.clone(),
+                    user.to_owned(),
                     Pin {
                         identity: *presented,
                         verified: false,
                         changed_to: None,
-                        unconfirmed: user_known,
                     },
                 );
-                user_known.then_some(IdentityWarning::NewDevice)
+                None
             }
             Some(pin) => {
                 if pin.identity != *presented {
                     pin.changed_to = Some(*presented);
                 }
-                self.state.trust_of(peer, presented)
+                self.state.trust_of(user, presented)
             }
         }
     }
 
-    /// Whether sending to `user` is blocked: one of their devices changed
-    /// identity or is new, and the user has not confirmed it.
+    /// Whether sending to `user` is blocked: a device of theirs presented
+    /// an identity the user has not confirmed.
     fn blocked(&self, user: &str) -> bool {
         self.state
-            .pins_of(user)
-            .any(|(_, p)| p.changed_to.is_some() || p.unconfirmed)
+            .pins
+            .get(user)
+            .is_some_and(|p| p.changed_to.is_some())
     }
 
-    /// Encrypts `text` for `peer` (`user` or `user:device`) and relays it
-    /// with a fresh random message id. Returns once the server has stored it
+    /// The devices of `user` that have published keys, as the server lists
+    /// them (kept for [`DEVICE_LIST_TTL`]; a message from a device not on
+    /// the list refreshes it).
+    async fn devices_of(&mut self, user: &str) -> Result<Vec<u32>, ClientError> {
+        if let Some((list, at)) = self.device_lists.get(user)
+            && at.elapsed() < DEVICE_LIST_TTL
+        {
+            return Ok(list.clone());
+        }
+        let reply = self
+            .conn
+            .request(frame::FetchDevices {
+                user: user.to_owned(),
+            })
+            .await?;
+        let list = expect(reply, |b| match b {
+            Body::Devices(d) => Some(d.devices),
+            _ => None,
+        })?;
+        self.device_lists
+            .insert(user.to_owned(), (list.clone(), Instant::now()));
+        Ok(list)
+    }
+
+    /// Encrypts `text` for `peer` and relays it with a fresh random message
+    /// id: to every device of the user that has published keys (`user`), or
+    /// to one (`user:device`). Returns once the server has stored every copy
     /// durably.
     pub async fn send(&mut self, peer: &str, text: &[u8]) -> Result<SendReceipt, ClientError> {
         let mut message_id = [0u8; 16];
@@ -582,49 +676,86 @@ impl Client {
         text: &[u8],
         message_id: MessageId,
     ) -> Result<SendReceipt, ClientError> {
-        let to = parse_peer(peer)?;
+        let (user, device) = parse_target(peer)?;
         if text.len() > MAX_BODY_LEN {
             return Err(chatify_core::Error::PlaintextTooLong(text.len()).into());
         }
-        if self.blocked(&to.user) {
-            return Err(ClientError::IdentityChanged { peer: to.user });
+        if self.blocked(&user) {
+            return Err(ClientError::IdentityChanged { peer: user });
         }
-        if self.state.sessions.get(&to).is_none_or(Vec::is_empty) {
-            self.set_up_session(&to).await?;
+        let targets: Vec<Address> = match device {
+            Some(device) => vec![Address {
+                user: user.clone(),
+                device,
+            }],
+            None => {
+                let mut list = self.devices_of(&user).await?;
+                // A user with no keys published answers as one device would.
+                if list.is_empty() {
+                    list.push(1);
+                }
+                list.into_iter()
+                    .map(|device| Address {
+                        user: user.clone(),
+                        device,
+                    })
+                    .collect()
+            }
+        };
+        // Every session first: a device that presents an identity the user
+        // has not confirmed stops the send before anything leaves.
+        for to in &targets {
+            if self.state.sessions.get(to).is_none_or(Vec::is_empty) {
+                self.set_up_session(to).await?;
+            }
         }
-        let conversation = conversation_id(&self.state.user, &to.user);
-        self.ensure_reserved(&to, conversation, true).await?;
-        let (seq, floor) = self
-            .state
-            .send_seqs
-            .get_mut(&conversation)
-            .and_then(SendSeq::take)
-            .ok_or_else(|| ClientError::State("no sequence number reserved".into()))?;
-        let sealed_at_ms = now_ms();
-        let content = Content::message(message_id, seq, floor, sealed_at_ms, text);
-        let ok = self.seal_and_send(&to, conversation, &content).await?;
-        // Tracked until the recipient's receipt covers it (saved with the
-        // next save, and by `close`); its text is kept within a budget.
-        let keep = self.kept_text() + text.len() <= MAX_KEPT_TEXT;
-        self.state
-            .outbox
-            .entry((conversation, to.clone()))
-            .or_default()
-            .stored(
-                seq,
-                Pending {
-                    message_id,
-                    floor,
-                    sealed_at_ms,
-                    stored_at_ms: now_ms(),
-                    reported: false,
-                    text: keep.then(|| Zeroizing::new(text.to_vec())),
-                },
-            );
-        self.outbox_dirty = true;
+        let conversation = conversation_id(&self.state.user, &user);
+        let mut seq_floor = None;
+        let mut first = None;
+        for to in &targets {
+            self.ensure_reserved(to, conversation, seq_floor.is_none())
+                .await?;
+            let (seq, floor) = match seq_floor {
+                Some(taken) => taken,
+                None => {
+                    let taken = self
+                        .state
+                        .send_seqs
+                        .get_mut(&conversation)
+                        .and_then(SendSeq::take)
+                        .ok_or_else(|| ClientError::State("no sequence number reserved".into()))?;
+                    seq_floor = Some(taken);
+                    taken
+                }
+            };
+            let sealed_at_ms = now_ms();
+            let content = Content::message(message_id, seq, floor, sealed_at_ms, text);
+            let ok = self.seal_and_send(to, conversation, &content).await?;
+            first.get_or_insert(ok.seq);
+            // Tracked until the device's receipt covers it (saved with the
+            // next save, and by `close`); its text is kept within a budget.
+            let keep = self.kept_text() + text.len() <= MAX_KEPT_TEXT;
+            self.state
+                .outbox
+                .entry((conversation, to.clone()))
+                .or_default()
+                .stored(
+                    seq,
+                    Pending {
+                        message_id,
+                        floor,
+                        sealed_at_ms,
+                        stored_at_ms: now_ms(),
+                        reported: false,
+                        text: keep.then(|| Zeroizing::new(text.to_vec())),
+                    },
+                );
+            self.outbox_dirty = true;
+        }
         Ok(SendReceipt {
-            seq: ok.seq,
-            message_id: ok.message_id,
+            seq: first.unwrap_or_default(),
+            message_id,
+            devices: targets.len() as u32,
         })
     }
 
@@ -657,7 +788,7 @@ impl Client {
         // nothing: the identity is checked once the session exists.
         let identity = *verified.identity();
         let session = Session::initiate(&self.state.device, verified, &mut rand::rng())?;
-        if self.check_identity(to, &identity).is_some() {
+        if self.check_identity(&to.user, &identity).is_some() {
             self.persist(None).await?;
             return Err(ClientError::IdentityChanged {
                 peer: to.user.clone(),
@@ -1326,7 +1457,7 @@ impl Client {
                         // Every message is judged, not just a session's
                         // first: an identity not confirmed stays flagged.
                         let identity = *session_identity(sessions, 0)?;
-                        let warning = self.state.trust_of(&d.from, &identity);
+                        let warning = self.state.trust_of(&d.from.user, &identity);
                         return Ok((plaintext, warning, identity.identity_key));
                     }
                     Err(e) if last != chatify_core::Error::Duplicate => last = e,
@@ -1337,17 +1468,26 @@ impl Client {
         }
         let (session, plaintext) = self.state.device.accept(&envelope)?;
         let identity = *session.remote_identity();
-        let warning = self.check_identity(&d.from, &identity);
+        let warning = self.check_identity(&d.from.user, &identity);
+        // A device not on the user's list: the list is out of date.
+        if self
+            .device_lists
+            .get(&d.from.user)
+            .is_some_and(|(list, _)| !list.contains(&d.from.device))
+        {
+            self.device_lists.remove(&d.from.user);
+        }
         self.state.push_session(d.from.clone(), session);
         Ok((plaintext, warning, identity.identity_key))
     }
 
-    /// The safety number with `peer`'s (`user` or `user:device`, device 1
-    /// by default) pinned identity, or the changed one awaiting
-    /// confirmation; `None` if that device was never seen
-    /// ([`Client::devices`] lists every device of a user).
+    /// The safety number with `peer`'s user (`user` or `user:device`: all
+    /// the user's devices share it): of the pinned identity, or of the
+    /// changed one awaiting confirmation; `None` if no device of the user
+    /// was ever seen.
     pub fn safety_number(&self, peer: &str) -> Option<SafetyNumber> {
-        let pin = self.state.pins.get(&parse_peer(peer).ok()?)?;
+        let (user, _) = parse_target(peer).ok()?;
+        let pin = self.state.pins.get(&user)?;
         let theirs = pin.changed_to.as_ref().unwrap_or(&pin.identity);
         Some(SafetyNumber::new(
             &self.state.device.public_identity(),
@@ -1355,51 +1495,87 @@ impl Client {
         ))
     }
 
-    /// Marks every device of `peer`'s user verified, as it presents itself
-    /// now: accepts changed identities and new devices, and unblocks
-    /// sending. (`verify` is about the user: a device left unconfirmed
-    /// would keep the user blocked.)
+    /// Marks `peer`'s user verified with the identity it presents now:
+    /// accepts a changed identity (dropping sessions with the old one) and
+    /// unblocks sending.
     pub fn confirm_peer(&mut self, peer: &str) -> Result<(), ClientError> {
-        let user = parse_peer(peer)?.user;
-        let devices: Vec<Address> = self.state.pins_of(&user).map(|(a, _)| a.clone()).collect();
-        if devices.is_empty() {
-            return Err(ClientError::State(format!("no identity known for {peer}")));
+        let (user, _) = parse_target(peer)?;
+        let pin = self
+            .state
+            .pins
+            .get_mut(&user)
+            .ok_or_else(|| ClientError::State(format!("no identity known for {peer}")))?;
+        if let Some(new) = pin.changed_to.take() {
+            pin.identity = new;
         }
-        for addr in devices {
-            let Some(pin) = self.state.pins.get_mut(&addr) else {
-                continue;
-            };
-            if let Some(new) = pin.changed_to.take() {
-                pin.identity = new;
-                // Sessions with the old identity are of no use any more.
-                if let Some(list) = self.state.sessions.get_mut(&addr) {
-                    list.retain(|s| *s.remote_identity() == new);
-                }
+        pin.verified = true;
+        let identity = pin.identity;
+        // Sessions with another identity are of no use any more.
+        for (addr, list) in self.state.sessions.iter_mut() {
+            if addr.user == user {
+                list.retain(|s| *s.remote_identity() == identity);
             }
-            pin.unconfirmed = false;
-            pin.verified = true;
         }
         self.save()
     }
 
-    /// Every device of `user` this client has seen, with its safety number
-    /// and whether it awaits confirmation.
+    /// Every device of `user` this client has a session with, with the
+    /// safety number of the identity it presents and whether that is not
+    /// the user's confirmed one.
     pub fn devices(&self, user: &str) -> Vec<(Address, SafetyNumber, Option<IdentityWarning>)> {
         let own = self.state.device.public_identity();
         self.state
-            .pins_of(user)
-            .map(|(a, pin)| {
-                let theirs = pin.changed_to.as_ref().unwrap_or(&pin.identity);
-                let warning = if pin.changed_to.is_some() {
-                    Some(IdentityWarning::Changed)
-                } else if pin.unconfirmed {
-                    Some(IdentityWarning::NewDevice)
-                } else {
-                    None
-                };
-                (a.clone(), SafetyNumber::new(&own, theirs), warning)
+            .sessions
+            .iter()
+            .filter(|(a, _)| a.user == user)
+            .filter_map(|(a, list)| {
+                let theirs = *list.first()?.remote_identity();
+                Some((
+                    a.clone(),
+                    SafetyNumber::new(&own, &theirs),
+                    self.state.trust_of(user, &theirs),
+                ))
             })
             .collect()
+    }
+
+    /// The devices of `user` that have published keys, as the server says
+    /// now.
+    pub async fn device_list(&mut self, user: &str) -> Result<Vec<u32>, ClientError> {
+        self.device_lists.remove(user);
+        self.devices_of(user).await
+    }
+
+    /// Removes a device of this account from the server (its keys, tokens
+    /// and mailbox; its open connection is closed). Peers stop sending to it
+    /// once their device lists refresh ([`DEVICE_LIST_TTL`]).
+    pub async fn remove_device(&mut self, device: u32) -> Result<(), ClientError> {
+        let reply = self.conn.request(frame::RemoveDevice { device }).await?;
+        expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))
+    }
+
+    /// Leaves this device's identity, sealed under a fresh random link code,
+    /// for a new device of the same account to take within 10 minutes
+    /// (docs/PROTOCOL.md §12). Returns the code to type on the new device
+    /// ([`Client::login_linked`]); the server never sees it.
+    pub async fn create_link(&mut self) -> Result<String, ClientError> {
+        let mut secret = Zeroizing::new([0u8; 16]);
+        rand::rng().fill_bytes(secret.as_mut_slice());
+        let (link_id, key) = link_keys(&secret);
+        let blob = crate::vault::seal_with_key(
+            &key,
+            &link_ad(&self.state.user),
+            self.state.device.identity_secrets().as_slice(),
+        );
+        let reply = self.conn.request(frame::PutLink { link_id, blob }).await?;
+        expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(hex
+            .as_bytes()
+            .chunks(4)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("-"))
     }
 
     /// A page of the ciphertext history the server keeps of the conversation
@@ -1485,6 +1661,45 @@ fn tolerate(sent: Result<(), ClientError>) -> Result<(), ClientError> {
         Err(ClientError::Io(e)) => Err(ClientError::Io(e)),
         _ => Ok(()),
     }
+}
+
+/// The link id and sealing key of a link code's secret (PROTOCOL §12).
+fn link_keys(secret: &[u8; 16]) -> ([u8; 16], Zeroizing<[u8; 32]>) {
+    let mut id = [0u8; 16];
+    let digest = Sha256::new()
+        .chain_update(b"chatify/v1/link-id")
+        .chain_update(secret)
+        .finalize();
+    id.copy_from_slice(digest.as_slice().get(..16).unwrap_or(&[0; 16]));
+    let mut key = Zeroizing::new([0u8; 32]);
+    let digest = Sha256::new()
+        .chain_update(b"chatify/v1/link-key")
+        .chain_update(secret)
+        .finalize();
+    key.copy_from_slice(digest.as_slice());
+    (id, key)
+}
+
+fn link_ad(user: &str) -> Vec<u8> {
+    let mut ad = b"chatify link v1".to_vec();
+    ad.extend_from_slice(user.as_bytes());
+    ad
+}
+
+/// The secret of a link code as [`Client::create_link`] prints it (hex, in
+/// groups; dashes and spaces are ignored).
+fn parse_link_code(code: &str) -> Result<Zeroizing<[u8; 16]>, ClientError> {
+    let digits: String = code.chars().filter(|c| !matches!(c, '-' | ' ')).collect();
+    let bad = || ClientError::State("a link code is 32 hexadecimal digits".into());
+    if digits.len() != 32 {
+        return Err(bad());
+    }
+    let mut out = Zeroizing::new([0u8; 16]);
+    for (i, byte) in out.iter_mut().enumerate() {
+        let pair = digits.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 fn session_identity(

@@ -10,7 +10,8 @@
 //!     │    messages.cbor: the log, appended before an acknowledgement
 //!     ├─ delivery: sealed message ids and sequences → late, missing, duplicate;
 //!     │    encrypted receipts → delivered / undelivered; retry → sent again
-//!     ├─ trust: pins per device; new devices and changed identities flagged
+//!     ├─ trust: one identity per user, shared by the devices it links;
+//!     │    a device presenting another is flagged; sends fan out to all
 //!     └─ chatify-core: VerifiedBundle → Session::initiate / Device::accept,
 //!        Session::encrypt / decrypt
 //! ```
@@ -45,9 +46,9 @@ pub mod storage;
 pub mod vault;
 
 pub use client::{
-    Client, ConnectOptions, DELIVERY_GRACE, Event, IdentityWarning, Incoming, Late, MAX_KEPT_TEXT,
-    MISSING_GRACE, OWNER_WAIT, PREKEY_TARGET, RECEIPT_DELAY, RETRY_INTERVAL, SendReceipt, Timings,
-    TraceEvent, conversation_id, parse_peer,
+    Client, ConnectOptions, DELIVERY_GRACE, DEVICE_LIST_TTL, Event, IdentityWarning, Incoming,
+    Late, MAX_KEPT_TEXT, MISSING_GRACE, OWNER_WAIT, PREKEY_TARGET, RECEIPT_DELAY, RETRY_INTERVAL,
+    SendReceipt, Timings, TraceEvent, conversation_id, parse_peer, parse_target,
 };
 pub use connection::{Connection, Push};
 pub use vault::{KdfCost, Passphrase};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chatify_client::state::StateFile;
 use chatify_client::{
-    Client, ClientError, ConnectOptions, Event, IdentityWarning, Incoming, Passphrase, parse_peer,
+    Client, ClientError, ConnectOptions, Event, Incoming, Passphrase, parse_peer,
 };
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncBufReadExt;
@@ -72,6 +72,25 @@ enum Command {
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// Link this new device to the account's identity with the code
+        /// `chatify link` printed on one of its devices (the home must be new).
+        #[arg(long, value_name = "CODE")]
+        link: Option<String>,
+    },
+    /// Print a code that links a new device to this account's identity, so
+    /// that contacts see it as you (then `chatify login USER --device N --link
+    /// CODE` on the new device).
+    Link,
+    /// List a user's devices (yours by default) as the server knows them.
+    Devices {
+        /// The user.
+        user: Option<String>,
+    },
+    /// Remove one of your devices from the server (a lost or old one): its
+    /// keys, tokens and waiting messages are deleted.
+    RemoveDevice {
+        /// The device number.
+        device: u32,
     },
     /// Send one message and exit once the server stored it (or, with --wait,
     /// once the recipient's device confirms it received it).
@@ -211,22 +230,12 @@ fn open_home(cli: &Cli) -> Result<StateFile, ClientError> {
 fn print_message(m: &Incoming) {
     let mut out = std::io::stdout().lock();
     let user = &m.from.user;
-    match m.warning {
-        Some(IdentityWarning::Changed) => {
-            let _ = writeln!(
-                out,
-                "!! NOT VERIFIED: {user}:{}'s identity changed. Sending to {user} is blocked until you compare safety numbers and run `chatify verify {user} --confirm`",
-                m.from.device
-            );
-        }
-        Some(IdentityWarning::NewDevice) => {
-            let _ = writeln!(
-                out,
-                "!! NOT VERIFIED: sent from {user}:{}, a device of {user} you have not confirmed (it may not be {user}'s). Sending to {user} is blocked until you run `chatify verify {user} --confirm`",
-                m.from.device
-            );
-        }
-        None => {}
+    if m.warning.is_some() {
+        let _ = writeln!(
+            out,
+            "!! NOT VERIFIED: {user}:{} presents an identity that is not {user}'s (a device {user} did not link, or {user} changed identity). Sending to {user} is blocked until you compare safety numbers and run `chatify verify {user} --confirm`",
+            m.from.device
+        );
     }
     if let Some(late) = m.late {
         let _ = writeln!(
@@ -354,6 +363,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             user,
             device,
             password_stdin,
+            link,
         } => {
             let password = read_password(*password_stdin, false)?;
             let home = home_dir(&cli);
@@ -362,39 +372,87 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 Some(u) => u.clone(),
                 None => file.load()?.map(|s| s.server).unwrap_or_else(default_url),
             };
-            let client =
-                Client::login_with(&options(&cli, url)?, file, user, &password, *device).await?;
+            let options = options(&cli, url)?;
+            let client = match link {
+                Some(code) => {
+                    Client::login_linked(&options, file, user, &password, *device, code).await?
+                }
+                None => Client::login_with(&options, file, user, &password, *device).await?,
+            };
             println!(
-                "logged in as {}:{}; keys published; state in {}",
+                "logged in as {}:{}; keys published; state in {}{}",
                 user,
                 device,
-                home.display()
+                home.display(),
+                if link.is_some() {
+                    format!("; linked: this device is {user} to your contacts")
+                } else {
+                    String::new()
+                }
+            );
+            client.close().await;
+        }
+        Command::Link => {
+            let mut client = resume(&cli).await?;
+            let code = client.create_link().await?;
+            let me = client.address();
+            println!("link code (valid 10 minutes, once): {code}");
+            println!(
+                "on the new device: chatify --home NEW_HOME login {} --device N --link {code}",
+                me.user
+            );
+            client.close().await;
+        }
+        Command::Devices { user } => {
+            let mut client = resume(&cli).await?;
+            let user = user.clone().unwrap_or_else(|| client.address().user);
+            let list = client.device_list(&user).await?;
+            let list: Vec<String> = list.iter().map(u32::to_string).collect();
+            println!("{user}: device(s) {}", list.join(", "));
+            client.close().await;
+        }
+        Command::RemoveDevice { device } => {
+            let mut client = resume(&cli).await?;
+            client.remove_device(*device).await?;
+            println!(
+                "removed device {device} of {}: its keys, session tokens and waiting messages are gone",
+                client.address().user
             );
             client.close().await;
         }
         Command::Send { peer, text, wait } => {
             let mut client = resume(&cli).await?;
             let receipt = client.send(peer, text.as_bytes()).await?;
-            let to = parse_peer(peer)?;
+            let (user, _) = chatify_client::parse_target(peer)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(*wait);
-            let mut delivered = false;
-            while !delivered && *wait > 0 {
+            // Every device the copy went to sends its own receipt.
+            let mut delivered = std::collections::BTreeSet::new();
+            while delivered.len() < receipt.devices as usize && *wait > 0 {
                 let push = match tokio::time::timeout_at(deadline, client.next_push()).await {
                     Err(_) | Ok(None) => break,
                     Ok(Some(push)) => push,
                 };
                 for event in client.handle(push).await? {
-                    delivered |= matches!(&event, Event::Delivered { message_ids, .. }
-                        if message_ids.contains(&receipt.message_id));
+                    if let Event::Delivered { to, message_ids } = &event
+                        && message_ids.contains(&receipt.message_id)
+                    {
+                        delivered.insert(to.device);
+                    }
                     print_event(&event);
                 }
             }
-            if delivered {
-                println!("delivered to {}", to.user);
+            if delivered.len() == receipt.devices as usize {
+                println!("delivered to {user}");
+            } else if !delivered.is_empty() {
+                println!(
+                    "delivered to {} of {user}'s {} devices; stored by the server for the others",
+                    delivered.len(),
+                    receipt.devices
+                );
             } else {
                 println!(
-                    "stored by the server (sequence number {}); not yet delivered to {}",
-                    receipt.seq, to.user
+                    "stored by the server (sequence number {}); not yet delivered to {user}",
+                    receipt.seq
                 );
             }
             client.close().await;
@@ -500,24 +558,26 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     "no identity known for {user} yet: send them a message or receive one first"
                 )));
             }
+            // One identity per user: one number, whatever the device; a
+            // device presenting another is listed with its own number.
+            if let Some(number) = client.safety_number(&user) {
+                println!("safety number with {user}:\n{number}");
+            }
+            let pin = client.state().pins.get(&user).cloned();
+            match &pin {
+                Some(p) if p.changed_to.is_some() => println!(
+                    "!! {user}'s identity CHANGED (or a device not linked by {user} appeared): compare this number with {user} before confirming"
+                ),
+                Some(p) if p.verified => println!("(verified)"),
+                _ => {}
+            }
             for (addr, number, warning) in &devices {
-                let shown = if devices.len() == 1 {
-                    user.clone()
-                } else {
-                    format!("{user}:{}", addr.device)
-                };
-                println!("safety number with {shown}:\n{number}");
                 match warning {
-                    Some(IdentityWarning::Changed) => println!(
-                        "!! {shown}'s identity CHANGED: compare this number with {user} before confirming"
+                    Some(_) => println!(
+                        "!! {user}:{} presents another identity:\n{number}",
+                        addr.device
                     ),
-                    Some(IdentityWarning::NewDevice) => println!(
-                        "!! {shown} is a NEW DEVICE of {user}: compare this number with {user} before confirming"
-                    ),
-                    None if client.state().pins.get(addr).is_some_and(|p| p.verified) => {
-                        println!("(verified)")
-                    }
-                    None => {}
+                    None => println!("{user}:{} presents {user}'s identity", addr.device),
                 }
             }
             if *confirm {

@@ -61,20 +61,18 @@ pub const MAX_SESSIONS_PER_PEER: usize = 4;
 
 const STATE_VERSION: u64 = 1;
 
-/// What the client knows of a peer's identity.
+/// What the client knows of a user's identity, which all the user's devices
+/// share (docs/PROTOCOL.md §12).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
-    /// The identity trusted for this peer.
+    /// The identity trusted for this user.
     pub identity: PublicIdentity,
     /// The user compared safety numbers and confirmed them.
     pub verified: bool,
-    /// A different identity was presented; sending is blocked until the user
-    /// verifies it. Holds the presented identity.
+    /// A device of the user presented a different identity; sending to the
+    /// user is blocked until the user verifies it. Holds the presented
+    /// identity.
     pub changed_to: Option<PublicIdentity>,
-    /// A device first seen while another device of its user was already
-    /// pinned: not shown as the user, and sending to the user is blocked,
-    /// until the user confirms it.
-    pub unconfirmed: bool,
 }
 
 /// A decrypted message kept locally.
@@ -106,8 +104,8 @@ pub struct State {
     /// (at most [`MAX_SESSIONS_PER_PEER`]) so that messages sent on them
     /// still decrypt, as happens when both sides start a session at once.
     pub sessions: BTreeMap<Address, Vec<Session>>,
-    /// Pinned peer identities, by device.
-    pub pins: BTreeMap<Address, Pin>,
+    /// Pinned peer identities, by user.
+    pub pins: BTreeMap<String, Pin>,
     seen: HashSet<MessageId>,
     seen_order: VecDeque<MessageId>,
     /// This device's sequence numbers, by conversation (PROTOCOL §7.1).
@@ -241,34 +239,19 @@ impl State {
         }
     }
 
-    /// The pinned devices of `user`, in device order.
-    pub fn pins_of<'a>(&'a self, user: &str) -> impl Iterator<Item = (&'a Address, &'a Pin)> {
-        let first = Address {
-            user: user.to_owned(),
-            device: 0,
-        };
-        let last = Address {
-            user: user.to_owned(),
-            device: u32::MAX,
-        };
-        self.pins.range(first..=last)
-    }
-
-    /// Whether a message from `peer`, whose session presents `identity`, may
-    /// be shown as coming from `peer`'s user: `None` when the identity is the
-    /// one pinned and confirmed for that device, else why not.
+    /// Whether a message from a device of `user`, whose session presents
+    /// `identity`, may be shown as from `user`: `None` when it is the
+    /// identity pinned for the user (even while another one awaits
+    /// confirmation: a message on a session with the pinned identity is from
+    /// that identity), else why not.
     pub fn trust_of(
         &self,
-        peer: &Address,
+        user: &str,
         identity: &PublicIdentity,
     ) -> Option<crate::IdentityWarning> {
-        match self.pins.get(peer) {
-            // A message on a session with the pinned identity is from that
-            // identity, even while another one awaits confirmation.
-            Some(pin) if pin.identity != *identity => Some(crate::IdentityWarning::Changed),
-            Some(pin) if pin.unconfirmed => Some(crate::IdentityWarning::NewDevice),
-            Some(_) => None,
-            None => Some(crate::IdentityWarning::NewDevice),
+        match self.pins.get(user) {
+            Some(pin) if pin.identity == *identity => None,
+            _ => Some(crate::IdentityWarning::Changed),
         }
     }
 
@@ -381,17 +364,15 @@ impl State {
                 }
             }
             e.array(self.pins.len() as u64)?;
-            for (addr, pin) in &self.pins {
-                e.array(6)?
-                    .str(&addr.user)?
-                    .u32(addr.device)?
+            for (user, pin) in &self.pins {
+                e.array(4)?
+                    .str(user)?
                     .bytes(&identity_bytes(&pin.identity))?
                     .bool(pin.verified)?;
                 match &pin.changed_to {
                     Some(id) => e.bytes(&identity_bytes(id))?,
                     None => e.null()?,
                 };
-                e.bool(pin.unconfirmed)?;
             }
             e.array(seqs.len() as u64)?;
             for (conversation, saved) in seqs {
@@ -516,9 +497,16 @@ impl State {
         }
         let n = d.array().map_err(bad)?.unwrap_or(0);
         for _ in 0..n {
+            // Pins are per user ([user, identity, verified, changed_to]);
+            // files of earlier versions pinned each device ([user, device,
+            // identity, verified, changed_to(, unconfirmed)]): the first
+            // device's identity becomes the user's, and another one a change
+            // awaiting confirmation.
             let fields = d.array().map_err(bad)?;
             let user = d.str().map_err(bad)?.to_owned();
-            let device = d.u32().map_err(bad)?;
+            if fields != Some(4) {
+                d.u32().map_err(bad)?;
+            }
             let identity = identity_from(d.bytes().map_err(bad)?)?;
             let verified = d.bool().map_err(bad)?;
             let changed_to = if d.datatype().map_err(bad)? == Type::Null {
@@ -527,17 +515,30 @@ impl State {
             } else {
                 Some(identity_from(d.bytes().map_err(bad)?)?)
             };
-            // Files written before devices were confirmed have 5 fields.
-            let unconfirmed = fields == Some(6) && d.bool().map_err(bad)?;
-            state.pins.insert(
-                Address { user, device },
-                Pin {
-                    identity,
-                    verified,
-                    changed_to,
-                    unconfirmed,
-                },
-            );
+            if fields == Some(6) {
+                d.bool().map_err(bad)?;
+            }
+            match state.pins.get_mut(&user) {
+                None => {
+                    state.pins.insert(
+                        user,
+                        Pin {
+                            identity,
+                            verified,
+                            changed_to,
+                        },
+                    );
+                }
+                Some(pin) => {
+                    let other = changed_to
+                        .filter(|c| *c != pin.identity)
+                        .or((identity != pin.identity).then_some(identity));
+                    if pin.changed_to.is_none() {
+                        pin.changed_to = other;
+                    }
+                    pin.verified &= verified;
+                }
+            }
         }
         if matches!(fields, Some(10..=12)) {
             decode_seqs(&mut d, &mut state)?;
@@ -1166,12 +1167,11 @@ mod tests {
         };
         let identity = state.device.public_identity();
         state.pins.insert(
-            peer.clone(),
+            long.clone(),
             Pin {
                 identity,
                 verified: true,
                 changed_to: Some(identity),
-                unconfirmed: true,
             },
         );
         state.send_seqs.insert([3; 16], SendSeq::restored(41));

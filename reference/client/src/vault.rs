@@ -193,6 +193,20 @@ fn open_with(cipher: &Aes256Gcm, ad: &[u8], sealed: &[u8]) -> Option<Zeroizing<V
     Some(buf)
 }
 
+/// Seals `plaintext` under a 32-byte key: nonce || ciphertext || tag.
+pub(crate) fn seal_with_key(key: &[u8; 32], ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    seal_with(&cipher(key), ad, plaintext)
+}
+
+/// Opens what [`seal_with_key`] sealed.
+pub(crate) fn open_with_key(
+    key: &[u8; 32],
+    ad: &[u8],
+    sealed: &[u8],
+) -> Option<Zeroizing<Vec<u8>>> {
+    open_with(&cipher(key), ad, sealed)
+}
+
 impl Vault {
     /// A new random data key and the key file that wraps it under
     /// `passphrase`.

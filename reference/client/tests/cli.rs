@@ -184,6 +184,37 @@ async fn two_people_chat_in_two_terminals() {
         assert_eq!(n1, n2);
         assert_eq!(n1.split_whitespace().count(), 12, "{n1}");
 
+        // Alice links a second device: it is Alice to Bob (same safety
+        // number), and what Bob sends Alice reaches both.
+        let mut c = chatify(&url, &a);
+        c.arg("link");
+        let out = String::from_utf8(run(c, "").stdout).unwrap();
+        let code = out
+            .split_whitespace()
+            .find(|w| w.len() == 39 && w.matches('-').count() == 7)
+            .unwrap_or_else(|| panic!("no link code in {out}"))
+            .to_owned();
+        let a2 = a.with_file_name("alice-laptop");
+        let mut c = chatify(&url, &a2);
+        c.args(["login", "alice", "--device", "2", "--password-stdin", "--link", &code]);
+        let out = String::from_utf8(run(c, "alice-secret-pw\n").stdout).unwrap();
+        assert!(out.contains("linked"), "{out}");
+        let mut c = chatify(&url, &b);
+        c.args(["devices", "alice"]);
+        let out = String::from_utf8(run(c, "").stdout).unwrap();
+        assert_eq!(out.trim(), "alice: device(s) 1, 2");
+        let mut c = chatify(&url, &b);
+        c.args(["send", "alice", "to every device"]);
+        run(c, "");
+        for home in [&a, &a2] {
+            let mut c = chatify(&url, home);
+            c.args(["inbox", "--wait", "1"]);
+            let out = String::from_utf8(run(c, "").stdout).unwrap();
+            assert!(out.contains("bob: to every device"), "{out}");
+            assert!(!out.contains("NOT VERIFIED"), "{out}");
+        }
+        assert_eq!(number(&a2, "bob"), n1);
+
         // The home is encrypted: what Alice received is not in her files,
         // a wrong passphrase is refused clearly, and the passphrase changes.
         for file in ["messages.cbor", "state.cbor"] {

@@ -117,6 +117,18 @@ impl Store for Hostile {
     fn prune_history(&self, before: u64) -> Result<u64, StoreError> {
         self.inner().prune_history(before)
     }
+    fn devices(&self, user: &str) -> Result<Vec<u32>, StoreError> {
+        self.inner().devices(user)
+    }
+    fn remove_device(&self, d: &Address) -> Result<bool, StoreError> {
+        self.inner().remove_device(d)
+    }
+    fn put_link(&self, u: &str, id: &[u8; 16], b: &[u8], exp: u64) -> Result<(), StoreError> {
+        self.inner().put_link(u, id, b, exp)
+    }
+    fn take_link(&self, u: &str, id: &[u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner().take_link(u, id, now)
+    }
 }
 
 /// Every event until none arrives for `quiet`.

@@ -1,8 +1,11 @@
-//! Who a message is shown as coming from. A device belongs to a user only
-//! once that user's contact has accepted it: the first device seen of a user
-//! is trusted on first use; a changed identity, or a further device the
-//! server announces, is flagged on every message and blocks sending to the
-//! user until `verify USER --confirm`.
+//! Who a message is shown as coming from. A user has one identity, which
+//! the user's devices share: a device holds it only if the user linked it
+//! from another of their devices (PROTOCOL §12). The first identity seen of
+//! a user is trusted on first use; a device presenting another one (a device
+//! the server made, a reinstall, a substitution) is flagged on every message
+//! and blocks sending to the user until `verify USER --confirm`. Sending to
+//! a user reaches every device the server lists for the user, and a removed
+//! device no longer receives.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,14 +16,16 @@
 
 mod common;
 
-use chatify_client::{Client, ClientError, IdentityWarning};
-use common::{next_message, server, user};
+use chatify_client::state::StateFile;
+use chatify_client::{Client, ClientError, IdentityWarning, OWNER_WAIT};
+use common::{next_message, pass, server, user};
 
 /// After Alice verified Bob, a device `bob:2` appears with an identity of
 /// its own (a server can create one: it runs the account) and writes to
 /// her. It is never shown as Bob: every one of its messages is flagged, and
-/// Alice cannot send to Bob until she confirms; Bob's verified device is
-/// still shown as Bob.
+/// Alice cannot send to Bob until she compares numbers and confirms; Bob's
+/// verified device is still shown as Bob. (Before devices shared their
+/// user's identity, its first message was shown as Bob's.)
 #[tokio::test]
 async fn a_ghost_device_is_never_shown_as_its_user() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,7 +52,7 @@ async fn a_ghost_device_is_never_shown_as_its_user() {
         ghost.send("alice", text.as_bytes()).await.unwrap();
         let m = next_message(&mut alice).await;
         assert_eq!(m.text, text.as_bytes());
-        assert_eq!(m.warning, Some(IdentityWarning::NewDevice), "{text}");
+        assert_eq!(m.warning, Some(IdentityWarning::Changed), "{text}");
         assert!(m.identity_changed());
     }
     match alice.send("bob", b"the code is 1234").await {
@@ -59,19 +64,88 @@ async fn a_ghost_device_is_never_shown_as_its_user() {
     assert_eq!(next_message(&mut alice).await.warning, None);
     let devices = alice.devices("bob");
     assert_eq!(devices.len(), 2);
+    let flagged: Vec<u32> = devices
+        .iter()
+        .filter(|d| d.2 == Some(IdentityWarning::Changed))
+        .map(|d| d.0.device)
+        .collect();
+    assert_eq!(flagged, vec![2]);
+    // Still blocked after a restart, and the ghost is still flagged.
+    drop(alice);
+    let mut alice = Client::resume(&dir.path().join("alice"), &pass(), Some(&options))
+        .await
+        .unwrap();
+    ghost.send("alice", b"hello?").await.unwrap();
+    assert!(next_message(&mut alice).await.identity_changed());
+    assert!(alice.send("bob", b"x").await.is_err());
+    server.shutdown().await;
+}
+
+/// Bob links a laptop from his phone with a one-time code: the laptop holds
+/// Bob's identity (same safety number for Alice) and is shown as Bob with
+/// no warning; what Alice sends to Bob reaches both devices; a wrong or
+/// used code links nothing; once Bob removes the laptop, Alice's messages
+/// reach the phone only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_is_its_user_and_receives_what_is_sent_to_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, options) = server().await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
+    alice.send("bob", b"hi Bob").await.unwrap();
+    next_message(&mut bob).await;
+    alice.confirm_peer("bob").unwrap();
+    let number = alice.safety_number("bob").unwrap();
+
+    let laptop_home = |name: &str| {
+        StateFile::acquire(dir.path().join(name), OWNER_WAIT)
+            .unwrap()
+            .unlock(&pass())
+            .unwrap()
+    };
+    let code = bob.create_link().await.unwrap();
+    let first = if code.starts_with('0') { "1" } else { "0" };
+    let wrong = format!("{first}{}", &code[1..]);
+    assert!(
+        Client::login_linked(&options, laptop_home("x"), "bob", "bob-password", 2, &wrong)
+            .await
+            .is_err()
+    );
+    let mut laptop = Client::login_linked(
+        &options,
+        laptop_home("laptop"),
+        "bob",
+        "bob-password",
+        2,
+        &code,
+    )
+    .await
+    .unwrap();
+    assert!(
+        Client::login_linked(&options, laptop_home("y"), "bob", "bob-password", 3, &code)
+            .await
+            .is_err(),
+        "a link code is single use"
+    );
     assert_eq!(
-        devices
-            .iter()
-            .filter(|d| d.2 == Some(IdentityWarning::NewDevice))
-            .count(),
-        1
+        laptop.state().device.public_identity(),
+        bob.state().device.public_identity()
     );
 
-    // Bob says it is his after all; Alice confirms the user.
-    alice.confirm_peer("bob").unwrap();
-    ghost.send("alice", b"thanks").await.unwrap();
-    assert_eq!(next_message(&mut alice).await.warning, None);
-    alice.send("bob", b"now you may").await.unwrap();
+    laptop.send("alice", b"from my laptop").await.unwrap();
+    let m = next_message(&mut alice).await;
+    assert_eq!((m.from.device, m.warning), (2, None));
+    assert_eq!(alice.safety_number("bob").unwrap(), number);
+    let receipt = alice.send("bob", b"to both").await.unwrap();
+    assert_eq!(receipt.devices, 2);
+    assert_eq!(next_message(&mut bob).await.text, b"to both".to_vec());
+    assert_eq!(next_message(&mut laptop).await.text, b"to both".to_vec());
+
+    bob.remove_device(2).await.unwrap();
+    assert_eq!(alice.device_list("bob").await.unwrap(), vec![1]);
+    let receipt = alice.send("bob", b"phone only").await.unwrap();
+    assert_eq!(receipt.devices, 1);
+    assert_eq!(next_message(&mut bob).await.text, b"phone only".to_vec());
     server.shutdown().await;
 }
 
@@ -109,7 +183,7 @@ async fn a_changed_identity_is_flagged_on_every_message_until_confirmed() {
     }
     // Restarting does not clear it.
     drop(alice);
-    let mut alice = Client::resume(&dir.path().join("alice"), &common::pass(), Some(&options))
+    let mut alice = Client::resume(&dir.path().join("alice"), &pass(), Some(&options))
         .await
         .unwrap();
     substitute.send("alice", b"after restart").await.unwrap();

@@ -8,6 +8,7 @@ use chatify_proto::{DeviceKeys, OneTimePrekey, SignedPrekey};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRng;
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 use crate::Error;
 use crate::fingerprint::Hex;
@@ -204,6 +205,37 @@ impl Device {
         };
         device.rotate_signed_prekey(rng);
         device
+    }
+
+    /// A new device of the same user: the identity of `secrets` (from
+    /// [`Device::identity_secrets`] on a device of the user, handed over by
+    /// linking, docs/PROTOCOL.md §12) with prekeys of its own. (Any 64
+    /// bytes make an identity: X25519 clamps its scalar.)
+    pub fn with_identity<R: CryptoRng + ?Sized>(secrets: &[u8; 64], rng: &mut R) -> Self {
+        let mut signing = Zeroizing::new([0u8; 32]);
+        let mut dh = Zeroizing::new([0u8; 32]);
+        signing.copy_from_slice(secrets.get(..32).unwrap_or(&[0; 32]));
+        dh.copy_from_slice(secrets.get(32..).unwrap_or(&[0; 32]));
+        let dh = StaticSecret::from(*dh);
+        let mut device = Device {
+            identity: IdentityKeyPair::from_parts(SigningKey::from_bytes(&signing), dh),
+            signed_prekeys: Vec::new(),
+            one_time_prekeys: BTreeMap::new(),
+            next_prekey_id: 1,
+        };
+        device.rotate_signed_prekey(rng);
+        device
+    }
+
+    /// The identity's private keys (Ed25519 secret, then X25519 secret), to
+    /// hand to a new device of the same user ([`Device::with_identity`]).
+    /// Wiped when dropped; never print it.
+    pub fn identity_secrets(&self) -> Zeroizing<[u8; 64]> {
+        let mut out = Zeroizing::new([0u8; 64]);
+        let (a, b) = out.split_at_mut(32);
+        a.copy_from_slice(self.identity.signing.as_bytes());
+        b.copy_from_slice(self.identity.dh.as_bytes());
+        out
     }
 
     /// The device's public identity.

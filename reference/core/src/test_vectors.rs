@@ -382,6 +382,26 @@ pub fn sample_frames(bundle: &PrekeyBundle, env: &Envelope) -> Vec<Frame> {
         .into(),
         frame::PrekeysLow { remaining: 3 }.into(),
         frame::Pong {}.into(),
+        frame::FetchDevices { user: "bob".into() }.into(),
+        frame::RemoveDevice { device: 2 }.into(),
+        frame::PutLink {
+            link_id: [0x44; 16],
+            blob: vec![0xCC; 8],
+        }
+        .into(),
+        frame::TakeLink {
+            link_id: [0x44; 16],
+        }
+        .into(),
+        frame::Devices {
+            user: "bob".into(),
+            devices: vec![1, 2],
+        }
+        .into(),
+        frame::Link {
+            blob: vec![0xCC; 8],
+        }
+        .into(),
     ];
     bodies
         .into_iter()

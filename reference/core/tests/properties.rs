@@ -351,3 +351,30 @@ fn device_round_trips() {
         "a device is not a session"
     );
 }
+
+/// A device linked with another device's identity secrets presents the same
+/// identity (so the same safety number) with prekeys of its own, and a peer
+/// holds a working session with each device.
+#[test]
+fn a_linked_device_shares_the_identity_not_the_prekeys() {
+    use chatify_core::{Device, VerifiedBundle};
+    let mut rng = common::rng(9);
+    let mut phone = Device::generate(&mut rng);
+    let mut laptop = Device::with_identity(&phone.identity_secrets(), &mut rng);
+    assert_eq!(phone.public_identity(), laptop.public_identity());
+    assert_eq!(phone.device_keys(), laptop.device_keys());
+    assert_ne!(phone.signed_prekey(), laptop.signed_prekey());
+    let alice = Device::generate(&mut rng);
+    for device in [&mut phone, &mut laptop] {
+        let bundle = common::bundle(device, true, &mut rng);
+        let verified = VerifiedBundle::verify(&bundle).unwrap();
+        assert_eq!(*verified.identity(), device.public_identity());
+        let mut session = Session::initiate(&alice, verified, &mut rng).unwrap();
+        let env = session.encrypt(CONVERSATION, b"to each", &mut rng).unwrap();
+        let (mut theirs, pt) = device.accept(&relay(&env)).unwrap();
+        assert_eq!(pt.as_slice(), b"to each");
+        assert_eq!(theirs.safety_number(), session.safety_number());
+        let back = theirs.encrypt(CONVERSATION, b"back", &mut rng).unwrap();
+        assert_eq!(session.decrypt(&relay(&back)).unwrap().as_slice(), b"back");
+    }
+}

@@ -12,8 +12,9 @@ use minicbor::{Decode, Decoder, Encode, Encoder};
 
 use crate::keys::{DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
 use crate::limits::{
-    MAX_ENVELOPE_LEN, MAX_FRAME_LEN, MAX_LIST_LEN, MAX_ONE_TIME_PREKEYS_PER_PUBLISH,
-    MAX_PASSWORD_LEN, MAX_TEXT_LEN, MAX_TOKEN_LEN, MAX_USERNAME_LEN,
+    MAX_ENVELOPE_LEN, MAX_FRAME_LEN, MAX_LINK_BLOB_LEN, MAX_LIST_LEN,
+    MAX_ONE_TIME_PREKEYS_PER_PUBLISH, MAX_PASSWORD_LEN, MAX_TEXT_LEN, MAX_TOKEN_LEN,
+    MAX_USERNAME_LEN,
 };
 use crate::{ConversationId, DecodeError, ErrorCode, MessageId, PROTOCOL_VERSION};
 
@@ -194,6 +195,14 @@ bodies! {
     9 => FetchHistory,
     /// Either side: liveness probe.
     10 => Ping,
+    /// Client: list a user's devices that have published keys.
+    11 => FetchDevices,
+    /// Client: remove one of the caller's own devices (keys, tokens, mailbox).
+    12 => RemoveDevice,
+    /// Client: leave the sealed identity for a device being linked.
+    13 => PutLink,
+    /// Client: take the sealed identity left for this account.
+    14 => TakeLink,
     /// Server: the request succeeded and has nothing to return.
     64 => Ok,
     /// Server: the request failed.
@@ -214,6 +223,10 @@ bodies! {
     72 => PrekeysLow,
     /// Either side: reply to [`Ping`].
     73 => Pong,
+    /// Server: reply to [`FetchDevices`].
+    74 => Devices,
+    /// Server: reply to [`TakeLink`].
+    75 => Link,
 }
 
 impl Body {
@@ -257,7 +270,16 @@ impl Body {
                 check_len("items", b.items.len(), MAX_LIST_LEN)?;
                 b.items.iter().try_for_each(Deliver::check_limits)
             }
-            Body::Logout(_)
+            Body::FetchDevices(b) => check_len("user", b.user.len(), MAX_USERNAME_LEN),
+            Body::PutLink(b) => check_len("blob", b.blob.len(), MAX_LINK_BLOB_LEN),
+            Body::Link(b) => check_len("blob", b.blob.len(), MAX_LINK_BLOB_LEN),
+            Body::Devices(b) => {
+                check_len("user", b.user.len(), MAX_USERNAME_LEN)?;
+                check_len("devices", b.devices.len(), MAX_LIST_LEN)
+            }
+            Body::RemoveDevice(_)
+            | Body::TakeLink(_)
+            | Body::Logout(_)
             | Body::Ping(_)
             | Body::Ok(_)
             | Body::SendOk(_)
@@ -448,6 +470,91 @@ pub struct FetchHistory {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct Ping {}
+
+/// `11 FetchDevices`: the devices of a user that have published keys.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct FetchDevices {
+    /// The user.
+    #[n(0)]
+    pub user: String,
+}
+
+/// `12 RemoveDevice`: remove one of the caller's own devices: its keys,
+/// one-time prekeys, session tokens and mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct RemoveDevice {
+    /// The device number.
+    #[n(0)]
+    pub device: u32,
+}
+
+/// `13 PutLink`: leave a sealed identity for a device of the caller's
+/// account to take ([`TakeLink`]); single use, kept for 10 minutes. The
+/// server cannot open it (PROTOCOL §12).
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct PutLink {
+    /// Derived from the link code; names the blob.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub link_id: [u8; 16],
+    /// The sealed identity.
+    #[n(1)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: Vec<u8>,
+}
+
+impl fmt::Debug for PutLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutLink")
+            .field("link_id", &Hex(&self.link_id))
+            .field("blob", &Redacted(self.blob.len()))
+            .finish()
+    }
+}
+
+/// `14 TakeLink`: take (and delete) the sealed identity left under
+/// `link_id` for the caller's account.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct TakeLink {
+    /// As in [`PutLink`].
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub link_id: [u8; 16],
+}
+
+/// `74 Devices`: the devices of a user that have published keys, ascending.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Devices {
+    /// The user.
+    #[n(0)]
+    pub user: String,
+    /// Device numbers.
+    #[n(1)]
+    pub devices: Vec<u32>,
+}
+
+/// `75 Link`: the sealed identity [`TakeLink`] asked for.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Link {
+    /// The sealed identity.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: Vec<u8>,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("blob", &Redacted(self.blob.len()))
+            .finish()
+    }
+}
 
 /// `64 Ok`.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

@@ -27,3 +27,6 @@ pub const MAX_LIST_LEN: usize = 1000;
 
 /// Longest session token, in bytes.
 pub const MAX_TOKEN_LEN: usize = 64;
+
+/// Longest sealed identity left for linking a device (`PutLink`), in bytes.
+pub const MAX_LINK_BLOB_LEN: usize = 1024;

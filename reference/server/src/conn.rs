@@ -29,6 +29,9 @@ use crate::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_TOO_BIG, Share
 /// Deliveries fetched from the store per round.
 const DELIVERY_BATCH: u32 = 256;
 
+/// How long a sealed identity left for linking is kept.
+const LINK_TTL_MS: u64 = 10 * 60 * 1000;
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -445,6 +448,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     "not a participant of this conversation",
                 ))?;
                 Ok(frame::History { items }.into())
+            }
+            Body::FetchDevices(f) => {
+                self.device()?;
+                let user = f.user;
+                let u = user.clone();
+                let devices = blocking(&self.shared, move |s| s.devices(&u)).await?;
+                Ok(frame::Devices { user, devices }.into())
+            }
+            Body::RemoveDevice(r) => {
+                let me = self.device()?;
+                let target = Address {
+                    user: me.user.clone(),
+                    device: r.device,
+                };
+                let t = target.clone();
+                if !blocking(&self.shared, move |s| s.remove_device(&t)).await? {
+                    return Err((ErrorCode::NoSuchUser, "no such device"));
+                }
+                // Its open connection, if another, ends now (its tokens are
+                // gone, so it cannot come back).
+                if target != me {
+                    self.shared.hub.notify(&target, Push::Replaced);
+                }
+                tracing::info!(conn = self.id, device = r.device, "device removed");
+                Ok(frame::Ok {}.into())
+            }
+            Body::PutLink(p) => {
+                let me = self.device()?;
+                let expires = now_ms().saturating_add(LINK_TTL_MS);
+                blocking(&self.shared, move |s| {
+                    s.put_link(&me.user, &p.link_id, &p.blob, expires)
+                })
+                .await?;
+                Ok(frame::Ok {}.into())
+            }
+            Body::TakeLink(t) => {
+                let me = self.device()?;
+                let now = now_ms();
+                let blob = blocking(&self.shared, move |s| {
+                    s.take_link(&me.user, &t.link_id, now)
+                })
+                .await?
+                .ok_or((
+                    ErrorCode::NoSuchUser,
+                    "no such link: wrong code, already used, or expired",
+                ))?;
+                Ok(frame::Link { blob }.into())
             }
             _ => Err((
                 ErrorCode::InvalidRequest,

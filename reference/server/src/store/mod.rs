@@ -118,4 +118,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Vec<Deliver>>, StoreError>;
     /// Deletes acknowledged envelopes accepted before `before_ms`; returns how many.
     fn prune_history(&self, before_ms: u64) -> Result<u64, StoreError>;
+
+    /// The devices of `user` that have published keys, ascending.
+    fn devices(&self, user: &str) -> Result<Vec<u32>, StoreError>;
+    /// Removes a device: its keys, one-time prekeys, tokens and unacknowledged
+    /// envelopes. Returns whether it existed.
+    fn remove_device(&self, device: &Address) -> Result<bool, StoreError>;
+    /// Leaves a sealed identity for `user` under `link_id` until `expires_ms`,
+    /// replacing any other the user left.
+    fn put_link(
+        &self,
+        user: &str,
+        link_id: &[u8; 16],
+        blob: &[u8],
+        expires_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Takes (deletes and returns) what `user` left under `link_id`, if it
+    /// has not expired at `now_ms`.
+    fn take_link(
+        &self,
+        user: &str,
+        link_id: &[u8; 16],
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -67,6 +67,13 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX envelopes_mailbox ON envelopes (recipient, recipient_device, seq) WHERE acked = 0;
      CREATE INDEX envelopes_conversation ON envelopes (conversation, seq);",
+    // 2: sealed identities left for linking a device.
+    "CREATE TABLE links (
+         user TEXT PRIMARY KEY REFERENCES users(name),
+         link_id BLOB NOT NULL,
+         blob BLOB NOT NULL,
+         expires_ms INTEGER NOT NULL
+     );",
 ];
 
 /// A SQLite database file (plus its `-wal` and `-shm` files).
@@ -493,6 +500,80 @@ impl Store for SqliteStore {
         count_one_time_prekeys(&conn, device).map(Some)
     }
 
+    fn devices(&self, user: &str) -> Result<Vec<u32>, StoreError> {
+        let conn = self.lock();
+        let mut q = conn
+            .prepare_cached("SELECT device FROM devices WHERE user = ?1 ORDER BY device")
+            .map_err(db)?;
+        let rows = q.query_map([user], |r| r.get::<_, u32>(0)).map_err(db)?;
+        rows.collect::<Result<Vec<u32>, _>>().map_err(db)
+    }
+
+    fn remove_device(&self, device: &Address) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let p = params![device.user, device.device];
+        let existed = tx
+            .execute("DELETE FROM devices WHERE user = ?1 AND device = ?2", p)
+            .map_err(db)?
+            > 0;
+        for sql in [
+            "DELETE FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
+            "DELETE FROM tokens WHERE user = ?1 AND device = ?2",
+            "UPDATE envelopes SET acked = 1 WHERE recipient = ?1 AND recipient_device = ?2 AND acked = 0",
+        ] {
+            tx.execute(sql, p).map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(existed)
+    }
+
+    fn put_link(
+        &self,
+        user: &str,
+        link_id: &[u8; 16],
+        blob: &[u8],
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO links (user, link_id, blob, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![user, &link_id[..], blob, i64_of(expires_ms)],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn take_link(
+        &self,
+        user: &str,
+        link_id: &[u8; 16],
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let found: Option<(Vec<u8>, i64)> = tx
+            .query_row(
+                "SELECT blob, expires_ms FROM links WHERE user = ?1 AND link_id = ?2",
+                params![user, &link_id[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        // Single use: a link is gone once taken (a link code carries 128
+        // random bits, so a wrong one is a typo, not a guess, and leaves
+        // the link in place).
+        tx.execute(
+            "DELETE FROM links WHERE user = ?1 AND link_id = ?2",
+            params![user, &link_id[..]],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(found
+            .filter(|(_, expires)| *expires > i64_of(now_ms))
+            .map(|(blob, _)| blob))
+    }
+
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
         let conn = self.lock();
         // One statement: stored only if the recipient device exists.
@@ -720,5 +801,78 @@ mod tests {
             .unwrap();
         drop(store);
         assert!(SqliteStore::open(&path, Durability::Normal).is_err());
+    }
+
+    /// A link is taken once, by its user only, before it expires; a wrong
+    /// id leaves it in place; a new one replaces the old.
+    #[test]
+    fn links_are_single_use_per_user_and_expire() {
+        let store = SqliteStore::in_memory().unwrap();
+        device(&store, "bob");
+        device(&store, "eve");
+        store.put_link("bob", &[1; 16], b"old", 1_000).unwrap();
+        store.put_link("bob", &[2; 16], b"sealed", 1_000).unwrap();
+        assert_eq!(
+            store.take_link("bob", &[1; 16], 10).unwrap(),
+            None,
+            "replaced"
+        );
+        assert_eq!(
+            store.take_link("eve", &[2; 16], 10).unwrap(),
+            None,
+            "not hers"
+        );
+        assert_eq!(
+            store.take_link("bob", &[2; 16], 10).unwrap().as_deref(),
+            Some(&b"sealed"[..])
+        );
+        assert_eq!(
+            store.take_link("bob", &[2; 16], 10).unwrap(),
+            None,
+            "single use"
+        );
+        store.put_link("bob", &[3; 16], b"late", 1_000).unwrap();
+        assert_eq!(
+            store.take_link("bob", &[3; 16], 1_000).unwrap(),
+            None,
+            "expired"
+        );
+    }
+
+    /// A removed device is no longer listed, and its mailbox, prekeys and
+    /// tokens are gone.
+    #[test]
+    fn a_removed_device_is_gone_with_its_mailbox_and_tokens() {
+        let store = SqliteStore::in_memory().unwrap();
+        device(&store, "bob");
+        store
+            .lock()
+            .execute(
+                "INSERT INTO devices VALUES ('bob', 2, x'00', x'00', x'00', 1, x'00', x'00')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(store.devices("bob").unwrap(), vec![1, 2]);
+        let bob1 = Address {
+            user: "bob".into(),
+            device: 1,
+        };
+        store.enqueue(&envelope("bob", 1)).unwrap().unwrap();
+        store
+            .create_token(
+                &[7; 32],
+                &TokenRecord {
+                    user: "bob".into(),
+                    device: 1,
+                    expires_at: u64::MAX / 2,
+                },
+            )
+            .unwrap();
+        assert!(store.remove_device(&bob1).unwrap());
+        assert!(!store.remove_device(&bob1).unwrap());
+        assert_eq!(store.devices("bob").unwrap(), vec![2]);
+        assert!(store.pending(&bob1, 0, 10).unwrap().is_empty());
+        assert_eq!(store.token(&[7; 32]).unwrap(), None);
+        assert_eq!(store.one_time_prekey_count(&bob1).unwrap(), None);
     }
 }
