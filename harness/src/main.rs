@@ -19,6 +19,7 @@ mod adversary;
 mod check;
 mod compare;
 mod figures;
+mod lifetimes;
 mod logsink;
 mod paper;
 mod peers;
@@ -201,6 +202,20 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let rt = runtime()?;
+    if s.lifetimes.is_some() {
+        let outcome = rt.block_on(lifetimes::run(&s, &out))?;
+        print!("{}", lifetimes::summary(&outcome));
+        println!(
+            "{}; report: {}",
+            if outcome.as_expected() {
+                "as expected"
+            } else {
+                "NOT AS EXPECTED"
+            },
+            out.join("report.md").display()
+        );
+        return Ok(outcome.as_expected());
+    }
     if s.sweep.is_some() {
         let ok = rt.block_on(sweep::run(&s, &out, show))?;
         println!("report: {}", out.join("report.md").display());

@@ -32,6 +32,22 @@ pub(crate) struct Scenario {
     /// Present for `chatify-harness compare`: systems side by side.
     #[serde(default)]
     pub(crate) compare: Option<Compare>,
+    /// Present for client-lifetimes runs: every user action is a fresh
+    /// `chatify` process.
+    #[serde(default)]
+    pub(crate) lifetimes: Option<Lifetimes>,
+}
+
+/// A client-lifetimes run (`harness/src/lifetimes.rs`): each send is a
+/// `chatify send` process followed by a `chatify inbox` process on the
+/// sender's home.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Lifetimes {
+    /// Every this many sends of a user, the send and the read start
+    /// together on the same home (0: never).
+    #[serde(default)]
+    pub(crate) concurrent_every: usize,
 }
 
 /// Where the server runs and what it stores in.

@@ -196,7 +196,15 @@ async fn two_people_chat_in_two_terminals() {
             .to_owned();
         let a2 = a.with_file_name("alice-laptop");
         let mut c = chatify(&url, &a2);
-        c.args(["login", "alice", "--device", "2", "--password-stdin", "--link", &code]);
+        c.args([
+            "login",
+            "alice",
+            "--device",
+            "2",
+            "--password-stdin",
+            "--link",
+            &code,
+        ]);
         let out = String::from_utf8(run(c, "alice-secret-pw\n").stdout).unwrap();
         assert!(out.contains("linked"), "{out}");
         let mut c = chatify(&url, &b);
