@@ -414,7 +414,7 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
     let process = Process {
         sender_plaintext: text,
         plaintext_len: p.bytes.len(),
-        stored_envelope_hex: hex::encode(&stored),
+        stored_envelope_hex: chatify_proto::hex::lower(&stored),
         stored_envelope_len: stored.len(),
         received_equals_stored: wire
             .windows(stored.len().max(1))

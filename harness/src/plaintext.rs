@@ -69,8 +69,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<(usize, u64)> {
 pub(crate) fn encodings(canary: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = vec![
         ("raw", canary.to_vec()),
-        ("hex", hex::encode(canary).into_bytes()),
-        ("HEX", hex::encode_upper(canary).into_bytes()),
+        ("hex", chatify_proto::hex::lower(canary).into_bytes()),
+        ("HEX", chatify_proto::hex::upper(canary).into_bytes()),
     ];
     for (name, engine) in [
         ("base64", &STANDARD_NO_PAD),

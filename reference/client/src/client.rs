@@ -1569,7 +1569,7 @@ impl Client {
         );
         let reply = self.conn.request(frame::PutLink { link_id, blob }).await?;
         expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))?;
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = chatify_proto::hex::lower(secret.as_slice());
         Ok(hex
             .as_bytes()
             .chunks(4)
@@ -1690,15 +1690,14 @@ fn link_ad(user: &str) -> Vec<u8> {
 /// groups; dashes and spaces are ignored).
 fn parse_link_code(code: &str) -> Result<Zeroizing<[u8; 16]>, ClientError> {
     let digits: String = code.chars().filter(|c| !matches!(c, '-' | ' ')).collect();
-    let bad = || ClientError::State("a link code is 32 hexadecimal digits".into());
-    if digits.len() != 32 {
-        return Err(bad());
-    }
+    let bytes = Zeroizing::new(chatify_proto::hex::decode(&digits).unwrap_or_default());
     let mut out = Zeroizing::new([0u8; 16]);
-    for (i, byte) in out.iter_mut().enumerate() {
-        let pair = digits.get(2 * i..2 * i + 2).ok_or_else(bad)?;
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+    if bytes.len() != 16 {
+        return Err(ClientError::State(
+            "a link code is 32 hexadecimal digits".into(),
+        ));
     }
+    out.copy_from_slice(&bytes);
     Ok(out)
 }
 

@@ -42,10 +42,6 @@ pub enum Error {
     /// The plaintext exceeds [`MAX_PLAINTEXT_LEN`](chatify_proto::limits::MAX_PLAINTEXT_LEN).
     #[error("plaintext of {0} bytes is too long")]
     PlaintextTooLong(usize),
-    /// The peer's identity differs from the pinned one; sending is blocked
-    /// until the user verifies the new safety number.
-    #[error("peer identity changed; verify the new safety number")]
-    IdentityChanged,
     /// The session has been serialized, and no durable save covers the next
     /// message's key: save it with [`Session::to_bytes_reserving`] and
     /// [`Session::confirm_saved`] first (docs/PROTOCOL.md §13.1). Nothing

@@ -64,47 +64,4 @@ fn half(id: &PublicIdentity) -> String {
     out
 }
 
-/// What a client learns when it compares a peer's presented identity with
-/// the one it pinned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IdentityCheck {
-    /// No identity was pinned for this peer: trust on first use.
-    FirstSeen,
-    /// The presented identity is the pinned one.
-    Unchanged,
-    /// The identity differs: warn, and block sending until the user verifies
-    /// the new safety number.
-    Changed {
-        /// The pinned identity.
-        previous: PublicIdentity,
-        /// The presented identity.
-        presented: PublicIdentity,
-    },
-}
-
-impl IdentityCheck {
-    /// Compares a presented identity with the pinned one.
-    pub fn compare(pinned: Option<&PublicIdentity>, presented: &PublicIdentity) -> Self {
-        match pinned {
-            None => IdentityCheck::FirstSeen,
-            Some(p) if p == presented => IdentityCheck::Unchanged,
-            Some(p) => IdentityCheck::Changed {
-                previous: *p,
-                presented: *presented,
-            },
-        }
-    }
-}
-
-/// Lower-case hex for public values in `Debug` output.
-pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
-
-impl fmt::Debug for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
+pub(crate) use chatify_proto::hex::Hex;

@@ -74,7 +74,7 @@ pub mod test_vectors;
 pub use aead::TAG_LEN;
 pub use bundle::VerifiedBundle;
 pub use error::Error;
-pub use fingerprint::{IdentityCheck, SafetyNumber};
+pub use fingerprint::SafetyNumber;
 pub use identity::{Device, MAX_ONE_TIME_PREKEYS, MAX_SEEN_BASE_KEYS, PublicIdentity};
 pub use persist::{STATE_VERSION, SavedAt};
 pub use ratchet::{MAX_RESERVED_SENDS, MAX_SKIP, MAX_SKIPPED_TOTAL};

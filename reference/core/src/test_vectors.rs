@@ -93,7 +93,7 @@ impl TryRng for VectorRng {
 impl TryCryptoRng for VectorRng {}
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    chatify_proto::hex::lower(bytes)
 }
 
 /// Hex wrapped at 64 characters per line, for Markdown code blocks.

@@ -19,7 +19,7 @@ fn leaked(text: &str, secrets: &[Vec<u8>]) -> Vec<String> {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     let mut found = Vec::new();
     for s in secrets.iter().filter(|s| s.len() >= 16) {
-        let hex = hex::encode(s);
+        let hex = chatify_proto::hex::lower(s);
         let array: String = format!("{:?}", &s[..8])
             .trim_end_matches(']')
             .chars()
@@ -111,11 +111,14 @@ fn leak_check_catches_printed_secrets() {
     let run = run();
     let s = &run.secrets[1];
     for bad in [
-        format!("{} {}", run.text, hex::encode(s)),
-        format!("{} {}", run.text, hex::encode_upper(s)),
+        format!("{} {}", run.text, chatify_proto::hex::lower(s)),
+        format!("{} {}", run.text, chatify_proto::hex::upper(s)),
         format!("{} {:?}", run.text, s),
         format!("{} {:#?}", run.text, s),
     ] {
-        assert_eq!(leaked(&bad, &run.secrets), vec![hex::encode(s)]);
+        assert_eq!(
+            leaked(&bad, &run.secrets),
+            vec![chatify_proto::hex::lower(s)]
+        );
     }
 }

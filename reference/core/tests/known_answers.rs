@@ -12,7 +12,7 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret, x25519};
 
 fn h<const N: usize>(s: &str) -> [u8; N] {
-    hex::decode(s).unwrap().try_into().unwrap()
+    chatify_proto::hex::decode(s).unwrap().try_into().unwrap()
 }
 
 #[test]
@@ -98,14 +98,17 @@ fn rfc5869_appendix_a_sha256() {
     ];
     for (ikm, salt, info, prk, okm) in cases {
         let (ikm, salt, info) = (
-            hex::decode(ikm).unwrap(),
-            hex::decode(salt).unwrap(),
-            hex::decode(info).unwrap(),
+            chatify_proto::hex::decode(ikm).unwrap(),
+            chatify_proto::hex::decode(salt).unwrap(),
+            chatify_proto::hex::decode(info).unwrap(),
         );
         let (got_prk, hk) = Hkdf::<Sha256>::extract(Some(&salt), &ikm);
-        assert_eq!(got_prk.as_slice(), &hex::decode(prk).unwrap()[..]);
+        assert_eq!(
+            got_prk.as_slice(),
+            &chatify_proto::hex::decode(prk).unwrap()[..]
+        );
         let mut out = [0u8; 42];
         hk.expand(&info, &mut out).unwrap();
-        assert_eq!(&out[..], &hex::decode(okm).unwrap()[..]);
+        assert_eq!(&out[..], &chatify_proto::hex::decode(okm).unwrap()[..]);
     }
 }

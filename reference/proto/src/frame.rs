@@ -10,6 +10,7 @@ use core::fmt;
 
 use minicbor::{Decode, Decoder, Encode, Encoder};
 
+pub(crate) use crate::hex::Hex;
 use crate::keys::{DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
 use crate::limits::{
     MAX_ENVELOPE_LEN, MAX_FRAME_LEN, MAX_LINK_BLOB_LEN, MAX_LIST_LEN,
@@ -706,18 +707,6 @@ pub struct PrekeysLow {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct Pong {}
-
-/// Lower-case hex for identifiers in `Debug` output.
-pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
-
-impl fmt::Debug for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Result::Ok(())
-    }
-}
 
 impl Error {
     /// An error frame body.

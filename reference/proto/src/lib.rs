@@ -38,6 +38,7 @@ mod error;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hex;
 pub mod keys;
 pub mod limits;
 

@@ -151,7 +151,7 @@ fn help_explains_every_option() {
 
 /// Forms in which a secret could appear in a log line.
 fn leaks(log: &str, secret: &[u8]) -> bool {
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = chatify_proto::hex::lower(secret);
     let text = String::from_utf8_lossy(secret);
     let debug_bytes = format!("{:?}", &secret[..8])
         .trim_end_matches(']')
