@@ -10,6 +10,7 @@
 //!  ─▶ report.md, summary.json, fig_compare.svg
 //! ```
 
+use crate::stats::Spread;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -39,41 +40,17 @@ pub(crate) struct Step {
     pub(crate) ok: bool,
 }
 
-/// Mean and sample standard deviation.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Stat {
-    pub(crate) mean: f64,
-    pub(crate) sd: f64,
-    pub(crate) n: usize,
-}
-
-impl Stat {
-    pub(crate) fn of(xs: &[f64]) -> Stat {
-        let n = xs.len();
-        if n == 0 {
-            return Stat::default();
-        }
-        let mean = xs.iter().sum::<f64>() / n as f64;
-        let sd = if n > 1 {
-            (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        Stat { mean, sd, n }
-    }
-}
-
 /// One system's figures over the repetitions.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SystemSummary {
     /// Highest delivered rate of each repetition (msg/s).
-    pub(crate) saturation_msgs: Stat,
+    pub(crate) saturation_msgs: Spread,
     /// At the equal offered load.
-    pub(crate) p50_us: Stat,
-    pub(crate) p99_us: Stat,
-    pub(crate) server_cpu_us_per_msg: Stat,
-    pub(crate) crypto_p50_us: Stat,
-    pub(crate) server_peak_rss_kib: Stat,
+    pub(crate) p50_us: Spread,
+    pub(crate) p99_us: Spread,
+    pub(crate) server_cpu_us_per_msg: Spread,
+    pub(crate) crypto_p50_us: Spread,
+    pub(crate) server_peak_rss_kib: Spread,
 }
 
 /// A target of the benchmarks issue, checked on this run's figures.
@@ -96,8 +73,8 @@ pub(crate) struct Comparison {
     pub(crate) all_delivered: bool,
 }
 
-fn stat_of(steps: &[&Step], f: impl Fn(&Step) -> Option<f64>) -> Stat {
-    Stat::of(&steps.iter().filter_map(|s| f(s)).collect::<Vec<_>>())
+fn stat_of(steps: &[&Step], f: impl Fn(&Step) -> Option<f64>) -> Spread {
+    Spread::of(&steps.iter().filter_map(|s| f(s)).collect::<Vec<_>>())
 }
 
 fn summarize(c: &Compare, steps: &[Step]) -> BTreeMap<String, SystemSummary> {
@@ -120,7 +97,7 @@ fn summarize(c: &Compare, steps: &[Step]) -> BTreeMap<String, SystemSummary> {
         out.insert(
             system.name().to_owned(),
             SystemSummary {
-                saturation_msgs: Stat::of(&best),
+                saturation_msgs: Spread::of(&best),
                 p50_us: stat_of(&equal, |s| Some(s.p50_us as f64)),
                 p99_us: stat_of(&equal, |s| Some(s.p99_us as f64)),
                 server_cpu_us_per_msg: stat_of(&equal, |s| s.server_cpu_us_per_msg),
@@ -312,7 +289,7 @@ pub(crate) fn replot(out: &Path) -> Result<Comparison, String> {
     Ok(c)
 }
 
-fn pm(s: Stat, digits: usize) -> String {
+fn pm(s: Spread, digits: usize) -> String {
     if s.n == 0 {
         return "–".into();
     }
@@ -344,7 +321,7 @@ pub(crate) fn markdown(c: &Comparison) -> String {
     );
     for system in &cmp.systems {
         if let Some(x) = c.systems.get(system.name()) {
-            let rss = Stat {
+            let rss = Spread {
                 mean: x.server_peak_rss_kib.mean / 1024.0,
                 sd: x.server_peak_rss_kib.sd / 1024.0,
                 n: x.server_peak_rss_kib.n,

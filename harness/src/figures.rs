@@ -1,6 +1,7 @@
 //! The six figures of the paper, rebuilt from measured data as SVG
 //! (plotters' SVG backend: plain `<text>` elements, no font files needed).
 
+use crate::stats::mean;
 use std::path::Path;
 
 use plotters::coord::Shift;
@@ -94,15 +95,6 @@ pub(crate) fn all(out: &Path, p: &Paper) -> Result<(), String> {
     fig5(&out.join("fig5_results.svg"), p)?;
     fig6(&out.join("fig6_future_scope.svg"), p)?;
     Ok(())
-}
-
-fn mean(xs: impl Iterator<Item = f64>) -> f64 {
-    let v: Vec<f64> = xs.collect();
-    if v.is_empty() {
-        0.0
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
 }
 
 /// Fig. 1: E2EE vs baseline latency (p50, p99) and saturation throughput,

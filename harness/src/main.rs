@@ -27,6 +27,7 @@ mod plaintext;
 mod report;
 mod runner;
 mod scenario;
+mod stats;
 mod sweep;
 mod taps;
 

@@ -5,6 +5,7 @@
 //! sample conversation, then writes `report.md`, `summary.json` and six SVG
 //! figures (see [`crate::figures`]).
 
+use crate::stats::Spread;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,34 +38,6 @@ pub(crate) struct Repeat {
     pub(crate) encrypt_decrypt_p50_us: f64,
     pub(crate) e2ee_server_cpu_us_per_msg: Option<f64>,
     pub(crate) baseline_server_cpu_us_per_msg: Option<f64>,
-}
-
-/// Mean and sample standard deviation.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub(crate) struct Spread {
-    pub(crate) mean: f64,
-    pub(crate) sd: f64,
-    pub(crate) n: usize,
-}
-
-impl Spread {
-    pub(crate) fn of(xs: &[f64]) -> Spread {
-        let n = xs.len();
-        if n == 0 {
-            return Spread {
-                mean: 0.0,
-                sd: 0.0,
-                n,
-            };
-        }
-        let mean = xs.iter().sum::<f64>() / n as f64;
-        let sd = if n > 1 {
-            (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        Spread { mean, sd, n }
-    }
 }
 
 /// A timestamped event of the sample conversation.
@@ -756,13 +729,6 @@ mod tests {
             "paper_summary",
             serde_json::to_string_pretty(&sample()).unwrap_or_default()
         );
-    }
-
-    #[test]
-    fn spread_is_mean_and_sample_sd() {
-        let s = Spread::of(&[1.0, 2.0, 3.0]);
-        assert!((s.mean - 2.0).abs() < 1e-12 && (s.sd - 1.0).abs() < 1e-12 && s.n == 3);
-        assert_eq!(Spread::of(&[]).n, 0);
     }
 
     #[test]

@@ -1,0 +1,48 @@
+//! The harness's one statistics helper: mean and sample standard deviation
+//! of repeated measurements (every report's "mean ± sd (n = …)").
+
+/// Mean and sample standard deviation of `n` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Spread {
+    pub(crate) mean: f64,
+    pub(crate) sd: f64,
+    pub(crate) n: usize,
+}
+
+impl Spread {
+    /// Of `xs`: mean, and standard deviation with Bessel's correction (0
+    /// for fewer than two values; all zero for none).
+    pub(crate) fn of(xs: &[f64]) -> Spread {
+        let n = xs.len();
+        if n == 0 {
+            return Spread::default();
+        }
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let sd = if n > 1 {
+            (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Spread { mean, sd, n }
+    }
+}
+
+/// The mean of `xs` (0 for none).
+pub(crate) fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = xs.collect();
+    Spread::of(&v).mean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_mean_and_sample_sd() {
+        let s = Spread::of(&[1.0, 2.0, 3.0]);
+        assert!((s.mean - 2.0).abs() < 1e-12 && (s.sd - 1.0).abs() < 1e-12 && s.n == 3);
+        assert_eq!(Spread::of(&[]), Spread::default());
+        assert_eq!(Spread::of(&[4.0]).sd, 0.0);
+        assert!((mean([1.0, 2.0].into_iter()) - 1.5).abs() < 1e-12);
+    }
+}
