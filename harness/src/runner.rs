@@ -163,11 +163,9 @@ impl Topology {
                 if kill {
                     let _ = c.kill().await;
                 } else {
-                    if let Some(pid) = c.id() {
-                        let _ = tokio::process::Command::new("kill")
-                            .args(["-TERM", &pid.to_string()])
-                            .status()
-                            .await;
+                    let pid = c.id().and_then(|p| i32::try_from(p).ok());
+                    if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                     }
                     if tokio::time::timeout(Duration::from_secs(10), c.wait())
                         .await
@@ -550,13 +548,17 @@ async fn user_task(
 
 /// Sockets process `pid` has open (`None` when it cannot be read).
 fn open_sockets(pid: u32) -> Option<usize> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let fds = process(pid)?.fd().ok()?;
     Some(
-        dir.filter_map(Result::ok)
-            .filter_map(|e| std::fs::read_link(e.path()).ok())
-            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        fds.filter_map(Result::ok)
+            .filter(|f| matches!(f.target, procfs::process::FDTarget::Socket(_)))
             .count(),
     )
+}
+
+/// A process's `/proc` entry.
+pub(crate) fn process(pid: u32) -> Option<procfs::process::Process> {
+    procfs::process::Process::new(i32::try_from(pid).ok()?).ok()
 }
 
 /// Waits until process `pid` has at most `max` sockets open (as many as
@@ -788,26 +790,15 @@ pub(crate) fn record(h: &mut Histogram<u64>, v: u128) {
     let _ = h.record(v);
 }
 
+/// User and system CPU time of process `pid`, in seconds.
 pub(crate) fn proc_cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces): state is 3rd.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    // Linux reports in USER_HZ, which is 100 on every architecture we run on.
-    Some((utime + stime) / 100.0)
+    let stat = process(pid)?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
+/// Peak resident set size of process `pid` (`VmHWM`), in KiB.
 pub(crate) fn proc_peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    process(pid)?.status().ok()?.vmhwm
 }
 
 /// Turns the records of a run into metrics and the delivery checks.

@@ -385,30 +385,30 @@ pub(crate) fn scan_file(path: &Path, detector: &Detector) -> TapResult {
 /// Searches the readable and writable mappings of process `pid` with each
 /// detector (one read of the memory); one result per detector.
 pub(crate) fn scan_memory(pid: u32, detectors: &[&Detector]) -> Result<Vec<TapResult>, String> {
-    let maps =
-        std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| format!("maps: {e}"))?;
-    let mut mem =
-        std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|e| format!("mem: {e}"))?;
+    use procfs::process::{MMPermissions, MMapPath};
+    let process = crate::runner::process(pid).ok_or("no such process")?;
+    let maps = process.maps().map_err(|e| format!("maps: {e}"))?;
+    let mut mem = process.mem().map_err(|e| format!("mem: {e}"))?;
     let mut results = vec![TapResult::default(); detectors.len()];
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if !perms.starts_with("rw") {
-            continue;
-        }
-        let name = fields.nth(3).unwrap_or("[anon]");
-        if name == "[vvar]" || name == "[vsyscall]" {
+    for map in maps {
+        if !map
+            .perms
+            .contains(MMPermissions::READ | MMPermissions::WRITE)
+        {
             continue;
         }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
+        let name = match &map.pathname {
+            MMapPath::Vvar | MMapPath::Vsyscall => continue,
+            MMapPath::Path(p) => p.display().to_string(),
+            MMapPath::Heap => "[heap]".into(),
+            MMapPath::Stack => "[stack]".into(),
+            MMapPath::TStack(tid) => format!("[stack:{tid}]"),
+            MMapPath::Vdso => "[vdso]".into(),
+            MMapPath::Anonymous => "[anon]".into(),
+            MMapPath::Other(other) => other.clone(),
+            _ => "[other]".into(),
         };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-        else {
-            continue;
-        };
+        let (start, end) = map.address;
         let mut region = vec![0u8; (end - start) as usize];
         if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
             continue; // unmapped since we read the maps
