@@ -298,7 +298,7 @@ async fn reconnect(ctx: &Ctx, home: &Path) -> Option<Client> {
 }
 
 fn retryable(e: &ClientError) -> bool {
-    matches!(e, ClientError::Disconnected | ClientError::Connect(_))
+    matches!(e, ClientError::Disconnected | ClientError::Connect { .. })
 }
 
 /// Sends one planned message, reconnecting and retrying (same message id)

@@ -563,7 +563,7 @@ impl Client {
         let written =
             tokio::task::spawn_blocking(move || file.write_generation(&bytes, generation))
                 .await
-                .map_err(|e| ClientError::Io(e.to_string()))
+                .map_err(ClientError::from)
                 .and_then(|r| r);
         match written {
             Ok(()) => {
@@ -1377,9 +1377,7 @@ impl Client {
         if !logged.is_empty() {
             let batch = std::mem::take(logged);
             let file = self.file.clone();
-            tokio::task::spawn_blocking(move || file.append_messages(&batch))
-                .await
-                .map_err(|e| ClientError::Io(e.to_string()))??;
+            tokio::task::spawn_blocking(move || file.append_messages(&batch)).await??;
         }
         if std::mem::take(changed) {
             self.persist(None).await?;
@@ -1658,7 +1656,7 @@ impl Client {
 fn tolerate(sent: Result<(), ClientError>) -> Result<(), ClientError> {
     match sent {
         Err(ClientError::Disconnected) => Err(ClientError::Disconnected),
-        Err(ClientError::Io(e)) => Err(ClientError::Io(e)),
+        Err(e @ (ClientError::Io { .. } | ClientError::Task(_))) => Err(e),
         _ => Ok(()),
     }
 }

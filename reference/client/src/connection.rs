@@ -49,22 +49,29 @@ pub fn tls_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, ClientErro
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca_pem)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ClientError::Tls(format!("{}: {e}", ca_pem.display())))?;
+        .map_err(|e| ClientError::Tls {
+            what: format!("{}: not a readable PEM file", ca_pem.display()),
+            source: Some(Box::new(e)),
+        })?;
     for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| ClientError::Tls(format!("{}: {e}", ca_pem.display())))?;
+        roots.add(cert).map_err(|e| ClientError::Tls {
+            what: format!("{}: a certificate was refused", ca_pem.display()),
+            source: Some(Box::new(e)),
+        })?;
     }
     if roots.is_empty() {
-        return Err(ClientError::Tls(format!(
-            "{}: no certificate",
-            ca_pem.display()
-        )));
+        return Err(ClientError::Tls {
+            what: format!("{}: no certificate", ca_pem.display()),
+            source: None,
+        });
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .map_err(|e| ClientError::Tls {
+            what: "no protocol version in common".into(),
+            source: Some(Box::new(e)),
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -81,9 +88,10 @@ impl Connection {
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Connection, ClientError> {
         if url.starts_with("wss://") && tls.is_none() {
-            return Err(ClientError::Tls(
-                "a wss:// server needs a CA certificate (--ca-cert)".into(),
-            ));
+            return Err(ClientError::Tls {
+                what: "a wss:// server needs a CA certificate (--ca-cert)".into(),
+                source: None,
+            });
         }
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_LEN))
@@ -91,7 +99,10 @@ impl Connection {
         let connector = tls.map(Connector::Rustls);
         let (ws, _) = connect_async_tls_with_config(url, Some(config), true, connector)
             .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+            .map_err(|e| ClientError::Connect {
+                url: url.to_owned(),
+                source: Box::new(e),
+            })?;
         let (mut sink, mut stream) = ws.split();
         let (outgoing, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (push_tx, pushes) = mpsc::unbounded_channel();
@@ -221,4 +232,45 @@ pub(crate) fn expect<T>(
 /// Whether an error is the server saying a given code.
 pub fn is_code(e: &ClientError, code: ErrorCode) -> bool {
     matches!(e, ClientError::Server { code: c, .. } if *c == code)
+}
+
+#[cfg(test)]
+mod error_tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+    use std::error::Error as _;
+
+    /// Errors keep their cause: a refused connection carries the handshake's
+    /// error, an unreadable CA file its IO error, and the path is named.
+    #[tokio::test]
+    async fn errors_keep_their_cause() {
+        let refused = Connection::connect("ws://127.0.0.1:9", None)
+            .await
+            .err()
+            .unwrap();
+        match &refused {
+            ClientError::Connect { url, source } => {
+                assert_eq!(url, "ws://127.0.0.1:9");
+                assert!(!source.to_string().is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(refused.source().is_some());
+        let missing = Path::new("/nonexistent/ca.pem");
+        let tls = tls_config(missing).err().unwrap();
+        assert!(tls.to_string().contains("/nonexistent/ca.pem"), "{tls}");
+        assert!(tls.source().is_some(), "{tls:?}");
+        let io = ClientError::io(
+            missing,
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        let cause = io
+            .source()
+            .unwrap()
+            .downcast_ref::<std::io::Error>()
+            .unwrap();
+        assert_eq!(cause.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(io.to_string().starts_with("/nonexistent/ca.pem: "));
+    }
 }

@@ -55,6 +55,16 @@ pub use vault::{KdfCost, Passphrase};
 
 use chatify_proto::ErrorCode;
 
+impl ClientError {
+    /// An IO error on `path`.
+    pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        ClientError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
 /// What can go wrong in the client.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -68,11 +78,23 @@ pub enum ClientError {
         message: String,
     },
     /// Could not connect.
-    #[error("cannot connect: {0}")]
-    Connect(String),
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// Why (the WebSocket or TLS handshake's error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// TLS setup failed.
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("TLS: {what}")]
+    Tls {
+        /// What failed.
+        what: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The connection closed.
     #[error("disconnected from the server")]
     Disconnected,
@@ -109,9 +131,19 @@ pub enum ClientError {
     /// The local state file is unusable.
     #[error("state: {0}")]
     State(String),
-    /// A file could not be read or written.
-    #[error("io: {0}")]
-    Io(String),
+    /// A file (or the terminal) could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task the client ran on a blocking thread did not finish (it
+    /// panicked or the runtime is shutting down).
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// The E2EE core refused.
     #[error("encryption: {0}")]
     Crypto(#[from] chatify_core::Error),

@@ -151,7 +151,7 @@ fn options(cli: &Cli, url: String) -> Result<ConnectOptions, ClientError> {
 }
 
 fn read_password(from_stdin: bool, confirm: bool) -> Result<String, ClientError> {
-    let io = |e: std::io::Error| ClientError::Io(e.to_string());
+    let io = |e: std::io::Error| ClientError::io("standard input or the terminal", e);
     if from_stdin || !std::io::stdin().is_terminal() {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).map_err(io)?;
@@ -170,11 +170,10 @@ fn read_password(from_stdin: bool, confirm: bool) -> Result<String, ClientError>
 /// The passphrase of `home`: from --passphrase-file, CHATIFY_PASSPHRASE, or
 /// the terminal (twice, when the home is new).
 fn passphrase(cli: &Cli, home: &std::path::Path) -> Result<Passphrase, ClientError> {
-    let io = |e: std::io::Error| ClientError::Io(e.to_string());
+    let io = |e: std::io::Error| ClientError::io("the terminal", e);
     if let Some(path) = &cli.passphrase_file {
         let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?,
+            std::fs::read_to_string(path).map_err(|e| ClientError::io(path, e))?,
         );
         return Ok(Passphrase::new(text.lines().next().unwrap_or_default()));
     }
@@ -204,7 +203,7 @@ fn passphrase(cli: &Cli, home: &std::path::Path) -> Result<Passphrase, ClientErr
 
 /// A new passphrase, typed twice (or CHATIFY_NEW_PASSPHRASE).
 fn new_passphrase(prompt: &str) -> Result<Passphrase, ClientError> {
-    let io = |e: std::io::Error| ClientError::Io(e.to_string());
+    let io = |e: std::io::Error| ClientError::io("the terminal", e);
     if let Some(secret) = std::env::var_os("CHATIFY_NEW_PASSPHRASE") {
         let secret = secret
             .into_string()
@@ -525,7 +524,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                             }
                         }
                         Ok(None) => break,
-                        Err(e) => return Err(ClientError::Io(e.to_string())),
+                        Err(e) => return Err(ClientError::io("standard input", e)),
                     },
                     push = client.next_push() => match push {
                         Some(push) => {

@@ -721,7 +721,7 @@ impl StateFile {
     pub fn acquire(dir: impl Into<PathBuf>, wait: Duration) -> Result<Self, ClientError> {
         let dir = dir.into();
         let path = dir.join("lock");
-        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| ClientError::io(&path, e);
         OsStorage.create_dir(&dir).map_err(io)?;
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -790,7 +790,7 @@ impl StateFile {
                 self.write_atomic(&key_path, &file)?;
                 self.vault = Some(Arc::new(vault));
             }
-            Err(e) => return Err(ClientError::Io(format!("{}: {e}", key_path.display()))),
+            Err(e) => return Err(ClientError::io(&key_path, e)),
         }
         if !self.read_only {
             self.encrypt_plaintext_files()?;
@@ -806,7 +806,7 @@ impl StateFile {
         let file = self
             .storage
             .read(&key_path)
-            .map_err(|e| ClientError::Io(format!("{}: {e}", key_path.display())))?;
+            .map_err(|e| ClientError::io(&key_path, e))?;
         let rewrapped = Vault::rewrap(&file, old, new)?;
         self.write_atomic(&key_path, &rewrapped)
     }
@@ -815,7 +815,7 @@ impl StateFile {
     /// the clear (each replaced atomically, so a crash leaves either form,
     /// and the next unlock finishes the work).
     fn encrypt_plaintext_files(&self) -> Result<(), ClientError> {
-        let io = |p: &PathBuf, e: std::io::Error| ClientError::Io(format!("{}: {e}", p.display()));
+        let io = |p: &PathBuf, e: std::io::Error| ClientError::io(p, e);
         let path = self.path();
         match self.storage.read(&path) {
             Ok(bytes) if !bytes.starts_with(STATE_MAGIC) => {
@@ -921,7 +921,7 @@ impl StateFile {
                 Ok(Some(state))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ClientError::Io(format!("{}: {e}", self.path().display()))),
+            Err(e) => Err(ClientError::io(self.path(), e)),
         }
     }
 
@@ -938,7 +938,7 @@ impl StateFile {
         }
         self.writable()?;
         let path = self.messages_path();
-        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| ClientError::io(&path, e);
         self.storage.create_dir(&self.dir).map_err(io)?;
         let size: usize = messages.iter().map(|m| m.text.len() + 160).sum();
         let mut records = SecretBuf::with_capacity(size);
@@ -973,7 +973,7 @@ impl StateFile {
 
     fn read_log(&self, repair: bool) -> Result<Vec<StoredMessage>, ClientError> {
         let path = self.messages_path();
-        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| ClientError::io(&path, e);
         let bytes = match self.storage.read(&path) {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -1069,7 +1069,7 @@ impl StateFile {
     /// `fsync`, rename, `fsync` of the directory; any failure is a failure.
     fn write_atomic(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), ClientError> {
         self.writable()?;
-        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| ClientError::io(path, e);
         self.storage.create_dir(&self.dir).map_err(io)?;
         let mut suffix = [0u8; 8];
         rand::rng().fill_bytes(&mut suffix);
