@@ -131,16 +131,49 @@ impl Store for Hostile {
     }
 }
 
-/// Every event until none arrives for `quiet`.
-async fn events(client: &mut Client, quiet: Duration) -> Vec<Event> {
-    let mut out = Vec::new();
-    while let Ok(event) = tokio::time::timeout(quiet, client.next_event()).await {
-        match event.unwrap() {
-            Some(e) => out.push(e),
-            None => break,
+/// Drives two clients (their pushes and their periodic work, as an
+/// application does) until `done` holds of the events each has had; fails
+/// after 20 s.
+async fn until(
+    a: &mut Client,
+    b: &mut Client,
+    done: impl Fn(&[Event], &[Event]) -> bool,
+) -> (Vec<Event>, Vec<Event>) {
+    enum Next {
+        A(Option<chatify_client::Push>),
+        B(Option<chatify_client::Push>),
+        Tick,
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while !done(&ea, &eb) {
+        let next = tokio::select! {
+            p = a.next_push() => Next::A(p),
+            p = b.next_push() => Next::B(p),
+            _ = tick.tick() => Next::Tick,
+            () = tokio::time::sleep_until(deadline) => panic!("not done: {ea:?} / {eb:?}"),
+        };
+        match next {
+            Next::A(p) => ea.extend(a.handle(p.expect("a's connection ended")).await.unwrap()),
+            Next::B(p) => eb.extend(b.handle(p.expect("b's connection ended")).await.unwrap()),
+            Next::Tick => {
+                ea.extend(a.tick().await.unwrap());
+                eb.extend(b.tick().await.unwrap());
+            }
         }
     }
-    out
+    (ea, eb)
+}
+
+fn shown(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(String::from_utf8_lossy(&m.text).into_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn delivered(events: &[Event]) -> Vec<[u8; 16]> {
@@ -174,8 +207,7 @@ async fn receipts_tell_the_sender_what_reached_the_recipient() {
         next_message(&mut bob).await;
     }
     // Bob's client sends one receipt once its delay passed, by itself.
-    let _ = events(&mut bob, Duration::from_millis(300)).await;
-    let got = events(&mut alice, Duration::from_millis(300)).await;
+    let (got, _) = until(&mut alice, &mut bob, |a, _| delivered(a).len() >= 3).await;
     assert_eq!(delivered(&got), sent, "{got:?}");
     assert!(alice.state().outbox.values().all(|o| o.pending.is_empty()));
     // Receipts are not messages: nothing is shown, logged or numbered.
@@ -196,7 +228,7 @@ async fn a_message_the_server_drops_is_reported_to_its_sender() {
     let (server, options) = server_with(store.clone(), config()).await;
     let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
     let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
-    alice.set_delivery_grace(Duration::from_millis(400));
+    alice.set_delivery_grace(Duration::from_millis(300));
     bob.set_receipt_delay(Duration::ZERO);
     bob.set_missing_grace(Duration::ZERO);
     alice.send("bob", b"first").await.unwrap();
@@ -205,26 +237,29 @@ async fn a_message_the_server_drops_is_reported_to_its_sender() {
     let lost = alice.send("bob", b"lost").await.unwrap().message_id;
     *store.drop_to.lock().unwrap() = None;
     let later = alice.send("bob", b"later").await.unwrap().message_id;
-    let at_bob = events(&mut bob, Duration::from_millis(300)).await;
+    let undelivered = |events: &[Event]| -> Vec<[u8; 16]> {
+        events
+            .iter()
+            .flat_map(|e| match e {
+                Event::Undelivered { message_ids, .. } => message_ids.clone(),
+                _ => vec![],
+            })
+            .collect()
+    };
+    let (at_alice, at_bob) = until(&mut alice, &mut bob, |a, b| {
+        delivered(a).contains(&later)
+            && !undelivered(a).is_empty()
+            && b.iter().any(|e| matches!(e, Event::Missing { .. }))
+    })
+    .await;
     assert!(
         at_bob
             .iter()
             .any(|e| matches!(e, Event::Missing { count: 1, .. })),
         "{at_bob:?}"
     );
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let mut at_alice = events(&mut alice, Duration::from_millis(300)).await;
-    at_alice.extend(alice.tick().await.unwrap());
-    assert!(delivered(&at_alice).contains(&later), "{at_alice:?}");
     assert!(!delivered(&at_alice).contains(&lost));
-    let undelivered: Vec<[u8; 16]> = at_alice
-        .iter()
-        .flat_map(|e| match e {
-            Event::Undelivered { message_ids, .. } => message_ids.clone(),
-            _ => vec![],
-        })
-        .collect();
-    assert_eq!(undelivered, vec![lost], "{at_alice:?}");
+    assert_eq!(undelivered(&at_alice), vec![lost], "{at_alice:?}");
     // Reported once, and still tracked (a late receipt would report it).
     assert!(alice.tick().await.unwrap().is_empty());
     // The tracking survives a restart.
@@ -260,35 +295,23 @@ async fn a_one_time_prekey_served_twice_loses_nothing() {
     let id = carol.send("bob", b"from carol").await.unwrap().message_id;
     assert!(store.serve_twice.lock().unwrap().is_none(), "served twice");
 
-    let at_bob = events(&mut bob, Duration::from_millis(400)).await;
-    let shown = |events: &[Event]| -> Vec<String> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Message(m) => Some(String::from_utf8_lossy(&m.text).into_owned()),
-                _ => None,
-            })
-            .collect()
-    };
-    assert_eq!(shown(&at_bob), vec!["from alice"]);
+    // Bob rejects Carol's setup and asks her for it again; her client
+    // sends it again on his new session; he reads it, once, and his receipt
+    // tells her it was delivered.
+    let (at_bob, at_carol) = until(&mut bob, &mut carol, |_, c| delivered(c).contains(&id)).await;
+    assert_eq!(shown(&at_bob), vec!["from alice", "from carol"]);
     assert!(
         at_bob
             .iter()
             .any(|e| matches!(e, Event::Rejected { from, .. } if from.user == "carol")),
         "{at_bob:?}"
     );
-    let at_carol = events(&mut carol, Duration::from_millis(400)).await;
     assert!(
         at_carol
             .iter()
             .any(|e| matches!(e, Event::Resent { message_id, .. } if *message_id == id)),
         "{at_carol:?}"
     );
-    let at_bob = events(&mut bob, Duration::from_millis(400)).await;
-    assert_eq!(shown(&at_bob), vec!["from carol"]);
-    // And it was delivered, by Bob's receipt on the new session.
-    let at_carol = events(&mut carol, Duration::from_millis(900)).await;
-    assert!(delivered(&at_carol).contains(&id), "{at_carol:?}");
     // The conversation goes on both ways.
     carol.send("bob", b"again").await.unwrap();
     assert_eq!(next_message(&mut bob).await.text, b"again".to_vec());
