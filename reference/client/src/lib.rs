@@ -131,6 +131,16 @@ pub enum ClientError {
     /// The local state file is unusable.
     #[error("state: {0}")]
     State(String),
+    /// The local state file (or message log) does not decode: where, and
+    /// the decoder's error.
+    #[error("state: malformed {what}: {source}")]
+    Malformed {
+        /// What was being read.
+        what: &'static str,
+        /// The CBOR decoder's error (positions only, never the bytes).
+        #[source]
+        source: minicbor::decode::Error,
+    },
     /// A file (or the terminal) could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -151,8 +151,11 @@ impl std::fmt::Debug for State {
     }
 }
 
-fn bad(_: minicbor::decode::Error) -> ClientError {
-    ClientError::State("malformed state file".into())
+fn bad(source: minicbor::decode::Error) -> ClientError {
+    ClientError::Malformed {
+        what: "state file",
+        source,
+    }
 }
 
 fn identity_bytes(id: &PublicIdentity) -> [u8; 64] {
@@ -1216,6 +1219,14 @@ mod tests {
             SendSeq::restored(41 + SEQ_RESERVATION)
         );
         assert_eq!(back.server, state.server);
+        // A cut file says what failed to decode and keeps the decoder's error.
+        let bytes = state.encode();
+        match State::decode(&bytes[..bytes.len() / 2]) {
+            Err(e @ ClientError::Malformed { .. }) => {
+                assert!(std::error::Error::source(&e).is_some(), "{e}");
+            }
+            other => panic!("expected Malformed, got {:?}", other.map(|_| ())),
+        }
     }
 
     /// A save whose caller gave up (its generation is older) never lands
