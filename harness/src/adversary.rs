@@ -33,7 +33,7 @@ use chatify_proto::{
 use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
 use chatify_server::{Config, Server};
 
-use crate::runner::CHEAP_ARGON2;
+use crate::topology::CHEAP_ARGON2;
 
 /// One attack of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -33,9 +33,10 @@ use chatify_server::{Config, Server};
 use rand::SeedableRng;
 
 use crate::plaintext::{self, Detector, Plaintext};
-use crate::runner::{CHEAP_ARGON2, Check};
+use crate::runner::Check;
 use crate::scenario::{Scenario, Verdict};
 use crate::taps;
+use crate::topology::CHEAP_ARGON2;
 
 /// The passphrase every home of the run is created with.
 const PASSPHRASE: &str = "harness home";

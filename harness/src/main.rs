@@ -30,6 +30,7 @@ mod scenario;
 mod stats;
 mod sweep;
 mod taps;
+mod topology;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -281,10 +282,10 @@ fn main() -> ExitCode {
                 std::iter::once("chatify-server".into()).chain(args.into_iter().map(Into::into));
             return chatify_server::cli::run_customized(argv, |config| {
                 if log_envelopes_mutant {
-                    config.envelope_observer = Some(runner::envelope_logger());
+                    config.envelope_observer = Some(topology::envelope_logger());
                 }
                 if keep_credentials_mutant {
-                    config.credential_observer = Some(runner::credential_keeper());
+                    config.credential_observer = Some(topology::credential_keeper());
                 }
                 config.conformance_echo = conformance_echo;
             });

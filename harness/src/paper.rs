@@ -266,7 +266,7 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
     );
     let server = Server::start(
         Config {
-            password_cost: runner::CHEAP_ARGON2,
+            password_cost: crate::topology::CHEAP_ARGON2,
             ..Config::default()
         },
         store,

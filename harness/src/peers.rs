@@ -533,7 +533,7 @@ pub(crate) async fn run(
         intended: plan.iter().map(|p| ((p.sender, p.n), p.at)).collect(),
         records: tx,
     });
-    let cpu_before = server.pid().and_then(runner::proc_cpu_secs);
+    let cpu_before = server.pid().and_then(crate::topology::proc_cpu_secs);
     let mut tasks = tokio::task::JoinSet::new();
     for (i, conn) in conns.iter_mut().enumerate() {
         let Some((sink, stream)) = conn.take() else {
@@ -563,9 +563,9 @@ pub(crate) async fn run(
     }
     while tasks.join_next().await.is_some() {}
     progress.bar.finish_and_clear();
-    let cpu_after = server.pid().and_then(runner::proc_cpu_secs);
+    let cpu_after = server.pid().and_then(crate::topology::proc_cpu_secs);
     let (mut metrics, checks) = tally.finish(s, cpu_before, cpu_after);
-    metrics.server_peak_rss_kib = server.pid().and_then(runner::proc_peak_rss_kib);
+    metrics.server_peak_rss_kib = server.pid().and_then(crate::topology::proc_peak_rss_kib);
     server.stop().await;
     Ok(Outcome {
         scenario: s.name.clone(),

@@ -1,191 +1,29 @@
-//! Running a scenario: topology, users, open-loop workload, faults, taps,
-//! checks and metrics.
+//! Running a scenario: users, open-loop workload, faults, taps, checks and
+//! metrics. The server, and the figures of its process, come from
+//! [`crate::topology`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatify_client::{Client, ClientError, ConnectOptions, Event, Push};
 use chatify_proto::frame;
 use chatify_proto::frame::Address;
-use chatify_server::auth::PasswordCost;
-use chatify_server::store::SqliteStore;
+use chatify_server::EnvelopeObserver;
 use chatify_server::store::sqlite::Durability;
-use chatify_server::{Config, EnvelopeObserver, Server};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use crate::logsink;
 use crate::plaintext::{self, Detector, Plaintext};
 use crate::scenario::{Arrival, Mode, Scenario, ServerMode, Verdict};
 use crate::taps::{self, TapResult, WireTap};
-
-/// A server the harness started.
-enum ServerHandle {
-    InProcess(Server),
-    Child(tokio::process::Child),
-}
-
-struct Topology {
-    mode: ServerMode,
-    /// Server log filter: `trace` when the log tap runs, `warn` otherwise
-    /// (verbose logging costs time the measurements should not include).
-    log_level: &'static str,
-    data_dir: PathBuf,
-    db: PathBuf,
-    log: PathBuf,
-    durability: Durability,
-    addr: SocketAddr,
-    handle: Option<ServerHandle>,
-    observer: Option<EnvelopeObserver>,
-    /// The child server keeps every password and token (a mutant).
-    keep_credentials: bool,
-}
-
-/// HARNESS-ONLY MUTANT hook: logs every envelope the server accepts, verbatim.
-pub(crate) fn envelope_logger() -> EnvelopeObserver {
-    EnvelopeObserver(Arc::new(|envelope: &[u8]| {
-        tracing::info!(target: "chatify_server::mutant", envelope = %String::from_utf8_lossy(envelope), "MUTANT: logging an envelope");
-    }))
-}
-
-/// HARNESS-ONLY MUTANT hook: keeps a copy of every password and token the
-/// server sees, for the life of the process.
-pub(crate) fn credential_keeper() -> EnvelopeObserver {
-    let kept: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    EnvelopeObserver(Arc::new(move |secret: &[u8]| {
-        if let Ok(mut k) = kept.lock() {
-            k.push(secret.to_vec());
-        }
-    }))
-}
-
-/// Password hashing is not what the harness measures: cheap parameters keep
-/// setup short (the server's defaults are OWASP's).
-pub(crate) const CHEAP_ARGON2: PasswordCost = PasswordCost {
-    memory_kib: 64,
-    iterations: 1,
+use crate::topology::{
+    Topology, envelope_logger, open_sockets, proc_cpu_secs, proc_peak_rss_kib, wait_for_sockets,
 };
-
-impl Topology {
-    async fn start(&mut self) -> Result<(), String> {
-        match self.mode {
-            ServerMode::InProcess => {
-                let store = Arc::new(
-                    SqliteStore::open(&self.db, self.durability)
-                        .map_err(|e| format!("database: {e}"))?,
-                );
-                let config = Config {
-                    listen: self.addr,
-                    password_cost: CHEAP_ARGON2,
-                    envelope_observer: self.observer.clone(),
-                    ..Config::default()
-                };
-                // The port of a stopped server is rebound at once (SO_REUSEADDR);
-                // retry briefly in case the old listener is still closing.
-                let mut last = String::new();
-                for _ in 0..50 {
-                    match Server::start(config.clone(), store.clone()).await {
-                        Ok(server) => {
-                            self.addr = server.local_addr();
-                            self.handle = Some(ServerHandle::InProcess(server));
-                            return Ok(());
-                        }
-                        Err(e) => last = e.to_string(),
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(format!("cannot start the server: {last}"))
-            }
-            ServerMode::Child => {
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-                let log = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.log)
-                    .map_err(|e| format!("{}: {e}", self.log.display()))?;
-                let durability = match self.durability {
-                    Durability::Full => "full",
-                    Durability::Normal => "normal",
-                };
-                let mut command = tokio::process::Command::new(exe);
-                command.arg("__serve");
-                if self.observer.is_some() {
-                    command.arg("--log-envelopes-mutant");
-                }
-                if self.keep_credentials {
-                    command.arg("--keep-credentials-mutant");
-                }
-                let mut child = command
-                    .args([
-                        "--listen",
-                        &self.addr.to_string(),
-                        "--durability",
-                        durability,
-                        "--log",
-                        self.log_level,
-                    ])
-                    .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
-                    .arg("--db")
-                    .arg(&self.db)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::from(log))
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| format!("cannot start the server process: {e}"))?;
-                let stdout = child.stdout.take().ok_or("no stdout")?;
-                let mut line = String::new();
-                tokio::io::BufReader::new(stdout)
-                    .read_line(&mut line)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let url = line
-                    .trim()
-                    .strip_prefix("listening on ws://")
-                    .ok_or_else(|| format!("the server process said {line:?}"))?;
-                self.addr = url.parse().map_err(|e| format!("{url}: {e}"))?;
-                self.handle = Some(ServerHandle::Child(child));
-                Ok(())
-            }
-        }
-    }
-
-    async fn stop(&mut self, kill: bool) {
-        match self.handle.take() {
-            Some(ServerHandle::InProcess(s)) if kill => s.abort(),
-            Some(ServerHandle::InProcess(s)) => s.shutdown().await,
-            Some(ServerHandle::Child(mut c)) => {
-                if kill {
-                    let _ = c.kill().await;
-                } else {
-                    let pid = c.id().and_then(|p| i32::try_from(p).ok());
-                    if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-                    }
-                    if tokio::time::timeout(Duration::from_secs(10), c.wait())
-                        .await
-                        .is_err()
-                    {
-                        let _ = c.kill().await;
-                    }
-                }
-            }
-            None => {}
-        }
-    }
-
-    fn pid(&self) -> Option<u32> {
-        match &self.handle {
-            Some(ServerHandle::Child(c)) => c.id(),
-            _ => None,
-        }
-    }
-}
 
 /// A planned message.
 #[derive(Debug, Clone)]
@@ -546,33 +384,6 @@ async fn user_task(
     }
 }
 
-/// Sockets process `pid` has open (`None` when it cannot be read).
-fn open_sockets(pid: u32) -> Option<usize> {
-    let fds = process(pid)?.fd().ok()?;
-    Some(
-        fds.filter_map(Result::ok)
-            .filter(|f| matches!(f.target, procfs::process::FDTarget::Socket(_)))
-            .count(),
-    )
-}
-
-/// A process's `/proc` entry.
-pub(crate) fn process(pid: u32) -> Option<procfs::process::Process> {
-    procfs::process::Process::new(i32::try_from(pid).ok()?).ok()
-}
-
-/// Waits until process `pid` has at most `max` sockets open (as many as
-/// when it was idle), or `timeout` passes.
-async fn wait_for_sockets(pid: u32, max: usize, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if open_sockets(pid).is_none_or(|n| n <= max) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -788,17 +599,6 @@ fn cdf(h: &Histogram<u64>) -> Vec<(f64, u64)> {
 pub(crate) fn record(h: &mut Histogram<u64>, v: u128) {
     let v = u64::try_from(v).unwrap_or(u64::MAX).clamp(1, HIST_MAX);
     let _ = h.record(v);
-}
-
-/// User and system CPU time of process `pid`, in seconds.
-pub(crate) fn proc_cpu_secs(pid: u32) -> Option<f64> {
-    let stat = process(pid)?.stat().ok()?;
-    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
-}
-
-/// Peak resident set size of process `pid` (`VmHWM`), in KiB.
-pub(crate) fn proc_peak_rss_kib(pid: u32) -> Option<u64> {
-    process(pid)?.status().ok()?.vmhwm
 }
 
 /// Turns the records of a run into metrics and the delivery checks.

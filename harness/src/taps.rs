@@ -386,7 +386,7 @@ pub(crate) fn scan_file(path: &Path, detector: &Detector) -> TapResult {
 /// detector (one read of the memory); one result per detector.
 pub(crate) fn scan_memory(pid: u32, detectors: &[&Detector]) -> Result<Vec<TapResult>, String> {
     use procfs::process::{MMPermissions, MMapPath};
-    let process = crate::runner::process(pid).ok_or("no such process")?;
+    let process = crate::topology::process(pid).ok_or("no such process")?;
     let maps = process.maps().map_err(|e| format!("maps: {e}"))?;
     let mut mem = process.mem().map_err(|e| format!("mem: {e}"))?;
     let mut results = vec![TapResult::default(); detectors.len()];
