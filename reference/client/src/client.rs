@@ -114,15 +114,16 @@ pub const DELIVERY_GRACE: Duration = Duration::from_secs(300);
 
 /// How long a device waits after a message arrives before sending its
 /// receipt, by default: messages arriving meanwhile share one receipt.
-pub const RECEIPT_DELAY: Duration = Duration::from_millis(500);
+pub const RECEIPT_DELAY: Duration = Duration::from_millis(200);
 
 /// A device asks one sender device to send messages again at most this
 /// often (further ids wait for the next request).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Bytes of sent texts kept, in all, to send them again if the recipient
-/// cannot open them (PROTOCOL §7.3); beyond it, a message is tracked
-/// without its text.
+/// cannot open them (PROTOCOL §7.3); only session-setup messages are kept
+/// (no other can be asked for again), and beyond this budget a message is
+/// tracked without its text.
 pub const MAX_KEPT_TEXT: usize = 256 * 1024;
 
 /// Why a message's sender is not trusted as the user it claims to be.
@@ -730,11 +731,18 @@ impl Client {
             };
             let sealed_at_ms = now_ms();
             let content = Content::message(message_id, seq, floor, sealed_at_ms, text);
+            // Only a session-setup message can be asked for again (§7.3):
+            // its text is kept until the receipt; later ones are tracked
+            // without it, which keeps every save small.
+            let setup = self
+                .state
+                .active_session(to)
+                .is_some_and(|s| s.awaiting_reply());
             let ok = self.seal_and_send(to, conversation, &content).await?;
             first.get_or_insert(ok.seq);
             // Tracked until the device's receipt covers it (saved with the
             // next save, and by `close`); its text is kept within a budget.
-            let keep = self.kept_text() + text.len() <= MAX_KEPT_TEXT;
+            let keep = setup && self.kept_text() + text.len() <= MAX_KEPT_TEXT;
             self.state
                 .outbox
                 .entry((conversation, to.clone()))
