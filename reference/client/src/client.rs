@@ -993,6 +993,18 @@ impl Client {
                 message_id: p.message_id,
             }));
         };
+        // Sent again only to the identity it was meant for.
+        let trusted = self
+            .state
+            .active_session(to)
+            .map(|s| *s.remote_identity())
+            .is_some_and(|id| self.state.trust_of(&to.user, &id).is_none());
+        if !trusted || self.blocked(&to.user) {
+            return Ok(Some(Event::NotResent {
+                to: to.clone(),
+                message_id: p.message_id,
+            }));
+        }
         self.ensure_reserved(to, conversation, false).await?;
         let content = Content::message(p.message_id, seq, p.floor, p.sealed_at_ms, text);
         let trace = self.trace.take();
@@ -1255,7 +1267,7 @@ impl Client {
         }
         if content.is_control() {
             self.state.mark_control(d.message_id);
-            return self.control(&d, &content);
+            return self.control(&d, &content, warning);
         }
         let arrival = self
             .state
@@ -1318,7 +1330,24 @@ impl Client {
 
     /// A receipt or a retry request from `d.from`, authenticated by its
     /// session.
-    fn control(&mut self, d: &Deliver, content: &Content<'_>) -> Event {
+    fn control(
+        &mut self,
+        d: &Deliver,
+        content: &Content<'_>,
+        warning: Option<IdentityWarning>,
+    ) -> Event {
+        // Only the user's confirmed identity speaks for the user's devices:
+        // a receipt from another would silence a loss, a retry request from
+        // another would have the text sent again to it.
+        if warning.is_some() {
+            return Event::Rejected {
+                from: d.from.clone(),
+                seq: d.seq,
+                reason: "a receipt or retry request from an identity not confirmed for this \
+                         user: ignored"
+                    .into(),
+            };
+        }
         let key = (d.conversation, d.from.clone());
         if let Some(receipt) = &content.receipt {
             let message_ids = self

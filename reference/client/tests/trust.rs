@@ -196,3 +196,85 @@ async fn a_changed_identity_is_flagged_on_every_message_until_confirmed() {
     assert_eq!(next_message(&mut alice).await.warning, None);
     server.shutdown().await;
 }
+
+/// A hostile server puts keys of its own on Bob's device and delivers
+/// Alice's pending first message to them: they cannot open it, so they ask
+/// Alice to send it again, on a session with the server's identity. Alice
+/// must not: a retry request (or a receipt) from an identity she has not
+/// confirmed for Bob changes nothing, and the text never reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_request_from_a_substituted_identity_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, options) = server().await;
+    let mut alice = user(&options, &dir.path().join("alice"), "alice").await;
+    let bob = user(&options, &dir.path().join("bob"), "bob").await;
+    bob.close().await;
+    alice.send("bob", b"the secret").await.unwrap();
+    // New keys on bob:1, as a server running the account can publish.
+    let mut substitute = Client::login(
+        &options,
+        &dir.path().join("sub"),
+        &pass(),
+        "bob",
+        "bob-password",
+        1,
+    )
+    .await
+    .unwrap();
+    let mut seen_by_substitute = Vec::new();
+    let mut seen_by_alice = Vec::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    while tokio::time::Instant::now() < until {
+        enum Next {
+            A(Option<chatify_client::Push>),
+            S(Option<chatify_client::Push>),
+            Tick,
+        }
+        let next = tokio::select! {
+            p = alice.next_push() => Next::A(p),
+            p = substitute.next_push() => Next::S(p),
+            _ = tick.tick() => Next::Tick,
+        };
+        match next {
+            Next::A(Some(p)) => seen_by_alice.extend(alice.handle(p).await.unwrap()),
+            Next::S(Some(p)) => seen_by_substitute.extend(substitute.handle(p).await.unwrap()),
+            Next::A(None) | Next::S(None) => break,
+            Next::Tick => {
+                seen_by_alice.extend(alice.tick().await.unwrap());
+                seen_by_substitute.extend(substitute.tick().await.unwrap());
+            }
+        }
+    }
+    // The substitute could not open the message and asked for it again.
+    assert!(
+        seen_by_substitute
+            .iter()
+            .any(|e| matches!(e, chatify_client::Event::Rejected { .. })),
+        "{seen_by_substitute:?}"
+    );
+    assert!(
+        !seen_by_substitute.iter().any(|e| matches!(
+            e,
+            chatify_client::Event::Message(m) if m.text == b"the secret"
+        )),
+        "the text reached the substituted identity: {seen_by_substitute:?}"
+    );
+    assert!(
+        !seen_by_alice
+            .iter()
+            .any(|e| matches!(e, chatify_client::Event::Resent { .. })),
+        "{seen_by_alice:?}"
+    );
+    // The message still awaits Bob's own receipt.
+    assert_eq!(
+        alice
+            .state()
+            .outbox
+            .values()
+            .map(|o| o.pending.len())
+            .sum::<usize>(),
+        1
+    );
+    server.shutdown().await;
+}
