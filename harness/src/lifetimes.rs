@@ -21,7 +21,6 @@
 //! `CHATIFY_PASSPHRASE`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -64,7 +63,8 @@ pub(crate) struct Tally {
     /// Sends that ended with the server's acknowledgement.
     pub(crate) stored: u64,
     /// Sends that failed otherwise.
-    pub(crate) send_failures: Vec<String>,
+    /// (sender, its message number, the error) of every failed send.
+    pub(crate) send_failures: Vec<(usize, u64, String)>,
     /// (recipient, text) of every message an `inbox` printed.
     #[serde(skip)]
     pub(crate) received: Vec<(usize, Vec<u8>)>,
@@ -242,7 +242,7 @@ fn user_lifetimes(
         } else {
             tally
                 .send_failures
-                .push(format!("{} {}: {}", user_name(me), p.n, sent.stderr.trim()));
+                .push((me, p.n, sent.stderr.trim().to_owned()));
         }
         read_inbox(me, &read, &mut tally);
     }
@@ -382,21 +382,12 @@ fn leak_check(name: &'static str, r: &crate::taps::TapResult) -> Check {
 pub(crate) struct Outcome {
     pub(crate) scenario: String,
     pub(crate) tally: Tally,
-    pub(crate) checks: Vec<CheckOut>,
-}
-
-/// A check as written to summary.json.
-#[derive(Debug, serde::Serialize)]
-pub(crate) struct CheckOut {
-    name: &'static str,
-    verdict: Verdict,
-    expected: Verdict,
-    evidence: String,
+    pub(crate) checks: Vec<Check>,
 }
 
 impl Outcome {
     pub(crate) fn as_expected(&self) -> bool {
-        self.checks.iter().all(|c| c.verdict == c.expected)
+        self.checks.iter().all(Check::as_expected)
     }
 }
 
@@ -549,12 +540,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path) -> Result<Outcome, String> {
     let failed: Vec<(usize, u64)> = tally
         .send_failures
         .iter()
-        .filter_map(|f| {
-            let mut it = f.split_whitespace();
-            let u = it.next()?.strip_prefix('u')?.parse().ok()?;
-            let n = it.next()?.trim_end_matches(':').parse().ok()?;
-            Some((u, n))
-        })
+        .map(|(u, n, _)| (*u, *n))
         .collect();
     let (once, ordered) = delivery_checks(&plan, &failed, &tally.received);
     let detector = Detector::new(planned.iter().map(|p| &p.plaintext));
@@ -599,15 +585,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path) -> Result<Outcome, String> {
     ];
     let outcome = Outcome {
         scenario: s.name.clone(),
-        checks: checks
-            .into_iter()
-            .map(|c| CheckOut {
-                name: c.name,
-                verdict: c.verdict,
-                expected: c.expected,
-                evidence: c.evidence,
-            })
-            .collect(),
+        checks,
         tally,
     };
     write(out, s, &outcome)?;
@@ -618,47 +596,18 @@ fn write(out: &Path, s: &Scenario, o: &Outcome) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let json = serde_json::to_string_pretty(o).map_err(|e| e.to_string())?;
     std::fs::write(out.join("summary.json"), json).map_err(|e| e.to_string())?;
-    let mut md = String::new();
-    let _ = writeln!(md, "# {}\n\n{}\n", s.name, s.description.trim());
-    let _ = writeln!(
-        md,
-        "| check | verdict | expected | evidence |\n|---|---|---|---|"
+    let md = format!(
+        "# {}\n\n{}\n\n{}",
+        s.name,
+        s.description.trim(),
+        crate::report::check_table(&o.checks)
     );
-    for c in &o.checks {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            c.name,
-            verdict(c.verdict),
-            verdict(c.expected),
-            c.evidence
-        );
-    }
     std::fs::write(out.join("report.md"), md).map_err(|e| e.to_string())
-}
-
-fn verdict(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Pass => "pass",
-        Verdict::Fail => "FAIL",
-        Verdict::Skipped => "skipped",
-    }
 }
 
 /// A one-line-per-check summary for the terminal.
 pub(crate) fn summary(o: &Outcome) -> String {
-    let mut s = String::new();
-    for c in &o.checks {
-        let _ = writeln!(
-            s,
-            "  {:<26} {:<8} (expected {:<6}) {}",
-            c.name,
-            verdict(c.verdict),
-            verdict(c.expected),
-            c.evidence
-        );
-    }
-    s
+    crate::report::check_lines(&o.checks)
 }
 
 #[cfg(test)]
@@ -707,6 +656,32 @@ mod tests {
         assert_eq!(
             no_alarm_check(&["u1: !! 1 message(s) from u0:1 are missing".into()]).verdict,
             Verdict::Fail
+        );
+    }
+
+    /// The home tap fails on a home that keeps a message in the clear (the
+    /// mutant an unencrypting client is) and on one it could not read.
+    #[test]
+    fn the_home_tap_fails_on_plaintext_and_on_nothing_searched() {
+        let p = plaintext::make(0, 0, 64, &mut rand::rngs::StdRng::seed_from_u64(1));
+        let detector = Detector::new([&p]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("messages.cbor"), &p.bytes).unwrap();
+        let leaky = taps::scan_dir(dir.path(), &detector);
+        assert_eq!(
+            leak_check("leak.client-homes", &leaky).verdict,
+            Verdict::Fail
+        );
+        let empty = taps::scan_dir(&dir.path().join("none"), &detector);
+        assert_eq!(
+            leak_check("leak.client-homes", &empty).verdict,
+            Verdict::Fail
+        );
+        std::fs::write(dir.path().join("messages.cbor"), b"sealed bytes").unwrap();
+        let clean = taps::scan_dir(dir.path(), &detector);
+        assert_eq!(
+            leak_check("leak.client-homes", &clean).verdict,
+            Verdict::Pass
         );
     }
 

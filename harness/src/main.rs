@@ -207,16 +207,7 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
     if s.lifetimes.is_some() {
         let outcome = rt.block_on(lifetimes::run(&s, &out))?;
         print!("{}", lifetimes::summary(&outcome));
-        println!(
-            "{}; report: {}",
-            if outcome.as_expected() {
-                "as expected"
-            } else {
-                "NOT AS EXPECTED"
-            },
-            out.join("report.md").display()
-        );
-        return Ok(outcome.as_expected());
+        return Ok(verdict_line(outcome.as_expected(), &out));
     }
     if s.sweep.is_some() {
         let ok = rt.block_on(sweep::run(&s, &out, show))?;
@@ -233,16 +224,21 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
     if let Some(reason) = &s.expect.reason {
         println!("expected failures: {reason}");
     }
+    Ok(verdict_line(outcome.as_expected(), &out))
+}
+
+/// Prints whether a run's checks came out as expected, and where its report is.
+fn verdict_line(as_expected: bool, out: &Path) -> bool {
     println!(
         "{}; report: {}",
-        if outcome.as_expected() {
+        if as_expected {
             "as expected"
         } else {
             "NOT AS EXPECTED"
         },
         out.join("report.md").display()
     );
-    Ok(outcome.as_expected())
+    as_expected
 }
 
 fn run_compare(path: &Path, out: &Path, socketio_dir: &Path, quick: bool) -> Result<bool, String> {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::runner::{Outcome, Percentiles};
+use crate::runner::{Check, Outcome, Percentiles};
 use crate::scenario::{Mode, Scenario, Verdict};
 
 fn mode_label(m: Mode) -> &'static str {
@@ -70,8 +70,15 @@ pub(crate) fn tables(o: &Outcome) -> String {
             rss
         );
     }
-    s.push_str("\n| check | verdict | expected | evidence |\n|---|---|---|---|\n");
-    for c in &o.checks {
+    s.push('\n');
+    s.push_str(&check_table(&o.checks));
+    s
+}
+
+/// The checks as a Markdown table.
+pub(crate) fn check_table(checks: &[Check]) -> String {
+    let mut s = String::from("| check | verdict | expected | evidence |\n|---|---|---|---|\n");
+    for c in checks {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} |",
@@ -79,6 +86,23 @@ pub(crate) fn tables(o: &Outcome) -> String {
             verdict(c.verdict),
             verdict(c.expected),
             c.evidence.replace('|', "\\|")
+        );
+    }
+    s
+}
+
+/// The checks a line each, for the terminal (`!` marks one not as expected).
+pub(crate) fn check_lines(checks: &[Check]) -> String {
+    let mut s = String::new();
+    for c in checks {
+        let mark = if c.as_expected() { " " } else { "!" };
+        let _ = writeln!(
+            s,
+            "{mark} {:<22} {:<8} (expected {:<7}) {}",
+            c.name,
+            verdict(c.verdict),
+            verdict(c.expected),
+            c.evidence
         );
     }
     s
@@ -142,16 +166,6 @@ pub(crate) fn summary(o: &Outcome) -> String {
         m.latency_us.p99,
         m.latency_us.max
     );
-    for c in &o.checks {
-        let mark = if c.as_expected() { " " } else { "!" };
-        let _ = writeln!(
-            s,
-            "{mark} {:<22} {:<8} (expected {:<7}) {}",
-            c.name,
-            verdict(c.verdict),
-            verdict(c.expected),
-            c.evidence
-        );
-    }
+    s.push_str(&check_lines(&o.checks));
     s
 }
