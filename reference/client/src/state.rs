@@ -947,17 +947,7 @@ impl StateFile {
         let mut records = SecretBuf::with_capacity(size);
         for m in messages {
             let mut record = SecretBuf::with_capacity(m.text.len() + 128);
-            let mut e = Encoder::new(&mut record);
-            let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
-                e.array(5)?
-                    .str(&m.from.user)?
-                    .u32(m.from.device)?
-                    .u64(m.sent_at_ms)?
-                    .bytes(&m.message_id)?
-                    .bytes(&m.text)?;
-                Ok(())
-            })();
-            debug_assert!(result.is_ok());
+            encode_message(m, &mut record);
             self.push_sealed_record(&mut records, record.as_slice())?;
         }
         let created = self.storage.append(&path, records.as_slice()).map_err(io)?;
@@ -1113,6 +1103,22 @@ fn open_record(vault: &Vault, bytes: &[u8], at: usize) -> Option<(Zeroizing<Vec<
     let end = record_end(bytes, at)?;
     let sealed = bytes.get(at + 4..end)?;
     Some((vault.open(Purpose::LogRecord, sealed)?, end))
+}
+
+/// A log record's plaintext: `[user, device, sent_at_ms, message_id, text]`
+/// (what versions before encryption at rest wrote in the clear).
+fn encode_message<W: minicbor::encode::Write>(m: &StoredMessage, w: W) {
+    let mut e = Encoder::new(w);
+    let result = (|| -> Result<(), minicbor::encode::Error<W::Error>> {
+        e.array(5)?
+            .str(&m.from.user)?
+            .u32(m.from.device)?
+            .u64(m.sent_at_ms)?
+            .bytes(&m.message_id)?
+            .bytes(&m.text)?;
+        Ok(())
+    })();
+    debug_assert!(result.is_ok());
 }
 
 fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
@@ -1340,19 +1346,7 @@ mod tests {
         assert_eq!(check(&on_disk.0, &on_disk.1), 0);
         // The mutant: the same state and log as an older version wrote them.
         let mut log = Vec::new();
-        Encoder::new(&mut log)
-            .array(5)
-            .unwrap()
-            .str("bob")
-            .unwrap()
-            .u32(1)
-            .unwrap()
-            .u64(1)
-            .unwrap()
-            .bytes(&[1; 16])
-            .unwrap()
-            .bytes(b"the secret text")
-            .unwrap();
+        encode_message(&message(b"the secret text", 1), &mut log);
         assert_eq!(check(&state.encode(), &log), 3);
         // They load with the passphrase, and not without it.
         assert_eq!(file.load().unwrap().unwrap().user, "markeruser");
@@ -1383,19 +1377,7 @@ mod tests {
         std::fs::write(dir.path().join("state.cbor"), state.encode()).unwrap();
         let mut log = Vec::new();
         for (text, id) in [(&b"one"[..], 1u8), (b"two", 2)] {
-            Encoder::new(&mut log)
-                .array(5)
-                .unwrap()
-                .str("bob")
-                .unwrap()
-                .u32(1)
-                .unwrap()
-                .u64(1)
-                .unwrap()
-                .bytes(&[id; 16])
-                .unwrap()
-                .bytes(text)
-                .unwrap();
+            encode_message(&message(text, id), &mut log);
         }
         std::fs::write(dir.path().join("messages.cbor"), &log).unwrap();
         // A reader cannot, and says why.
