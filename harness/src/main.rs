@@ -15,22 +15,17 @@
 // which keep this lint.
 #![allow(clippy::indexing_slicing)]
 
-mod adversary;
-mod check;
-mod compare;
-mod figures;
-mod lifetimes;
-mod logsink;
-mod paper;
-mod peers;
+mod experiments;
+mod load;
+mod metrics;
 mod plaintext;
 mod report;
-mod runner;
 mod scenario;
-mod stats;
-mod sweep;
 mod taps;
 mod topology;
+
+use experiments::{adversary, check, compare, reproduce};
+use load::{lifetimes, peers, sweep};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -174,23 +169,6 @@ enum Command {
     },
 }
 
-/// The passphrase of every client home the harness makes, at the cheapest
-/// derivation cost: runs open homes thousands of times, and the cost is the
-/// user's choice, not something the runs measure.
-pub(crate) fn home_passphrase() -> chatify_client::Passphrase {
-    chatify_client::Passphrase::with_cost("harness home", chatify_client::KdfCost::MINIMUM)
-        .unwrap_or_else(|_| chatify_client::Passphrase::new("harness home"))
-}
-
-/// A client home, owned and unlocked, so that what is timed next (connect
-/// and authenticate) leaves the passphrase's derivation out.
-pub(crate) fn unlocked_home(
-    home: &Path,
-) -> Result<chatify_client::state::StateFile, chatify_client::ClientError> {
-    chatify_client::state::StateFile::acquire(home, chatify_client::OWNER_WAIT)?
-        .unlock(&home_passphrase())
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -205,12 +183,15 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
     let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let rt = runtime()?;
     if s.lifetimes.is_some() {
-        let outcome = rt.block_on(lifetimes::run(&s, &out))?;
-        print!("{}", lifetimes::summary(&outcome));
+        let outcome = rt.block_on(lifetimes::run(&s))?;
+        report::lifetimes::write(&out, &s, &outcome, &outcome.checks)?;
+        print!("{}", report::check_lines(&outcome.checks));
         return Ok(verdict_line(outcome.as_expected(), &out));
     }
     if s.sweep.is_some() {
-        let ok = rt.block_on(sweep::run(&s, &out, show))?;
+        let steps = rt.block_on(sweep::steps(&s, &out, show))?;
+        let ok = report::sweep::write(&s, &out, &steps)?;
+        print!("{}", report::sweep::markdown(&s, &steps));
         println!("report: {}", out.join("report.md").display());
         return Ok(ok);
     }
@@ -218,7 +199,7 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, 
         "running {} ({} users, {} messages at {} msg/s)",
         s.name, s.users.count, s.workload.messages, s.workload.rate
     );
-    let outcome = rt.block_on(runner::run(&s, &out, show))?;
+    let outcome = rt.block_on(load::run::run(&s, &out, show))?;
     report::write_run(&out, &s, &outcome)?;
     print!("{}", report::summary(&outcome));
     if let Some(reason) = &s.expect.reason {
@@ -255,7 +236,7 @@ fn run_compare(path: &Path, out: &Path, socketio_dir: &Path, quick: bool) -> Res
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let comparison = runtime()?.block_on(compare::run(&s, out, socketio_dir, show))?;
-    print!("{}", compare::markdown(&comparison));
+    print!("{}", report::compare::markdown(&comparison));
     println!("report: {}", out.join("report.md").display());
     if !comparison.all_delivered {
         println!("a step below saturation lost, duplicated or reordered messages");
@@ -302,7 +283,7 @@ fn main() -> ExitCode {
         } => {
             let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
             runtime()
-                .and_then(|rt| rt.block_on(paper::reproduce(&scenarios, &out, quick, show)))
+                .and_then(|rt| rt.block_on(reproduce::reproduce(&scenarios, &out, quick, show)))
                 .map(|p| {
                     for c in &p.claims {
                         println!(
@@ -319,8 +300,8 @@ fn main() -> ExitCode {
         }
         Command::Compare {
             out, replot: true, ..
-        } => compare::replot(&out).map(|c| {
-            print!("{}", compare::markdown(&c));
+        } => report::compare::replot(&out).map(|c| {
+            print!("{}", report::compare::markdown(&c));
             true
         }),
         Command::Compare {
@@ -333,7 +314,10 @@ fn main() -> ExitCode {
         Command::Adversary { out, only } => runtime()
             .and_then(|rt| rt.block_on(adversary::run(&out, only.as_deref())))
             .map(|verdicts| {
-                print!("{}", adversary::markdown(&verdicts));
+                print!(
+                    "{}",
+                    report::adversary::markdown(&adversary::rows(&verdicts))
+                );
                 println!("report: {}", out.join("report.md").display());
                 verdicts.iter().all(|v| v.pass)
             }),

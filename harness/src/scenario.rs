@@ -161,6 +161,19 @@ pub(crate) enum Mode {
     CredentialsKeptMutant,
 }
 
+impl Mode {
+    /// The mode's name in scenario files.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::E2ee => "e2ee",
+            Mode::PlaintextBaseline => "plaintext-baseline",
+            Mode::LeakyClientMutant => "leaky-client-mutant",
+            Mode::LeakyServerLogMutant => "leaky-server-log-mutant",
+            Mode::CredentialsKeptMutant => "credentials-kept-mutant",
+        }
+    }
+}
+
 /// Message arrivals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -4,74 +4,21 @@
 //!  for each repetition (system order rotated):
 //!    for each offered rate (increasing):
 //!      for each system not yet saturated in this repetition:
-//!        chatify / chatify-plaintext ─▶ runner::run (reference client + server, child process)
+//!        chatify / chatify-plaintext ─▶ load::run   (reference client + server, child process)
 //!        floor / socketio            ─▶ peers::run  (same plan, same envelopes)
 //!  ─▶ steps ─▶ per-system summary (mean ± sd over repetitions) ─▶ targets
 //!  ─▶ report.md, summary.json, fig_compare.svg
 //! ```
 
-use crate::stats::Spread;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::peers::{self, Peer};
-use crate::runner;
+use crate::load::peers::{self, Peer};
+use crate::load::{run, sweep};
+use crate::metrics::stats::Spread;
+use crate::report;
+use crate::report::compare::{Comparison, Step, SystemSummary, Target};
 use crate::scenario::{Compare, Mode, Scenario, System};
-use crate::sweep;
-
-/// One measured step of one system.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Step {
-    pub(crate) system: System,
-    pub(crate) repetition: u32,
-    pub(crate) rate: f64,
-    pub(crate) delivered_rate: f64,
-    pub(crate) p50_us: u64,
-    pub(crate) p99_us: u64,
-    pub(crate) max_us: u64,
-    /// Client encrypt + decrypt, p50 of each, summed (ns).
-    pub(crate) crypto_p50_ns: u64,
-    pub(crate) server_cpu_us_per_msg: Option<f64>,
-    pub(crate) server_peak_rss_kib: Option<u64>,
-    pub(crate) lost: u64,
-    pub(crate) saturated: bool,
-    /// Every message delivered once and in order (or the step saturated).
-    pub(crate) ok: bool,
-}
-
-/// One system's figures over the repetitions.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct SystemSummary {
-    /// Highest delivered rate of each repetition (msg/s).
-    pub(crate) saturation_msgs: Spread,
-    /// At the equal offered load.
-    pub(crate) p50_us: Spread,
-    pub(crate) p99_us: Spread,
-    pub(crate) server_cpu_us_per_msg: Spread,
-    pub(crate) crypto_p50_us: Spread,
-    pub(crate) server_peak_rss_kib: Spread,
-}
-
-/// A target of the benchmarks issue, checked on this run's figures.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Target {
-    pub(crate) name: String,
-    pub(crate) measured: String,
-    pub(crate) bound: String,
-    pub(crate) met: Option<bool>,
-}
-
-/// Everything a comparison measured.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Comparison {
-    pub(crate) scenario: Scenario,
-    pub(crate) steps: Vec<Step>,
-    pub(crate) systems: BTreeMap<String, SystemSummary>,
-    pub(crate) targets: Vec<Target>,
-    /// Every step below saturation delivered every message once, in order.
-    pub(crate) all_delivered: bool,
-}
 
 fn stat_of(steps: &[&Step], f: impl Fn(&Step) -> Option<f64>) -> Spread {
     Spread::of(&steps.iter().filter_map(|s| f(s)).collect::<Vec<_>>())
@@ -221,7 +168,7 @@ pub(crate) async fn run(
                     System::Chatify | System::ChatifyPlaintext => {
                         let dir = out.join("steps").join(&step.name);
                         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                        let o = runner::run(&step, &dir, show).await?;
+                        let o = run::run(&step, &dir, show).await?;
                         let _ = std::fs::remove_dir_all(&dir);
                         o
                     }
@@ -269,115 +216,6 @@ pub(crate) async fn run(
         serde_json::to_string_pretty(&comparison).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
-    render(&comparison, out)?;
+    report::compare::write(&comparison, out)?;
     Ok(comparison)
-}
-
-/// Writes report.md and fig_compare.svg.
-pub(crate) fn render(c: &Comparison, out: &Path) -> Result<(), String> {
-    std::fs::write(out.join("report.md"), markdown(c)).map_err(|e| e.to_string())?;
-    crate::figures::compare(&out.join("fig_compare.svg"), c)
-}
-
-/// Re-renders report.md and fig_compare.svg from a comparison's summary.json.
-pub(crate) fn replot(out: &Path) -> Result<Comparison, String> {
-    let path = out.join("summary.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let c: Comparison =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    render(&c, out)?;
-    Ok(c)
-}
-
-fn pm(s: Spread, digits: usize) -> String {
-    if s.n == 0 {
-        return "–".into();
-    }
-    format!("{:.digits$} ± {:.digits$}", s.mean, s.sd)
-}
-
-pub(crate) fn markdown(c: &Comparison) -> String {
-    let s = &c.scenario;
-    let Some(cmp) = &s.compare else {
-        return String::new();
-    };
-    let mut md = format!("# Comparison `{}`\n\n{}\n\n", s.name, s.description.trim());
-    let _ = writeln!(
-        md,
-        "{} users ({:?} graph), message sizes {:?} B, {:?} arrivals; {} repetitions, system order rotated each time; {} s of load per step; saturation when less than {:.0}% of the offered rate is delivered or p99 exceeds {} ms. Mean ± sample standard deviation over repetitions.\n",
-        s.users.count,
-        s.conversations.graph,
-        s.workload.size,
-        s.workload.arrival,
-        cmp.repetitions,
-        cmp.step_secs,
-        cmp.saturation_fraction * 100.0,
-        cmp.saturation_p99_ms,
-    );
-    let _ = writeln!(
-        md,
-        "| system | saturation msg/s | p50 µs at {r} msg/s | p99 µs at {r} msg/s | server CPU µs/msg at {r} msg/s | client enc+dec p50 µs | server peak RSS MiB |\n|---|---|---|---|---|---|---|",
-        r = cmp.equal_load_rate
-    );
-    for system in &cmp.systems {
-        if let Some(x) = c.systems.get(system.name()) {
-            let rss = Spread {
-                mean: x.server_peak_rss_kib.mean / 1024.0,
-                sd: x.server_peak_rss_kib.sd / 1024.0,
-                n: x.server_peak_rss_kib.n,
-            };
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                system.name(),
-                pm(x.saturation_msgs, 0),
-                pm(x.p50_us, 0),
-                pm(x.p99_us, 0),
-                pm(x.server_cpu_us_per_msg, 1),
-                pm(x.crypto_p50_us, 1),
-                pm(rss, 1),
-            );
-        }
-    }
-    md.push_str("\n## Targets\n\n| target | measured | bound | met |\n|---|---|---|---|\n");
-    for t in &c.targets {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            t.name,
-            t.measured,
-            t.bound,
-            match t.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "–",
-            }
-        );
-    }
-    md.push_str("\n## Steps\n\n| repetition | system | offered msg/s | delivered msg/s | p50 µs | p99 µs | max µs | server CPU µs/msg | undelivered at deadline | saturated | delivery checks |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for st in &c.steps {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
-            st.repetition + 1,
-            st.system.name(),
-            st.rate,
-            st.delivered_rate,
-            st.p50_us,
-            st.p99_us,
-            st.max_us,
-            st.server_cpu_us_per_msg
-                .map_or("–".into(), |c| format!("{c:.1}")),
-            st.lost,
-            if st.saturated { "yes" } else { "no" },
-            if st.ok { "pass" } else { "FAIL" },
-        );
-    }
-    md.push_str(
-        "\nchatify and chatify-plaintext are the reference client and server (SQLite mailbox, \
-         acknowledged delivery, client state persisted before each send); floor and socketio \
-         relay the same E2EE envelopes between load-generator clients that hold chatify-core \
-         sessions in memory and persist nothing. All clients share the machine with the server.\n",
-    );
-    md
 }

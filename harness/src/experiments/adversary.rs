@@ -19,7 +19,6 @@
 //! happens, and the next honest message still gets through.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +32,9 @@ use chatify_proto::{
 use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
 use chatify_server::{Config, Server};
 
+use crate::load::home_passphrase;
+use crate::report;
+use crate::report::adversary::AttackRow;
 use crate::topology::CHEAP_ARGON2;
 
 /// One attack of the suite.
@@ -968,7 +970,7 @@ impl Bench {
             let mut client = Client::login(
                 &b.options,
                 &b.dir.path().join(name),
-                &crate::home_passphrase(),
+                &home_passphrase(),
                 name,
                 &password,
                 1,
@@ -1037,7 +1039,7 @@ impl Bench {
             .remove_entry(name)
             .ok_or_else(|| format!("no user {name}"))?;
         old.client.close().await;
-        let mut client = Client::resume(&home, &crate::home_passphrase(), Some(&options))
+        let mut client = Client::resume(&home, &home_passphrase(), Some(&options))
             .await
             .map_err(|e| format!("resume {name}: {e}"))?;
         tune(&mut client);
@@ -1275,13 +1277,17 @@ pub(crate) async fn run(out: &Path, only: Option<&str>) -> Result<Vec<Verdict>, 
     );
     let verdicts = run_all(&attacks).await?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    std::fs::write(out.join("report.md"), markdown(&verdicts)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        out.join("report.md"),
+        report::adversary::markdown(&rows(&verdicts)),
+    )
+    .map_err(|e| e.to_string())?;
     std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&verdicts).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
-    crate::figures::security_matrix(&out.join("fig_security_matrix.svg"), &verdicts)?;
+    report::figures::security_matrix(&out.join("fig_security_matrix.svg"), &rows(&verdicts))?;
     Ok(verdicts)
 }
 
@@ -1307,39 +1313,23 @@ pub(crate) async fn run_all(attacks: &[Attack]) -> Result<Vec<Verdict>, String> 
     Ok(out.into_iter().flatten().collect())
 }
 
-pub(crate) fn markdown(verdicts: &[Verdict]) -> String {
-    let mut md = String::from(
-        "# Malicious server suite\n\nThe real server over an adversarial store (`harness/src/adversary.rs`): every \
-         attack below is made by the server on what it relays, redelivers or serves from its key \
-         directory, against the reference clients. Each attack runs on fresh accounts after an \
-         honest exchange between Alice, Bob and Carol.\n\n\
-         | attack | what the server does | expected | nothing forged shown | expected reaction | next honest message | verdict |\n|---|---|---|---|---|---|---|\n",
-    );
-    for v in verdicts {
-        let cell = |i: usize| {
-            v.checks.get(i).map_or("–".to_owned(), |c| {
-                format!("{} ({})", if c.pass { "pass" } else { "FAIL" }, c.evidence)
-            })
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:?}{} | {} | {} | {} | {} |",
-            v.attack.name(),
-            v.description,
-            v.expect,
-            v.attack
-                .reason()
-                .map(|r| format!(" (\"{r}\")"))
-                .unwrap_or_default(),
-            cell(0),
-            cell(1),
-            cell(2),
-            if v.pass { "**pass**" } else { "**FAIL**" }
-        );
-    }
-    let passed = verdicts.iter().filter(|v| v.pass).count();
-    let _ = writeln!(md, "\n{passed} of {} attacks defeated.", verdicts.len());
-    md
+/// The suite's verdicts as the report's rows.
+pub(crate) fn rows(verdicts: &[Verdict]) -> Vec<AttackRow> {
+    verdicts
+        .iter()
+        .map(|v| AttackRow {
+            attack: v.attack.name(),
+            description: v.description,
+            expect: format!("{:?}", v.expect),
+            reason: v.attack.reason(),
+            checks: v
+                .checks
+                .iter()
+                .map(|c| (c.pass, c.evidence.clone()))
+                .collect(),
+            pass: v.pass,
+        })
+        .collect()
 }
 
 #[cfg(test)]

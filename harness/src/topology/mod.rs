@@ -6,6 +6,8 @@
 //! It owns no workload, no taps' searching and no checks: the runner asks
 //! it for a server and its address, and for a process's figures.
 
+pub(crate) mod logsink;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;

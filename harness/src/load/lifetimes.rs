@@ -31,8 +31,8 @@ use chatify_server::store::SqliteStore;
 use chatify_server::{Config, Server};
 use rand::SeedableRng;
 
+use crate::metrics::{Check, leak_check};
 use crate::plaintext::{self, Detector, Plaintext};
-use crate::runner::Check;
 use crate::scenario::{Scenario, Verdict};
 use crate::taps;
 use crate::topology::CHEAP_ARGON2;
@@ -356,27 +356,6 @@ pub(crate) fn no_alarm_check(alarms: &[String]) -> Check {
     }
 }
 
-fn leak_check(name: &'static str, r: &crate::taps::TapResult) -> Check {
-    Check {
-        name,
-        verdict: if r.bytes > 0 && r.matches == 0 {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
-        },
-        expected: Verdict::Pass,
-        evidence: if r.matches == 0 {
-            format!("{} bytes searched, no canary or plaintext window", r.bytes)
-        } else {
-            format!(
-                "{} match(es), first in {}",
-                r.matches,
-                r.hits.first().map_or("?", |h| h.place.as_str())
-            )
-        },
-    }
-}
-
 /// The outcome of a lifetimes run.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct Outcome {
@@ -391,9 +370,8 @@ impl Outcome {
     }
 }
 
-/// Runs a lifetimes scenario and writes `report.md` and `summary.json` in
-/// `out`.
-pub(crate) async fn run(s: &Scenario, out: &Path) -> Result<Outcome, String> {
+/// Runs a lifetimes scenario (its report is [`crate::report::lifetimes`]).
+pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
     let l = s.lifetimes.clone().unwrap_or_default();
     let bin = chatify_binary()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -580,34 +558,15 @@ pub(crate) async fn run(s: &Scenario, out: &Path) -> Result<Outcome, String> {
         ordered,
         no_alarm_check(&tally.alarms),
         restarts,
-        leak_check("leak.store", &store),
-        leak_check("leak.client-homes", &homes_scan),
+        leak_check("leak.store", Verdict::Pass, Some(&Ok(store))),
+        leak_check("leak.client-homes", Verdict::Pass, Some(&Ok(homes_scan))),
     ];
     let outcome = Outcome {
         scenario: s.name.clone(),
         checks,
         tally,
     };
-    write(out, s, &outcome)?;
     Ok(outcome)
-}
-
-fn write(out: &Path, s: &Scenario, o: &Outcome) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let json = serde_json::to_string_pretty(o).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("summary.json"), json).map_err(|e| e.to_string())?;
-    let md = format!(
-        "# {}\n\n{}\n\n{}",
-        s.name,
-        s.description.trim(),
-        crate::report::check_table(&o.checks)
-    );
-    std::fs::write(out.join("report.md"), md).map_err(|e| e.to_string())
-}
-
-/// A one-line-per-check summary for the terminal.
-pub(crate) fn summary(o: &Outcome) -> String {
-    crate::report::check_lines(&o.checks)
 }
 
 #[cfg(test)]
@@ -669,18 +628,18 @@ mod tests {
         std::fs::write(dir.path().join("messages.cbor"), &p.bytes).unwrap();
         let leaky = taps::scan_dir(dir.path(), &detector);
         assert_eq!(
-            leak_check("leak.client-homes", &leaky).verdict,
+            leak_check("leak.client-homes", Verdict::Pass, Some(&Ok(leaky.clone()))).verdict,
             Verdict::Fail
         );
         let empty = taps::scan_dir(&dir.path().join("none"), &detector);
         assert_eq!(
-            leak_check("leak.client-homes", &empty).verdict,
+            leak_check("leak.client-homes", Verdict::Pass, Some(&Ok(empty.clone()))).verdict,
             Verdict::Fail
         );
         std::fs::write(dir.path().join("messages.cbor"), b"sealed bytes").unwrap();
         let clean = taps::scan_dir(dir.path(), &detector);
         assert_eq!(
-            leak_check("leak.client-homes", &clean).verdict,
+            leak_check("leak.client-homes", Verdict::Pass, Some(&Ok(clean.clone()))).verdict,
             Verdict::Pass
         );
     }

@@ -2,7 +2,7 @@
 //! WebSocket relay (the transport floor) and the paper's Socket.io stack.
 //!
 //! ```text
-//!  runner::schedule(plan) ─▶ peer users, each with chatify-core sessions
+//!  schedule::schedule(plan) ─▶ peer users, each with chatify-core sessions
 //!       │                     (the same envelopes the reference client sends)
 //!       ├─ floor:    ws binary [len][to][envelope] ─▶ tokio-tungstenite relay (child process)
 //!       └─ socketio: Engine.IO v4 + Socket.io v5 packets ─▶ node peers/socketio/server.js
@@ -32,8 +32,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::schedule::{self, Planned, Record};
+use super::tally::{Progress, Tally};
+use super::users::sleep_until;
+use crate::metrics::{Outcome, hist, record};
 use crate::plaintext;
-use crate::runner::{self, Outcome, Planned, Progress, Record, Tally};
 use crate::scenario::{Mode, Scenario};
 
 /// A relay that is not Chatify.
@@ -371,7 +374,7 @@ fn sessions(partners: &[Vec<usize>]) -> Result<Vec<HashMap<usize, Session>>, Str
         for &b in mine.iter().filter(|b| **b > a) {
             let keys = devices[b].publish_keys(1, rng);
             let bundle = PrekeyBundle {
-                user: runner::user_name(b),
+                user: schedule::user_name(b),
                 device: 1,
                 identity: keys.identity,
                 signed_prekey: keys.signed_prekey,
@@ -393,7 +396,7 @@ fn sessions(partners: &[Vec<usize>]) -> Result<Vec<HashMap<usize, Session>>, Str
 }
 
 fn conversation(a: usize, b: usize) -> chatify_proto::ConversationId {
-    chatify_client::conversation_id(&runner::user_name(a), &runner::user_name(b))
+    chatify_client::conversation_id(&schedule::user_name(a), &schedule::user_name(b))
 }
 
 struct PeerCtx {
@@ -469,7 +472,7 @@ async fn user_task(
                     }
                 }
             },
-            _ = runner::sleep_until(send_at), if send_at.is_some() => {
+            _ = sleep_until(send_at), if send_at.is_some() => {
                 if let Some(p) = sends.get(next) {
                     let t = Instant::now();
                     let sealed = sessions
@@ -482,7 +485,7 @@ async fn user_task(
                     let encrypt = t.elapsed();
                     match sealed {
                         Ok(envelope) => {
-                            let to = runner::user_name(p.recipient);
+                            let to = schedule::user_name(p.recipient);
                             match send(ctx.peer, &mut sink, &to, envelope.encode()).await {
                                 Ok(()) => ctx.record(Record::Sent { encrypt: Some(encrypt), setup: None }),
                                 Err(e) => ctx.record(Record::SendFailed(e)),
@@ -507,16 +510,16 @@ pub(crate) async fn run(
     socketio_dir: &Path,
     show_progress: bool,
 ) -> Result<Outcome, String> {
-    let plan = runner::schedule(s);
+    let plan = schedule::schedule(s);
     let partners = s.conversations.graph.partners(s.users.count);
     let mut sessions = sessions(&partners)?;
     let server = PeerServer::start(peer, socketio_dir).await?;
     let mut conns = Vec::with_capacity(s.users.count);
-    let mut connect_auth = runner::hist();
+    let mut connect_auth = hist();
     for i in 0..s.users.count {
         let t = Instant::now();
-        let c = connect(peer, server.addr, &runner::user_name(i)).await?;
-        runner::record(&mut connect_auth, t.elapsed().as_micros());
+        let c = connect(peer, server.addr, &schedule::user_name(i)).await?;
+        record(&mut connect_auth, t.elapsed().as_micros());
         conns.push(Some(c));
     }
     // Let the relay take in every name before the first message.

@@ -1,10 +1,10 @@
-//! `summary.json` (machine-readable) and `report.md` (for people) of a run,
-//! and the summary table printed at the end.
+//! A scenario run's `summary.json` (machine-readable) and `report.md`
+//! (for people), and the summary table printed at the end.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::runner::{Check, Outcome, Percentiles};
+use crate::metrics::{Check, Outcome, Percentiles};
 use crate::scenario::{Mode, Scenario, Verdict};
 
 fn mode_label(m: Mode) -> &'static str {

@@ -1,13 +1,13 @@
 //! The six figures of the paper, rebuilt from measured data as SVG
 //! (plotters' SVG backend: plain `<text>` elements, no font files needed).
 
-use crate::stats::mean;
+use crate::metrics::stats::mean;
 use std::path::Path;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::paper::Paper;
+use super::paper::Paper;
 use crate::scenario::{Mode, Verdict};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
@@ -603,7 +603,7 @@ fn fig6(path: &Path, p: &Paper) -> Result<(), String> {
 
 /// The comparison figure: delivered vs offered load for every system, and
 /// latency percentiles at the equal offered load.
-pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(), String> {
+pub(crate) fn compare(path: &Path, c: &super::compare::Comparison) -> Result<(), String> {
     use crate::scenario::System;
     let colour = |s: System| match s {
         System::Chatify => E2EE,
@@ -750,7 +750,7 @@ pub(crate) fn compare(path: &Path, c: &crate::compare::Comparison) -> Result<(),
 /// per check, green for pass and red for fail.
 pub(crate) fn security_matrix(
     path: &Path,
-    verdicts: &[crate::adversary::Verdict],
+    verdicts: &[super::adversary::AttackRow],
 ) -> Result<(), String> {
     let columns = [
         "nothing forged shown",
@@ -774,15 +774,15 @@ pub(crate) fn security_matrix(
         let y = 75 + i as i32 * row_h;
         text(
             &root,
-            &format!("{} (expect {:?})", v.attack.name(), v.expect),
+            &format!("{} (expect {})", v.attack, v.expect),
             14,
             y + 5,
             13,
             &BLACK,
         )?;
-        for (j, check) in v.checks.iter().enumerate() {
+        for (j, (pass, _)) in v.checks.iter().enumerate() {
             let x = x0 + j as i32 * col_w;
-            let color = if check.pass { PASS } else { FAIL };
+            let color = if *pass { PASS } else { FAIL };
             root.draw(&Rectangle::new(
                 [(x, y), (x + col_w - 6, y + row_h - 4)],
                 color.mix(0.85).filled(),
@@ -790,7 +790,7 @@ pub(crate) fn security_matrix(
             .map_err(err)?;
             text(
                 &root,
-                if check.pass { "pass" } else { "FAIL" },
+                if *pass { "pass" } else { "FAIL" },
                 x + 8,
                 y + 4,
                 13,

@@ -1,0 +1,17 @@
+//! The experiments: each command that measures something and says what it
+//! found.
+//!
+//! - [`reproduce`]: the paper's evaluation (E2EE against the plaintext
+//!   baseline, a load sweep, an instrumented sample conversation);
+//! - [`compare`]: Chatify beside its peers under the same plan;
+//! - [`adversary`]: the malicious-server suite;
+//! - [`check`]: a run's summary against a committed baseline (the CI gate).
+//!
+//! An experiment produces data (the types of [`crate::report`]) and hands
+//! it to the report's writers; it draws nothing itself, and nothing below it
+//! imports it.
+
+pub(crate) mod adversary;
+pub(crate) mod check;
+pub(crate) mod compare;
+pub(crate) mod reproduce;

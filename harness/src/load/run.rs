@@ -1,0 +1,411 @@
+//! Running a scenario once: the server, the accounts, the user tasks on
+//! their open-loop plan, the faults on their own clock, then the taps.
+//!
+//! ```text
+//!  topology_for ─▶ accounts ─▶ through_faults ─▶ spawn_users ─▶ drive (tally, restarts)
+//!               ─▶ scan_process (memory) ─▶ stop ─▶ leak checks (wire, store, logs)
+//! ```
+//!
+//! The server, and the figures of its process, come from
+//! [`crate::topology`]; what the taps found is judged by
+//! [`crate::metrics::leak_check`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatify_client::{Client, ConnectOptions};
+use chatify_server::EnvelopeObserver;
+use chatify_server::store::sqlite::Durability;
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::schedule::{Planned, Record, schedule, user_name};
+use super::tally::{Progress, Tally};
+use super::users::{Ctx, sleep_until, user_task};
+use super::{home_passphrase, unlocked_home};
+use crate::metrics::{Outcome, TapOutcome, hist, leak_check, record};
+use crate::plaintext::Detector;
+use crate::scenario::{Mode, Scenario, ServerMode};
+use crate::taps::{self, WireTap};
+use crate::topology::{
+    Topology, envelope_logger, logsink, open_sockets, proc_cpu_secs, proc_peak_rss_kib,
+    wait_for_sockets,
+};
+
+/// Runs a scenario once (no sweep) with its output under `out`.
+pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result<Outcome, String> {
+    let data_dir = out.join("data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let log = out.join("server.log");
+    let _ = std::fs::remove_file(&log);
+    let mode = s.workload.mode;
+    let plan = schedule(s);
+
+    let mut topo = topology_for(s, &data_dir, &log, observer_for(mode, &plan))?;
+    let capture_log = s.topology.server == ServerMode::InProcess && s.taps.logs;
+    if capture_log {
+        logsink::capture(Some(&log))?;
+    }
+    topo.start().await?;
+    // The server's sockets before any client connects: its listener and its
+    // runtime's own (signal handling).
+    let idle_sockets = topo.pid().and_then(open_sockets);
+    let tap = WireTap::start(topo.addr, s.taps.wire)
+        .await
+        .map_err(|e| e.to_string())?;
+    let options = ConnectOptions::new(format!("ws://{}", tap.addr));
+
+    // Accounts and devices (not timed as workload).
+    let homes: Vec<PathBuf> = (0..s.users.count)
+        .map(|i| out.join("clients").join(user_name(i)))
+        .collect();
+    let _ = std::fs::remove_dir_all(out.join("clients"));
+    let mut accounts = accounts(&options, &homes).await?;
+    if let Some(net) = &s.faults.network {
+        tap.set_network(Some(net.clone()));
+        through_faults(&mut accounts.clients, &homes, &options).await?;
+    }
+
+    let detector = Detector::new(plan.iter().map(|p| &p.plaintext));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let start = Instant::now() + Duration::from_millis(200);
+    let ctx = Ctx {
+        mode,
+        options: options.clone(),
+        start,
+        deadline: start + deadline_after_start(s, &plan),
+        intended: Arc::new(plan.iter().map(|p| ((p.sender, p.n), p.at)).collect()),
+        records: tx,
+    };
+    let cpu_before = topo.pid().and_then(proc_cpu_secs);
+    let tasks = spawn_users(s, &plan, ctx, &homes, accounts.clients);
+    let progress = Progress::new(plan.len() as u64, &s.name, show_progress);
+    let tally = Tally::new(s, &plan, start, accounts.connect_auth);
+    let driven = drive(s, rx, tasks, tally, &progress, &mut topo, &tap, start).await?;
+    let cpu_after = topo.pid().and_then(proc_cpu_secs);
+    let (mut metrics, mut checks) = driven.tally.finish(s, cpu_before, cpu_after);
+    metrics.server_restarts = driven.restarts;
+    metrics.server_kills = driven.kills;
+    if driven.restarts > 0 {
+        // CPU times of different processes do not subtract.
+        metrics.server_cpu_secs = None;
+        metrics.server_cpu_us_per_msg = None;
+    }
+    metrics.server_peak_rss_kib = topo.pid().and_then(proc_peak_rss_kib);
+
+    // Taps: memory while the server process lives; then stop it and read
+    // the files it left.
+    let secrets = Detector::secrets(accounts.credentials.iter().map(|(l, c)| (*l, c.as_slice())));
+    let (memory, credential_memory) =
+        scan_process(s, &topo, idle_sockets, &detector, &secrets).await;
+    topo.stop(false).await;
+    if capture_log {
+        logsink::capture(None)?;
+    }
+    let found = [
+        (
+            "leak.wire",
+            "wire",
+            s.taps.wire.then(|| Ok(tap.scan(&detector))),
+        ),
+        (
+            "leak.store",
+            "store",
+            s.taps
+                .store
+                .then(|| Ok(taps::scan_dir(&topo.data_dir, &detector))),
+        ),
+        (
+            "leak.logs",
+            "logs",
+            s.taps.logs.then(|| Ok(taps::scan_file(&log, &detector))),
+        ),
+        ("leak.memory", "memory", memory),
+        ("leak.credentials", "credentials", credential_memory),
+    ];
+    let mut tap_results = BTreeMap::new();
+    for (name, key, result) in found {
+        checks.push(leak_check(name, s.expected(name), result.as_ref()));
+        if let Some(Ok(r)) = result {
+            tap_results.insert(key, r);
+        }
+    }
+    Ok(Outcome {
+        scenario: s.name.clone(),
+        mode,
+        metrics,
+        checks,
+        taps: tap_results,
+    })
+}
+
+/// Mutants of the server's logging, through its test hook:
+/// - with the leaky client, the server logs each envelope verbatim (which
+///   is then the plaintext), so that every tap has something to catch;
+/// - the server-log mutant logs the plaintext of each planned message as
+///   it accepts an (honestly encrypted) envelope: a server that leaks
+///   through its logs and nowhere else.
+fn observer_for(mode: Mode, plan: &[Planned]) -> Option<EnvelopeObserver> {
+    match mode {
+        Mode::LeakyClientMutant => Some(envelope_logger()),
+        Mode::LeakyServerLogMutant => {
+            let queue: Arc<Mutex<VecDeque<Vec<u8>>>> = Arc::new(Mutex::new(
+                plan.iter().map(|p| p.plaintext.bytes.clone()).collect(),
+            ));
+            Some(EnvelopeObserver(Arc::new(move |_envelope: &[u8]| {
+                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                if let Some(p) = next {
+                    tracing::info!(target: "chatify_server::mutant", leaked = %String::from_utf8_lossy(&p), "MUTANT: logging plaintext");
+                }
+            })))
+        }
+        Mode::E2ee | Mode::PlaintextBaseline | Mode::CredentialsKeptMutant => None,
+    }
+}
+
+/// The server a scenario asks for (not started).
+fn topology_for(
+    s: &Scenario,
+    data_dir: &Path,
+    log: &Path,
+    observer: Option<EnvelopeObserver>,
+) -> Result<Topology, String> {
+    let mode = s.workload.mode;
+    if mode == Mode::LeakyServerLogMutant && s.topology.server == ServerMode::Child {
+        return Err("the leaky-server-log mutant needs topology.server = \"in-process\"".into());
+    }
+    if mode == Mode::CredentialsKeptMutant && s.topology.server != ServerMode::Child {
+        return Err("the credentials-kept mutant needs topology.server = \"child\"".into());
+    }
+    Ok(Topology {
+        mode: s.topology.server,
+        log_level: if s.taps.logs { "trace" } else { "warn" },
+        db: data_dir.join("chatify.db"),
+        data_dir: data_dir.to_path_buf(),
+        log: log.to_path_buf(),
+        durability: if s.topology.durability == "full" {
+            Durability::Full
+        } else {
+            Durability::Normal
+        },
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        handle: None,
+        observer,
+        keep_credentials: mode == Mode::CredentialsKeptMutant,
+    })
+}
+
+/// The users' accounts, made before the workload (not timed as workload).
+struct Accounts {
+    clients: Vec<Option<Client>>,
+    connect_auth: Histogram<u64>,
+    /// Every password and token, for the credential tap.
+    credentials: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Registers each user, logs its device in, then resumes it from its home
+/// (the resume's connect and authenticate is the first timed sample).
+async fn accounts(options: &ConnectOptions, homes: &[PathBuf]) -> Result<Accounts, String> {
+    let mut a = Accounts {
+        clients: Vec::with_capacity(homes.len()),
+        connect_auth: hist(),
+        credentials: Vec::new(),
+    };
+    for (i, home) in homes.iter().enumerate() {
+        let name = user_name(i);
+        let password = format!("{name}-harness-password");
+        Client::register(options, &name, &password)
+            .await
+            .map_err(|e| format!("register {name}: {e}"))?;
+        let c = Client::login(options, home, &home_passphrase(), &name, &password, 1)
+            .await
+            .map_err(|e| format!("login {name}: {e}"))?;
+        a.credentials.push(("password", password.into_bytes()));
+        if let Some(token) = &c.state().token {
+            a.credentials.push(("session token", token.to_vec()));
+        }
+        c.close().await;
+        let file = unlocked_home(home).map_err(|e| format!("unlock {name}: {e}"))?;
+        let t = Instant::now();
+        let c = Client::resume_with(file, Some(options))
+            .await
+            .map_err(|e| format!("resume {name}: {e}"))?;
+        record(&mut a.connect_auth, t.elapsed().as_micros());
+        a.clients.push(Some(c));
+    }
+    Ok(a)
+}
+
+/// A faulty network applies to the workload, not to account setup: the
+/// clients reconnect through it (retrying, as a reset may come at once).
+async fn through_faults(
+    clients: &mut [Option<Client>],
+    homes: &[PathBuf],
+    options: &ConnectOptions,
+) -> Result<(), String> {
+    for (c, home) in clients.iter_mut().zip(homes) {
+        if let Some(old) = c.take() {
+            old.close().await;
+        }
+        let mut last = String::new();
+        for attempt in 0..50u32 {
+            match Client::resume(home, &home_passphrase(), Some(options)).await {
+                Ok(fresh) => {
+                    *c = Some(fresh);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10) + 1))).await;
+        }
+        if c.is_none() {
+            return Err(format!("resume through the faulty network: {last}"));
+        }
+    }
+    Ok(())
+}
+
+/// How long after the start the users keep going: the last planned send,
+/// the grace for stragglers, and the downtime of every fault.
+fn deadline_after_start(s: &Scenario, plan: &[Planned]) -> Duration {
+    let last_at = plan.last().map(|p| p.at).unwrap_or_default();
+    let downtime: f64 = s
+        .faults
+        .disconnects
+        .iter()
+        .map(|d| d.down_secs)
+        .sum::<f64>()
+        + 5.0 * s.faults.server_restarts.len() as f64;
+    last_at + Duration::from_secs_f64(s.workload.grace_secs + downtime)
+}
+
+/// One task per user with its sends, the count it expects, and its faults.
+fn spawn_users(
+    s: &Scenario,
+    plan: &[Planned],
+    ctx: Ctx,
+    homes: &[PathBuf],
+    mut clients: Vec<Option<Client>>,
+) -> JoinSet<()> {
+    let ctx = Arc::new(ctx);
+    let mut tasks = JoinSet::new();
+    for (i, home) in homes.iter().enumerate() {
+        let sends: Vec<Planned> = plan.iter().filter(|p| p.sender == i).cloned().collect();
+        let expected = plan.iter().filter(|p| p.recipient == i).count();
+        let disconnects = s
+            .faults
+            .disconnects
+            .iter()
+            .filter(|d| d.user == i)
+            .map(|d| {
+                (
+                    Duration::from_secs_f64(d.at_secs),
+                    Duration::from_secs_f64(d.down_secs),
+                    d.crash,
+                )
+            })
+            .collect();
+        tasks.spawn(user_task(
+            Arc::clone(&ctx),
+            i,
+            home.clone(),
+            clients[i].take(),
+            sends,
+            expected,
+            disconnects,
+        ));
+    }
+    tasks
+}
+
+/// What driving the workload left.
+struct Driven {
+    tally: Tally,
+    restarts: u64,
+    kills: u64,
+}
+
+/// Folds records into the tally until every user task has finished, and
+/// restarts (or kills and restarts) the server on the scenario's clock.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    s: &Scenario,
+    mut rx: mpsc::UnboundedReceiver<Record>,
+    mut tasks: JoinSet<()>,
+    mut tally: Tally,
+    progress: &Progress,
+    topo: &mut Topology,
+    tap: &WireTap,
+    start: Instant,
+) -> Result<Driven, String> {
+    let mut restart_queue: VecDeque<(Duration, bool)> = s
+        .faults
+        .server_restarts
+        .iter()
+        .map(|r| (Duration::from_secs_f64(r.at_secs), r.kill))
+        .collect();
+    let (mut restarts, mut kills) = (0u64, 0u64);
+    loop {
+        let restart_at = restart_queue.front().map(|(at, _)| start + *at);
+        tokio::select! {
+            r = rx.recv() => match r {
+                None => break,
+                Some(r) => tally.add(r, progress),
+            },
+            _ = sleep_until(restart_at), if restart_at.is_some() => {
+                if let Some((_, kill)) = restart_queue.pop_front() {
+                    restarts += 1;
+                    kills += u64::from(kill);
+                    progress.bar.set_message(if kill { "server killed; restarting" } else { "server restarting" });
+                    topo.stop(kill).await;
+                    topo.start().await?;
+                    tap.retarget(topo.addr);
+                    progress.bar.set_message("");
+                }
+            },
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    progress.bar.finish_and_clear();
+    Ok(Driven {
+        tally,
+        restarts,
+        kills,
+    })
+}
+
+/// The memory taps, while the server process lives: the canaries, and the
+/// users' passwords and tokens.
+async fn scan_process(
+    s: &Scenario,
+    topo: &Topology,
+    idle_sockets: Option<usize>,
+    detector: &Detector,
+    secrets: &Detector,
+) -> (Option<TapOutcome>, Option<TapOutcome>) {
+    // The users have closed their connections; once the server has closed
+    // its side, no connection buffer of its own may hold a credential (a
+    // connection's WebSocket read buffer keeps its last frames while open).
+    if let (Some(pid), Some(idle)) = (topo.pid(), idle_sockets) {
+        wait_for_sockets(pid, idle, Duration::from_secs(5)).await;
+    }
+    match (s.taps.memory, topo.pid()) {
+        (true, Some(pid)) => match taps::scan_memory(pid, &[detector, secrets]) {
+            Ok(mut r) => {
+                let creds = r.pop().ok_or("no credential result");
+                let plain = r.pop().ok_or("no plaintext result");
+                (
+                    Some(plain.map_err(String::from)),
+                    Some(creds.map_err(String::from)),
+                )
+            }
+            Err(e) => (Some(Err(e.clone())), Some(Err(e))),
+        },
+        _ => (None, None),
+    }
+}
