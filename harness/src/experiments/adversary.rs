@@ -1109,120 +1109,7 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
     };
     // The attacked sender is the one whose next honest message follows.
     b.store.arm(attack, next_from);
-    match attack {
-        Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
-            b.send("erin", "bob", target, &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            o.left_sender = b.store.captured();
-        }
-        Attack::WithheldPrekeyReplayedSetup => {
-            b.send("erin", "bob", target, &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            // The genuine setup message was accepted; now the replay.
-            let first_ok = o.shown.iter().any(|s| s.2 == target);
-            o.shown.retain(|s| s.2 != target);
-            if !first_ok {
-                return Err("the genuine setup message was not shown".into());
-            }
-            b.genuine.retain(|g| g.2 != target);
-            b.store.replay_captured(0)?;
-            b.push_injected("bob", &mut o).await?;
-        }
-        Attack::KeySubstitution | Attack::PersistentKeySubstitution | Attack::GhostDevice => {
-            let (claimed, texts): (Address, &[&str]) = match attack {
-                Attack::KeySubstitution => (addr("alice"), &["attack-forged"]),
-                Attack::PersistentKeySubstitution => (
-                    addr("alice"),
-                    &["attack-forged", "attack-forged-2", "attack-forged-3"],
-                ),
-                _ => (
-                    Address {
-                        user: "alice".into(),
-                        device: 2,
-                    },
-                    &["attack-ghost", "attack-ghost-2", "attack-ghost-3"],
-                ),
-            };
-            b.store.forge_session_from(&claimed, "bob", texts)?;
-            b.push_injected("bob", &mut o).await?;
-            let bob = b.user("bob")?;
-            let reply = bob.client.send("alice", b"are you there?").await;
-            o.reply_blocked = matches!(reply, Err(ClientError::IdentityChanged { .. }));
-            if let Err(e) = &reply {
-                o.send_errors.push(e.to_string());
-            }
-        }
-        Attack::ReplayAfterReconnect | Attack::ReplayAfterRestart => {
-            b.send("alice", "bob", target, &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            // Accepted once; the replay below must not show it again.
-            if attack == Attack::ReplayAfterRestart {
-                b.restart_server().await?;
-            } else {
-                b.reconnect("bob").await?;
-            }
-            b.store.replay_captured(0)?;
-            b.push_injected("bob", &mut o).await?;
-            // The genuine first delivery is not what is judged.
-            if let Some(i) = o.shown.iter().position(|s| s.2 == target) {
-                o.shown.remove(i);
-            }
-        }
-        Attack::ReplayAtOnce => {
-            b.send("alice", "bob", target, &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            if let Some(i) = o.shown.iter().position(|s| s.2 == target) {
-                o.shown.remove(i);
-            }
-        }
-        Attack::IdReuse => {
-            b.send("alice", "bob", "attack-1", &mut o).await?;
-            b.send("alice", "bob", target, &mut o).await?;
-            b.drain("bob", &mut o).await?;
-        }
-        Attack::WithheldThenReleased => {
-            b.send("alice", "bob", target, &mut o).await?;
-            b.send("alice", "bob", "attack-2", &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            b.store.release_held()?;
-            b.push_injected("bob", &mut o).await?;
-        }
-        Attack::PrekeyServedTwice => {
-            // Erin gets Bob's bundle first; Frank gets it again.
-            b.send("erin", "bob", "erin-1", &mut o).await?;
-            b.send("frank", "bob", target, &mut o).await?;
-            // Bob rejects Frank's setup and asks for it again; Frank sends
-            // it again on Bob's new session; Bob reads it.
-            b.drain("bob", &mut o).await?;
-            b.drain("frank", &mut o).await?;
-            b.drain("bob", &mut o).await?;
-        }
-        Attack::DatabaseRollback => {
-            b.send("alice", "bob", "attack-0", &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            // The copy the database goes back to was taken before
-            // "attack-0" was acknowledged by Bob and "attack-1" stored.
-            b.send("alice", "bob", target, &mut o).await?;
-            b.send("alice", "bob", "attack-2", &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            // Bob's receipts reach Alice; hers does not cover the lost one.
-            b.drain("alice", &mut o).await?;
-        }
-        Attack::RedirectRecipient => {
-            b.send("alice", "bob", target, &mut o).await?;
-            b.send("alice", "bob", "attack-2", &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            b.push_injected("carol", &mut o).await?;
-        }
-        _ => {
-            b.send("alice", "bob", target, &mut o).await?;
-            b.send("alice", "bob", "attack-2", &mut o).await?;
-            b.drain("bob", &mut o).await?;
-            if attack.expect() == Expect::ReportedBothWays {
-                b.drain("alice", &mut o).await?;
-            }
-        }
-    }
+    play(attack, &mut b, &mut o, target).await?;
     if b.store.disarm().is_some() {
         return Err("the adversary still held an envelope".into());
     }
@@ -1256,6 +1143,150 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
         observed: o,
         checks,
     })
+}
+
+/// What the attack makes the users do while the adversary is armed.
+async fn play(attack: Attack, b: &mut Bench, o: &mut Observed, target: &str) -> Result<(), String> {
+    match attack {
+        Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
+            b.send("erin", "bob", target, o).await?;
+            b.drain("bob", o).await?;
+            o.left_sender = b.store.captured();
+        }
+        Attack::WithheldPrekeyReplayedSetup => b.replayed_setup(target, o).await?,
+        Attack::KeySubstitution | Attack::PersistentKeySubstitution | Attack::GhostDevice => {
+            b.substituted_keys(attack, o).await?;
+        }
+        Attack::ReplayAfterReconnect | Attack::ReplayAfterRestart => {
+            b.replay_later(attack, target, o).await?;
+        }
+        Attack::ReplayAtOnce => {
+            b.send("alice", "bob", target, o).await?;
+            b.drain("bob", o).await?;
+            if let Some(i) = o.shown.iter().position(|s| s.2 == target) {
+                o.shown.remove(i);
+            }
+        }
+        Attack::IdReuse => {
+            b.send("alice", "bob", "attack-1", o).await?;
+            b.send("alice", "bob", target, o).await?;
+            b.drain("bob", o).await?;
+        }
+        Attack::WithheldThenReleased => {
+            b.send("alice", "bob", target, o).await?;
+            b.send("alice", "bob", "attack-2", o).await?;
+            b.drain("bob", o).await?;
+            b.store.release_held()?;
+            b.push_injected("bob", o).await?;
+        }
+        Attack::PrekeyServedTwice => {
+            // Erin gets Bob's bundle first; Frank gets it again.
+            b.send("erin", "bob", "erin-1", o).await?;
+            b.send("frank", "bob", target, o).await?;
+            // Bob rejects Frank's setup and asks for it again; Frank sends
+            // it again on Bob's new session; Bob reads it.
+            b.drain("bob", o).await?;
+            b.drain("frank", o).await?;
+            b.drain("bob", o).await?;
+        }
+        Attack::DatabaseRollback => {
+            b.send("alice", "bob", "attack-0", o).await?;
+            b.drain("bob", o).await?;
+            // The copy the database goes back to was taken before
+            // "attack-0" was acknowledged by Bob and "attack-1" stored.
+            b.send("alice", "bob", target, o).await?;
+            b.send("alice", "bob", "attack-2", o).await?;
+            b.drain("bob", o).await?;
+            // Bob's receipts reach Alice; hers does not cover the lost one.
+            b.drain("alice", o).await?;
+        }
+        Attack::RedirectRecipient => {
+            b.send("alice", "bob", target, o).await?;
+            b.send("alice", "bob", "attack-2", o).await?;
+            b.drain("bob", o).await?;
+            b.push_injected("carol", o).await?;
+        }
+        _ => {
+            b.send("alice", "bob", target, o).await?;
+            b.send("alice", "bob", "attack-2", o).await?;
+            b.drain("bob", o).await?;
+            if attack.expect() == Expect::ReportedBothWays {
+                b.drain("alice", o).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Bench {
+    /// Erin's genuine setup message is accepted; then the server replays it.
+    async fn replayed_setup(&mut self, target: &str, o: &mut Observed) -> Result<(), String> {
+        self.send("erin", "bob", target, o).await?;
+        self.drain("bob", o).await?;
+        // The genuine setup message was accepted; now the replay.
+        let first_ok = o.shown.iter().any(|s| s.2 == target);
+        o.shown.retain(|s| s.2 != target);
+        if !first_ok {
+            return Err("the genuine setup message was not shown".into());
+        }
+        self.genuine.retain(|g| g.2 != target);
+        self.store.replay_captured(0)?;
+        self.push_injected("bob", o).await?;
+        Ok(())
+    }
+
+    /// The server serves keys of its own for Alice (or a device of hers
+    /// nobody added) and pushes messages under them; Bob then tries to reply.
+    async fn substituted_keys(&mut self, attack: Attack, o: &mut Observed) -> Result<(), String> {
+        let (claimed, texts): (Address, &[&str]) = match attack {
+            Attack::KeySubstitution => (addr("alice"), &["attack-forged"]),
+            Attack::PersistentKeySubstitution => (
+                addr("alice"),
+                &["attack-forged", "attack-forged-2", "attack-forged-3"],
+            ),
+            _ => (
+                Address {
+                    user: "alice".into(),
+                    device: 2,
+                },
+                &["attack-ghost", "attack-ghost-2", "attack-ghost-3"],
+            ),
+        };
+        self.store.forge_session_from(&claimed, "bob", texts)?;
+        self.push_injected("bob", o).await?;
+        let bob = self.user("bob")?;
+        let reply = bob.client.send("alice", b"are you there?").await;
+        o.reply_blocked = matches!(reply, Err(ClientError::IdentityChanged { .. }));
+        if let Err(e) = &reply {
+            o.send_errors.push(e.to_string());
+        }
+        Ok(())
+    }
+
+    /// A message accepted once is replayed after Bob reconnects, or after
+    /// the server restarts.
+    async fn replay_later(
+        &mut self,
+        attack: Attack,
+        target: &str,
+        o: &mut Observed,
+    ) -> Result<(), String> {
+        self.send("alice", "bob", target, o).await?;
+        self.drain("bob", o).await?;
+        // Accepted once; the replay below must not show it again.
+        if attack == Attack::ReplayAfterRestart {
+            self.restart_server().await?;
+        } else {
+            self.reconnect("bob").await?;
+        }
+        self.store.replay_captured(0)?;
+        self.push_injected("bob", o).await?;
+        // The genuine first delivery is not what is judged.
+        if let Some(i) = o.shown.iter().position(|s| s.2 == target) {
+            o.shown.remove(i);
+        }
+        Ok(())
+    }
 }
 
 /// Runs the suite and writes report.md, summary.json and fig_security_matrix.svg.

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::load::{home_passphrase, run, sweep};
-use crate::metrics::Outcome;
 use crate::metrics::stats::Spread;
+use crate::metrics::{Metrics, Outcome};
 use crate::plaintext::{self, Detector};
 use crate::report;
-use crate::report::paper::{Claim, Paper, Process, Repeat, Scope, TimelineEvent};
+use crate::report::paper::{Claim, Paper, Process, Quantile, Repeat, Scope, TimelineEvent};
 use crate::scenario::{self, Mode, Scenario, Verdict};
 use crate::taps::WireTap;
 use chatify_client::{Client, ConnectOptions, Event};
@@ -56,54 +56,7 @@ pub(crate) async fn reproduce(
     }
 
     eprintln!("[2/4] E2EE and plaintext baseline, interleaved, {repeats_n} times");
-    let mut repeats = Vec::new();
-    let mut security = Vec::new();
-    let mut cdfs = (Vec::new(), Vec::new());
-    for i in 0..repeats_n {
-        let a: Outcome = run::run(&e2ee, &runs.join(format!("e2ee-{i}")), show).await?;
-        let b: Outcome = run::run(&baseline, &runs.join(format!("baseline-{i}")), show).await?;
-        for r in [&a, &b] {
-            if r.metrics.delivered != r.metrics.planned {
-                return Err(format!(
-                    "{}: delivered {} of {}; the evaluation needs a complete run",
-                    r.scenario, r.metrics.delivered, r.metrics.planned
-                ));
-            }
-        }
-        let am = &a.metrics;
-        let bm = &b.metrics;
-        repeats.push(Repeat {
-            e2ee_p50_us: am.latency_us.p50,
-            e2ee_p99_us: am.latency_us.p99,
-            baseline_p50_us: bm.latency_us.p50,
-            baseline_p99_us: bm.latency_us.p99,
-            e2ee_throughput: am.throughput_msgs,
-            baseline_throughput: bm.throughput_msgs,
-            p50_ratio: am.latency_us.p50 as f64 / bm.latency_us.p50.max(1) as f64,
-            p99_ratio: am.latency_us.p99 as f64 / bm.latency_us.p99.max(1) as f64,
-            encrypt_decrypt_p50_us: (am.encrypt_ns.p50 + am.decrypt_ns.p50) as f64 / 1000.0,
-            e2ee_server_cpu_us_per_msg: am.server_cpu_us_per_msg,
-            baseline_server_cpu_us_per_msg: bm.server_cpu_us_per_msg,
-        });
-        if i == 0 {
-            security = a
-                .checks
-                .iter()
-                .map(|c| (c.name.to_owned(), c.verdict, c.evidence.clone()))
-                .collect();
-            cdfs = (a.metrics.latency_cdf.clone(), b.metrics.latency_cdf.clone());
-        } else {
-            // Every repeat must hold every check.
-            for c in &a.checks {
-                if c.verdict == Verdict::Fail
-                    && let Some(s) = security.iter_mut().find(|(n, _, _)| n == c.name)
-                {
-                    s.1 = Verdict::Fail;
-                    s.2 = format!("repeat {i}: {}", c.evidence);
-                }
-            }
-        }
-    }
+    let (repeats, security, cdfs) = interleaved(&e2ee, &baseline, repeats_n, &runs, show).await?;
 
     eprintln!("[3/4] load sweep to saturation");
     let steps = sweep::steps(&sweep_s, &runs.join("sweep"), show).await?;
@@ -164,17 +117,88 @@ pub(crate) async fn reproduce(
     Ok(paper)
 }
 
+/// The security checks of the E2EE runs: (name, verdict, evidence).
+type Security = Vec<(String, Verdict, String)>;
+/// The latency CDFs of the first E2EE and baseline runs.
+type Cdfs = (Vec<Quantile>, Vec<Quantile>);
+
+/// E2EE and the baseline, run in turn `n` times: each pair's figures, the
+/// security checks (a check fails if it failed in any repeat), and the
+/// first pair's latency CDFs.
+async fn interleaved(
+    e2ee: &Scenario,
+    baseline: &Scenario,
+    n: usize,
+    runs: &Path,
+    show: bool,
+) -> Result<(Vec<Repeat>, Security, Cdfs), String> {
+    let mut repeats = Vec::new();
+    let mut security = Vec::new();
+    let mut cdfs = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let a: Outcome = run::run(e2ee, &runs.join(format!("e2ee-{i}")), show).await?;
+        let b: Outcome = run::run(baseline, &runs.join(format!("baseline-{i}")), show).await?;
+        for r in [&a, &b] {
+            if r.metrics.delivered != r.metrics.planned {
+                return Err(format!(
+                    "{}: delivered {} of {}; the evaluation needs a complete run",
+                    r.scenario, r.metrics.delivered, r.metrics.planned
+                ));
+            }
+        }
+        repeats.push(repeat_of(&a.metrics, &b.metrics));
+        if i == 0 {
+            security = a
+                .checks
+                .iter()
+                .map(|c| (c.name.to_owned(), c.verdict, c.evidence.clone()))
+                .collect();
+            cdfs = (a.metrics.latency_cdf.clone(), b.metrics.latency_cdf.clone());
+        } else {
+            // Every repeat must hold every check.
+            for c in &a.checks {
+                if c.verdict == Verdict::Fail
+                    && let Some(s) = security.iter_mut().find(|(n, _, _)| n == c.name)
+                {
+                    s.1 = Verdict::Fail;
+                    s.2 = format!("repeat {i}: {}", c.evidence);
+                }
+            }
+        }
+    }
+    Ok((repeats, security, cdfs))
+}
+
+/// One pair's figures: E2EE against the baseline.
+fn repeat_of(am: &Metrics, bm: &Metrics) -> Repeat {
+    Repeat {
+        e2ee_p50_us: am.latency_us.p50,
+        e2ee_p99_us: am.latency_us.p99,
+        baseline_p50_us: bm.latency_us.p50,
+        baseline_p99_us: bm.latency_us.p99,
+        e2ee_throughput: am.throughput_msgs,
+        baseline_throughput: bm.throughput_msgs,
+        p50_ratio: am.latency_us.p50 as f64 / bm.latency_us.p50.max(1) as f64,
+        p99_ratio: am.latency_us.p99 as f64 / bm.latency_us.p99.max(1) as f64,
+        encrypt_decrypt_p50_us: (am.encrypt_ns.p50 + am.decrypt_ns.p50) as f64 / 1000.0,
+        e2ee_server_cpu_us_per_msg: am.server_cpu_us_per_msg,
+        baseline_server_cpu_us_per_msg: bm.server_cpu_us_per_msg,
+    }
+}
+
 fn ms_since(t0: Instant, t: Instant) -> f64 {
     t.saturating_duration_since(t0).as_secs_f64() * 1000.0
 }
 
 /// Alice and Bob on an in-process server behind the wire tap: every step of
 /// one message with its timestamp, and the message as the server saw it.
-async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process), String> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+/// The sample's server (durable, in this process) behind a wire tap, with
+/// Alice's and Bob's accounts and homes.
+async fn sample_server(
+    dir: &Path,
+    data: &Path,
+) -> Result<(Server, WireTap, ConnectOptions), String> {
+    std::fs::create_dir_all(data).map_err(|e| e.to_string())?;
     let store = Arc::new(
         SqliteStore::open(
             &data.join("chatify.db"),
@@ -213,8 +237,12 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
         .close()
         .await;
     }
+    Ok((server, tap, options))
+}
+
+/// A readable message carrying the run's canary (header, canary, text).
+fn sample_message() -> plaintext::Plaintext {
     let mut rng = rand::rng();
-    // A readable message carrying the run's canary (header, canary, text).
     let mut p = plaintext::make(0, 0, plaintext::MIN_SIZE, &mut rng);
     // The filler follows the last space; keep header and canary only.
     let keep = p
@@ -225,6 +253,16 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
     p.bytes.truncate(keep);
     p.bytes
         .extend_from_slice(b"Hello Bob, it's Alice: lunch at noon?");
+    p
+}
+
+async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let data = dir.join("data");
+    let (server, tap, options) = sample_server(dir, &data).await?;
+    let err = |e: chatify_client::ClientError| e.to_string();
+    let p = sample_message();
     let text = String::from_utf8_lossy(&p.bytes).into_owned();
 
     let t0 = Instant::now();

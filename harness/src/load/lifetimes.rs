@@ -376,7 +376,50 @@ pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
     let bin = chatify_binary()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data = dir.path().join("server");
-    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    let server = start_server(&data).await?;
+    let url = format!("ws://{}", server.local_addr());
+    let n_users = s.users.count;
+    let homes: Vec<PathBuf> = (0..n_users)
+        .map(|i| dir.path().join(user_name(i)))
+        .collect();
+    register_all(&ConnectOptions::new(url.clone()), &homes).await?;
+    let per_user = plan(s, n_users);
+    let planned: Vec<Planned> = per_user.iter().flatten().map(|(_, p)| p.clone()).collect();
+
+    eprintln!(
+        "running {} ({n_users} users, {} sends, each action a fresh chatify process)",
+        s.name, s.workload.messages
+    );
+    let start = Instant::now();
+    let (mut tally, mut times) = {
+        let (bin, url, homes) = (bin.clone(), url.clone(), homes.clone());
+        tokio::task::spawn_blocking(move || {
+            all_lifetimes(&bin, &url, &homes, &per_user, l.concurrent_every, start)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    };
+    let grace = Duration::from_secs_f64(s.workload.grace_secs);
+    drain_inboxes(&bin, &url, &homes, grace, &mut tally, &mut times).await?;
+    let took = start.elapsed();
+    server.shutdown().await;
+
+    tally.mean_process_ms = if times.is_empty() {
+        0.0
+    } else {
+        times.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / times.len() as f64
+    };
+    let checks = checks(s, &planned, &tally, took, &data, &homes);
+    Ok(Outcome {
+        scenario: s.name.clone(),
+        checks,
+        tally,
+    })
+}
+
+/// The server of a lifetimes run, in this process, on a fresh store.
+async fn start_server(data: &Path) -> Result<Server, String> {
+    std::fs::create_dir_all(data).map_err(|e| e.to_string())?;
     let store = SqliteStore::open(
         &data.join("chatify.db"),
         chatify_server::store::sqlite::Durability::Normal,
@@ -387,33 +430,34 @@ pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
         password_cost: CHEAP_ARGON2,
         ..Config::default()
     };
-    let server = Server::start(config, Arc::new(store))
+    Server::start(config, Arc::new(store))
         .await
-        .map_err(|e| e.to_string())?;
-    let url = format!("ws://{}", server.local_addr());
-    let options = ConnectOptions::new(url.clone());
-    let n_users = s.users.count;
-    let homes: Vec<PathBuf> = (0..n_users)
-        .map(|i| dir.path().join(user_name(i)))
-        .collect();
+        .map_err(|e| e.to_string())
+}
+
+/// Registers each user and logs its device into its home.
+async fn register_all(options: &ConnectOptions, homes: &[PathBuf]) -> Result<(), String> {
     for (i, home) in homes.iter().enumerate() {
         let name = user_name(i);
         let password = format!("{name}-lifetimes-password");
-        Client::register(&options, &name, &password)
+        Client::register(options, &name, &password)
             .await
             .map_err(|e| format!("register {name}: {e}"))?;
         let pass =
             chatify_client::Passphrase::with_cost(PASSPHRASE, chatify_client::KdfCost::MINIMUM)
                 .map_err(|e| e.to_string())?;
-        Client::login(&options, home, &pass, &name, &password, 1)
+        Client::login(options, home, &pass, &name, &password, 1)
             .await
             .map_err(|e| format!("login {name}: {e}"))?
             .close()
             .await;
     }
+    Ok(())
+}
 
-    // The schedule: send k from user k mod n to the next user, evenly
-    // spaced at the offered rate.
+/// The schedule: send k from user k mod n to the next user, evenly spaced
+/// at the offered rate; each user's sends with their offsets.
+fn plan(s: &Scenario, n_users: usize) -> Vec<Vec<(Duration, Planned)>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(s.workload.seed);
     let spacing = Duration::from_secs_f64(1.0 / s.workload.rate);
     let [lo, hi] = s.workload.size;
@@ -436,81 +480,86 @@ pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
             },
         ));
     }
-    let planned: Vec<Planned> = per_user.iter().flatten().map(|(_, p)| p.clone()).collect();
+    per_user
+}
 
-    eprintln!(
-        "running {} ({n_users} users, {} sends, each action a fresh chatify process)",
-        s.name, s.workload.messages
-    );
-    let start = Instant::now();
-    let concurrent_every = l.concurrent_every;
-    let (mut tally, mut times) = {
-        let bin = bin.clone();
-        let url = url.clone();
-        let homes = homes.clone();
-        tokio::task::spawn_blocking(move || {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = per_user
-                    .iter()
-                    .enumerate()
-                    .map(|(me, sends)| {
-                        let (bin, url, home) = (&bin, &url, &homes[me]);
-                        scope.spawn(move || {
-                            user_lifetimes(bin, url, home, me, sends, concurrent_every, start)
-                        })
-                    })
-                    .collect();
-                let mut tally = Tally::default();
-                let mut times = Vec::new();
-                for h in handles {
-                    if let Ok((t, more)) = h.join() {
-                        merge(&mut tally, t);
-                        times.extend(more);
-                    }
-                }
-                (tally, times)
+/// Every user's lifetimes, one thread per user; the merged tally and the
+/// duration of every process.
+fn all_lifetimes(
+    bin: &Path,
+    url: &str,
+    homes: &[PathBuf],
+    per_user: &[Vec<(Duration, Planned)>],
+    concurrent_every: usize,
+    start: Instant,
+) -> (Tally, Vec<Duration>) {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = per_user
+            .iter()
+            .enumerate()
+            .map(|(me, sends)| {
+                let home = &homes[me];
+                scope.spawn(move || {
+                    user_lifetimes(bin, url, home, me, sends, concurrent_every, start)
+                })
             })
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    };
-    // Everything still waiting, read until a final round brings nothing.
-    let deadline = Instant::now() + Duration::from_secs_f64(s.workload.grace_secs);
+            .collect();
+        let mut tally = Tally::default();
+        let mut times = Vec::new();
+        for h in handles {
+            if let Ok((t, more)) = h.join() {
+                merge(&mut tally, t);
+                times.extend(more);
+            }
+        }
+        (tally, times)
+    })
+}
+
+/// Everything still waiting, read until a final round brings nothing (or
+/// the grace has passed).
+async fn drain_inboxes(
+    bin: &Path,
+    url: &str,
+    homes: &[PathBuf],
+    grace: Duration,
+    tally: &mut Tally,
+    times: &mut Vec<Duration>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + grace;
     loop {
         let before = tally.received.len();
         for (me, home) in homes.iter().enumerate() {
-            let (bin, url, home) = (bin.clone(), url.clone(), home.clone());
+            let (bin, url, home) = (bin.to_path_buf(), url.to_owned(), home.clone());
             let (r, t, more) = tokio::task::spawn_blocking(move || {
                 let mut t = Tally::default();
                 let mut more = Vec::new();
-                let r = run_owned(
-                    &bin,
-                    &url,
-                    &home,
-                    &["inbox", "--wait", "1"],
-                    &mut t,
-                    &mut more,
-                );
+                let args = ["inbox", "--wait", "1"];
+                let r = run_owned(&bin, &url, &home, &args, &mut t, &mut more);
                 (r, t, more)
             })
             .await
             .map_err(|e| e.to_string())?;
-            merge(&mut tally, t);
+            merge(tally, t);
             times.extend(more);
-            read_inbox(me, &r, &mut tally);
+            read_inbox(me, &r, tally);
         }
         if tally.received.len() == before || Instant::now() > deadline {
-            break;
+            return Ok(());
         }
     }
-    let took = start.elapsed();
-    server.shutdown().await;
+}
 
-    tally.mean_process_ms = if times.is_empty() {
-        0.0
-    } else {
-        times.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / times.len() as f64
-    };
+/// The run's checks: delivery, no false alarm, enough restarts per home,
+/// and no plaintext in the server's store or the client homes.
+fn checks(
+    s: &Scenario,
+    planned: &[Planned],
+    tally: &Tally,
+    took: Duration,
+    data: &Path,
+    homes: &[PathBuf],
+) -> Vec<Check> {
     let plan: Vec<(usize, usize, u64)> = planned
         .iter()
         .map(|p| (p.sender, p.recipient, p.n))
@@ -522,9 +571,9 @@ pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
         .collect();
     let (once, ordered) = delivery_checks(&plan, &failed, &tally.received);
     let detector = Detector::new(planned.iter().map(|p| &p.plaintext));
-    let store = taps::scan_dir(&data, &detector);
+    let store = taps::scan_dir(data, &detector);
     let mut homes_scan = crate::taps::TapResult::default();
-    for home in &homes {
+    for home in homes {
         let r = taps::scan_dir(home, &detector);
         homes_scan.bytes += r.bytes;
         homes_scan.matches += r.matches;
@@ -538,7 +587,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
         .unwrap_or(0);
     let restarts = Check {
         name: "lifetimes.restarts",
-        verdict: if min_lifetimes >= 2 * (s.workload.messages / n_users as u64) {
+        verdict: if min_lifetimes >= 2 * (s.workload.messages / homes.len() as u64) {
             Verdict::Pass
         } else {
             Verdict::Fail
@@ -553,20 +602,14 @@ pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
             tally.mean_process_ms
         ),
     };
-    let checks = vec![
+    vec![
         once,
         ordered,
         no_alarm_check(&tally.alarms),
         restarts,
         leak_check("leak.store", Verdict::Pass, Some(&Ok(store))),
         leak_check("leak.client-homes", Verdict::Pass, Some(&Ok(homes_scan))),
-    ];
-    let outcome = Outcome {
-        scenario: s.name.clone(),
-        checks,
-        tally,
-    };
-    Ok(outcome)
+    ]
 }
 
 #[cfg(test)]

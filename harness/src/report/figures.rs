@@ -7,8 +7,9 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::compare::Comparison;
 use super::paper::Paper;
-use crate::scenario::{Mode, Verdict};
+use crate::scenario::{Compare, Mode, System, Verdict};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
@@ -110,6 +111,14 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
     let (left, right) = body.split_horizontally(700);
     let (lat, thr) = left.split_horizontally(380);
 
+    fig1_latency(&lat, p)?;
+    fig1_throughput(&thr, p)?;
+    fig1_security(&right, p)?;
+    root.present().map_err(err)
+}
+
+/// Fig. 1, left: p50 and p99 of E2EE beside the baseline.
+fn fig1_latency(lat: &Area<'_>, p: &Paper) -> Result<(), String> {
     let r = &p.repeats;
     let vals = [
         (
@@ -124,7 +133,7 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
         ),
     ];
     let ymax = vals.iter().map(|v| v.1.max(v.2)).fold(0.1, f64::max) * 1.25;
-    let mut chart = ChartBuilder::on(&lat)
+    let mut chart = ChartBuilder::on(lat)
         .caption("End-to-end latency (mean of repeats)", ("sans-serif", 15))
         .margin(10)
         .x_label_area_size(35)
@@ -177,9 +186,13 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
         .label("plaintext baseline")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], BASE.filled()));
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    Ok(())
+}
 
+/// Fig. 1, middle: saturation throughput of both modes.
+fn fig1_throughput(thr: &Area<'_>, p: &Paper) -> Result<(), String> {
     let tmax = p.saturation_e2ee.max(p.saturation_baseline).max(1.0) * 1.25;
-    let mut chart = ChartBuilder::on(&thr)
+    let mut chart = ChartBuilder::on(thr)
         .caption("Saturation throughput", ("sans-serif", 15))
         .margin(10)
         .x_label_area_size(35)
@@ -218,8 +231,12 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
             ),
         ])
         .map_err(err)?;
+    Ok(())
+}
 
-    text(&right, "Security checks (E2EE runs)", 10, 10, 16, &BLACK)?;
+/// Fig. 1, right: the security checks and the two headline numbers.
+fn fig1_security(right: &Area<'_>, p: &Paper) -> Result<(), String> {
+    text(right, "Security checks (E2EE runs)", 10, 10, 16, &BLACK)?;
     for (i, (name, v, _)) in p.security.iter().enumerate() {
         let y = 50 + 34 * i as i32;
         let (label, color) = match v {
@@ -230,12 +247,12 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
         right
             .draw(&Rectangle::new([(10, y - 2), (82, y + 20)], color.filled()))
             .map_err(err)?;
-        text(&right, label, 18, y + 1, 14, &WHITE)?;
-        text(&right, name, 95, y + 1, 14, &BLACK)?;
+        text(right, label, 18, y + 1, 14, &WHITE)?;
+        text(right, name, 95, y + 1, 14, &BLACK)?;
     }
     let y = 60 + 34 * p.security.len() as i32;
     text(
-        &right,
+        right,
         &format!(
             "p50 overhead: x{:.2} +/- {:.2} (n = {})",
             p.p50_ratio.mean, p.p50_ratio.sd, p.p50_ratio.n
@@ -246,7 +263,7 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
         &BLACK,
     )?;
     text(
-        &right,
+        right,
         &format!(
             "client encrypt+decrypt p50: {:.0} us",
             p.encrypt_decrypt_p50_us.mean
@@ -256,7 +273,7 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
         13,
         &BLACK,
     )?;
-    root.present().map_err(err)
+    Ok(())
 }
 
 /// Fig. 2: the events of one message with real timestamps, per actor.
@@ -603,14 +620,7 @@ fn fig6(path: &Path, p: &Paper) -> Result<(), String> {
 
 /// The comparison figure: delivered vs offered load for every system, and
 /// latency percentiles at the equal offered load.
-pub(crate) fn compare(path: &Path, c: &super::compare::Comparison) -> Result<(), String> {
-    use crate::scenario::System;
-    let colour = |s: System| match s {
-        System::Chatify => E2EE,
-        System::ChatifyPlaintext => BASE,
-        System::Floor => PASS,
-        System::Socketio => RGBColor(148, 103, 189),
-    };
+pub(crate) fn compare(path: &Path, c: &Comparison) -> Result<(), String> {
     let Some(cmp) = &c.scenario.compare else {
         return Err("figure: not a comparison".into());
     };
@@ -623,6 +633,23 @@ pub(crate) fn compare(path: &Path, c: &super::compare::Comparison) -> Result<(),
     let body = root.margin(40, 10, 10, 10);
     let (left, right) = body.split_horizontally(550);
 
+    compare_rates(&left, c, cmp)?;
+    compare_latency(&right, c, cmp)?;
+    root.present().map_err(err)
+}
+
+/// A system's colour in the comparison.
+fn colour(s: System) -> RGBColor {
+    match s {
+        System::Chatify => E2EE,
+        System::ChatifyPlaintext => BASE,
+        System::Floor => PASS,
+        System::Socketio => RGBColor(148, 103, 189),
+    }
+}
+
+/// The comparison, left: delivered against offered rate, one curve per system.
+fn compare_rates(left: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<(), String> {
     // Mean delivered rate per (system, offered rate) over repetitions.
     let curve = |s: System| -> Vec<(f64, f64)> {
         cmp.rates
@@ -640,7 +667,7 @@ pub(crate) fn compare(path: &Path, c: &super::compare::Comparison) -> Result<(),
     };
     let lo = cmp.rates.first().copied().unwrap_or(1.0) * 0.8;
     let hi = cmp.rates.last().copied().unwrap_or(10.0) * 1.25;
-    let mut chart = ChartBuilder::on(&left)
+    let mut chart = ChartBuilder::on(left)
         .caption(
             "Delivered vs offered load (mean over repetitions)",
             ("sans-serif", 15),
@@ -683,7 +710,11 @@ pub(crate) fn compare(path: &Path, c: &super::compare::Comparison) -> Result<(),
             .map_err(err)?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+    Ok(())
+}
 
+/// The comparison, right: p50 and p99 of each system at the equal load.
+fn compare_latency(right: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<(), String> {
     // p50 (solid) and p99 (light) bars per system at the equal load.
     let n = cmp.systems.len();
     let vals: Vec<(System, f64, f64)> = cmp
@@ -696,7 +727,7 @@ pub(crate) fn compare(path: &Path, c: &super::compare::Comparison) -> Result<(),
         })
         .collect();
     let ymax = vals.iter().map(|v| v.2).fold(0.1, f64::max) * 2.0;
-    let mut chart = ChartBuilder::on(&right)
+    let mut chart = ChartBuilder::on(right)
         .caption(
             format!(
                 "Latency at {} msg/s offered: p50 (solid), p99 (light)",
@@ -743,7 +774,7 @@ pub(crate) fn compare(path: &Path, c: &super::compare::Comparison) -> Result<(),
             ])
             .map_err(err)?;
     }
-    root.present().map_err(err)
+    Ok(())
 }
 
 /// The malicious-server suite as a matrix: one row per attack, one column

@@ -1,5 +1,6 @@
 //! What `reproduce` measured, as plain data, and its `report.md`.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -95,7 +96,6 @@ pub(crate) struct Paper {
 
 /// `report.md` of `reproduce`.
 pub(crate) fn markdown(p: &Paper, took: Duration) -> String {
-    use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -124,6 +124,14 @@ pub(crate) fn markdown(p: &Paper, took: Duration) -> String {
             if c.pass { "pass" } else { "FAIL" }
         );
     }
+    overhead(&mut s, p);
+    figures_1_and_2(&mut s, p);
+    figures_3_to_6(&mut s, p);
+    s
+}
+
+/// The overhead of E2EE against the baseline, and each repeat.
+fn overhead(s: &mut String, p: &Paper) {
     let _ = writeln!(
         s,
         "\n## The overhead of E2EE, measured\n\nThe paper says E2EE \"does not adversely affect \
@@ -162,6 +170,10 @@ pub(crate) fn markdown(p: &Paper, took: Duration) -> String {
             r.encrypt_decrypt_p50_us
         );
     }
+}
+
+/// Fig. 1 (security checks) and Fig. 2 (the events of one message).
+fn figures_1_and_2(s: &mut String, p: &Paper) {
     let _ = writeln!(
         s,
         "\n## Fig. 1 — performance and security overview\n\n![overview](fig1_performance_security.svg)\n"
@@ -189,6 +201,10 @@ pub(crate) fn markdown(p: &Paper, took: Duration) -> String {
     for e in &p.timeline {
         let _ = writeln!(s, "| {:.3} | {} | {} |", e.at_ms, e.actor, e.what);
     }
+}
+
+/// Fig. 3 (the sweep), Fig. 4 (the process) and Fig. 6 (future scope).
+fn figures_3_to_6(s: &mut String, p: &Paper) {
     let _ = writeln!(
         s,
         "\n## Fig. 3 — latency and throughput\n\n![latency and throughput](fig3_latency_throughput.svg)\n"
@@ -232,5 +248,4 @@ pub(crate) fn markdown(p: &Paper, took: Duration) -> String {
     for f in &p.future_scope {
         let _ = writeln!(s, "| {} | {} | {} |", f.item, f.status, f.evidence);
     }
-    s
 }

@@ -60,6 +60,7 @@ mod aead;
 mod bundle;
 mod error;
 mod fingerprint;
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod identity;
@@ -69,6 +70,7 @@ mod persist;
 mod ratchet;
 mod secret;
 mod session;
+#[cfg(feature = "test-support")]
 pub mod test_vectors;
 
 pub use aead::TAG_LEN;

@@ -14,6 +14,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use rand_core::{TryCryptoRng, TryRng};
 use sha2::Sha256;
 
+use chatify_proto::hex::lower as hex;
+
 use crate::{Device, Session, VerifiedBundle};
 
 /// The deterministic byte stream of the test vectors: block `i` (from 0) is
@@ -91,10 +93,6 @@ impl TryRng for VectorRng {
 }
 
 impl TryCryptoRng for VectorRng {}
-
-fn hex(bytes: &[u8]) -> String {
-    chatify_proto::hex::lower(bytes)
-}
 
 /// Hex wrapped at 64 characters per line, for Markdown code blocks.
 fn block(bytes: &[u8]) -> String {

@@ -37,6 +37,7 @@ pub mod envelope;
 mod error;
 pub mod frame;
 #[doc(hidden)]
+#[cfg(feature = "test-support")]
 pub mod fuzzing;
 pub mod hex;
 pub mod keys;

@@ -101,18 +101,19 @@ async fn an_acknowledged_send_survives_kill_9() {
     child.wait().unwrap();
 }
 
+/// Sends SIGTERM to the child, as a service manager stops it.
+fn sigterm(child: &std::process::Child) {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_closes_connections_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url) = spawn(&dir.path().join("chatify.db"));
     let mut raw = Raw::connect(&url).await;
     raw.ping().await;
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     assert!(matches!(raw.recv().await, Got::Closed(Some(1001))));
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
@@ -204,12 +205,7 @@ async fn the_most_verbose_log_holds_no_password_token_or_body() {
     let mut bad = Raw::connect(&url).await;
     bad.send_bytes(body.clone()).await; // undecodable: logged as an error, without its bytes
     bad.recv().await;
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     child.wait().unwrap();
 
     let log = std::fs::read_to_string(&log_path).unwrap();
