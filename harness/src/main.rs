@@ -24,6 +24,7 @@ mod scenario;
 mod taps;
 mod topology;
 
+use anyhow::{Context as _, Result, bail};
 use experiments::{adversary, check, compare, reproduce};
 use load::{lifetimes, peers, sweep};
 
@@ -169,17 +170,17 @@ enum Command {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .context("cannot start the runtime")
 }
 
-fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool, String> {
+fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool> {
     let s = scenario::load(path)?;
     let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&s.name));
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
     let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let rt = runtime()?;
     if s.lifetimes.is_some() {
@@ -222,10 +223,10 @@ fn verdict_line(as_expected: bool, out: &Path) -> bool {
     as_expected
 }
 
-fn run_compare(path: &Path, out: &Path, socketio_dir: &Path, quick: bool) -> Result<bool, String> {
+fn run_compare(path: &Path, out: &Path, socketio_dir: &Path, quick: bool) -> Result<bool> {
     let mut s = scenario::load(path)?;
     let Some(c) = s.compare.as_mut() else {
-        return Err(format!("{}: no [compare] section", path.display()));
+        bail!("{}: no [compare] section", path.display());
     };
     if quick {
         c.repetitions = 1;
@@ -233,7 +234,7 @@ fn run_compare(path: &Path, out: &Path, socketio_dir: &Path, quick: bool) -> Res
         c.rates.retain(|r| *r <= c.equal_load_rate * 4.0);
         s.workload.grace_secs = s.workload.grace_secs.min(5.0);
     }
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let comparison = runtime()?.block_on(compare::run(&s, out, socketio_dir, show))?;
     print!("{}", report::compare::markdown(&comparison));
@@ -248,7 +249,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Ok(true): success; Ok(false): a verdict other than expected (exit 1);
     // Err: the command could not do its work (exit 2).
-    let outcome: Result<bool, String> = match cli.command {
+    let outcome: Result<bool> = match cli.command {
         Command::Serve {
             log_envelopes_mutant,
             keep_credentials_mutant,
@@ -330,16 +331,16 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("chatify-harness: {e}");
+            eprintln!("chatify-harness: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
 /// The scenarios in a directory, one line each.
-fn list(dir: &Path) -> Result<bool, String> {
+fn list(dir: &Path) -> Result<bool> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .with_context(|| dir.display().to_string())?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
@@ -352,7 +353,7 @@ fn list(dir: &Path) -> Result<bool, String> {
                 path.display(),
                 s.description.lines().next().unwrap_or("")
             ),
-            Err(e) => println!("{:<40} INVALID: {e}", path.display()),
+            Err(e) => println!("{:<40} INVALID: {e:#}", path.display()),
         }
     }
     Ok(true)

@@ -1,6 +1,7 @@
 //! Scenario files (`scenarios/*.toml`): data, not code. Every key is
 //! documented in `scenarios/README.md`; unknown keys are errors.
 
+use anyhow::{Context as _, Result, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -440,64 +441,61 @@ pub(crate) const CHECKS: &[&str] = &[
 ];
 
 /// Why a scenario file is unusable.
-pub(crate) fn load(path: &Path) -> Result<Scenario, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut s: Scenario = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    s.validate()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+pub(crate) fn load(path: &Path) -> Result<Scenario> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut s: Scenario = toml::from_str(&text).with_context(|| path.display().to_string())?;
+    s.validate().with_context(|| path.display().to_string())?;
     Ok(s)
 }
 
 impl Scenario {
-    fn validate(&mut self) -> Result<(), String> {
+    fn validate(&mut self) -> Result<()> {
         if let Some(d) = self.workload.duration_secs {
             if !(d.is_finite() && d > 0.0) || self.workload.messages != 0 {
-                return Err(
-                    "give either workload.messages or a positive workload.duration_secs".into(),
-                );
+                bail!("give either workload.messages or a positive workload.duration_secs");
             }
             self.workload.messages = ((self.workload.rate * d).round() as u64).max(1);
         }
         if self.users.count < 2 {
-            return Err("users.count must be at least 2".into());
+            bail!("users.count must be at least 2");
         }
         let w = &self.workload;
         if w.messages == 0 && self.sweep.is_none() {
-            return Err("workload.messages must be at least 1".into());
+            bail!("workload.messages must be at least 1");
         }
         if !(w.rate.is_finite() && w.rate > 0.0) {
-            return Err("workload.rate must be a positive number".into());
+            bail!("workload.rate must be a positive number");
         }
         let [min, max] = w.size;
         if min < crate::plaintext::MIN_SIZE
             || max < min
             || max > chatify_proto::limits::MAX_PLAINTEXT_LEN
         {
-            return Err(format!(
+            bail!(
                 "workload.size must be [min, max] with {} <= min <= max <= {}",
                 crate::plaintext::MIN_SIZE,
                 chatify_proto::limits::MAX_PLAINTEXT_LEN
-            ));
+            );
         }
         if !["normal", "full"].contains(&self.topology.durability.as_str()) {
-            return Err("topology.durability must be \"normal\" or \"full\"".into());
+            bail!("topology.durability must be \"normal\" or \"full\"");
         }
         for d in &self.faults.disconnects {
             if d.user >= self.users.count {
-                return Err(format!("faults.disconnects: no user {}", d.user));
+                bail!("faults.disconnects: no user {}", d.user);
             }
         }
         for name in self.expect.checks.keys() {
             if !CHECKS.contains(&name.as_str()) {
-                return Err(format!(
+                bail!(
                     "expect.checks: unknown check {name:?} (known: {})",
                     CHECKS.join(", ")
-                ));
+                );
             }
         }
         if self.expect.checks.values().any(|v| *v == Verdict::Fail) && self.expect.reason.is_none()
         {
-            return Err("expect.reason is required when a check is expected to fail".into());
+            bail!("expect.reason is required when a check is expected to fail");
         }
         if let Some(n) = &self.faults.network {
             let ok = |x: f64| x.is_finite() && x >= 0.0;
@@ -506,11 +504,11 @@ impl Scenario {
                 && ok(n.bandwidth_kib_s)
                 && ok(n.reset_mean_secs))
             {
-                return Err("faults.network values must be finite and non-negative".into());
+                bail!("faults.network values must be finite and non-negative");
             }
         }
         if self.conversations.graph == Graph::Pairs && self.users.count % 2 == 1 {
-            return Err("the pairs graph needs an even users.count".into());
+            bail!("the pairs graph needs an even users.count");
         }
         let positive = |x: f64| x.is_finite() && x > 0.0;
         if let Some(s) = &self.sweep
@@ -518,11 +516,11 @@ impl Scenario {
                 || !s.rates.iter().all(|r| positive(*r))
                 || !positive(s.step_secs))
         {
-            return Err("sweep.rates must be positive and sweep.step_secs > 0".into());
+            bail!("sweep.rates must be positive and sweep.step_secs > 0");
         }
         if let Some(c) = &self.compare {
             if self.sweep.is_some() {
-                return Err("a scenario has [sweep] or [compare], not both".into());
+                bail!("a scenario has [sweep] or [compare], not both");
             }
             if c.systems.is_empty()
                 || c.rates.is_empty()
@@ -531,10 +529,12 @@ impl Scenario {
                 || !positive(c.step_secs)
                 || c.repetitions == 0
             {
-                return Err("compare needs systems, increasing positive rates, step_secs > 0 and repetitions >= 1".into());
+                bail!(
+                    "compare needs systems, increasing positive rates, step_secs > 0 and repetitions >= 1"
+                );
             }
             if !c.rates.contains(&c.equal_load_rate) {
-                return Err("compare.equal_load_rate must be one of compare.rates".into());
+                bail!("compare.equal_load_rate must be one of compare.rates");
             }
         }
         Ok(())
@@ -586,22 +586,33 @@ mod tests {
     #[test]
     fn bad_scenarios_are_refused_with_a_reason() {
         let base = "name='x'\ndescription='y'\n[users]\ncount=2\n[workload]\nmessages=1\nrate=1\n";
-        let parse = |extra: &str| -> Result<Scenario, String> {
-            let mut s: Scenario =
-                toml::from_str(&format!("{base}{extra}")).map_err(|e| e.to_string())?;
+        let parse = |extra: &str| -> Result<Scenario> {
+            let mut s: Scenario = toml::from_str(&format!("{base}{extra}"))?;
             s.validate().map(|_| s)
         };
         assert!(parse("").is_ok());
-        assert!(parse("duration_secs=2\n").unwrap_err().contains("either"));
-        assert!(parse("bogus=1\n").unwrap_err().contains("unknown field"));
+        assert!(
+            parse("duration_secs=2\n")
+                .unwrap_err()
+                .to_string()
+                .contains("either")
+        );
+        assert!(
+            parse("bogus=1\n")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field")
+        );
         assert!(
             parse("[expect.checks]\n\"leak.wire\"='fail'\n")
                 .unwrap_err()
+                .to_string()
                 .contains("reason")
         );
         assert!(
             parse("[expect.checks]\n\"nope\"='fail'\n")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown check")
         );
     }

@@ -18,6 +18,7 @@
 //! misattributed is shown as genuine, the client's expected reaction
 //! happens, and the next honest message still gets through.
 
+use anyhow::{Context as _, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -311,9 +312,9 @@ fn addr(user: &str) -> Address {
 }
 
 impl AdversaryStore {
-    fn new() -> Result<Self, String> {
+    fn new() -> Result<Self> {
         Ok(AdversaryStore {
-            inner: SqliteStore::in_memory().map_err(|e| e.to_string())?,
+            inner: SqliteStore::in_memory()?,
             state: Mutex::default(),
             mallory: Mutex::new(Device::generate(&mut rand::rng())),
         })
@@ -328,9 +329,9 @@ impl AdversaryStore {
     }
 
     /// Stores the envelope the adversary held back.
-    fn release_held(&self) -> Result<(), String> {
-        let held = lock(&self.state).held.take().ok_or("nothing held")?;
-        self.inner.enqueue(&held).map_err(|e| e.to_string())?;
+    fn release_held(&self) -> Result<()> {
+        let held = lock(&self.state).held.take().context("nothing held")?;
+        self.inner.enqueue(&held)?;
         Ok(())
     }
 
@@ -345,60 +346,43 @@ impl AdversaryStore {
     }
 
     /// Relays a captured envelope again under a fresh message id.
-    fn replay_captured(&self, k: usize) -> Result<(), String> {
+    fn replay_captured(&self, k: usize) -> Result<()> {
         let e = lock(&self.state)
             .captured
             .get(k)
             .cloned()
-            .ok_or("nothing captured to replay")?;
+            .context("nothing captured to replay")?;
         let mut again = e;
         again.message_id = fresh_id(&again.message_id);
-        self.inner
-            .enqueue(&again)
-            .map_err(|e| e.to_string())?
-            .ok_or("replay not stored")?;
+        self.inner.enqueue(&again)?.context("replay not stored")?;
         Ok(())
     }
 
     /// Envelopes from the server's own device: one new session with `to`
     /// (from `to`'s real bundle) carrying `texts`, delivered as from
     /// `claimed`.
-    fn forge_session_from(
-        &self,
-        claimed: &Address,
-        to: &str,
-        texts: &[&str],
-    ) -> Result<(), String> {
-        let (bundle, _) = self
-            .inner
-            .take_bundle(&addr(to))
-            .map_err(|e| e.to_string())?
-            .ok_or("no bundle")?;
-        let verified = VerifiedBundle::verify(&bundle).map_err(|e| e.to_string())?;
+    fn forge_session_from(&self, claimed: &Address, to: &str, texts: &[&str]) -> Result<()> {
+        let (bundle, _) = self.inner.take_bundle(&addr(to))?.context("no bundle")?;
+        let verified = VerifiedBundle::verify(&bundle)?;
         let conversation = chatify_client::conversation_id(&claimed.user, to);
         let mallory = lock(&self.mallory);
-        let mut session =
-            Session::initiate(&mallory, verified, &mut rand::rng()).map_err(|e| e.to_string())?;
+        let mut session = Session::initiate(&mallory, verified, &mut rand::rng())?;
         for (seq, text) in (0u64..).zip(texts) {
             let mut message_id = [0u8; 16];
             rand::Rng::fill_bytes(&mut rand::rng(), &mut message_id);
             // Sealed as any client seals a message (PROTOCOL §7.1).
             let content = chatify_proto::Content::message(message_id, seq, 0, 0, text.as_bytes());
             let mut plaintext = Vec::new();
-            content.encode(&mut plaintext).map_err(|e| e.to_string())?;
-            let env = session
-                .encrypt(conversation, &plaintext, &mut rand::rng())
-                .map_err(|e| e.to_string())?;
-            self.inner
-                .enqueue(&NewEnvelope {
-                    from: claimed.clone(),
-                    to: addr(to),
-                    conversation,
-                    message_id,
-                    sent_at_ms: 0,
-                    envelope: env.encode(),
-                })
-                .map_err(|e| e.to_string())?;
+            content.encode(&mut plaintext)?;
+            let env = session.encrypt(conversation, &plaintext, &mut rand::rng())?;
+            self.inner.enqueue(&NewEnvelope {
+                from: claimed.clone(),
+                to: addr(to),
+                conversation,
+                message_id,
+                sent_at_ms: 0,
+                envelope: env.encode(),
+            })?;
         }
         Ok(())
     }
@@ -871,7 +855,7 @@ struct User {
 const QUIET: Duration = Duration::from_millis(1000);
 
 /// Handles every push that arrives until none has for `QUIET`.
-async fn drain(u: &mut User, o: &mut Observed) -> Result<(), String> {
+async fn drain(u: &mut User, o: &mut Observed) -> Result<()> {
     let mut quiet = false;
     while !quiet {
         let events = match tokio::time::timeout(QUIET, u.client.next_push()).await {
@@ -881,10 +865,10 @@ async fn drain(u: &mut User, o: &mut Observed) -> Result<(), String> {
                 quiet = true;
                 u.client.tick().await
             }
-            Ok(None) => return Err(format!("{}: connection gone", u.name)),
+            Ok(None) => bail!("{}: connection gone", u.name),
             Ok(Some(push)) => u.client.handle_batch(vec![push]).await,
         }
-        .map_err(|e| format!("{}: {e}", u.name))?;
+        .with_context(|| u.name.to_string())?;
         for e in events {
             match e {
                 Event::Message(m) => {
@@ -918,7 +902,7 @@ async fn drain(u: &mut User, o: &mut Observed) -> Result<(), String> {
                     let text = o.sent.get(&message_id).cloned().unwrap_or_default();
                     o.resent.push((u.name.clone(), to.user, text));
                 }
-                Event::Disconnected(_) => return Err(format!("{}: disconnected", u.name)),
+                Event::Disconnected(_) => bail!("{}: disconnected", u.name),
                 _ => {}
             }
         }
@@ -945,15 +929,12 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start() -> Result<Bench, String> {
+    async fn start() -> Result<Bench> {
         let store = Arc::new(AdversaryStore::new()?);
-        let server = start_server(
-            Arc::clone(&store),
-            "127.0.0.1:0".parse().map_err(|_| "addr")?,
-        )
-        .await?;
+        let server =
+            start_server(Arc::clone(&store), "127.0.0.1:0".parse().context("addr")?).await?;
         let options = ConnectOptions::new(format!("ws://{}", server.local_addr()));
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir()?;
         let mut b = Bench {
             store,
             server: Some(server),
@@ -966,7 +947,7 @@ impl Bench {
             let password = format!("{name}-adversary-password");
             Client::register(&b.options, name, &password)
                 .await
-                .map_err(|e| format!("register {name}: {e}"))?;
+                .with_context(|| format!("register {name}"))?;
             let mut client = Client::login(
                 &b.options,
                 &b.dir.path().join(name),
@@ -976,7 +957,7 @@ impl Bench {
                 1,
             )
             .await
-            .map_err(|e| format!("login {name}: {e}"))?;
+            .with_context(|| format!("login {name}"))?;
             tune(&mut client);
             b.users.insert(
                 name,
@@ -994,25 +975,19 @@ impl Bench {
             b.send(z, a, &format!("hello {a}"), &mut scratch).await?;
             b.drain(a, &mut scratch).await?;
             if !scratch.rejected.is_empty() || scratch.shown.len() != 2 {
-                return Err(format!("honest setup failed: {scratch:?}"));
+                bail!("honest setup failed: {scratch:?}");
             }
         }
         Ok(b)
     }
 
-    fn user(&mut self, name: &str) -> Result<&mut User, String> {
+    fn user(&mut self, name: &str) -> Result<&mut User> {
         self.users
             .get_mut(name)
-            .ok_or_else(|| format!("no user {name}"))
+            .with_context(|| format!("no user {name}"))
     }
 
-    async fn send(
-        &mut self,
-        from: &str,
-        to: &str,
-        text: &str,
-        o: &mut Observed,
-    ) -> Result<(), String> {
+    async fn send(&mut self, from: &str, to: &str, text: &str, o: &mut Observed) -> Result<()> {
         self.genuine.push((from.into(), to.into(), text.into()));
         let u = self.user(from)?;
         match u.client.send(to, text.as_bytes()).await {
@@ -1024,12 +999,12 @@ impl Bench {
         Ok(())
     }
 
-    async fn drain(&mut self, name: &str, o: &mut Observed) -> Result<(), String> {
+    async fn drain(&mut self, name: &str, o: &mut Observed) -> Result<()> {
         let u = self.user(name)?;
         drain(u, o).await
     }
 
-    async fn reconnect(&mut self, name: &str) -> Result<(), String> {
+    async fn reconnect(&mut self, name: &str) -> Result<()> {
         let options = self.options.clone();
         let home = self.dir.path().join(name);
         // One owner per home: the old client lets go before the new one
@@ -1037,11 +1012,11 @@ impl Bench {
         let (key, old) = self
             .users
             .remove_entry(name)
-            .ok_or_else(|| format!("no user {name}"))?;
+            .with_context(|| format!("no user {name}"))?;
         old.client.close().await;
         let mut client = Client::resume(&home, &home_passphrase(), Some(&options))
             .await
-            .map_err(|e| format!("resume {name}: {e}"))?;
+            .with_context(|| format!("resume {name}"))?;
         tune(&mut client);
         self.users.insert(
             key,
@@ -1056,13 +1031,13 @@ impl Bench {
     /// What the store injected reaches `name` when its connection checks
     /// the mailbox (a malicious server pushes whenever it likes; a new
     /// connection is the push path that needs no help from the relay).
-    async fn push_injected(&mut self, name: &str, o: &mut Observed) -> Result<(), String> {
+    async fn push_injected(&mut self, name: &str, o: &mut Observed) -> Result<()> {
         self.reconnect(name).await?;
         self.drain(name, o).await
     }
 
-    async fn restart_server(&mut self) -> Result<(), String> {
-        let old = self.server.take().ok_or("no server")?;
+    async fn restart_server(&mut self) -> Result<()> {
+        let old = self.server.take().context("no server")?;
         let listen = old.local_addr();
         old.shutdown().await;
         self.server = Some(start_server(Arc::clone(&self.store), listen).await?);
@@ -1073,10 +1048,7 @@ impl Bench {
     }
 }
 
-async fn start_server(
-    store: Arc<AdversaryStore>,
-    listen: std::net::SocketAddr,
-) -> Result<Server, String> {
+async fn start_server(store: Arc<AdversaryStore>, listen: std::net::SocketAddr) -> Result<Server> {
     let config = Config {
         listen,
         password_cost: CHEAP_ARGON2,
@@ -1090,11 +1062,11 @@ async fn start_server(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(format!("cannot start the server: {last}"))
+    Err(anyhow!("cannot start the server: {last}"))
 }
 
 /// Runs one attack against fresh accounts.
-pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
+pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict> {
     let mut b = Bench::start().await?;
     let mut o = Observed::default();
     let (target, recipient, next_from) = match attack {
@@ -1111,7 +1083,7 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
     b.store.arm(attack, next_from);
     play(attack, &mut b, &mut o, target).await?;
     if b.store.disarm().is_some() {
-        return Err("the adversary still held an envelope".into());
+        bail!("the adversary still held an envelope");
     }
     // The next honest message (Bob's client still works, whatever the
     // attack did to his sessions).
@@ -1146,7 +1118,7 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict, String> {
 }
 
 /// What the attack makes the users do while the adversary is armed.
-async fn play(attack: Attack, b: &mut Bench, o: &mut Observed, target: &str) -> Result<(), String> {
+async fn play(attack: Attack, b: &mut Bench, o: &mut Observed, target: &str) -> Result<()> {
     match attack {
         Attack::BundleBadSignature | Attack::BundleLowOrderKey | Attack::Downgrade => {
             b.send("erin", "bob", target, o).await?;
@@ -1220,14 +1192,14 @@ async fn play(attack: Attack, b: &mut Bench, o: &mut Observed, target: &str) -> 
 
 impl Bench {
     /// Erin's genuine setup message is accepted; then the server replays it.
-    async fn replayed_setup(&mut self, target: &str, o: &mut Observed) -> Result<(), String> {
+    async fn replayed_setup(&mut self, target: &str, o: &mut Observed) -> Result<()> {
         self.send("erin", "bob", target, o).await?;
         self.drain("bob", o).await?;
         // The genuine setup message was accepted; now the replay.
         let first_ok = o.shown.iter().any(|s| s.2 == target);
         o.shown.retain(|s| s.2 != target);
         if !first_ok {
-            return Err("the genuine setup message was not shown".into());
+            bail!("the genuine setup message was not shown");
         }
         self.genuine.retain(|g| g.2 != target);
         self.store.replay_captured(0)?;
@@ -1237,7 +1209,7 @@ impl Bench {
 
     /// The server serves keys of its own for Alice (or a device of hers
     /// nobody added) and pushes messages under them; Bob then tries to reply.
-    async fn substituted_keys(&mut self, attack: Attack, o: &mut Observed) -> Result<(), String> {
+    async fn substituted_keys(&mut self, attack: Attack, o: &mut Observed) -> Result<()> {
         let (claimed, texts): (Address, &[&str]) = match attack {
             Attack::KeySubstitution => (addr("alice"), &["attack-forged"]),
             Attack::PersistentKeySubstitution => (
@@ -1265,12 +1237,7 @@ impl Bench {
 
     /// A message accepted once is replayed after Bob reconnects, or after
     /// the server restarts.
-    async fn replay_later(
-        &mut self,
-        attack: Attack,
-        target: &str,
-        o: &mut Observed,
-    ) -> Result<(), String> {
+    async fn replay_later(&mut self, attack: Attack, target: &str, o: &mut Observed) -> Result<()> {
         self.send("alice", "bob", target, o).await?;
         self.drain("bob", o).await?;
         // Accepted once; the replay below must not show it again.
@@ -1290,34 +1257,32 @@ impl Bench {
 }
 
 /// Runs the suite and writes report.md, summary.json and fig_security_matrix.svg.
-pub(crate) async fn run(out: &Path, only: Option<&str>) -> Result<Vec<Verdict>, String> {
+pub(crate) async fn run(out: &Path, only: Option<&str>) -> Result<Vec<Verdict>> {
     let attacks: Vec<Attack> = ALL
         .iter()
         .copied()
         .filter(|a| only.is_none_or(|o| o == a.name()))
         .collect();
     if attacks.is_empty() {
-        return Err(format!(
+        bail!(
             "no attack named {only:?} (known: {})",
             ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
-        ));
+        );
     }
     eprintln!(
         "running {} attacks, each on its own server and accounts",
         attacks.len()
     );
     let verdicts = run_all(&attacks).await?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     std::fs::write(
         out.join("report.md"),
         report::adversary::markdown(&rows(&verdicts)),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     std::fs::write(
         out.join("summary.json"),
-        serde_json::to_string_pretty(&verdicts).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+        serde_json::to_string_pretty(&verdicts)?,
+    )?;
     report::figures::security_matrix(&out.join("fig_security_matrix.svg"), &rows(&verdicts))?;
     Ok(verdicts)
 }
@@ -1325,15 +1290,15 @@ pub(crate) async fn run(out: &Path, only: Option<&str>) -> Result<Vec<Verdict>, 
 /// Runs attacks concurrently (each has its own server, store and accounts;
 /// most of an attack's time is waiting for the network to go quiet), and
 /// returns the verdicts in the order given.
-pub(crate) async fn run_all(attacks: &[Attack]) -> Result<Vec<Verdict>, String> {
+pub(crate) async fn run_all(attacks: &[Attack]) -> Result<Vec<Verdict>> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, &attack) in attacks.iter().enumerate() {
         tasks.spawn(async move { (i, run_attack(attack).await) });
     }
     let mut out: Vec<Option<Verdict>> = attacks.iter().map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
-        let (i, verdict) = joined.map_err(|e| format!("attack task: {e}"))?;
-        let v = verdict.map_err(|e| format!("{}: {e}", attacks[i].name()))?;
+        let (i, verdict) = joined.context("attack task")?;
+        let v = verdict.with_context(|| attacks[i].name().to_string())?;
         eprintln!(
             "{}: {}",
             v.attack.name(),

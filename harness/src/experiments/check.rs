@@ -4,6 +4,7 @@
 //! the same machine, interleaved) are compared, so a faster or slower CI
 //! machine does not move them; absolute times are never gated.
 
+use anyhow::{Context as _, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -39,15 +40,15 @@ pub(crate) struct Report {
     pub(crate) text: String,
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| path.display().to_string())
 }
 
 /// Checks `result` (a reproduce summary.json) against `baseline`.
-pub(crate) fn run(baseline: &Path, result: &Path) -> Result<Report, String> {
+pub(crate) fn run(baseline: &Path, result: &Path) -> Result<Report> {
     let b: Baseline = serde_json::from_value(read_json(baseline)?)
-        .map_err(|e| format!("{}: {e}", baseline.display()))?;
+        .with_context(|| baseline.display().to_string())?;
     Ok(compare(&b, &read_json(result)?))
 }
 

@@ -10,6 +10,7 @@
 //!  ─▶ report.md, summary.json, fig_compare.svg
 //! ```
 
+use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -135,9 +136,9 @@ pub(crate) async fn run(
     out: &Path,
     socketio_dir: &Path,
     show: bool,
-) -> Result<Comparison, String> {
+) -> Result<Comparison> {
     let Some(c) = &s.compare else {
-        return Err(format!("{}: no [compare] section", s.name));
+        bail!("{}: no [compare] section", s.name);
     };
     let mut steps = Vec::new();
     for rep in 0..c.repetitions {
@@ -167,7 +168,7 @@ pub(crate) async fn run(
                 let o = match system {
                     System::Chatify | System::ChatifyPlaintext => {
                         let dir = out.join("steps").join(&step.name);
-                        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                        std::fs::create_dir_all(&dir)?;
                         let o = run::run(&step, &dir, show).await?;
                         let _ = std::fs::remove_dir_all(&dir);
                         o
@@ -213,9 +214,8 @@ pub(crate) async fn run(
     };
     std::fs::write(
         out.join("summary.json"),
-        serde_json::to_string_pretty(&comparison).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+        serde_json::to_string_pretty(&comparison)?,
+    )?;
     report::compare::write(&comparison, out)?;
     Ok(comparison)
 }

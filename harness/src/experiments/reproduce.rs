@@ -5,6 +5,7 @@
 //! sample conversation, then writes `report.md`, `summary.json` and six SVG
 //! figures (see [`crate::report::figures`]).
 
+use anyhow::{Context as _, Result, bail};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,7 +22,7 @@ use chatify_client::{Client, ConnectOptions, Event};
 use chatify_server::store::SqliteStore;
 use chatify_server::{Config, Server};
 
-fn paper_scenario(dir: &Path, name: &str) -> Result<Scenario, String> {
+fn paper_scenario(dir: &Path, name: &str) -> Result<Scenario> {
     scenario::load(&dir.join(format!("{name}.toml")))
 }
 
@@ -31,9 +32,9 @@ pub(crate) async fn reproduce(
     out: &Path,
     quick: bool,
     show: bool,
-) -> Result<Paper, String> {
+) -> Result<Paper> {
     let started = Instant::now();
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     let runs = out.join("runs");
     let _ = std::fs::remove_dir_all(&runs);
 
@@ -106,13 +107,12 @@ pub(crate) async fn reproduce(
     paper.claims = claims(&paper);
     paper.future_scope = future_scope(&paper);
     report::figures::all(out, &paper)?;
-    let json = serde_json::to_string_pretty(&paper).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("summary.json"), json).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&paper)?;
+    std::fs::write(out.join("summary.json"), json)?;
     std::fs::write(
         out.join("report.md"),
         report::paper::markdown(&paper, started.elapsed()),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let _ = std::fs::remove_dir_all(&runs);
     Ok(paper)
 }
@@ -131,7 +131,7 @@ async fn interleaved(
     n: usize,
     runs: &Path,
     show: bool,
-) -> Result<(Vec<Repeat>, Security, Cdfs), String> {
+) -> Result<(Vec<Repeat>, Security, Cdfs)> {
     let mut repeats = Vec::new();
     let mut security = Vec::new();
     let mut cdfs = (Vec::new(), Vec::new());
@@ -140,10 +140,12 @@ async fn interleaved(
         let b: Outcome = run::run(baseline, &runs.join(format!("baseline-{i}")), show).await?;
         for r in [&a, &b] {
             if r.metrics.delivered != r.metrics.planned {
-                return Err(format!(
+                bail!(
                     "{}: delivered {} of {}; the evaluation needs a complete run",
-                    r.scenario, r.metrics.delivered, r.metrics.planned
-                ));
+                    r.scenario,
+                    r.metrics.delivered,
+                    r.metrics.planned
+                );
             }
         }
         repeats.push(repeat_of(&a.metrics, &b.metrics));
@@ -194,18 +196,12 @@ fn ms_since(t0: Instant, t: Instant) -> f64 {
 /// one message with its timestamp, and the message as the server saw it.
 /// The sample's server (durable, in this process) behind a wire tap, with
 /// Alice's and Bob's accounts and homes.
-async fn sample_server(
-    dir: &Path,
-    data: &Path,
-) -> Result<(Server, WireTap, ConnectOptions), String> {
-    std::fs::create_dir_all(data).map_err(|e| e.to_string())?;
-    let store = Arc::new(
-        SqliteStore::open(
-            &data.join("chatify.db"),
-            chatify_server::store::sqlite::Durability::Full,
-        )
-        .map_err(|e| e.to_string())?,
-    );
+async fn sample_server(dir: &Path, data: &Path) -> Result<(Server, WireTap, ConnectOptions)> {
+    std::fs::create_dir_all(data)?;
+    let store = Arc::new(SqliteStore::open(
+        &data.join("chatify.db"),
+        chatify_server::store::sqlite::Durability::Full,
+    )?);
     let server = Server::start(
         Config {
             password_cost: crate::topology::CHEAP_ARGON2,
@@ -213,17 +209,11 @@ async fn sample_server(
         },
         store,
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    let tap = WireTap::start(server.local_addr(), true)
-        .await
-        .map_err(|e| e.to_string())?;
+    .await?;
+    let tap = WireTap::start(server.local_addr(), true).await?;
     let options = ConnectOptions::new(format!("ws://{}", tap.addr));
-    let err = |e: chatify_client::ClientError| e.to_string();
     for name in ["alice", "bob"] {
-        Client::register(&options, name, &format!("{name}-sample-pw"))
-            .await
-            .map_err(err)?;
+        Client::register(&options, name, &format!("{name}-sample-pw")).await?;
         Client::login(
             &options,
             &dir.join(name),
@@ -232,8 +222,7 @@ async fn sample_server(
             &format!("{name}-sample-pw"),
             1,
         )
-        .await
-        .map_err(err)?
+        .await?
         .close()
         .await;
     }
@@ -256,12 +245,11 @@ fn sample_message() -> plaintext::Plaintext {
     p
 }
 
-async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process), String> {
+async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)> {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir)?;
     let data = dir.join("data");
     let (server, tap, options) = sample_server(dir, &data).await?;
-    let err = |e: chatify_client::ClientError| e.to_string();
     let p = sample_message();
     let text = String::from_utf8_lossy(&p.bytes).into_owned();
 
@@ -271,18 +259,14 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
     let mut events = Vec::new();
-    let mut bob = Client::resume(&dir.join("bob"), &home_passphrase(), Some(&options))
-        .await
-        .map_err(err)?;
+    let mut bob = Client::resume(&dir.join("bob"), &home_passphrase(), Some(&options)).await?;
     events.push(TimelineEvent {
         actor: "bob",
         what: "connected + authenticated".into(),
         at_ms: ms_since(t0, Instant::now()),
     });
     let t = Instant::now();
-    let mut alice = Client::resume(&dir.join("alice"), &home_passphrase(), Some(&options))
-        .await
-        .map_err(err)?;
+    let mut alice = Client::resume(&dir.join("alice"), &home_passphrase(), Some(&options)).await?;
     events.push(TimelineEvent {
         actor: "alice",
         what: "connect + authenticate started".into(),
@@ -295,12 +279,12 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
     });
     alice.start_trace();
     bob.start_trace();
-    alice.send("bob", &p.bytes).await.map_err(err)?;
+    alice.send("bob", &p.bytes).await?;
     let received = loop {
         match tokio::time::timeout(Duration::from_secs(10), bob.next_event()).await {
             Ok(Ok(Some(Event::Message(m)))) => break m,
             Ok(Ok(Some(_))) => continue,
-            other => return Err(format!("the sample message did not arrive: {other:?}")),
+            other => bail!("the sample message did not arrive: {other:?}"),
         }
     };
     for e in alice.take_trace() {
@@ -324,11 +308,11 @@ async fn sample_conversation(dir: &Path) -> Result<(Vec<TimelineEvent>, Process)
     });
     events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
 
-    let history = alice.history("bob", 10).await.map_err(err)?;
+    let history = alice.history("bob", 10).await?;
     let stored = history
         .first()
         .map(|d| d.envelope.clone())
-        .ok_or("no history")?;
+        .context("no history")?;
     alice.close().await;
     bob.close().await;
     server.shutdown().await;

@@ -20,6 +20,7 @@
 //! stored in each home's key file); the processes read the passphrase from
 //! `CHATIFY_PASSPHRASE`.
 
+use anyhow::{Context as _, Result, anyhow};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,13 +89,13 @@ fn user_name(i: usize) -> String {
 }
 
 /// The `chatify` binary built beside this one.
-fn chatify_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+fn chatify_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("chatify");
     if bin.is_file() {
         Ok(bin)
     } else {
-        Err(format!(
+        Err(anyhow!(
             "{} not found: build it with the harness (cargo build --release -p chatify-client -p chatify-harness)",
             bin.display()
         ))
@@ -371,10 +372,10 @@ impl Outcome {
 }
 
 /// Runs a lifetimes scenario (its report is [`crate::report::lifetimes`]).
-pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
+pub(crate) async fn run(s: &Scenario) -> Result<Outcome> {
     let l = s.lifetimes.clone().unwrap_or_default();
     let bin = chatify_binary()?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
     let data = dir.path().join("server");
     let server = start_server(&data).await?;
     let url = format!("ws://{}", server.local_addr());
@@ -396,8 +397,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
         tokio::task::spawn_blocking(move || {
             all_lifetimes(&bin, &url, &homes, &per_user, l.concurrent_every, start)
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     };
     let grace = Duration::from_secs_f64(s.workload.grace_secs);
     drain_inboxes(&bin, &url, &homes, grace, &mut tally, &mut times).await?;
@@ -418,37 +418,33 @@ pub(crate) async fn run(s: &Scenario) -> Result<Outcome, String> {
 }
 
 /// The server of a lifetimes run, in this process, on a fresh store.
-async fn start_server(data: &Path) -> Result<Server, String> {
-    std::fs::create_dir_all(data).map_err(|e| e.to_string())?;
+async fn start_server(data: &Path) -> Result<Server> {
+    std::fs::create_dir_all(data)?;
     let store = SqliteStore::open(
         &data.join("chatify.db"),
         chatify_server::store::sqlite::Durability::Normal,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let config = Config {
-        listen: "127.0.0.1:0".parse().map_err(|_| "address")?,
+        listen: "127.0.0.1:0".parse().context("address")?,
         password_cost: CHEAP_ARGON2,
         ..Config::default()
     };
-    Server::start(config, Arc::new(store))
-        .await
-        .map_err(|e| e.to_string())
+    Ok(Server::start(config, Arc::new(store)).await?)
 }
 
 /// Registers each user and logs its device into its home.
-async fn register_all(options: &ConnectOptions, homes: &[PathBuf]) -> Result<(), String> {
+async fn register_all(options: &ConnectOptions, homes: &[PathBuf]) -> Result<()> {
     for (i, home) in homes.iter().enumerate() {
         let name = user_name(i);
         let password = format!("{name}-lifetimes-password");
         Client::register(options, &name, &password)
             .await
-            .map_err(|e| format!("register {name}: {e}"))?;
+            .with_context(|| format!("register {name}"))?;
         let pass =
-            chatify_client::Passphrase::with_cost(PASSPHRASE, chatify_client::KdfCost::MINIMUM)
-                .map_err(|e| e.to_string())?;
+            chatify_client::Passphrase::with_cost(PASSPHRASE, chatify_client::KdfCost::MINIMUM)?;
         Client::login(options, home, &pass, &name, &password, 1)
             .await
-            .map_err(|e| format!("login {name}: {e}"))?
+            .with_context(|| format!("login {name}"))?
             .close()
             .await;
     }
@@ -525,7 +521,7 @@ async fn drain_inboxes(
     grace: Duration,
     tally: &mut Tally,
     times: &mut Vec<Duration>,
-) -> Result<(), String> {
+) -> Result<()> {
     let deadline = Instant::now() + grace;
     loop {
         let before = tally.received.len();
@@ -538,8 +534,7 @@ async fn drain_inboxes(
                 let r = run_owned(&bin, &url, &home, &args, &mut t, &mut more);
                 (r, t, more)
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             merge(tally, t);
             times.extend(more);
             read_inbox(me, &r, tally);

@@ -15,6 +15,7 @@
 //! the core's Double Ratchet, so the clients' cost is the one they would
 //! have with Chatify; only the path between them differs.
 
+use anyhow::{Context as _, Result, anyhow, bail};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -66,15 +67,15 @@ type Routes = Arc<Mutex<HashMap<Vec<u8>, mpsc::UnboundedSender<Message>>>>;
 /// connection names it; each binary message `[n][to: n bytes][payload]` is
 /// forwarded to the connection named `to` as `[m][from: m bytes][payload]`.
 /// Frames for unknown names are dropped.
-pub(crate) async fn serve_floor(listen: SocketAddr) -> Result<(), String> {
+pub(crate) async fn serve_floor(listen: SocketAddr) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("{listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .with_context(|| listen.to_string())?;
+    let addr = listener.local_addr()?;
     println!("listening on ws://{addr}");
     let routes: Routes = Arc::default();
     loop {
-        let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
         tokio::spawn(floor_connection(tcp, Arc::clone(&routes)));
     }
@@ -154,21 +155,21 @@ pub(crate) struct PeerServer {
 impl PeerServer {
     /// Starts `peer`; `socketio_dir` holds `server.js` and its installed
     /// `node_modules` (see `peers/socketio/install.sh`).
-    pub(crate) async fn start(peer: Peer, socketio_dir: &Path) -> Result<Self, String> {
+    pub(crate) async fn start(peer: Peer, socketio_dir: &Path) -> Result<Self> {
         let mut command = match peer {
             Peer::Floor => {
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let exe = std::env::current_exe()?;
                 let mut c = tokio::process::Command::new(exe);
                 c.args(["__floor", "--listen", "127.0.0.1:0"]);
                 c
             }
             Peer::SocketIo => {
                 if !socketio_dir.join("node_modules/socket.io").is_dir() {
-                    return Err(format!(
+                    bail!(
                         "Socket.io is not installed in {}: run {}/install.sh (needs Node.js and npm)",
                         socketio_dir.display(),
                         socketio_dir.display()
-                    ));
+                    );
                 }
                 let mut c = tokio::process::Command::new("node");
                 c.arg(socketio_dir.join("server.js")).args(["--port", "0"]);
@@ -180,21 +181,20 @@ impl PeerServer {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start the {} relay: {e}", peer.name()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+            .with_context(|| format!("cannot start the {} relay", peer.name()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
         let mut line = String::new();
         tokio::time::timeout(
             Duration::from_secs(20),
             tokio::io::BufReader::new(stdout).read_line(&mut line),
         )
         .await
-        .map_err(|_| format!("the {} relay did not start within 20 s", peer.name()))?
-        .map_err(|e| e.to_string())?;
+        .with_context(|| format!("the {} relay did not start within 20 s", peer.name()))??;
         let url = line
             .trim()
             .strip_prefix("listening on ws://")
-            .ok_or_else(|| format!("the {} relay said {line:?}", peer.name()))?;
-        let addr = url.parse().map_err(|e| format!("{url}: {e}"))?;
+            .with_context(|| format!("the {} relay said {line:?}", peer.name()))?;
+        let addr = url.parse().with_context(|| url.to_string())?;
         Ok(PeerServer { child, addr })
     }
 
@@ -214,24 +214,24 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = SplitSink<Ws, Message>;
 type Stream = SplitStream<Ws>;
 
-fn ws_err(e: impl std::fmt::Display) -> String {
-    format!("websocket: {e}")
+fn ws_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("websocket: {e}")
 }
 
-async fn next_text(stream: &mut Stream) -> Result<String, String> {
+async fn next_text(stream: &mut Stream) -> Result<String> {
     loop {
         match stream.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
             Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(m)) => return Err(format!("unexpected {m:?}")),
+            Some(Ok(m)) => bail!("unexpected {m:?}"),
             Some(Err(e)) => return Err(ws_err(e)),
-            None => return Err("connection closed".into()),
+            None => return Err(anyhow!("connection closed")),
         }
     }
 }
 
 /// Connects user `me` to a peer relay and names the connection.
-async fn connect(peer: Peer, addr: SocketAddr, me: &str) -> Result<(Sink, Stream), String> {
+async fn connect(peer: Peer, addr: SocketAddr, me: &str) -> Result<(Sink, Stream)> {
     let url = match peer {
         Peer::Floor => format!("ws://{addr}/"),
         Peer::SocketIo => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
@@ -252,7 +252,7 @@ async fn connect(peer: Peer, addr: SocketAddr, me: &str) -> Result<(Sink, Stream
             // Engine.IO open packet, then a Socket.io CONNECT to "/".
             let open = next_text(&mut stream).await?;
             if !open.starts_with("0{") {
-                return Err(format!("expected an Engine.IO open packet, got {open:?}"));
+                bail!("expected an Engine.IO open packet, got {open:?}");
             }
             sink.send(Message::text("40")).await.map_err(ws_err)?;
             loop {
@@ -263,7 +263,7 @@ async fn connect(peer: Peer, addr: SocketAddr, me: &str) -> Result<(Sink, Stream
                 if t == "2" {
                     sink.send(Message::text("3")).await.map_err(ws_err)?;
                 } else {
-                    return Err(format!("expected a Socket.io CONNECT reply, got {t:?}"));
+                    bail!("expected a Socket.io CONNECT reply, got {t:?}");
                 }
             }
             let join = format!("42{}", serde_json::json!(["join", me]));
@@ -274,7 +274,7 @@ async fn connect(peer: Peer, addr: SocketAddr, me: &str) -> Result<(Sink, Stream
 }
 
 /// Sends one envelope to `to`.
-async fn send(peer: Peer, sink: &mut Sink, to: &str, envelope: Vec<u8>) -> Result<(), String> {
+async fn send(peer: Peer, sink: &mut Sink, to: &str, envelope: Vec<u8>) -> Result<()> {
     match peer {
         Peer::Floor => {
             let mut frame = Vec::with_capacity(1 + to.len() + envelope.len());
@@ -366,7 +366,7 @@ async fn receive(
 
 /// Sessions between every pair of partners, set up before the clock starts
 /// (X3DH with a one-time prekey, then one message each way).
-fn sessions(partners: &[Vec<usize>]) -> Result<Vec<HashMap<usize, Session>>, String> {
+fn sessions(partners: &[Vec<usize>]) -> Result<Vec<HashMap<usize, Session>>> {
     let rng = &mut rand::rng();
     let mut devices: Vec<Device> = (0..partners.len()).map(|_| Device::generate(rng)).collect();
     let mut out: Vec<HashMap<usize, Session>> = partners.iter().map(|_| HashMap::new()).collect();
@@ -380,14 +380,13 @@ fn sessions(partners: &[Vec<usize>]) -> Result<Vec<HashMap<usize, Session>>, Str
                 signed_prekey: keys.signed_prekey,
                 one_time_prekey: keys.one_time_prekeys.into_iter().next(),
             };
-            let verified = VerifiedBundle::verify(&bundle).map_err(|e| e.to_string())?;
+            let verified = VerifiedBundle::verify(&bundle)?;
             let conv = conversation(a, b);
-            let mut sa =
-                Session::initiate(&devices[a], verified, rng).map_err(|e| e.to_string())?;
-            let first = sa.encrypt(conv, b"hello", rng).map_err(|e| e.to_string())?;
-            let (mut sb, _) = devices[b].accept(&first).map_err(|e| e.to_string())?;
-            let reply = sb.encrypt(conv, b"hello", rng).map_err(|e| e.to_string())?;
-            sa.decrypt(&reply).map_err(|e| e.to_string())?;
+            let mut sa = Session::initiate(&devices[a], verified, rng)?;
+            let first = sa.encrypt(conv, b"hello", rng)?;
+            let (mut sb, _) = devices[b].accept(&first)?;
+            let reply = sb.encrypt(conv, b"hello", rng)?;
+            sa.decrypt(&reply)?;
             out[a].insert(b, sa);
             out[b].insert(a, sb);
         }
@@ -488,10 +487,10 @@ async fn user_task(
                             let to = schedule::user_name(p.recipient);
                             match send(ctx.peer, &mut sink, &to, envelope.encode()).await {
                                 Ok(()) => ctx.record(Record::Sent { encrypt: Some(encrypt), setup: None }),
-                                Err(e) => ctx.record(Record::SendFailed(e)),
+                                Err(e) => ctx.record(Record::SendFailed(format!("{e:#}"))),
                             }
                         }
-                        Err(e) => ctx.record(Record::SendFailed(e)),
+                        Err(e) => ctx.record(Record::SendFailed(format!("{e:#}"))),
                     }
                 }
                 next += 1;
@@ -509,7 +508,7 @@ pub(crate) async fn run(
     peer: Peer,
     socketio_dir: &Path,
     show_progress: bool,
-) -> Result<Outcome, String> {
+) -> Result<Outcome> {
     let plan = schedule::schedule(s);
     let partners = s.conversations.graph.partners(s.users.count);
     let mut sessions = sessions(&partners)?;

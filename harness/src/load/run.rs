@@ -10,6 +10,7 @@
 //! [`crate::topology`]; what the taps found is judged by
 //! [`crate::metrics::leak_check`].
 
+use anyhow::{Context as _, Result, anyhow, bail};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,10 +38,10 @@ use crate::topology::{
 };
 
 /// Runs a scenario once (no sweep) with its output under `out`.
-pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result<Outcome, String> {
+pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result<Outcome> {
     let data_dir = out.join("data");
     let _ = std::fs::remove_dir_all(&data_dir);
-    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir).with_context(|| data_dir.display().to_string())?;
     let log = out.join("server.log");
     let _ = std::fs::remove_file(&log);
     let mode = s.workload.mode;
@@ -55,9 +56,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     // The server's sockets before any client connects: its listener and its
     // runtime's own (signal handling).
     let idle_sockets = topo.pid().and_then(open_sockets);
-    let tap = WireTap::start(topo.addr, s.taps.wire)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tap = WireTap::start(topo.addr, s.taps.wire).await?;
     let options = ConnectOptions::new(format!("ws://{}", tap.addr));
 
     // Accounts and devices (not timed as workload).
@@ -174,13 +173,13 @@ fn topology_for(
     data_dir: &Path,
     log: &Path,
     observer: Option<EnvelopeObserver>,
-) -> Result<Topology, String> {
+) -> Result<Topology> {
     let mode = s.workload.mode;
     if mode == Mode::LeakyServerLogMutant && s.topology.server == ServerMode::Child {
-        return Err("the leaky-server-log mutant needs topology.server = \"in-process\"".into());
+        bail!("the leaky-server-log mutant needs topology.server = \"in-process\"");
     }
     if mode == Mode::CredentialsKeptMutant && s.topology.server != ServerMode::Child {
-        return Err("the credentials-kept mutant needs topology.server = \"child\"".into());
+        bail!("the credentials-kept mutant needs topology.server = \"child\"");
     }
     Ok(Topology {
         mode: s.topology.server,
@@ -210,7 +209,7 @@ struct Accounts {
 
 /// Registers each user, logs its device in, then resumes it from its home
 /// (the resume's connect and authenticate is the first timed sample).
-async fn accounts(options: &ConnectOptions, homes: &[PathBuf]) -> Result<Accounts, String> {
+async fn accounts(options: &ConnectOptions, homes: &[PathBuf]) -> Result<Accounts> {
     let mut a = Accounts {
         clients: Vec::with_capacity(homes.len()),
         connect_auth: hist(),
@@ -221,20 +220,20 @@ async fn accounts(options: &ConnectOptions, homes: &[PathBuf]) -> Result<Account
         let password = format!("{name}-harness-password");
         Client::register(options, &name, &password)
             .await
-            .map_err(|e| format!("register {name}: {e}"))?;
+            .with_context(|| format!("register {name}"))?;
         let c = Client::login(options, home, &home_passphrase(), &name, &password, 1)
             .await
-            .map_err(|e| format!("login {name}: {e}"))?;
+            .with_context(|| format!("login {name}"))?;
         a.credentials.push(("password", password.into_bytes()));
         if let Some(token) = &c.state().token {
             a.credentials.push(("session token", token.to_vec()));
         }
         c.close().await;
-        let file = unlocked_home(home).map_err(|e| format!("unlock {name}: {e}"))?;
+        let file = unlocked_home(home).with_context(|| format!("unlock {name}"))?;
         let t = Instant::now();
         let c = Client::resume_with(file, Some(options))
             .await
-            .map_err(|e| format!("resume {name}: {e}"))?;
+            .with_context(|| format!("resume {name}"))?;
         record(&mut a.connect_auth, t.elapsed().as_micros());
         a.clients.push(Some(c));
     }
@@ -247,7 +246,7 @@ async fn through_faults(
     clients: &mut [Option<Client>],
     homes: &[PathBuf],
     options: &ConnectOptions,
-) -> Result<(), String> {
+) -> Result<()> {
     for (c, home) in clients.iter_mut().zip(homes) {
         if let Some(old) = c.take() {
             old.close().await;
@@ -264,7 +263,7 @@ async fn through_faults(
             tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10) + 1))).await;
         }
         if c.is_none() {
-            return Err(format!("resume through the faulty network: {last}"));
+            bail!("resume through the faulty network: {last}");
         }
     }
     Ok(())
@@ -342,7 +341,7 @@ async fn drive(
     topo: &mut Topology,
     tap: &WireTap,
     start: Instant,
-) -> Result<Driven, String> {
+) -> Result<Driven> {
     let mut restart_queue: VecDeque<(Duration, bool)> = s
         .faults
         .server_restarts
@@ -400,11 +399,14 @@ async fn scan_process(
                 let creds = r.pop().ok_or("no credential result");
                 let plain = r.pop().ok_or("no plaintext result");
                 (
-                    Some(plain.map_err(String::from)),
-                    Some(creds.map_err(String::from)),
+                    Some(plain.map_err(|e| anyhow!(e))),
+                    Some(creds.map_err(|e| anyhow!(e))),
                 )
             }
-            Err(e) => (Some(Err(e.clone())), Some(Err(e))),
+            Err(e) => {
+                let why = format!("{e:#}");
+                (Some(Err(anyhow!(why.clone()))), Some(Err(anyhow!(why))))
+            }
         },
         _ => (None, None),
     }

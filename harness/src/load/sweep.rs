@@ -1,6 +1,7 @@
 //! Load sweeps: the workload at increasing offered rates, in each mode,
 //! until saturation (the report is [`crate::report::sweep`]).
 
+use anyhow::{Result, bail};
 use std::path::Path;
 
 use super::run::run;
@@ -8,9 +9,9 @@ use crate::metrics::{Metrics, Outcome, SweepStep as Step};
 use crate::scenario::{Mode, Scenario, Taps};
 
 /// Runs every step of a sweep scenario.
-pub(crate) async fn steps(s: &Scenario, out: &Path, show: bool) -> Result<Vec<Step>, String> {
+pub(crate) async fn steps(s: &Scenario, out: &Path, show: bool) -> Result<Vec<Step>> {
     let Some(sweep) = &s.sweep else {
-        return Err("not a sweep".into());
+        bail!("not a sweep");
     };
     let mut steps = Vec::new();
     // Saturated steps per mode. A mode is pushed one step past its first
@@ -30,7 +31,7 @@ pub(crate) async fn steps(s: &Scenario, out: &Path, show: bool) -> Result<Vec<St
             let name = format!("{}-{}-{rate}", s.name, mode.name());
             let step = step_scenario(s, name, mode, rate, sweep.step_secs);
             let dir = out.join("steps").join(&step.name);
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&dir)?;
             eprintln!(
                 "step: {} at {rate} msg/s ({} messages)",
                 mode.name(),

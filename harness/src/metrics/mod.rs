@@ -6,6 +6,7 @@
 //! helper of the harness ([`stats::Spread`]: mean ± sd over repetitions).
 //! Plain data and arithmetic: it starts nothing and writes nothing.
 
+use anyhow::Result;
 use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
@@ -226,7 +227,7 @@ pub(crate) fn record(h: &mut Histogram<u64>, v: u128) {
 }
 
 /// What a tap returned: what it found, or why it could not look.
-pub(crate) type TapOutcome = Result<TapResult, String>;
+pub(crate) type TapOutcome = Result<TapResult>;
 
 /// The verdict on one leak tap: skipped when it did not run, failed when it
 /// could not look or saw no bytes (it then checked nothing), passed only
@@ -238,7 +239,7 @@ pub(crate) fn leak_check(
 ) -> Check {
     let (verdict, evidence) = match result {
         None => (Verdict::Skipped, "tap not run".to_owned()),
-        Some(Err(e)) => (Verdict::Fail, format!("tap failed: {e}")),
+        Some(Err(e)) => (Verdict::Fail, format!("tap failed: {e:#}")),
         Some(Ok(r)) if r.bytes == 0 => (
             Verdict::Fail,
             "tap saw no bytes: it cannot have checked anything".to_owned(),

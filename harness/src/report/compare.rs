@@ -2,6 +2,7 @@
 //! summary over repetitions and the targets; its `report.md` and figure,
 //! and the redraw from `summary.json` (`compare --replot`).
 
+use anyhow::{Context as _, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -63,17 +64,16 @@ pub(crate) struct Comparison {
 }
 
 /// Writes report.md and fig_compare.svg.
-pub(crate) fn write(c: &Comparison, out: &Path) -> Result<(), String> {
-    std::fs::write(out.join("report.md"), markdown(c)).map_err(|e| e.to_string())?;
+pub(crate) fn write(c: &Comparison, out: &Path) -> Result<()> {
+    std::fs::write(out.join("report.md"), markdown(c))?;
     super::figures::compare(&out.join("fig_compare.svg"), c)
 }
 
 /// Re-renders report.md and fig_compare.svg from a comparison's summary.json.
-pub(crate) fn replot(out: &Path) -> Result<Comparison, String> {
+pub(crate) fn replot(out: &Path) -> Result<Comparison> {
     let path = out.join("summary.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let c: Comparison =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let c: Comparison = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
     write(&c, out)?;
     Ok(c)
 }

@@ -2,6 +2,7 @@
 //! (plotters' SVG backend: plain `<text>` elements, no font files needed).
 
 use crate::metrics::stats::mean;
+use anyhow::{Result, bail};
 use std::path::Path;
 
 use plotters::coord::Shift;
@@ -19,18 +20,11 @@ const PASS: RGBColor = RGBColor(44, 160, 44);
 const FAIL: RGBColor = RGBColor(214, 39, 40);
 const GREY: RGBColor = RGBColor(110, 110, 110);
 
-fn err<E: std::fmt::Display>(e: E) -> String {
-    format!("figure: {e}")
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("figure: {e}")
 }
 
-fn text(
-    area: &Area<'_>,
-    s: &str,
-    x: i32,
-    y: i32,
-    size: u32,
-    color: &RGBColor,
-) -> Result<(), String> {
+fn text(area: &Area<'_>, s: &str, x: i32, y: i32, size: u32, color: &RGBColor) -> Result<()> {
     area.draw(&Text::new(
         s.to_owned(),
         (x, y),
@@ -39,7 +33,7 @@ fn text(
     .map_err(err)
 }
 
-fn title(area: &Area<'_>, s: &str) -> Result<(), String> {
+fn title(area: &Area<'_>, s: &str) -> Result<()> {
     text(area, s, 14, 10, 20, &BLACK)
 }
 
@@ -47,7 +41,7 @@ fn title(area: &Area<'_>, s: &str) -> Result<(), String> {
 fn legend<'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
     position: SeriesLabelPosition,
-) -> Result<(), String> {
+) -> Result<()> {
     chart
         .configure_series_labels()
         .position(position)
@@ -88,7 +82,7 @@ fn wrap(s: &str, width: usize) -> Vec<String> {
 }
 
 /// Writes the six figures into `out`.
-pub(crate) fn all(out: &Path, p: &Paper) -> Result<(), String> {
+pub(crate) fn all(out: &Path, p: &Paper) -> Result<()> {
     fig1(&out.join("fig1_performance_security.svg"), p)?;
     fig2(&out.join("fig2_data_collection.svg"), p)?;
     fig3(&out.join("fig3_latency_throughput.svg"), p)?;
@@ -100,9 +94,9 @@ pub(crate) fn all(out: &Path, p: &Paper) -> Result<(), String> {
 
 /// Fig. 1: E2EE vs baseline latency (p50, p99) and saturation throughput,
 /// beside the verdict of every security check.
-fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
+fn fig1(path: &Path, p: &Paper) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     title(
         &root,
         "Fig. 1 - Performance and security overview (measured)",
@@ -118,7 +112,7 @@ fn fig1(path: &Path, p: &Paper) -> Result<(), String> {
 }
 
 /// Fig. 1, left: p50 and p99 of E2EE beside the baseline.
-fn fig1_latency(lat: &Area<'_>, p: &Paper) -> Result<(), String> {
+fn fig1_latency(lat: &Area<'_>, p: &Paper) -> Result<()> {
     let r = &p.repeats;
     let vals = [
         (
@@ -138,51 +132,43 @@ fn fig1_latency(lat: &Area<'_>, p: &Paper) -> Result<(), String> {
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(55)
-        .build_cartesian_2d(0f64..2f64, 0f64..ymax)
-        .map_err(err)?;
+        .build_cartesian_2d(0f64..2f64, 0f64..ymax)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
         .y_desc("latency (ms)")
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     for (i, (label, e, b)) in vals.iter().enumerate() {
         let x = i as f64;
-        chart
-            .draw_series([
-                Rectangle::new([(x + 0.15, 0.0), (x + 0.48, *e)], E2EE.filled()),
-                Rectangle::new([(x + 0.52, 0.0), (x + 0.85, *b)], BASE.filled()),
-            ])
-            .map_err(err)?;
-        chart
-            .draw_series([
-                Text::new(
-                    format!("{e:.2}"),
-                    (x + 0.17, *e + ymax * 0.05),
-                    ("sans-serif", 12),
-                ),
-                Text::new(
-                    format!("{b:.2}"),
-                    (x + 0.54, *b + ymax * 0.05),
-                    ("sans-serif", 12),
-                ),
-                Text::new(
-                    (*label).to_owned(),
-                    (x + 0.42, -ymax * 0.06),
-                    ("sans-serif", 14),
-                ),
-            ])
-            .map_err(err)?;
+        chart.draw_series([
+            Rectangle::new([(x + 0.15, 0.0), (x + 0.48, *e)], E2EE.filled()),
+            Rectangle::new([(x + 0.52, 0.0), (x + 0.85, *b)], BASE.filled()),
+        ])?;
+        chart.draw_series([
+            Text::new(
+                format!("{e:.2}"),
+                (x + 0.17, *e + ymax * 0.05),
+                ("sans-serif", 12),
+            ),
+            Text::new(
+                format!("{b:.2}"),
+                (x + 0.54, *b + ymax * 0.05),
+                ("sans-serif", 12),
+            ),
+            Text::new(
+                (*label).to_owned(),
+                (x + 0.42, -ymax * 0.06),
+                ("sans-serif", 14),
+            ),
+        ])?;
     }
     chart
-        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
-        .map_err(err)?
+        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
         .label("E2EE")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], E2EE.filled()));
     chart
-        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
-        .map_err(err)?
+        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
         .label("plaintext baseline")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], BASE.filled()));
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
@@ -190,52 +176,46 @@ fn fig1_latency(lat: &Area<'_>, p: &Paper) -> Result<(), String> {
 }
 
 /// Fig. 1, middle: saturation throughput of both modes.
-fn fig1_throughput(thr: &Area<'_>, p: &Paper) -> Result<(), String> {
+fn fig1_throughput(thr: &Area<'_>, p: &Paper) -> Result<()> {
     let tmax = p.saturation_e2ee.max(p.saturation_baseline).max(1.0) * 1.25;
     let mut chart = ChartBuilder::on(thr)
         .caption("Saturation throughput", ("sans-serif", 15))
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..1f64, 0f64..tmax)
-        .map_err(err)?;
+        .build_cartesian_2d(0f64..1f64, 0f64..tmax)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
         .y_desc("delivered messages / s")
-        .draw()
-        .map_err(err)?;
-    chart
-        .draw_series([
-            Rectangle::new([(0.15, 0.0), (0.48, p.saturation_e2ee)], E2EE.filled()),
-            Rectangle::new([(0.52, 0.0), (0.85, p.saturation_baseline)], BASE.filled()),
-        ])
-        .map_err(err)?;
-    chart
-        .draw_series([
-            Text::new(
-                format!("{:.0}", p.saturation_e2ee),
-                (0.17, p.saturation_e2ee + tmax * 0.04),
-                ("sans-serif", 12),
-            ),
-            Text::new(
-                format!("{:.0}", p.saturation_baseline),
-                (0.54, p.saturation_baseline + tmax * 0.04),
-                ("sans-serif", 12),
-            ),
-            Text::new(
-                "E2EE      baseline".to_owned(),
-                (0.2, -tmax * 0.06),
-                ("sans-serif", 13),
-            ),
-        ])
-        .map_err(err)?;
+        .draw()?;
+    chart.draw_series([
+        Rectangle::new([(0.15, 0.0), (0.48, p.saturation_e2ee)], E2EE.filled()),
+        Rectangle::new([(0.52, 0.0), (0.85, p.saturation_baseline)], BASE.filled()),
+    ])?;
+    chart.draw_series([
+        Text::new(
+            format!("{:.0}", p.saturation_e2ee),
+            (0.17, p.saturation_e2ee + tmax * 0.04),
+            ("sans-serif", 12),
+        ),
+        Text::new(
+            format!("{:.0}", p.saturation_baseline),
+            (0.54, p.saturation_baseline + tmax * 0.04),
+            ("sans-serif", 12),
+        ),
+        Text::new(
+            "E2EE      baseline".to_owned(),
+            (0.2, -tmax * 0.06),
+            ("sans-serif", 13),
+        ),
+    ])?;
     Ok(())
 }
 
 /// Fig. 1, right: the security checks and the two headline numbers.
-fn fig1_security(right: &Area<'_>, p: &Paper) -> Result<(), String> {
+fn fig1_security(right: &Area<'_>, p: &Paper) -> Result<()> {
     text(right, "Security checks (E2EE runs)", 10, 10, 16, &BLACK)?;
     for (i, (name, v, _)) in p.security.iter().enumerate() {
         let y = 50 + 34 * i as i32;
@@ -244,9 +224,7 @@ fn fig1_security(right: &Area<'_>, p: &Paper) -> Result<(), String> {
             Verdict::Fail => ("FAIL", FAIL),
             Verdict::Skipped => ("SKIPPED", GREY),
         };
-        right
-            .draw(&Rectangle::new([(10, y - 2), (82, y + 20)], color.filled()))
-            .map_err(err)?;
+        right.draw(&Rectangle::new([(10, y - 2), (82, y + 20)], color.filled()))?;
         text(right, label, 18, y + 1, 14, &WHITE)?;
         text(right, name, 95, y + 1, 14, &BLACK)?;
     }
@@ -277,9 +255,9 @@ fn fig1_security(right: &Area<'_>, p: &Paper) -> Result<(), String> {
 }
 
 /// Fig. 2: the events of one message with real timestamps, per actor.
-fn fig2(path: &Path, p: &Paper) -> Result<(), String> {
+fn fig2(path: &Path, p: &Paper) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     title(
         &root,
         "Fig. 2 - Data collection: every event of one message, as timed in this run",
@@ -291,8 +269,7 @@ fn fig2(path: &Path, p: &Paper) -> Result<(), String> {
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..tmax, -0.5f64..2.5f64)
-        .map_err(err)?;
+        .build_cartesian_2d(0f64..tmax, -0.5f64..2.5f64)?;
     chart
         .configure_mesh()
         .x_desc("time since the sample began (ms)")
@@ -301,8 +278,7 @@ fn fig2(path: &Path, p: &Paper) -> Result<(), String> {
             let i = y.round() as usize;
             lanes.get(i).map(|s| (*s).to_owned()).unwrap_or_default()
         })
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     let mut per_lane = [0usize; 3];
     for e in &p.timeline {
         let lane_index = lanes.iter().position(|l| *l == e.actor).unwrap_or(1);
@@ -314,26 +290,22 @@ fn fig2(path: &Path, p: &Paper) -> Result<(), String> {
             "bob" => PASS,
             _ => BASE,
         };
-        chart
-            .draw_series([Circle::new((e.at_ms, lane), 5, color.filled())])
-            .map_err(err)?;
+        chart.draw_series([Circle::new((e.at_ms, lane), 5, color.filled())])?;
         // Stagger labels over six rows per lane so neighbours do not overlap.
         let dy = [0.1, -0.16, 0.22, -0.28, 0.34, -0.4][k % 6];
-        chart
-            .draw_series([Text::new(
-                format!("{} ({:.2})", e.what, e.at_ms),
-                (e.at_ms, lane + dy),
-                ("sans-serif", 11),
-            )])
-            .map_err(err)?;
+        chart.draw_series([Text::new(
+            format!("{} ({:.2})", e.what, e.at_ms),
+            (e.at_ms, lane + dy),
+            ("sans-serif", 11),
+        )])?;
     }
     root.present().map_err(err)
 }
 
 /// Fig. 3: latency distribution (CDF) and throughput against offered load.
-fn fig3(path: &Path, p: &Paper) -> Result<(), String> {
+fn fig3(path: &Path, p: &Paper) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     title(
         &root,
         "Fig. 3 - Latency distribution and throughput up to saturation",
@@ -356,14 +328,12 @@ fn fig3(path: &Path, p: &Paper) -> Result<(), String> {
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d((0.05f64..xmax).log_scale(), 0f64..100f64)
-        .map_err(err)?;
+        .build_cartesian_2d((0.05f64..xmax).log_scale(), 0f64..100f64)?;
     chart
         .configure_mesh()
         .x_desc("latency (ms, log scale)")
         .y_desc("percentile")
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     for (cdf, color, label) in [
         (&p.e2ee_cdf, E2EE, "E2EE"),
         (&p.baseline_cdf, BASE, "plaintext baseline"),
@@ -373,8 +343,7 @@ fn fig3(path: &Path, p: &Paper) -> Result<(), String> {
                 cdf.iter()
                     .map(|(q, v)| ((*v as f64 / 1000.0).max(0.05), q * 100.0)),
                 color.stroke_width(2),
-            ))
-            .map_err(err)?
+            ))?
             .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -394,20 +363,17 @@ fn fig3(path: &Path, p: &Paper) -> Result<(), String> {
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..rmax, 0f64..dmax)
-        .map_err(err)?;
+        .build_cartesian_2d(0f64..rmax, 0f64..dmax)?;
     chart
         .configure_mesh()
         .x_desc("offered (messages / s)")
         .y_desc("delivered (messages / s)")
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     chart
         .draw_series(LineSeries::new(
             [(0.0, 0.0), (rmax, rmax)],
             GREY.stroke_width(1),
-        ))
-        .map_err(err)?
+        ))?
         .label("offered = delivered")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREY));
     for (mode, color, label) in [
@@ -421,24 +387,21 @@ fn fig3(path: &Path, p: &Paper) -> Result<(), String> {
             .map(|s| (s.rate, s.delivered_rate))
             .collect();
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(err)?
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
-        chart
-            .draw_series(pts.iter().map(|pt| Circle::new(*pt, 4, color.filled())))
-            .map_err(err)?;
+        chart.draw_series(pts.iter().map(|pt| Circle::new(*pt, 4, color.filled())))?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(err)
 }
 
 /// Fig. 4: the sample message at the sender, at the server, at the recipient.
-fn fig4(path: &Path, p: &Paper) -> Result<(), String> {
+fn fig4(path: &Path, p: &Paper) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     title(
         &root,
         "Fig. 4 - The E2EE process as it happened (keys never shown)",
@@ -479,10 +442,8 @@ fn fig4(path: &Path, p: &Paper) -> Result<(), String> {
         root.draw(&Rectangle::new(
             [(x, 60), (x + 320, 440)],
             color.stroke_width(3),
-        ))
-        .map_err(err)?;
-        root.draw(&Rectangle::new([(x, 60), (x + 320, 92)], color.filled()))
-            .map_err(err)?;
+        ))?;
+        root.draw(&Rectangle::new([(x, 60), (x + 320, 92)], color.filled()))?;
         text(&root, head, x + 10, 68, 15, &WHITE)?;
         for (k, line) in lines.iter().take(10).enumerate() {
             text(&root, line, x + 12, 104 + 30 * k as i32, 13, &BLACK)?;
@@ -493,13 +454,11 @@ fn fig4(path: &Path, p: &Paper) -> Result<(), String> {
             root.draw(&PathElement::new(
                 vec![(ax, 250), (ax + 35, 250)],
                 BLACK.stroke_width(2),
-            ))
-            .map_err(err)?;
+            ))?;
             root.draw(&PathElement::new(
                 vec![(ax + 27, 243), (ax + 35, 250), (ax + 27, 257)],
                 BLACK.stroke_width(2),
-            ))
-            .map_err(err)?;
+            ))?;
         }
     }
     let verdict = |ok: bool| if ok { "yes" } else { "NO" };
@@ -535,10 +494,10 @@ fn table(
     header: [&str; 3],
     widths: [i32; 3],
     rows: &[(String, String, String, Option<bool>)],
-) -> Result<(), String> {
+) -> Result<()> {
     let height = 90 + 64 * rows.len() as u32;
     let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     title(&root, heading)?;
     let xs = [20, 20 + widths[0], 20 + widths[0] + widths[1]];
     for (k, h) in header.iter().enumerate() {
@@ -549,8 +508,7 @@ fn table(
         root.draw(&PathElement::new(
             vec![(20, y - 4), (1180, y - 4)],
             GREY.mix(0.4),
-        ))
-        .map_err(err)?;
+        ))?;
         for (k, (cell, width)) in [(a, widths[0]), (b, widths[1])].iter().enumerate() {
             for (l, line) in wrap(cell, (*width as usize) / 8).iter().take(3).enumerate() {
                 text(&root, line, xs[k], y + 4 + 18 * l as i32, 13, &BLACK)?;
@@ -569,7 +527,7 @@ fn table(
 }
 
 /// Fig. 5: each claim, the metric that tests it, the value, the verdict.
-fn fig5(path: &Path, p: &Paper) -> Result<(), String> {
+fn fig5(path: &Path, p: &Paper) -> Result<()> {
     let rows: Vec<(String, String, String, Option<bool>)> = p
         .claims
         .iter()
@@ -592,7 +550,7 @@ fn fig5(path: &Path, p: &Paper) -> Result<(), String> {
 }
 
 /// Fig. 6: the paper's future scope, with status and evidence here.
-fn fig6(path: &Path, p: &Paper) -> Result<(), String> {
+fn fig6(path: &Path, p: &Paper) -> Result<()> {
     let rows: Vec<(String, String, String, Option<bool>)> = p
         .future_scope
         .iter()
@@ -620,12 +578,12 @@ fn fig6(path: &Path, p: &Paper) -> Result<(), String> {
 
 /// The comparison figure: delivered vs offered load for every system, and
 /// latency percentiles at the equal offered load.
-pub(crate) fn compare(path: &Path, c: &Comparison) -> Result<(), String> {
+pub(crate) fn compare(path: &Path, c: &Comparison) -> Result<()> {
     let Some(cmp) = &c.scenario.compare else {
-        return Err("figure: not a comparison".into());
+        bail!("figure: not a comparison");
     };
     let root = SVGBackend::new(path, (1100, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     title(
         &root,
         "Chatify beside the bare relay floor and Socket.io (same workload, same E2EE envelopes)",
@@ -649,7 +607,7 @@ fn colour(s: System) -> RGBColor {
 }
 
 /// The comparison, left: delivered against offered rate, one curve per system.
-fn compare_rates(left: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<(), String> {
+fn compare_rates(left: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<()> {
     // Mean delivered rate per (system, offered rate) over repetitions.
     let curve = |s: System| -> Vec<(f64, f64)> {
         cmp.rates
@@ -675,19 +633,16 @@ fn compare_rates(left: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<(), S
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
-        .map_err(err)?;
+        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("offered (messages / s, log)")
         .y_desc("delivered (messages / s, log)")
         .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0}"))
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     chart
-        .draw_series(LineSeries::new([(lo, lo), (hi, hi)], GREY.stroke_width(1)))
-        .map_err(err)?
+        .draw_series(LineSeries::new([(lo, lo), (hi, hi)], GREY.stroke_width(1)))?
         .label("offered = delivered")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREY));
     // Larger markers first, so that systems whose curves coincide all show.
@@ -696,25 +651,22 @@ fn compare_rates(left: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<(), S
         let pts = curve(s);
         let radius = 7u32.saturating_sub(i as u32 * 2).max(2);
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(err)?
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(s.name())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
-        chart
-            .draw_series(
-                pts.iter()
-                    .map(|pt| Circle::new(*pt, radius, color.filled())),
-            )
-            .map_err(err)?;
+        chart.draw_series(
+            pts.iter()
+                .map(|pt| Circle::new(*pt, radius, color.filled())),
+        )?;
     }
     legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 
 /// The comparison, right: p50 and p99 of each system at the equal load.
-fn compare_latency(right: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<(), String> {
+fn compare_latency(right: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<()> {
     // p50 (solid) and p99 (light) bars per system at the equal load.
     let n = cmp.systems.len();
     let vals: Vec<(System, f64, f64)> = cmp
@@ -738,51 +690,42 @@ fn compare_latency(right: &Area<'_>, c: &Comparison, cmp: &Compare) -> Result<()
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..n as f64, (0.05f64..ymax).log_scale())
-        .map_err(err)?;
+        .build_cartesian_2d(0f64..n as f64, (0.05f64..ymax).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
         .y_desc("latency (ms, log scale)")
-        .draw()
-        .map_err(err)?;
+        .draw()?;
     for (i, (s, p50, p99)) in vals.iter().enumerate() {
         let x = i as f64;
         let color = colour(*s);
-        chart
-            .draw_series([
-                Rectangle::new(
-                    [(x + 0.15, 0.05), (x + 0.5, p99.max(0.05))],
-                    color.mix(0.35).filled(),
-                ),
-                Rectangle::new([(x + 0.5, 0.05), (x + 0.85, p50.max(0.05))], color.filled()),
-            ])
-            .map_err(err)?;
-        chart
-            .draw_series([
-                Text::new(
-                    format!("{p50:.2} / {p99:.2} ms"),
-                    (x + 0.12, (p99 * 1.25).max(0.06)),
-                    ("sans-serif", 12).into_font(),
-                ),
-                Text::new(
-                    s.name().to_owned(),
-                    (x + 0.12, 0.065),
-                    ("sans-serif", 12).into_font().color(&BLACK),
-                ),
-            ])
-            .map_err(err)?;
+        chart.draw_series([
+            Rectangle::new(
+                [(x + 0.15, 0.05), (x + 0.5, p99.max(0.05))],
+                color.mix(0.35).filled(),
+            ),
+            Rectangle::new([(x + 0.5, 0.05), (x + 0.85, p50.max(0.05))], color.filled()),
+        ])?;
+        chart.draw_series([
+            Text::new(
+                format!("{p50:.2} / {p99:.2} ms"),
+                (x + 0.12, (p99 * 1.25).max(0.06)),
+                ("sans-serif", 12).into_font(),
+            ),
+            Text::new(
+                s.name().to_owned(),
+                (x + 0.12, 0.065),
+                ("sans-serif", 12).into_font().color(&BLACK),
+            ),
+        ])?;
     }
     Ok(())
 }
 
 /// The malicious-server suite as a matrix: one row per attack, one column
 /// per check, green for pass and red for fail.
-pub(crate) fn security_matrix(
-    path: &Path,
-    verdicts: &[super::adversary::AttackRow],
-) -> Result<(), String> {
+pub(crate) fn security_matrix(path: &Path, verdicts: &[super::adversary::AttackRow]) -> Result<()> {
     let columns = [
         "nothing forged shown",
         "expected reaction",
@@ -791,7 +734,7 @@ pub(crate) fn security_matrix(
     let row_h = 24i32;
     let height = 90 + row_h * verdicts.len() as i32 + 30;
     let root = SVGBackend::new(path, (980, height as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     title(
         &root,
         "Malicious server: every attack, the client's reaction, and what got through",
@@ -817,8 +760,7 @@ pub(crate) fn security_matrix(
             root.draw(&Rectangle::new(
                 [(x, y), (x + col_w - 6, y + row_h - 4)],
                 color.mix(0.85).filled(),
-            ))
-            .map_err(err)?;
+            ))?;
             text(
                 &root,
                 if *pass { "pass" } else { "FAIL" },

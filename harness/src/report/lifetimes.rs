@@ -1,5 +1,6 @@
 //! A lifetimes run's `report.md` and `summary.json`.
 
+use anyhow::{Context as _, Result};
 use std::path::Path;
 
 use crate::metrics::Check;
@@ -12,15 +13,15 @@ pub(crate) fn write(
     s: &Scenario,
     summary: &impl serde::Serialize,
     checks: &[Check],
-) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let json = serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("summary.json"), json).map_err(|e| e.to_string())?;
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let json = serde_json::to_string_pretty(summary)?;
+    std::fs::write(out.join("summary.json"), json)?;
     let md = format!(
         "# {}\n\n{}\n\n{}",
         s.name,
         s.description.trim(),
         super::check_table(checks)
     );
-    std::fs::write(out.join("report.md"), md).map_err(|e| e.to_string())
+    Ok(std::fs::write(out.join("report.md"), md)?)
 }

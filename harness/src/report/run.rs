@@ -1,6 +1,7 @@
 //! A scenario run's `summary.json` (machine-readable) and `report.md`
 //! (for people), and the summary table printed at the end.
 
+use anyhow::{Context as _, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -109,7 +110,7 @@ pub(crate) fn check_lines(checks: &[Check]) -> String {
 }
 
 /// Writes `summary.json` and `report.md` for one run.
-pub(crate) fn write_run(out: &Path, s: &Scenario, o: &Outcome) -> Result<(), String> {
+pub(crate) fn write_run(out: &Path, s: &Scenario, o: &Outcome) -> Result<()> {
     let summary = serde_json::json!({
         "scenario": s,
         "mode": o.mode,
@@ -119,9 +120,8 @@ pub(crate) fn write_run(out: &Path, s: &Scenario, o: &Outcome) -> Result<(), Str
         "checks": o.checks,
         "taps": o.taps,
     });
-    let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("summary.json"), json)
-        .map_err(|e| format!("{}: {e}", out.display()))?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    std::fs::write(out.join("summary.json"), json).with_context(|| out.display().to_string())?;
     let mut md = format!("# Scenario `{}`\n\n{}\n\n", s.name, s.description.trim());
     let _ = writeln!(
         md,
@@ -149,7 +149,7 @@ pub(crate) fn write_run(out: &Path, s: &Scenario, o: &Outcome) -> Result<(), Str
         }
     );
     md.push_str(&tables(o));
-    std::fs::write(out.join("report.md"), md).map_err(|e| format!("{}: {e}", out.display()))
+    std::fs::write(out.join("report.md"), md).with_context(|| out.display().to_string())
 }
 
 /// The end-of-run summary for the terminal.

@@ -1,5 +1,6 @@
 //! A load sweep's `report.md` and `summary.json`.
 
+use anyhow::Result;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -10,16 +11,15 @@ use crate::scenario::Scenario;
 /// failure: the sweep succeeds when every step below saturation delivered
 /// every message by its deadline, in order (past saturation the backlog may
 /// outlast the deadline).
-pub(crate) fn write(s: &Scenario, out: &Path, steps: &[Step]) -> Result<bool, String> {
+pub(crate) fn write(s: &Scenario, out: &Path, steps: &[Step]) -> Result<bool> {
     let all_delivered = steps.iter().all(|st| st.ok);
     let md = markdown(s, steps);
-    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("report.md"), &md)?;
     let json = serde_json::json!({ "scenario": s, "steps": steps, "all_delivered": all_delivered });
     std::fs::write(
         out.join("summary.json"),
-        serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+        serde_json::to_string_pretty(&json)?,
+    )?;
     Ok(all_delivered)
 }
 

@@ -1,6 +1,7 @@
 //! The taps: what the server received (wire), stored (files), logged (log
 //! file) and held in memory (`/proc/PID/mem`).
 
+use anyhow::{Context as _, Result};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -384,11 +385,11 @@ pub(crate) fn scan_file(path: &Path, detector: &Detector) -> TapResult {
 
 /// Searches the readable and writable mappings of process `pid` with each
 /// detector (one read of the memory); one result per detector.
-pub(crate) fn scan_memory(pid: u32, detectors: &[&Detector]) -> Result<Vec<TapResult>, String> {
+pub(crate) fn scan_memory(pid: u32, detectors: &[&Detector]) -> Result<Vec<TapResult>> {
     use procfs::process::{MMPermissions, MMapPath};
-    let process = crate::topology::process(pid).ok_or("no such process")?;
-    let maps = process.maps().map_err(|e| format!("maps: {e}"))?;
-    let mut mem = process.mem().map_err(|e| format!("mem: {e}"))?;
+    let process = crate::topology::process(pid).context("no such process")?;
+    let maps = process.maps().context("maps")?;
+    let mut mem = process.mem().context("mem")?;
     let mut results = vec![TapResult::default(); detectors.len()];
     for map in maps {
         if !map

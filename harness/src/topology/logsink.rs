@@ -2,6 +2,7 @@
 //! at the most verbose level for the server's crate, writing to whichever
 //! file the current run names.
 
+use anyhow::{Context as _, Result, bail};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -29,7 +30,7 @@ impl Write for Sink {
 }
 
 /// Starts writing server logs (trace level) to `path`, or stops with `None`.
-pub(crate) fn capture(path: Option<&Path>) -> Result<(), String> {
+pub(crate) fn capture(path: Option<&Path>) -> Result<()> {
     let installed = *INSTALLED.get_or_init(|| {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("chatify_server=trace"))
@@ -39,10 +40,10 @@ pub(crate) fn capture(path: Option<&Path>) -> Result<(), String> {
             .is_ok()
     });
     if !installed {
-        return Err("another log subscriber is installed; cannot capture server logs".into());
+        bail!("another log subscriber is installed; cannot capture server logs");
     }
     let file = match path {
-        Some(p) => Some(File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        Some(p) => Some(File::create(p).with_context(|| p.display().to_string())?),
         None => None,
     };
     *SINK.lock().unwrap_or_else(|p| p.into_inner()) = file;

@@ -8,6 +8,7 @@
 
 pub(crate) mod logsink;
 
+use anyhow::{Context as _, Result, anyhow};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -71,13 +72,11 @@ pub(crate) const CHEAP_ARGON2: PasswordCost = PasswordCost {
 };
 
 impl Topology {
-    pub(crate) async fn start(&mut self) -> Result<(), String> {
+    pub(crate) async fn start(&mut self) -> Result<()> {
         match self.mode {
             ServerMode::InProcess => {
-                let store = Arc::new(
-                    SqliteStore::open(&self.db, self.durability)
-                        .map_err(|e| format!("database: {e}"))?,
-                );
+                let store =
+                    Arc::new(SqliteStore::open(&self.db, self.durability).context("database")?);
                 let config = Config {
                     listen: self.addr,
                     password_cost: CHEAP_ARGON2,
@@ -98,15 +97,15 @@ impl Topology {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(format!("cannot start the server: {last}"))
+                Err(anyhow!("cannot start the server: {last}"))
             }
             ServerMode::Child => {
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let exe = std::env::current_exe()?;
                 let log = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&self.log)
-                    .map_err(|e| format!("{}: {e}", self.log.display()))?;
+                    .with_context(|| self.log.display().to_string())?;
                 let durability = match self.durability {
                     Durability::Full => "full",
                     Durability::Normal => "normal",
@@ -135,18 +134,17 @@ impl Topology {
                     .stderr(Stdio::from(log))
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(|e| format!("cannot start the server process: {e}"))?;
-                let stdout = child.stdout.take().ok_or("no stdout")?;
+                    .context("cannot start the server process")?;
+                let stdout = child.stdout.take().context("no stdout")?;
                 let mut line = String::new();
                 tokio::io::BufReader::new(stdout)
                     .read_line(&mut line)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let url = line
                     .trim()
                     .strip_prefix("listening on ws://")
-                    .ok_or_else(|| format!("the server process said {line:?}"))?;
-                self.addr = url.parse().map_err(|e| format!("{url}: {e}"))?;
+                    .with_context(|| format!("the server process said {line:?}"))?;
+                self.addr = url.parse().with_context(|| url.to_string())?;
                 self.handle = Some(ServerHandle::Child(child));
                 Ok(())
             }
