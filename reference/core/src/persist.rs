@@ -3,16 +3,16 @@
 //!
 //! The output holds secret keys: it is written into a [`SecretBuf`] (which
 //! wipes what it outgrows) and returned in a [`Zeroizing`] buffer, and the
-//! caller must store it protected (PROTOCOL §13; the reference client keeps
-//! it in a file of mode 0600 and does not encrypt it yet). Format: a CBOR array whose first element is [`STATE_VERSION`];
-//! docs/PROTOCOL.md §State lists the fields.
+//! caller must store it protected (PROTOCOL §13; the reference client seals
+//! it under its vault). Format: minicbor-derived CBOR arrays whose first
+//! element is [`STATE_VERSION`]; docs/PROTOCOL.md §13 lists the fields.
 
 use std::collections::BTreeMap;
 
 use chatify_proto::PrekeyHeader;
 use ed25519_dalek::SigningKey;
-use minicbor::data::Type;
-use minicbor::{Decoder, Encoder};
+use minicbor::bytes::ByteSlice;
+use minicbor::{Decode, Decoder, Encode};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
@@ -30,54 +30,135 @@ pub const STATE_VERSION: u8 = 1;
 const SESSION_TAG: u8 = 0x53; // 'S'
 const DEVICE_TAG: u8 = 0x44; // 'D'
 
-type W<'a> = Encoder<&'a mut SecretBuf>;
 type EncResult = Result<(), minicbor::encode::Error<core::convert::Infallible>>;
+
+// The records: each persisted type as minicbor-derived arrays borrowing
+// from the live state when encoding (no copy of a secret is made) and from
+// the input when decoding. docs/PROTOCOL.md §13 lists the fields.
+
+/// `[version, 'S', local, remote, base_key, pending_prekey | null, root,
+/// dhs, dhr | null, sending | null, receiving | null, previous_sending,
+/// [skipped…]]`.
+#[derive(Encode, Decode)]
+struct SessionRecord<'a> {
+    #[n(0)]
+    version: u8,
+    #[n(1)]
+    tag: u8,
+    #[b(2)]
+    local: &'a ByteSlice,
+    #[b(3)]
+    remote: &'a ByteSlice,
+    #[b(4)]
+    base_key: &'a ByteSlice,
+    #[n(5)]
+    pending_prekey: Option<PrekeyHeader>,
+    #[b(6)]
+    root: &'a ByteSlice,
+    #[b(7)]
+    dhs: &'a ByteSlice,
+    #[b(8)]
+    dhr: Option<&'a ByteSlice>,
+    #[b(9)]
+    sending: Option<ChainRecord<'a>>,
+    #[b(10)]
+    receiving: Option<ChainRecord<'a>>,
+    #[n(11)]
+    previous_sending: u32,
+    #[b(12)]
+    skipped: Vec<SkippedRecord<'a>>,
+}
+
+/// `[chain key, counter]`.
+#[derive(Encode, Decode)]
+struct ChainRecord<'a> {
+    #[b(0)]
+    key: &'a ByteSlice,
+    #[n(1)]
+    counter: u32,
+}
+
+/// `[ratchet key, counter, message key]`.
+#[derive(Encode, Decode)]
+struct SkippedRecord<'a> {
+    #[b(0)]
+    ratchet_key: &'a ByteSlice,
+    #[n(1)]
+    counter: u32,
+    #[b(2)]
+    key: &'a ByteSlice,
+}
+
+/// `[version, 'D', signing key, identity DH key, next prekey id,
+/// [signed prekey…], [one-time prekey…]]`.
+#[derive(Encode, Decode)]
+struct DeviceRecord<'a> {
+    #[n(0)]
+    version: u8,
+    #[n(1)]
+    tag: u8,
+    #[b(2)]
+    signing: &'a ByteSlice,
+    #[b(3)]
+    dh: &'a ByteSlice,
+    #[n(4)]
+    next_prekey_id: u32,
+    #[b(5)]
+    signed_prekeys: Vec<SignedPrekeyRecord<'a>>,
+    #[b(6)]
+    one_time_prekeys: Vec<OneTimeRecord<'a>>,
+}
+
+/// `[id, secret, signature, [base keys seen…]]`.
+#[derive(Encode, Decode)]
+struct SignedPrekeyRecord<'a> {
+    #[n(0)]
+    id: u32,
+    #[b(1)]
+    secret: &'a ByteSlice,
+    #[b(2)]
+    signature: &'a ByteSlice,
+    #[b(3)]
+    seen_base_keys: Vec<&'a ByteSlice>,
+}
+
+/// `[id, secret]`.
+#[derive(Encode, Decode)]
+struct OneTimeRecord<'a> {
+    #[n(0)]
+    id: u32,
+    #[b(1)]
+    secret: &'a ByteSlice,
+}
 
 fn bad(_: minicbor::decode::Error) -> Error {
     Error::State("malformed state")
 }
 
-fn fixed<const N: usize>(d: &mut Decoder<'_>) -> Result<[u8; N], Error> {
-    d.bytes()
-        .map_err(bad)?
-        .try_into()
-        .map_err(|_| Error::State("field of the wrong length"))
+fn fixed<const N: usize>(bytes: &ByteSlice) -> Result<[u8; N], Error> {
+    <[u8; N]>::try_from(&**bytes).map_err(|_| Error::State("field of the wrong length"))
 }
 
-fn key(d: &mut Decoder<'_>) -> Result<Key32, Error> {
-    let bytes = d.bytes().map_err(bad)?;
+fn key(bytes: &ByteSlice) -> Result<Key32, Error> {
     if bytes.len() != 32 {
         return Err(Error::State("key of the wrong length"));
     }
     Key32::from_slice(bytes).ok_or(Error::State("key of the wrong length"))
 }
 
-fn static_secret(d: &mut Decoder<'_>) -> Result<StaticSecret, Error> {
-    let mut bytes = Zeroizing::new(fixed::<32>(d)?);
+fn static_secret(bytes: &ByteSlice) -> Result<StaticSecret, Error> {
+    let mut bytes = Zeroizing::new(fixed::<32>(bytes)?);
     let secret = StaticSecret::from(*bytes);
     zeroize::Zeroize::zeroize(&mut *bytes);
     Ok(secret)
 }
 
-fn array(d: &mut Decoder<'_>) -> Result<u64, Error> {
-    d.array()
-        .map_err(bad)?
-        .ok_or(Error::State("indefinite-length array"))
-}
-
-fn is_null(d: &mut Decoder<'_>) -> Result<bool, Error> {
-    if d.datatype().map_err(bad)? == Type::Null {
-        d.null().map_err(bad)?;
-        Ok(true)
-    } else {
-        Ok(false)
-    }
-}
-
-fn header(d: &mut Decoder<'_>, tag: u8) -> Result<(), Error> {
-    let _ = array(d)?;
-    let version = d.u64().map_err(bad)?;
-    if version != u64::from(STATE_VERSION) {
+/// Checks the version and the kind before the record is decoded, so that a
+/// file of another version is named as such rather than as malformed.
+fn check_header(bytes: &[u8], tag: u8) -> Result<(), Error> {
+    let mut d = Decoder::new(bytes);
+    d.array().map_err(bad)?;
+    if d.u64().map_err(bad)? != u64::from(STATE_VERSION) {
         return Err(Error::State("unsupported state version"));
     }
     if d.u8().map_err(bad)? != tag {
@@ -86,35 +167,39 @@ fn header(d: &mut Decoder<'_>, tag: u8) -> Result<(), Error> {
     Ok(())
 }
 
+/// Decodes a whole record: nothing may follow it.
+fn decode_record<'a, T: Decode<'a, ()>>(bytes: &'a [u8], tag: u8) -> Result<T, Error> {
+    check_header(bytes, tag)?;
+    let mut d = Decoder::new(bytes);
+    let record = d.decode::<T>().map_err(bad)?;
+    if d.position() != bytes.len() {
+        return Err(Error::State("trailing bytes"));
+    }
+    Ok(record)
+}
+
 fn finish(buf: SecretBuf, result: EncResult) -> Zeroizing<Vec<u8>> {
     // Encoding into memory cannot fail; see chatify-proto's Frame::encode.
     debug_assert!(result.is_ok());
     buf.into_inner()
 }
 
-fn encode_chain(e: &mut W<'_>, chain: &Option<Chain>) -> EncResult {
-    match chain {
-        Some(c) => {
-            e.array(2)?.bytes(c.key.as_bytes())?.u32(c.counter)?;
-        }
-        None => {
-            e.null()?;
-        }
-    }
-    Ok(())
+fn chain_record(chain: &Option<Chain>) -> Option<ChainRecord<'_>> {
+    chain.as_ref().map(|c| ChainRecord {
+        key: c.key.as_bytes().as_slice().into(),
+        counter: c.counter,
+    })
 }
 
-fn decode_chain(d: &mut Decoder<'_>) -> Result<Option<Chain>, Error> {
-    if is_null(d)? {
-        return Ok(None);
-    }
-    if array(d)? != 2 {
-        return Err(Error::State("malformed chain"));
-    }
-    Ok(Some(Chain {
-        key: key(d)?,
-        counter: d.u32().map_err(bad)?,
-    }))
+fn chain_from(record: Option<ChainRecord<'_>>) -> Result<Option<Chain>, Error> {
+    record
+        .map(|c| {
+            Ok(Chain {
+                key: key(c.key)?,
+                counter: c.counter,
+            })
+        })
+        .transpose()
 }
 
 impl Session {
@@ -163,83 +248,59 @@ impl Session {
             ratchet_key: r.dhs_public,
             counter: sending.as_ref().map(|c| c.counter),
         };
+        let (local, remote) = (self.local.to_bytes(), self.remote.to_bytes());
+        let record = SessionRecord {
+            version: STATE_VERSION,
+            tag: SESSION_TAG,
+            local: local.as_slice().into(),
+            remote: remote.as_slice().into(),
+            base_key: self.base_key.as_slice().into(),
+            pending_prekey: self.pending_prekey.clone(),
+            root: r.root.as_bytes().as_slice().into(),
+            dhs: r.dhs.as_bytes().as_slice().into(),
+            dhr: r.dhr.as_ref().map(|k| k.as_slice().into()),
+            sending: chain_record(&sending),
+            receiving: chain_record(&r.receiving),
+            previous_sending: r.previous_sending,
+            skipped: r
+                .skipped
+                .order
+                .iter()
+                .filter_map(|id| {
+                    r.skipped.keys.get(id).map(|mk| SkippedRecord {
+                        ratchet_key: id.0.as_slice().into(),
+                        counter: id.1,
+                        key: mk.as_bytes().as_slice().into(),
+                    })
+                })
+                .collect(),
+        };
         let mut buf = SecretBuf::with_capacity(session_capacity(r.skipped.order.len()));
-        let mut e = Encoder::new(&mut buf);
-        let result = (|| -> EncResult {
-            e.array(13)?.u8(STATE_VERSION)?.u8(SESSION_TAG)?;
-            e.bytes(&self.local.to_bytes())?
-                .bytes(&self.remote.to_bytes())?
-                .bytes(&self.base_key)?;
-            match &self.pending_prekey {
-                Some(p) => e.encode(p)?,
-                None => e.null()?,
-            };
-            e.bytes(r.root.as_bytes())?.bytes(r.dhs.as_bytes())?;
-            match &r.dhr {
-                Some(k) => e.bytes(k)?,
-                None => e.null()?,
-            };
-            encode_chain(&mut e, &sending)?;
-            encode_chain(&mut e, &r.receiving)?;
-            e.u32(r.previous_sending)?;
-            e.array(r.skipped.order.len() as u64)?;
-            for id in &r.skipped.order {
-                if let Some(mk) = r.skipped.keys.get(id) {
-                    e.array(3)?.bytes(&id.0)?.u32(id.1)?.bytes(mk.as_bytes())?;
-                }
-            }
-            Ok(())
-        })();
+        let result = minicbor::encode(&record, &mut buf);
         (finish(buf, result), saved)
     }
 
     /// Restores a session serialized by [`Session::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Session, Error> {
-        let mut d = Decoder::new(bytes);
-        header(&mut d, SESSION_TAG)?;
-        let local = identity(&fixed::<64>(&mut d)?);
-        let remote = identity(&fixed::<64>(&mut d)?);
-        let base_key = fixed::<32>(&mut d)?;
-        let pending_prekey = if is_null(&mut d)? {
-            None
-        } else {
-            Some(d.decode::<PrekeyHeader>().map_err(bad)?)
-        };
-        let root = key(&mut d)?;
-        let dhs = static_secret(&mut d)?;
-        let dhr = if is_null(&mut d)? {
-            None
-        } else {
-            Some(fixed::<32>(&mut d)?)
-        };
-        let sending = decode_chain(&mut d)?;
-        let receiving = decode_chain(&mut d)?;
-        let previous_sending = d.u32().map_err(bad)?;
+        let record: SessionRecord<'_> = decode_record(bytes, SESSION_TAG)?;
+        let dhs = static_secret(record.dhs)?;
         let mut skipped = SkippedKeys::default();
-        for _ in 0..array(&mut d)? {
-            if array(&mut d)? != 3 {
-                return Err(Error::State("malformed skipped key"));
-            }
-            let ratchet_key = fixed::<32>(&mut d)?;
-            let n = d.u32().map_err(bad)?;
-            skipped.insert(ratchet_key, n, key(&mut d)?);
-        }
-        if d.position() != bytes.len() {
-            return Err(Error::State("trailing bytes"));
+        for k in record.skipped {
+            skipped.insert(fixed::<32>(k.ratchet_key)?, k.counter, key(k.key)?);
         }
         Ok(Session {
-            local,
-            remote,
-            base_key,
-            pending_prekey,
+            local: identity(&fixed::<64>(record.local)?),
+            remote: identity(&fixed::<64>(record.remote)?),
+            base_key: fixed::<32>(record.base_key)?,
+            pending_prekey: record.pending_prekey,
             ratchet: Ratchet {
-                root,
+                root: key(record.root)?,
                 dhs_public: PublicKey::from(&dhs).to_bytes(),
                 dhs,
-                dhr,
-                sending,
-                receiving,
-                previous_sending,
+                dhr: record.dhr.map(fixed::<32>).transpose()?,
+                sending: chain_from(record.sending)?,
+                receiving: chain_from(record.receiving)?,
+                previous_sending: record.previous_sending,
                 skipped,
                 reserved_until: 0,
                 reserved: None,
@@ -298,76 +359,73 @@ impl Device {
             .sum();
         let capacity =
             512 + 160 * self.signed_prekeys.len() + 48 * self.one_time_prekeys.len() + 36 * seen;
+        let signing = Zeroizing::new(self.identity.signing.to_bytes());
+        let record = DeviceRecord {
+            version: STATE_VERSION,
+            tag: DEVICE_TAG,
+            signing: signing.as_slice().into(),
+            dh: self.identity.dh.as_bytes().as_slice().into(),
+            next_prekey_id: self.next_prekey_id,
+            signed_prekeys: self
+                .signed_prekeys
+                .iter()
+                .map(|s| SignedPrekeyRecord {
+                    id: s.key.id,
+                    secret: s.key.secret.as_bytes().as_slice().into(),
+                    signature: s.signature.as_slice().into(),
+                    seen_base_keys: s
+                        .seen_base_keys
+                        .order
+                        .iter()
+                        .map(|k| k.as_slice().into())
+                        .collect(),
+                })
+                .collect(),
+            one_time_prekeys: self
+                .one_time_prekeys
+                .values()
+                .map(|k| OneTimeRecord {
+                    id: k.id,
+                    secret: k.secret.as_bytes().as_slice().into(),
+                })
+                .collect(),
+        };
         let mut buf = SecretBuf::with_capacity(capacity);
-        let mut e = Encoder::new(&mut buf);
-        let result = (|| -> EncResult {
-            e.array(7)?.u8(STATE_VERSION)?.u8(DEVICE_TAG)?;
-            let signing = Zeroizing::new(self.identity.signing.to_bytes());
-            e.bytes(signing.as_slice())?
-                .bytes(self.identity.dh.as_bytes())?
-                .u32(self.next_prekey_id)?;
-            e.array(self.signed_prekeys.len() as u64)?;
-            for s in &self.signed_prekeys {
-                e.array(4)?
-                    .u32(s.key.id)?
-                    .bytes(s.key.secret.as_bytes())?
-                    .bytes(&s.signature)?;
-                e.array(s.seen_base_keys.order.len() as u64)?;
-                for k in &s.seen_base_keys.order {
-                    e.bytes(k)?;
-                }
-            }
-            e.array(self.one_time_prekeys.len() as u64)?;
-            for k in self.one_time_prekeys.values() {
-                e.array(2)?.u32(k.id)?.bytes(k.secret.as_bytes())?;
-            }
-            Ok(())
-        })();
+        let result = minicbor::encode(&record, &mut buf);
         finish(buf, result)
     }
 
     /// Restores a device serialized by [`Device::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Device, Error> {
-        let mut d = Decoder::new(bytes);
-        header(&mut d, DEVICE_TAG)?;
-        let signing_bytes = Zeroizing::new(fixed::<32>(&mut d)?);
+        let record: DeviceRecord<'_> = decode_record(bytes, DEVICE_TAG)?;
+        let signing_bytes = Zeroizing::new(fixed::<32>(record.signing)?);
         let signing = SigningKey::from_bytes(&signing_bytes);
-        let dh = static_secret(&mut d)?;
-        let next_prekey_id = d.u32().map_err(bad)?;
+        let dh = static_secret(record.dh)?;
         let mut signed_prekeys = Vec::new();
-        for _ in 0..array(&mut d)?.min(2) {
-            if array(&mut d)? != 4 {
-                return Err(Error::State("malformed signed prekey"));
-            }
-            let id = d.u32().map_err(bad)?;
-            let key = PrekeySecret::from_secret(id, static_secret(&mut d)?);
-            let signature = fixed::<64>(&mut d)?;
+        // A device keeps its current and its previous signed prekey.
+        for s in record.signed_prekeys.into_iter().take(2) {
             let mut seen_base_keys = SeenBaseKeys::default();
-            for _ in 0..array(&mut d)? {
-                seen_base_keys.insert(fixed::<32>(&mut d)?);
+            for k in s.seen_base_keys {
+                seen_base_keys.insert(fixed::<32>(k)?);
             }
             signed_prekeys.push(SignedPrekeySecret {
-                key,
-                signature,
+                key: PrekeySecret::from_secret(s.id, static_secret(s.secret)?),
+                signature: fixed::<64>(s.signature)?,
                 seen_base_keys,
             });
         }
         let mut one_time_prekeys = BTreeMap::new();
-        for _ in 0..array(&mut d)? {
-            if array(&mut d)? != 2 {
-                return Err(Error::State("malformed one-time prekey"));
-            }
-            let id = d.u32().map_err(bad)?;
-            one_time_prekeys.insert(id, PrekeySecret::from_secret(id, static_secret(&mut d)?));
-        }
-        if d.position() != bytes.len() {
-            return Err(Error::State("trailing bytes"));
+        for k in record.one_time_prekeys {
+            one_time_prekeys.insert(
+                k.id,
+                PrekeySecret::from_secret(k.id, static_secret(k.secret)?),
+            );
         }
         Ok(Device {
             identity: IdentityKeyPair::from_parts(signing, dh),
             signed_prekeys,
             one_time_prekeys,
-            next_prekey_id,
+            next_prekey_id: record.next_prekey_id,
         })
     }
 }
