@@ -255,7 +255,7 @@ impl Session {
             local: local.as_slice().into(),
             remote: remote.as_slice().into(),
             base_key: self.base_key.as_slice().into(),
-            pending_prekey: self.pending_prekey.clone(),
+            pending_prekey: self.pending_prekey,
             root: r.root.as_bytes().as_slice().into(),
             dhs: r.dhs.as_bytes().as_slice().into(),
             dhr: r.dhr.as_ref().map(|k| k.as_slice().into()),
