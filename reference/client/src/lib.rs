@@ -41,6 +41,7 @@
 mod client;
 pub mod connection;
 pub mod delivery;
+mod records;
 pub mod state;
 pub mod storage;
 pub mod vault;

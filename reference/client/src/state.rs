@@ -37,13 +37,17 @@ use std::time::{Duration, Instant};
 use chatify_core::{Device, PublicIdentity, SavedAt, SecretBuf, Session};
 use chatify_proto::frame::Address;
 use chatify_proto::{ConversationId, MessageId};
-use minicbor::data::Type;
-use minicbor::{Decoder, Encoder};
+use minicbor::Decoder;
+use minicbor::bytes::ByteSlice;
 use rand::Rng;
 use zeroize::Zeroizing;
 
 use crate::ClientError;
 use crate::delivery::{Gap, Outbox, Pending, RecvSeq, SendSeq};
+use crate::records::{
+    GapRecord, MessageRecord, Nullable, OutboxRecord, PeerSessions, PendingRecord, PinRecord,
+    RecvSeqRecord, SendSeqRecord, StateRecord,
+};
 use crate::storage::{OsStorage, Storage};
 use crate::vault::{Passphrase, Purpose, STATE_MAGIC, Vault};
 
@@ -162,7 +166,7 @@ fn identity_bytes(id: &PublicIdentity) -> [u8; 64] {
     id.to_bytes()
 }
 
-fn identity_from(bytes: &[u8]) -> Result<PublicIdentity, ClientError> {
+fn identity_from(bytes: &ByteSlice) -> Result<PublicIdentity, ClientError> {
     if bytes.len() != 64 {
         return Err(ClientError::State("identity of the wrong length".into()));
     }
@@ -346,89 +350,61 @@ impl State {
                 .flat_map(|o| o.pending.values())
                 .map(|p| 80 + p.text.as_ref().map_or(0, |t| t.len()))
                 .sum::<usize>();
+        let pins: Vec<([u8; 64], Option<[u8; 64]>)> = self
+            .pins
+            .values()
+            .map(|p| {
+                (
+                    identity_bytes(&p.identity),
+                    p.changed_to.as_ref().map(identity_bytes),
+                )
+            })
+            .collect();
+        let record = StateRecord {
+            version: STATE_VERSION,
+            server: &self.server,
+            user: &self.user,
+            device_number: self.device_number,
+            token: self.token.as_ref().map(|t| t.as_slice().into()),
+            device: device.as_slice().into(),
+            sessions: sessions
+                .iter()
+                .map(|(addr, list)| PeerSessions {
+                    user: &addr.user,
+                    device: addr.device,
+                    sessions: list.iter().map(|s| s.as_slice().into()).collect(),
+                })
+                .collect(),
+            pins: self
+                .pins
+                .iter()
+                .zip(&pins)
+                .map(|((user, pin), (identity, changed_to))| PinRecord {
+                    user,
+                    identity: identity.as_slice().into(),
+                    verified: pin.verified,
+                    changed_to: changed_to.as_ref().map(|c| c.as_slice().into()),
+                })
+                .collect(),
+            send_seqs: Some(
+                seqs.iter()
+                    .map(|(conversation, saved)| SendSeqRecord {
+                        conversation: conversation.as_slice().into(),
+                        saved: *saved,
+                    })
+                    .collect(),
+            ),
+            recv_seqs: Some(self.recv_seqs.iter().map(recv_seq_record).collect()),
+            outbox: Some(self.outbox.iter().map(outbox_record).collect()),
+            control_ids: Some(
+                self.control_ids
+                    .iter()
+                    .map(|id| id.as_slice().into())
+                    .collect(),
+            ),
+        };
         let mut buf = SecretBuf::with_capacity(capacity);
-        let mut e = Encoder::new(&mut buf);
-        let result = (|| -> Result<(), minicbor::encode::Error<core::convert::Infallible>> {
-            e.array(12)?.u64(STATE_VERSION)?;
-            e.str(&self.server)?
-                .str(&self.user)?
-                .u32(self.device_number)?;
-            match &self.token {
-                Some(t) => e.bytes(t)?,
-                None => e.null()?,
-            };
-            e.bytes(&device)?;
-            e.array(sessions.len() as u64)?;
-            for (addr, list) in &sessions {
-                e.array(3)?.str(&addr.user)?.u32(addr.device)?;
-                e.array(list.len() as u64)?;
-                for s in list {
-                    e.bytes(s)?;
-                }
-            }
-            e.array(self.pins.len() as u64)?;
-            for (user, pin) in &self.pins {
-                e.array(4)?
-                    .str(user)?
-                    .bytes(&identity_bytes(&pin.identity))?
-                    .bool(pin.verified)?;
-                match &pin.changed_to {
-                    Some(id) => e.bytes(&identity_bytes(id))?,
-                    None => e.null()?,
-                };
-            }
-            e.array(seqs.len() as u64)?;
-            for (conversation, saved) in seqs {
-                e.array(2)?.bytes(conversation)?.u64(*saved)?;
-            }
-            e.array(self.recv_seqs.len() as u64)?;
-            for ((conversation, from, identity), r) in &self.recv_seqs {
-                e.array(8)?
-                    .bytes(conversation)?
-                    .str(&from.user)?
-                    .u32(from.device)?
-                    .bytes(identity)?
-                    .u64(r.expected)?
-                    .u64(r.forgotten)?;
-                e.array(r.gaps.len() as u64)?;
-                for g in &r.gaps {
-                    e.array(5)?
-                        .u64(g.from)?
-                        .u64(g.to)?
-                        .u64(g.noticed_ms)?
-                        .bool(g.reported)?
-                        .bool(g.skipped)?;
-                }
-                e.u64(r.known_from)?;
-            }
-            e.array(self.outbox.len() as u64)?;
-            for ((conversation, to), outbox) in &self.outbox {
-                e.array(5)?
-                    .bytes(conversation)?
-                    .str(&to.user)?
-                    .u32(to.device)?
-                    .u64(outbox.evicted)?;
-                e.array(outbox.pending.len() as u64)?;
-                for (seq, p) in &outbox.pending {
-                    e.array(7)?
-                        .u64(*seq)?
-                        .bytes(&p.message_id)?
-                        .u64(p.floor)?
-                        .u64(p.sealed_at_ms)?
-                        .u64(p.stored_at_ms)?
-                        .bool(p.reported)?;
-                    match &p.text {
-                        Some(t) => e.bytes(t)?,
-                        None => e.null()?,
-                    };
-                }
-            }
-            e.array(self.control_ids.len() as u64)?;
-            for id in &self.control_ids {
-                e.bytes(id)?;
-            }
-            Ok(())
-        })();
+        let result = minicbor::encode(&record, &mut buf);
         debug_assert!(result.is_ok());
         buf.into_inner()
     }
@@ -474,198 +450,193 @@ impl State {
         if !matches!(fields, Some(8 | 10 | 11 | 12)) || d.u64().map_err(bad)? != STATE_VERSION {
             return Err(ClientError::State("unsupported state file version".into()));
         }
-        let server = d.str().map_err(bad)?.to_owned();
-        let user = d.str().map_err(bad)?.to_owned();
-        let device_number = d.u32().map_err(bad)?;
-        let token = if d.datatype().map_err(bad)? == Type::Null {
-            d.null().map_err(bad)?;
-            None
-        } else {
-            Some(Zeroizing::new(d.bytes().map_err(bad)?.to_vec()))
-        };
-        let device = Device::from_bytes(d.bytes().map_err(bad)?)?;
-        let mut state = State::new(server, user, device_number, device);
-        state.token = token;
-        let n = d.array().map_err(bad)?.unwrap_or(0);
-        for _ in 0..n {
-            d.array().map_err(bad)?;
-            let user = d.str().map_err(bad)?.to_owned();
-            let device = d.u32().map_err(bad)?;
-            let count = d.array().map_err(bad)?.unwrap_or(0);
-            let mut list = Vec::new();
-            for _ in 0..count {
-                list.push(Session::from_bytes(d.bytes().map_err(bad)?)?);
-            }
-            state.sessions.insert(Address { user, device }, list);
-        }
-        let n = d.array().map_err(bad)?.unwrap_or(0);
-        for _ in 0..n {
-            // Pins are per user ([user, identity, verified, changed_to]);
-            // files of earlier versions pinned each device ([user, device,
-            // identity, verified, changed_to(, unconfirmed)]): the first
-            // device's identity becomes the user's, and another one a change
-            // awaiting confirmation.
-            let fields = d.array().map_err(bad)?;
-            let user = d.str().map_err(bad)?.to_owned();
-            if fields != Some(4) {
-                d.u32().map_err(bad)?;
-            }
-            let identity = identity_from(d.bytes().map_err(bad)?)?;
-            let verified = d.bool().map_err(bad)?;
-            let changed_to = if d.datatype().map_err(bad)? == Type::Null {
-                d.null().map_err(bad)?;
-                None
-            } else {
-                Some(identity_from(d.bytes().map_err(bad)?)?)
-            };
-            if fields == Some(6) {
-                d.bool().map_err(bad)?;
-            }
-            match state.pins.get_mut(&user) {
-                None => {
-                    state.pins.insert(
-                        user,
-                        Pin {
-                            identity,
-                            verified,
-                            changed_to,
-                        },
-                    );
-                }
-                Some(pin) => {
-                    let other = changed_to
-                        .filter(|c| *c != pin.identity)
-                        .or((identity != pin.identity).then_some(identity));
-                    if pin.changed_to.is_none() {
-                        pin.changed_to = other;
-                    }
-                    pin.verified &= verified;
-                }
-            }
-        }
-        if matches!(fields, Some(10..=12)) {
-            decode_seqs(&mut d, &mut state)?;
-        }
-        if matches!(fields, Some(11 | 12)) {
-            decode_outbox(&mut d, &mut state)?;
-        }
-        if fields == Some(12) {
-            for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
-                let id: MessageId = d
-                    .bytes()
-                    .map_err(bad)?
-                    .try_into()
-                    .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
-                state.mark_control(id);
-            }
-        }
+        let mut d = Decoder::new(bytes);
+        let record: StateRecord<'_> = d.decode().map_err(bad)?;
         if d.position() != bytes.len() {
             return Err(ClientError::State(
                 "trailing bytes in the state file".into(),
             ));
         }
-        Ok(state)
-    }
-}
-
-fn conversation_from(d: &mut Decoder<'_>) -> Result<ConversationId, ClientError> {
-    d.bytes()
-        .map_err(bad)?
-        .try_into()
-        .map_err(|_| ClientError::State("conversation id of the wrong length".into()))
-}
-
-fn decode_seqs(d: &mut Decoder<'_>, state: &mut State) -> Result<(), ClientError> {
-    for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
-        d.array().map_err(bad)?;
-        let conversation = conversation_from(d)?;
-        let saved = d.u64().map_err(bad)?;
-        state
-            .send_seqs
-            .insert(conversation, SendSeq::restored(saved));
-    }
-    for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
-        // Entries written before receipts have 7 fields.
-        let fields = d.array().map_err(bad)?;
-        let conversation = conversation_from(d)?;
-        let user = d.str().map_err(bad)?.to_owned();
-        let device = d.u32().map_err(bad)?;
-        let identity: [u8; 32] = d
-            .bytes()
-            .map_err(bad)?
-            .try_into()
-            .map_err(|_| ClientError::State("identity key of the wrong length".into()))?;
-        let mut r = RecvSeq {
-            expected: d.u64().map_err(bad)?,
-            forgotten: d.u64().map_err(bad)?,
-            ..RecvSeq::default()
-        };
-        for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
-            // Gaps written before skipped ranges were kept have 4 fields.
-            let fields = d.array().map_err(bad)?;
-            r.gaps.push_back(Gap {
-                from: d.u64().map_err(bad)?,
-                to: d.u64().map_err(bad)?,
-                noticed_ms: d.u64().map_err(bad)?,
-                reported: d.bool().map_err(bad)?,
-                skipped: fields == Some(5) && d.bool().map_err(bad)?,
-            });
-        }
-        if fields == Some(8) {
-            r.known_from = d.u64().map_err(bad)?;
-        }
-        state
-            .recv_seqs
-            .insert((conversation, Address { user, device }, identity), r);
-    }
-    Ok(())
-}
-
-fn decode_outbox(d: &mut Decoder<'_>, state: &mut State) -> Result<(), ClientError> {
-    for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
-        d.array().map_err(bad)?;
-        let conversation = conversation_from(d)?;
-        let user = d.str().map_err(bad)?.to_owned();
-        let device = d.u32().map_err(bad)?;
-        let mut outbox = Outbox {
-            evicted: d.u64().map_err(bad)?,
-            ..Outbox::default()
-        };
-        for _ in 0..d.array().map_err(bad)?.unwrap_or(0) {
-            d.array().map_err(bad)?;
-            let seq = d.u64().map_err(bad)?;
-            let message_id: MessageId = d
-                .bytes()
-                .map_err(bad)?
-                .try_into()
-                .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
-            let floor = d.u64().map_err(bad)?;
-            let sealed_at_ms = d.u64().map_err(bad)?;
-            let stored_at_ms = d.u64().map_err(bad)?;
-            let reported = d.bool().map_err(bad)?;
-            let text = if d.datatype().map_err(bad)? == Type::Null {
-                d.null().map_err(bad)?;
-                None
-            } else {
-                Some(Zeroizing::new(d.bytes().map_err(bad)?.to_vec()))
+        let device = Device::from_bytes(record.device)?;
+        let mut state = State::new(
+            record.server.to_owned(),
+            record.user.to_owned(),
+            record.device_number,
+            device,
+        );
+        state.token = record.token.map(|t| Zeroizing::new(t.to_vec()));
+        for peer in record.sessions {
+            let list = peer
+                .sessions
+                .into_iter()
+                .map(|s| Session::from_bytes(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let addr = Address {
+                user: peer.user.to_owned(),
+                device: peer.device,
             };
-            outbox.pending.insert(
-                seq,
-                Pending {
-                    message_id,
-                    floor,
-                    sealed_at_ms,
-                    stored_at_ms,
-                    reported,
-                    text,
-                },
+            state.sessions.insert(addr, list);
+        }
+        for pin in record.pins {
+            state.restore_pin(pin)?;
+        }
+        for s in record.send_seqs.unwrap_or_default() {
+            state.send_seqs.insert(
+                fixed(s.conversation, "conversation id")?,
+                SendSeq::restored(s.saved),
             );
         }
-        state
-            .outbox
-            .insert((conversation, Address { user, device }), outbox);
+        for r in record.recv_seqs.unwrap_or_default() {
+            let (key, seq) = recv_seq_from(r)?;
+            state.recv_seqs.insert(key, seq);
+        }
+        for o in record.outbox.unwrap_or_default() {
+            let (key, outbox) = outbox_from(o)?;
+            state.outbox.insert(key, outbox);
+        }
+        for id in record.control_ids.unwrap_or_default() {
+            state.mark_control(fixed(id, "message id")?);
+        }
+        Ok(state)
     }
-    Ok(())
+
+    /// Pins are per user; files of earlier versions pinned each device: the
+    /// first device's identity becomes the user's, and another one a change
+    /// awaiting confirmation.
+    fn restore_pin(&mut self, pin: PinRecord<'_>) -> Result<(), ClientError> {
+        let identity = identity_from(pin.identity)?;
+        let changed_to = pin.changed_to.map(identity_from).transpose()?;
+        match self.pins.get_mut(pin.user) {
+            None => {
+                self.pins.insert(
+                    pin.user.to_owned(),
+                    Pin {
+                        identity,
+                        verified: pin.verified,
+                        changed_to,
+                    },
+                );
+            }
+            Some(existing) => {
+                let other = changed_to
+                    .filter(|c| *c != existing.identity)
+                    .or((identity != existing.identity).then_some(identity));
+                if existing.changed_to.is_none() {
+                    existing.changed_to = other;
+                }
+                existing.verified &= pin.verified;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fixed-length field of a record.
+fn fixed<const N: usize>(bytes: &ByteSlice, what: &str) -> Result<[u8; N], ClientError> {
+    <[u8; N]>::try_from(&**bytes)
+        .map_err(|_| ClientError::State(format!("{what} of the wrong length")))
+}
+
+fn recv_seq_record<'a>(
+    ((conversation, from, identity), r): (&'a RecvKey, &'a RecvSeq),
+) -> RecvSeqRecord<'a> {
+    RecvSeqRecord {
+        conversation: conversation.as_slice().into(),
+        user: &from.user,
+        device: from.device,
+        identity: identity.as_slice().into(),
+        expected: r.expected,
+        forgotten: r.forgotten,
+        gaps: r
+            .gaps
+            .iter()
+            .map(|g| GapRecord {
+                from: g.from,
+                to: g.to,
+                noticed_ms: g.noticed_ms,
+                reported: g.reported,
+                skipped: Some(g.skipped),
+            })
+            .collect(),
+        known_from: Some(r.known_from),
+    }
+}
+
+fn recv_seq_from(r: RecvSeqRecord<'_>) -> Result<(RecvKey, RecvSeq), ClientError> {
+    let mut seq = RecvSeq {
+        expected: r.expected,
+        forgotten: r.forgotten,
+        known_from: r.known_from.unwrap_or_default(),
+        ..RecvSeq::default()
+    };
+    seq.gaps.extend(r.gaps.into_iter().map(|g| Gap {
+        from: g.from,
+        to: g.to,
+        noticed_ms: g.noticed_ms,
+        reported: g.reported,
+        skipped: g.skipped.unwrap_or(false),
+    }));
+    let from = Address {
+        user: r.user.to_owned(),
+        device: r.device,
+    };
+    Ok((
+        (
+            fixed(r.conversation, "conversation id")?,
+            from,
+            fixed(r.identity, "identity key")?,
+        ),
+        seq,
+    ))
+}
+
+fn outbox_record<'a>(
+    ((conversation, to), outbox): (&'a (ConversationId, Address), &'a Outbox),
+) -> OutboxRecord<'a> {
+    OutboxRecord {
+        conversation: conversation.as_slice().into(),
+        user: &to.user,
+        device: to.device,
+        evicted: outbox.evicted,
+        pending: outbox
+            .pending
+            .iter()
+            .map(|(seq, p)| PendingRecord {
+                seq: *seq,
+                message_id: p.message_id.as_slice().into(),
+                floor: p.floor,
+                sealed_at_ms: p.sealed_at_ms,
+                stored_at_ms: p.stored_at_ms,
+                reported: p.reported,
+                text: Nullable(p.text.as_ref().map(|t| t.as_slice().into())),
+            })
+            .collect(),
+    }
+}
+
+fn outbox_from(o: OutboxRecord<'_>) -> Result<((ConversationId, Address), Outbox), ClientError> {
+    let mut outbox = Outbox {
+        evicted: o.evicted,
+        ..Outbox::default()
+    };
+    for p in o.pending {
+        outbox.pending.insert(
+            p.seq,
+            Pending {
+                message_id: fixed(p.message_id, "message id")?,
+                floor: p.floor,
+                sealed_at_ms: p.sealed_at_ms,
+                stored_at_ms: p.stored_at_ms,
+                reported: p.reported,
+                text: p.text.0.map(|t| Zeroizing::new(t.to_vec())),
+            },
+        );
+    }
+    let to = Address {
+        user: o.user.to_owned(),
+        device: o.device,
+    };
+    Ok(((fixed(o.conversation, "conversation id")?, to), outbox))
 }
 
 /// Where the state lives: `DIR/state.cbor`. Clones share the lock and the
@@ -1105,38 +1076,29 @@ fn open_record(vault: &Vault, bytes: &[u8], at: usize) -> Option<(Zeroizing<Vec<
     Some((vault.open(Purpose::LogRecord, sealed)?, end))
 }
 
-/// A log record's plaintext: `[user, device, sent_at_ms, message_id, text]`
-/// (what versions before encryption at rest wrote in the clear).
+/// A log record's plaintext ([`MessageRecord`]).
 fn encode_message<W: minicbor::encode::Write>(m: &StoredMessage, w: W) {
-    let mut e = Encoder::new(w);
-    let result = (|| -> Result<(), minicbor::encode::Error<W::Error>> {
-        e.array(5)?
-            .str(&m.from.user)?
-            .u32(m.from.device)?
-            .u64(m.sent_at_ms)?
-            .bytes(&m.message_id)?
-            .bytes(&m.text)?;
-        Ok(())
-    })();
+    let record = MessageRecord {
+        user: &m.from.user,
+        device: m.from.device,
+        sent_at_ms: m.sent_at_ms,
+        message_id: m.message_id.as_slice().into(),
+        text: m.text.as_slice().into(),
+    };
+    let result = minicbor::encode(&record, w);
     debug_assert!(result.is_ok());
 }
 
 fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
-    d.array().map_err(bad)?;
-    let user = d.str().map_err(bad)?.to_owned();
-    let device = d.u32().map_err(bad)?;
-    let sent_at_ms = d.u64().map_err(bad)?;
-    let message_id: MessageId = d
-        .bytes()
-        .map_err(bad)?
-        .try_into()
-        .map_err(|_| ClientError::State("message id of the wrong length".into()))?;
-    let text = d.bytes().map_err(bad)?.to_vec();
+    let record: MessageRecord<'_> = d.decode().map_err(bad)?;
     Ok(StoredMessage {
-        from: Address { user, device },
-        sent_at_ms,
-        message_id,
-        text,
+        from: Address {
+            user: record.user.to_owned(),
+            device: record.device,
+        },
+        sent_at_ms: record.sent_at_ms,
+        message_id: fixed(record.message_id, "message id")?,
+        text: record.text.to_vec(),
     })
 }
 
@@ -1147,6 +1109,7 @@ mod tests {
     use super::*;
     use crate::delivery::SEQ_RESERVATION;
     use crate::vault::KdfCost;
+    use minicbor::Encoder;
 
     fn pass(s: &str) -> Passphrase {
         Passphrase::with_cost(s, KdfCost::MINIMUM).unwrap()
@@ -1161,6 +1124,112 @@ mod tests {
             .open(Purpose::State, body)
             .unwrap()
             .to_vec()
+    }
+
+    /// Files of earlier versions load: one with 8 fields and a pin per
+    /// device (the first device's identity becomes the user's, the other a
+    /// change awaiting confirmation), and one with 10 fields whose receive
+    /// sequence has 7 fields and its gap 4.
+    #[test]
+    fn files_of_earlier_versions_still_load() {
+        let device = Device::generate(&mut rand::rng());
+        let device_bytes = device.to_bytes();
+        let first = Device::generate(&mut rand::rng()).public_identity();
+        let second = Device::generate(&mut rand::rng()).public_identity();
+        let head = |e: &mut Encoder<Vec<u8>>, fields: u64| {
+            e.array(fields).unwrap().u64(1).unwrap();
+            e.str("ws://x").unwrap().str("me").unwrap().u32(3).unwrap();
+            e.null()
+                .unwrap()
+                .bytes(&device_bytes)
+                .unwrap()
+                .array(0)
+                .unwrap();
+            e.array(2).unwrap();
+            e.array(5).unwrap().str("bob").unwrap().u32(1).unwrap();
+            e.bytes(&first.to_bytes())
+                .unwrap()
+                .bool(true)
+                .unwrap()
+                .null()
+                .unwrap();
+            e.array(6).unwrap().str("bob").unwrap().u32(2).unwrap();
+            e.bytes(&second.to_bytes())
+                .unwrap()
+                .bool(true)
+                .unwrap()
+                .null()
+                .unwrap();
+            e.bool(false).unwrap();
+        };
+        let mut e = Encoder::new(Vec::new());
+        head(&mut e, 8);
+        let old = State::decode(e.writer()).unwrap();
+        assert_eq!(old.user, "me");
+        assert_eq!(
+            old.pins["bob"],
+            Pin {
+                identity: first,
+                verified: true,
+                changed_to: Some(second),
+            }
+        );
+        assert!(old.send_seqs.is_empty() && old.recv_seqs.is_empty() && old.outbox.is_empty());
+
+        let mut e = Encoder::new(Vec::new());
+        head(&mut e, 10);
+        e.array(1)
+            .unwrap()
+            .array(2)
+            .unwrap()
+            .bytes(&[3; 16])
+            .unwrap()
+            .u64(5)
+            .unwrap();
+        e.array(1)
+            .unwrap()
+            .array(7)
+            .unwrap()
+            .bytes(&[3; 16])
+            .unwrap();
+        e.str("bob")
+            .unwrap()
+            .u32(1)
+            .unwrap()
+            .bytes(&[4; 32])
+            .unwrap();
+        e.u64(9).unwrap().u64(2).unwrap();
+        e.array(1)
+            .unwrap()
+            .array(4)
+            .unwrap()
+            .u64(3)
+            .unwrap()
+            .u64(5)
+            .unwrap();
+        e.u64(100).unwrap().bool(true).unwrap();
+        let newer = State::decode(e.writer()).unwrap();
+        let bob = Address {
+            user: "bob".into(),
+            device: 1,
+        };
+        let r = &newer.recv_seqs[&([3; 16], bob, [4; 32])];
+        assert_eq!((r.expected, r.forgotten, r.known_from), (9, 2, 0));
+        let gap = r.gaps.front().unwrap();
+        assert_eq!(
+            (gap.from, gap.to, gap.reported, gap.skipped),
+            (3, 5, true, false)
+        );
+        assert_eq!(newer.send_seqs[&[3; 16]], SendSeq::restored(5));
+        assert!(newer.outbox.is_empty() && newer.control_ids.is_empty());
+
+        // A version this one does not know is named as such.
+        let mut e = Encoder::new(Vec::new());
+        e.array(8).unwrap().u64(2).unwrap();
+        assert!(matches!(
+            State::decode(e.writer()),
+            Err(ClientError::State(_))
+        ));
     }
 
     /// Sequence numbers, gaps and pins survive a save and a load, with the
