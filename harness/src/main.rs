@@ -8,6 +8,23 @@
 //!                   open-loop workload + faults ─▶ records ─▶ hdrhistogram metrics
 //!                   taps: wire, store, logs, memory ─▶ checks ─▶ summary.json, report.md
 //! ```
+//!
+//! The harness is made of parts, each of which imports only the parts
+//! listed before it (`tests/structure.rs` checks it):
+//!
+//! - [`plaintext`] and [`scenario`]: the canary-bearing messages and their
+//!   detector; the scenario model, parsing and validation;
+//! - [`topology`]: servers in-process or as children, restarts, kills, a
+//!   process's statistics;
+//! - [`taps`]: what the server read, stored, logged and held in memory (and
+//!   the relay that injects network faults);
+//! - [`metrics`]: the delivery ledger, histograms, checks, mean ± sd;
+//! - [`report`]: `report.md`, `summary.json` and the figures, from plain data;
+//! - [`load`]: the schedule, user tasks, tally, sweeps, the peers' clients
+//!   and the CLI lifetimes;
+//! - [`experiments`]: `reproduce`, `compare`, `adversary`, `check`.
+//!
+//! This file parses the command line and calls one of them.
 
 #![forbid(unsafe_code)]
 // The harness indexes vectors it built itself (users, plan, partners) by

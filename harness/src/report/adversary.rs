@@ -19,7 +19,7 @@ pub(crate) struct AttackRow {
 /// The suite's `report.md`.
 pub(crate) fn markdown(verdicts: &[AttackRow]) -> String {
     let mut md = String::from(
-        "# Malicious server suite\n\nThe real server over an adversarial store (`harness/src/adversary.rs`): every \
+        "# Malicious server suite\n\nThe real server over an adversarial store (`harness/src/experiments/adversary.rs`): every \
          attack below is made by the server on what it relays, redelivers or serves from its key \
          directory, against the reference clients. Each attack runs on fresh accounts after an \
          honest exchange between Alice, Bob and Carol.\n\n\

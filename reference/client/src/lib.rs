@@ -8,6 +8,7 @@
 //!     │    state.cbor: device keys, sessions, pins, sequence numbers ── saved
 //!     │      before a key or sequence number it does not cover is used
 //!     │    messages.cbor: the log, appended before an acknowledgement
+//!     │    (both files' records are minicbor-derived types, in `records`)
 //!     ├─ delivery: sealed message ids and sequences → late, missing, duplicate;
 //!     │    encrypted receipts → delivered / undelivered; retry → sent again
 //!     ├─ trust: one identity per user, shared by the devices it links;
