@@ -258,7 +258,7 @@ pub fn parse_target(peer: &str) -> Result<(String, Option<u32>), ClientError> {
         return Ok((a.user, Some(a.device)));
     }
     if peer.is_empty() {
-        return Err(ClientError::State("empty peer name".into()));
+        return Err(ClientError::Usage("empty peer name".into()));
     }
     Ok((peer.to_owned(), None))
 }
@@ -271,12 +271,12 @@ pub fn parse_peer(peer: &str) -> Result<Address, ClientError> {
             d.parse::<u32>()
                 .ok()
                 .filter(|d| *d > 0)
-                .ok_or_else(|| ClientError::State(format!("bad device number in {peer:?}")))?,
+                .ok_or_else(|| ClientError::Usage(format!("bad device number in {peer:?}")))?,
         ),
         None => (peer, 1),
     };
     if user.is_empty() {
-        return Err(ClientError::State("empty peer name".into()));
+        return Err(ClientError::Usage("empty peer name".into()));
     }
     Ok(Address {
         user: user.to_owned(),
@@ -414,7 +414,7 @@ impl Client {
         link: Option<Zeroizing<[u8; 16]>>,
     ) -> Result<Client, ClientError> {
         if link.is_some() && file.load()?.is_some() {
-            return Err(ClientError::State(
+            return Err(ClientError::Usage(
                 "this home already holds a device's keys; link into a new --home".into(),
             ));
         }

@@ -133,6 +133,14 @@ pub enum ClientError {
     /// The local state file is unusable.
     #[error("state: {0}")]
     State(String),
+    /// A request the client cannot act on as given: a malformed peer name,
+    /// two entries that were to match and differ, a home that already holds
+    /// a device's keys.
+    #[error("{0}")]
+    Usage(String),
+    /// Deriving the key that protects the home from its passphrase failed.
+    #[error("key derivation: {0}")]
+    Kdf(#[source] argon2::Error),
     /// The local state file (or message log) does not decode: where, and
     /// the decoder's error.
     #[error("state: malformed {what}: {source}")]

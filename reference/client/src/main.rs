@@ -161,7 +161,7 @@ fn read_password(from_stdin: bool, confirm: bool) -> Result<String, ClientError>
     if confirm {
         let again = rpassword::prompt_password("Repeat password: ").map_err(io)?;
         if again != first {
-            return Err(ClientError::State("the passwords differ".into()));
+            return Err(ClientError::Usage("the passwords differ".into()));
         }
     }
     Ok(first)
@@ -180,11 +180,11 @@ fn passphrase(cli: &Cli, home: &std::path::Path) -> Result<Passphrase, ClientErr
     if let Some(secret) = std::env::var_os("CHATIFY_PASSPHRASE") {
         let secret = secret
             .into_string()
-            .map_err(|_| ClientError::State("CHATIFY_PASSPHRASE is not UTF-8".into()))?;
+            .map_err(|_| ClientError::Usage("CHATIFY_PASSPHRASE is not UTF-8".into()))?;
         return Ok(Passphrase::new(secret));
     }
     if !std::io::stderr().is_terminal() && !std::io::stdin().is_terminal() {
-        return Err(ClientError::State(
+        return Err(ClientError::Usage(
             "no passphrase for the home directory: set CHATIFY_PASSPHRASE or \
              --passphrase-file, or run in a terminal"
                 .into(),
@@ -207,13 +207,13 @@ fn new_passphrase(prompt: &str) -> Result<Passphrase, ClientError> {
     if let Some(secret) = std::env::var_os("CHATIFY_NEW_PASSPHRASE") {
         let secret = secret
             .into_string()
-            .map_err(|_| ClientError::State("CHATIFY_NEW_PASSPHRASE is not UTF-8".into()))?;
+            .map_err(|_| ClientError::Usage("CHATIFY_NEW_PASSPHRASE is not UTF-8".into()))?;
         return Ok(Passphrase::new(secret));
     }
     let first = zeroize::Zeroizing::new(rpassword::prompt_password(prompt).map_err(io)?);
     let again = zeroize::Zeroizing::new(rpassword::prompt_password("Repeat it: ").map_err(io)?);
     if *again != *first {
-        return Err(ClientError::State("the passphrases differ".into()));
+        return Err(ClientError::Usage("the passphrases differ".into()));
     }
     Ok(Passphrase::new(first.as_str()))
 }
@@ -553,7 +553,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let user = parse_peer(peer)?.user;
             let devices = client.devices(&user);
             if devices.is_empty() {
-                return Err(ClientError::State(format!(
+                return Err(ClientError::Usage(format!(
                     "no identity known for {user} yet: send them a message or receive one first"
                 )));
             }

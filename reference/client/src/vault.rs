@@ -113,12 +113,12 @@ impl Passphrase {
     }
 
     fn derive(&self, salt: &[u8; 16], cost: KdfCost) -> Result<Zeroizing<[u8; 32]>, ClientError> {
-        let params = Params::new(cost.memory_kib, cost.iterations, 1, Some(32))
-            .map_err(|e| ClientError::State(format!("key derivation parameters: {e}")))?;
+        let params =
+            Params::new(cost.memory_kib, cost.iterations, 1, Some(32)).map_err(ClientError::Kdf)?;
         let mut out = Zeroizing::new([0u8; 32]);
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
             .hash_password_into(self.secret.as_bytes(), salt, out.as_mut_slice())
-            .map_err(|e| ClientError::State(format!("key derivation: {e}")))?;
+            .map_err(ClientError::Kdf)?;
         Ok(out)
     }
 }
