@@ -112,7 +112,8 @@ pub enum ErrorCode {
     InvalidToken,
     /// The user name and password do not match.
     BadCredentials,
-    /// Too many failed attempts; try again later.
+    /// Too many failed attempts, or the server is busy with other logins;
+    /// try again later.
     RateLimited,
     /// The user name is taken.
     UserExists,

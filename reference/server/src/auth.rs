@@ -1,9 +1,11 @@
 //! Accounts: Argon2id password hashes, random session tokens stored hashed,
-//! and a limiter for failed logins (per account and per address).
+//! a limiter for failed logins (per account and per address), and the
+//! bounded pool that every password hash runs in.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
@@ -49,6 +51,61 @@ pub fn hash_password(password: &str, cost: PasswordCost) -> Option<String> {
 pub fn verify_password(password: &str, hash: &str) -> bool {
     let verifier = Argon2::default();
     PasswordVerifier::<str>::verify_password(&verifier, password.as_bytes(), hash).is_ok()
+}
+
+/// Where Argon2id runs: at most `workers` hashes at once on the blocking
+/// pool, and at most `queue` more waiting; beyond that a request is refused
+/// at once ([`PasswordWork::run`] returns `None`), so the memory that
+/// password hashing can take is bounded by `workers` × the hash's memory
+/// cost, whatever the number of concurrent logins.
+#[derive(Debug)]
+pub(crate) struct PasswordWork {
+    workers: Arc<tokio::sync::Semaphore>,
+    /// Requests admitted (running or waiting).
+    admitted: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// Releases an admission when the work it admitted is over.
+struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl PasswordWork {
+    pub(crate) fn new(workers: usize, queue: usize) -> Self {
+        let workers = workers.max(1);
+        PasswordWork {
+            workers: Arc::new(tokio::sync::Semaphore::new(workers)),
+            admitted: Arc::default(),
+            capacity: workers + queue,
+        }
+    }
+
+    /// Runs `f` on the blocking pool once a worker is free, or returns
+    /// `None` at once if `workers + queue` requests are already admitted.
+    /// The worker stays taken until `f` returns, even if the caller stops
+    /// waiting (a closed connection does not free memory still in use).
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let admission = Admission(Arc::clone(&self.admitted));
+        let permit = Arc::clone(&self.workers).acquire_owned().await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            let _held = (permit, admission);
+            f()
+        })
+        .await
+        .ok()
+    }
 }
 
 /// A fresh 32-byte bearer token, drawn from the operating system straight
@@ -139,6 +196,41 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Beyond its workers and queue, the pool refuses at once; a worker
+    /// stays taken until its work ends, even when the caller gave up.
+    #[tokio::test]
+    async fn password_work_is_bounded() {
+        let work = Arc::new(PasswordWork::new(1, 1));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        let running = {
+            let (work, wait) = (Arc::clone(&work), Arc::clone(&wait));
+            tokio::spawn(async move {
+                work.run(move || {
+                    let _ = wait.lock().map(|w| w.recv());
+                    1
+                })
+                .await
+            })
+        };
+        let queued = {
+            let work = Arc::clone(&work);
+            tokio::spawn(async move { work.run(|| 2).await })
+        };
+        while work.admitted.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(work.run(|| 3).await, None, "a third request is refused");
+        // The first caller gives up; its hash still runs, and still counts.
+        running.abort();
+        let _ = running.await;
+        assert_eq!(work.run(|| 3).await, None, "the abandoned work still holds");
+        release.send(()).unwrap();
+        assert_eq!(queued.await.unwrap(), Some(2));
+        assert_eq!(work.run(|| 4).await, Some(4));
+        assert_eq!(work.admitted.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn passwords_hash_and_verify() {

@@ -70,6 +70,17 @@ struct Args {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     argon2_iterations: u32,
 
+    /// Password hashes (Argon2id, at registration and login) computed at
+    /// once [default: the number of CPUs]. Their memory is at most this many
+    /// times --argon2-memory-kib.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    password_workers: Option<u32>,
+
+    /// Password hashes that may wait for a worker; more concurrent logins
+    /// are answered "server busy" (RateLimited) at once.
+    #[arg(long, default_value_t = 32)]
+    password_queue: u32,
+
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `chatify_server=trace`).
     /// Logs never contain message bodies, passwords, tokens or keys.
     #[arg(long, default_value = "info", env = "CHATIFY_LOG")]
@@ -160,6 +171,10 @@ async fn run(
             memory_kib: args.argon2_memory_kib,
             iterations: args.argon2_iterations,
         },
+        password_workers: args
+            .password_workers
+            .map_or(Config::default().password_workers, |n| n as usize),
+        password_queue: args.password_queue as usize,
         token_ttl: Duration::from_secs(args.token_ttl_days.saturating_mul(86_400)),
         history_retention: Duration::from_secs(args.history_retention_days.saturating_mul(86_400)),
         ..Config::default()

@@ -185,6 +185,12 @@ fn valid_username(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
+/// The answer when the password workers and their queue are full.
+const BUSY: (ErrorCode, &str) = (
+    ErrorCode::RateLimited,
+    "server busy with other logins; try again shortly",
+);
+
 /// Shortest password accepted at registration.
 pub(crate) const MIN_PASSWORD_LEN: usize = 8;
 
@@ -518,15 +524,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let cost = self.shared.config.password_cost;
         let mut password = r.password;
-        let hash = tokio::task::spawn_blocking(move || {
-            let hash = auth::hash_password(&password, cost);
-            password.zeroize();
-            hash
-        })
-        .await
-        .ok()
-        .flatten()
-        .ok_or((ErrorCode::Internal, "password hashing failed"))?;
+        let hash = self
+            .shared
+            .password_work
+            .run(move || {
+                let hash = auth::hash_password(&password, cost);
+                password.zeroize();
+                hash
+            })
+            .await
+            .ok_or(BUSY)?
+            .ok_or((ErrorCode::Internal, "password hashing failed"))?;
         let name = r.username.clone();
         blocking(&self.shared, move |s| s.create_user(&name, &hash)).await?;
         tracing::info!(conn = self.id, user = %r.username, "registered");
@@ -554,19 +562,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         // Without an account, verify against a fixed hash anyway so that the
         // response time does not reveal which user names exist.
-        let ok = tokio::task::spawn_blocking(move || {
-            let ok = match stored {
-                Some(hash) => auth::verify_password(&password, &hash),
-                None => {
-                    let _ = auth::verify_password(&password, DUMMY_HASH);
-                    false
-                }
-            };
-            password.zeroize();
-            ok
-        })
-        .await
-        .unwrap_or(false);
+        let ok = self
+            .shared
+            .password_work
+            .run(move || {
+                let ok = match stored {
+                    Some(hash) => auth::verify_password(&password, &hash),
+                    None => {
+                        let _ = auth::verify_password(&password, DUMMY_HASH);
+                        false
+                    }
+                };
+                password.zeroize();
+                ok
+            })
+            .await
+            .ok_or(BUSY)?;
         if !ok {
             self.shared.limiter.failed(&l.username, ip, now);
             tracing::info!(conn = self.id, user = %l.username, "login failed");

@@ -48,7 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::auth::{LoginLimiter, PasswordCost};
+use crate::auth::{LoginLimiter, PasswordCost, PasswordWork};
 use crate::hub::Hub;
 use crate::store::Store;
 
@@ -70,6 +70,12 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Argon2id cost for new password hashes.
     pub password_cost: PasswordCost,
+    /// Password hashes (registration, login) computed at once; each takes
+    /// the hash's memory cost, so this bounds their memory.
+    pub password_workers: usize,
+    /// Password hashes that may wait for a worker; a request beyond them is
+    /// refused at once with `RateLimited` ("server busy").
+    pub password_queue: usize,
     /// Lifetime of session tokens.
     pub token_ttl: Duration,
     /// How long acknowledged envelopes stay in the history.
@@ -121,6 +127,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: None,
             password_cost: PasswordCost::default(),
+            password_workers: std::thread::available_parallelism().map_or(2, usize::from),
+            password_queue: 32,
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             history_retention: Duration::from_secs(30 * 24 * 3600),
             prekey_low_threshold: 10,
@@ -139,6 +147,7 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) hub: Hub,
     pub(crate) limiter: LoginLimiter,
+    pub(crate) password_work: PasswordWork,
     pub(crate) config: Config,
 }
 
@@ -164,6 +173,7 @@ impl Server {
                 config.login_failures_per_account,
                 config.login_failures_per_address,
             ),
+            password_work: PasswordWork::new(config.password_workers, config.password_queue),
             config,
         });
         let task = tokio::spawn(accept_loop(listener, shared, rx));
