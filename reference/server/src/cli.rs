@@ -76,6 +76,16 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     password_workers: Option<u32>,
 
+    /// Seconds a connection has to authenticate (after it opens or logs
+    /// out) before it is closed with 1008.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    auth_timeout_secs: u64,
+
+    /// Seconds without hearing from a peer before it is closed with 1008;
+    /// it is pinged after a third of that.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(3..))]
+    idle_timeout_secs: u64,
+
     /// Password hashes that may wait for a worker; more concurrent logins
     /// are answered "server busy" (RateLimited) at once.
     #[arg(long, default_value_t = 32)]
@@ -175,6 +185,9 @@ async fn run(
             .password_workers
             .map_or(Config::default().password_workers, |n| n as usize),
         password_queue: args.password_queue as usize,
+        auth_timeout: Duration::from_secs(args.auth_timeout_secs),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        ping_interval: Duration::from_secs(args.idle_timeout_secs / 3),
         token_ttl: Duration::from_secs(args.token_ttl_days.saturating_mul(86_400)),
         history_retention: Duration::from_secs(args.history_retention_days.saturating_mul(86_400)),
         ..Config::default()

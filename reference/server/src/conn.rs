@@ -87,6 +87,9 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
                 last_pushed: 0,
                 mailbox_checked: false,
                 strikes: 0,
+                unauthenticated_since: Instant::now(),
+                last_heard: Instant::now(),
+                pinged: false,
             }
             .serve(shutdown)
             .await;
@@ -114,6 +117,13 @@ struct Conn<S> {
     /// Whether the mailbox was drained once since authentication.
     mailbox_checked: bool,
     strikes: u32,
+    /// When the connection opened or last logged out, while it is not
+    /// authenticated.
+    unauthenticated_since: Instant,
+    /// When the peer last sent anything (a frame, a ping or a pong).
+    last_heard: Instant,
+    /// A ping went out since the peer was last heard.
+    pinged: bool,
 }
 
 /// Why the connection loop stops.
@@ -197,6 +207,7 @@ pub(crate) const MIN_PASSWORD_LEN: usize = 8;
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn serve(mut self, mut shutdown: watch::Receiver<bool>) {
         let stop = loop {
+            let timer = self.next_timer();
             let push = async {
                 match self.auth.as_mut() {
                     Some(a) => a.pushes.recv().await,
@@ -204,6 +215,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             };
             tokio::select! {
+                () = tokio::time::sleep_until(timer.into()) => match self.on_timer().await {
+                    Ok(()) => {}
+                    Err(stop) => break stop,
+                },
                 msg = self.ws.next() => match self.on_message(msg).await {
                     Ok(()) => {}
                     Err(stop) => break stop,
@@ -234,6 +249,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.shared.hub.unregister(&a.device, a.ticket);
         }
         tracing::info!(conn = self.id, "disconnected");
+    }
+
+    /// The next instant a deadline of the connection's falls due: the
+    /// authentication deadline, a ping, or the idle close.
+    fn next_timer(&self) -> Instant {
+        let c = &self.shared.config;
+        let idle = if self.pinged {
+            self.last_heard + c.idle_timeout
+        } else {
+            self.last_heard + c.ping_interval.min(c.idle_timeout)
+        };
+        match self.auth {
+            None => idle.min(self.unauthenticated_since + c.auth_timeout),
+            Some(_) => idle,
+        }
+    }
+
+    /// Closes a connection that did not authenticate in time or went
+    /// silent; pings one that has been quiet.
+    async fn on_timer(&mut self) -> Result<(), Stop> {
+        let now = Instant::now();
+        let c = &self.shared.config;
+        if self.auth.is_none() && now >= self.unauthenticated_since + c.auth_timeout {
+            return Err(Stop::Close(CLOSE_POLICY, "authenticate sooner"));
+        }
+        if now >= self.last_heard + c.idle_timeout {
+            return Err(Stop::Close(CLOSE_POLICY, "no traffic"));
+        }
+        if !self.pinged && now >= self.last_heard + c.ping_interval {
+            self.pinged = true;
+            return self
+                .ws
+                .send(Message::Ping(Default::default()))
+                .await
+                .map_err(|_| Stop::Closed);
+        }
+        Ok(())
     }
 
     async fn send(&mut self, frame: Frame) -> Result<(), Stop> {
@@ -271,6 +323,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &mut self,
         msg: Option<Result<Message, tungstenite::Error>>,
     ) -> Result<(), Stop> {
+        if let Some(Ok(_)) = msg {
+            self.last_heard = Instant::now();
+            self.pinged = false;
+        }
         let msg = match msg {
             Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))
                 if self.shared.config.conformance_echo =>
@@ -406,6 +462,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.shared.hub.unregister(&a.device, a.ticket);
                 self.last_pushed = 0;
                 self.mailbox_checked = false;
+                self.unauthenticated_since = Instant::now();
                 let hash = a.token_hash;
                 blocking(&self.shared, move |s| s.revoke_token(&hash)).await?;
                 tracing::info!(conn = self.id, user = %a.device.user, "logged out");

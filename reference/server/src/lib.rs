@@ -90,6 +90,15 @@ pub struct Config {
     pub login_window: Duration,
     /// Invalid frames tolerated on one connection before it is closed.
     pub max_strikes: u32,
+    /// A connection that has not authenticated this long after it opened
+    /// (or after it logged out) is closed with [`CLOSE_POLICY`].
+    pub auth_timeout: Duration,
+    /// A connection the server has heard nothing from (no frame, no pong)
+    /// this long is sent a WebSocket ping.
+    pub ping_interval: Duration,
+    /// A connection the server has heard nothing from this long is closed
+    /// with [`CLOSE_POLICY`]: a peer that is gone, or one that never reads.
+    pub idle_timeout: Duration,
     /// **Test hook, never set in production** (the CLI cannot set it): called
     /// with every envelope the server accepts. The scenario harness uses it
     /// to make a deliberately leaky server and prove that its log tap
@@ -136,6 +145,9 @@ impl Default for Config {
             login_failures_per_address: 20,
             login_window: Duration::from_secs(60),
             max_strikes: 16,
+            auth_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
             envelope_observer: None,
             credential_observer: None,
             conformance_echo: false,

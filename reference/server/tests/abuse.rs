@@ -11,11 +11,13 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use chatify_proto::frame;
 use chatify_proto::{Body, ErrorCode};
-use chatify_server::Config;
 use chatify_server::auth::PasswordCost;
-use common::{Raw, account, start, test_config};
+use chatify_server::{CLOSE_POLICY, Config};
+use common::{Got, Raw, account, start, test_config};
 
 /// A flood of logins with a valid password: at most `password_workers`
 /// hashes run at once and `password_queue` wait; the rest are told "busy"
@@ -71,5 +73,63 @@ async fn a_login_flood_is_bounded_and_answered_busy() {
     assert_eq!(ok + busy, 24);
     let mut after = Raw::connect(&url).await;
     assert!(matches!(after.request(login()).await, Body::LoginOk(_)));
+    server.shutdown().await;
+}
+
+/// A WebSocket that never authenticates is closed at the deadline (a
+/// logged-out one too), with the policy code; an authenticated one stays.
+#[tokio::test]
+async fn an_unauthenticated_socket_is_closed_at_the_deadline() {
+    let config = Config {
+        auth_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let (server, url) = start(config).await;
+    let (mut authed, _) = account(&url, "stays").await;
+    let mut idle = Raw::connect(&url).await;
+    // Requests that do not authenticate do not extend the deadline.
+    idle.ping().await;
+    let t = Instant::now();
+    assert!(matches!(idle.recv().await, Got::Closed(Some(CLOSE_POLICY))));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    authed.ping().await;
+    // After a logout the connection must authenticate again in time.
+    assert!(matches!(
+        authed.request(frame::Logout {}).await,
+        Body::Ok(_)
+    ));
+    assert!(matches!(
+        authed.recv().await,
+        Got::Closed(Some(CLOSE_POLICY))
+    ));
+    server.shutdown().await;
+}
+
+/// A peer the server hears nothing from is pinged, and closed when it does
+/// not answer; one that only reads (its WebSocket answers the pings) stays.
+#[tokio::test]
+async fn a_silent_peer_is_pinged_and_a_dead_one_closed() {
+    let config = Config {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        ..test_config()
+    };
+    let (server, url) = start(config).await;
+    let (mut reader, _) = account(&url, "reader").await;
+    let (mut dead, _) = account(&url, "dead").await;
+    // The reader reads (and so answers pings) for a second, sending nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), reader.recv())
+            .await
+            .is_err(),
+        "the reader was closed"
+    );
+    reader.ping().await;
+    // The dead peer read nothing in that second: it never answered.
+    match dead.recv().await {
+        Got::Closed(Some(code)) => assert_eq!(code, CLOSE_POLICY),
+        other => panic!("{other:?}"),
+    }
     server.shutdown().await;
 }
