@@ -76,6 +76,11 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     password_workers: Option<u32>,
 
+    /// Open connections allowed from one client IP address; more are closed
+    /// with 1008 right after the WebSocket handshake.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_address: u32,
+
     /// Seconds a connection has to authenticate (after it opens or logs
     /// out) before it is closed with 1008.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -185,6 +190,7 @@ async fn run(
             .password_workers
             .map_or(Config::default().password_workers, |n| n as usize),
         password_queue: args.password_queue as usize,
+        max_connections_per_address: args.max_connections_per_address as usize,
         auth_timeout: Duration::from_secs(args.auth_timeout_secs),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         ping_interval: Duration::from_secs(args.idle_timeout_secs / 3),

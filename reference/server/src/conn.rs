@@ -45,6 +45,44 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_FRAME_LEN))
 }
 
+/// One of an address's open connections; released when dropped.
+struct AddressSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    /// Takes a slot for `ip`, or `None` when it has all it may have.
+    fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut open = shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= shared.config.max_connections_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            shared: Arc::clone(shared),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .shared
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts TLS (if configured) and the WebSocket handshake, then serves.
 pub(crate) async fn run(
     stream: TcpStream,
@@ -53,6 +91,11 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Some(_slot) = AddressSlot::take(&shared, peer.ip()) else {
+        tracing::warn!(conn = id, %peer, "too many connections from this address");
+        refuse(stream, &shared).await;
+        return;
+    };
     let handshake_timeout = Duration::from_secs(10);
     match shared.config.tls.clone() {
         Some(tls) => {
@@ -65,6 +108,37 @@ pub(crate) async fn run(
         }
         None => upgrade(stream, peer, id, shared, shutdown).await,
     }
+}
+
+/// Completes the handshake only to say why the connection is closed
+/// (briefly: a refused peer gets two seconds).
+async fn refuse(stream: TcpStream, shared: &Arc<Shared>) {
+    let frame = CloseFrame {
+        code: CloseCode::from(CLOSE_POLICY),
+        reason: "too many connections from this address".into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        match shared.config.tls.clone() {
+            Some(tls) => {
+                let tls_stream = tokio_rustls::TlsAcceptor::from(tls)
+                    .accept(stream)
+                    .await
+                    .ok()?;
+                let mut ws =
+                    tokio_tungstenite::accept_async_with_config(tls_stream, Some(ws_config()))
+                        .await
+                        .ok()?;
+                ws.close(Some(frame)).await.ok()
+            }
+            None => {
+                let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
+                    .await
+                    .ok()?;
+                ws.close(Some(frame)).await.ok()
+            }
+        }
+    })
+    .await;
 }
 
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(

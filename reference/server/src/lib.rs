@@ -90,6 +90,9 @@ pub struct Config {
     pub login_window: Duration,
     /// Invalid frames tolerated on one connection before it is closed.
     pub max_strikes: u32,
+    /// Open connections allowed from one client IP address; more are
+    /// closed with [`CLOSE_POLICY`] right after the WebSocket handshake.
+    pub max_connections_per_address: usize,
     /// A connection that has not authenticated this long after it opened
     /// (or after it logged out) is closed with [`CLOSE_POLICY`].
     pub auth_timeout: Duration,
@@ -145,6 +148,7 @@ impl Default for Config {
             login_failures_per_address: 20,
             login_window: Duration::from_secs(60),
             max_strikes: 16,
+            max_connections_per_address: 100,
             auth_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
@@ -160,6 +164,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) limiter: LoginLimiter,
     pub(crate) password_work: PasswordWork,
+    /// Open connections per client address.
+    pub(crate) per_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     pub(crate) config: Config,
 }
 
@@ -186,6 +192,7 @@ impl Server {
                 config.login_failures_per_address,
             ),
             password_work: PasswordWork::new(config.password_workers, config.password_queue),
+            per_address: Default::default(),
             config,
         });
         let task = tokio::spawn(accept_loop(listener, shared, rx));

@@ -133,3 +133,45 @@ async fn a_silent_peer_is_pinged_and_a_dead_one_closed() {
     }
     server.shutdown().await;
 }
+
+/// One address may hold only so many connections: the next one is closed
+/// with the policy code and a reason right after its handshake; closing one
+/// frees its place; other connections keep working.
+#[tokio::test]
+async fn connections_per_address_are_limited() {
+    let config = Config {
+        max_connections_per_address: 4,
+        ..test_config()
+    };
+    let (server, url) = start(config).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(Raw::connect(&url).await);
+    }
+    let mut refused = Raw::connect(&url).await;
+    assert!(matches!(
+        refused.recv().await,
+        Got::Closed(Some(CLOSE_POLICY))
+    ));
+    held[0].ping().await;
+    let first = held.remove(0);
+    drop(first);
+    // The server notices the close; then there is room again.
+    let mut admitted = None;
+    for _ in 0..50 {
+        let mut next = Raw::connect(&url).await;
+        match tokio::time::timeout(Duration::from_millis(200), next.recv()).await {
+            Err(_) => {
+                admitted = Some(next);
+                break;
+            }
+            Ok(Got::Closed(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
+    admitted
+        .expect("a freed place was never reused")
+        .ping()
+        .await;
+    server.shutdown().await;
+}
