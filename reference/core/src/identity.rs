@@ -15,7 +15,7 @@ use crate::fingerprint::Hex;
 use crate::kdf::labels;
 
 /// Most one-time prekeys a device keeps unconsumed.
-pub const MAX_ONE_TIME_PREKEYS: usize = 1000;
+pub const MAX_ONE_TIME_PREKEYS: usize = chatify_proto::limits::MAX_ONE_TIME_PREKEYS_HELD;
 
 /// Most session-setup base keys remembered per signed prekey (replay defence).
 pub const MAX_SEEN_BASE_KEYS: usize = 100_000;

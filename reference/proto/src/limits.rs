@@ -13,6 +13,10 @@ pub const MAX_PLAINTEXT_LEN: usize = 64 * 1024;
 /// Most one-time prekeys in one `PublishKeys` frame.
 pub const MAX_ONE_TIME_PREKEYS_PER_PUBLISH: usize = 200;
 
+/// Most one-time prekeys the key directory holds for one device; a
+/// `PublishKeys` that would exceed it is refused (the server enforces it).
+pub const MAX_ONE_TIME_PREKEYS_HELD: usize = 1000;
+
 /// Longest user name, in bytes of UTF-8.
 pub const MAX_USERNAME_LEN: usize = 64;
 

@@ -217,6 +217,7 @@ fn store_failure(e: &StoreError) -> (ErrorCode, &'static str) {
     match e {
         StoreError::UserExists => (ErrorCode::UserExists, "user name taken"),
         StoreError::NotYours => (ErrorCode::Forbidden, "not your envelope"),
+        StoreError::Refused(why) => (ErrorCode::InvalidRequest, why),
         StoreError::Database(_) => (ErrorCode::Internal, "storage failure"),
     }
 }
@@ -544,6 +545,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Body::PublishKeys(p) => {
                 let device = self.device()?;
+                let mut ids = std::collections::HashSet::with_capacity(p.one_time_prekeys.len());
+                if !p.one_time_prekeys.iter().all(|k| ids.insert(k.id)) {
+                    return Err((ErrorCode::InvalidRequest, "a one-time prekey id used twice"));
+                }
                 let d = device.clone();
                 let held = blocking(&self.shared, move |s| {
                     s.publish_keys(&d, &p.identity, &p.signed_prekey, &p.one_time_prekeys)

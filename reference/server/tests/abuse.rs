@@ -175,3 +175,73 @@ async fn connections_per_address_are_limited() {
         .await;
     server.shutdown().await;
 }
+
+fn publish(ids: impl IntoIterator<Item = u32>, key: u8) -> frame::PublishKeys {
+    frame::PublishKeys {
+        identity: chatify_proto::DeviceKeys {
+            signing_key: [1; 32],
+            identity_key: [2; 32],
+            identity_signature: [3; 64],
+        },
+        signed_prekey: chatify_proto::SignedPrekey {
+            id: 1,
+            public_key: [4; 32],
+            signature: [5; 64],
+        },
+        one_time_prekeys: ids
+            .into_iter()
+            .map(|id| chatify_proto::OneTimePrekey {
+                id,
+                public_key: [key; 32],
+            })
+            .collect(),
+    }
+}
+
+/// The key directory's rules hold at the server: one-time prekey ids are
+/// unique in a frame, an id already held keeps its key (the same key again
+/// is a harmless retry), and a device holds at most 1 000 one-time prekeys.
+/// Each refusal changes nothing.
+#[tokio::test]
+async fn the_prekey_rules_are_enforced_by_the_server() {
+    let (server, url) = start(test_config()).await;
+    // `account` published one-time prekeys 1..=20, key [id; 32].
+    let (mut raw, _) = account(&url, "keys").await;
+    let bad = ErrorCode::InvalidRequest;
+    raw.expect_error(publish([100, 101, 100], 9), bad).await;
+    raw.expect_error(publish([5], 9), bad).await;
+    assert!(matches!(raw.request(publish([5], 5)).await, Body::Ok(_)));
+    // 20 held; 980 more fill the pool, one more is refused.
+    for start in (21..1001u32).step_by(196) {
+        let end = (start + 196).min(1001);
+        assert!(matches!(
+            raw.request(publish(start..end, 7)).await,
+            Body::Ok(_)
+        ));
+    }
+    raw.expect_error(publish([5000], 7), bad).await;
+    // Nothing a refusal carried was stored: prekey 5 keeps its key, and the
+    // pool holds exactly 1 000 (drained through bundles).
+    let (mut fetcher, _) = account(&url, "fetcher").await;
+    let mut served = std::collections::HashMap::new();
+    loop {
+        match fetcher
+            .request(frame::FetchBundle {
+                device: common::addr("keys"),
+            })
+            .await
+        {
+            Body::Bundle(b) => match b.bundle.one_time_prekey {
+                Some(k) => {
+                    served.insert(k.id, k.public_key);
+                }
+                None => break,
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(served.len(), 1000);
+    assert_eq!(served[&5], [5; 32]);
+    assert!(!served.contains_key(&5000));
+    server.shutdown().await;
+}

@@ -26,6 +26,11 @@ pub enum StoreError {
     /// A sequence number in an acknowledgement is not the caller's.
     #[error("not the caller's envelope")]
     NotYours,
+    /// The request breaks a rule of the key directory (PROTOCOL §11): a
+    /// one-time prekey id already held with another key, or more one-time
+    /// prekeys than a device may hold.
+    #[error("refused: {0}")]
+    Refused(&'static str),
     /// The database failed.
     #[error("database: {0}")]
     Database(String),

@@ -399,19 +399,42 @@ impl Store for SqliteStore {
         )
         .map_err(db)?;
         {
+            // An id already held keeps its key: publishing it again with the
+            // same key is a retry, with another key a violation.
             let mut insert = tx
                 .prepare(
-                    "INSERT OR REPLACE INTO one_time_prekeys (user, device, id, public_key)
-                     VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO one_time_prekeys (user, device, id, public_key)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )
+                .map_err(db)?;
+            let mut held = tx
+                .prepare(
+                    "SELECT public_key FROM one_time_prekeys
+                     WHERE user = ?1 AND device = ?2 AND id = ?3",
                 )
                 .map_err(db)?;
             for k in one_time_prekeys {
-                insert
+                let added = insert
                     .execute(params![device.user, device.device, k.id, &k.public_key[..]])
                     .map_err(db)?;
+                if added == 0 {
+                    let key: Vec<u8> = held
+                        .query_row(params![device.user, device.device, k.id], |r| r.get(0))
+                        .map_err(db)?;
+                    if key != k.public_key[..] {
+                        return Err(StoreError::Refused(
+                            "a one-time prekey id already held with another key",
+                        ));
+                    }
+                }
             }
         }
         let count = count_one_time_prekeys(&tx, device)?;
+        if count as usize > chatify_proto::limits::MAX_ONE_TIME_PREKEYS_HELD {
+            return Err(StoreError::Refused(
+                "more one-time prekeys than a device may hold (1 000)",
+            ));
+        }
         tx.commit().map_err(db)?;
         Ok(count)
     }
