@@ -245,3 +245,63 @@ async fn the_prekey_rules_are_enforced_by_the_server() {
     assert!(!served.contains_key(&5000));
     server.shutdown().await;
 }
+
+/// A history page never outgrows a frame, whatever `limit` asks: large
+/// envelopes are paged by bytes, newest first, and paging with `before`
+/// returns every one exactly once.
+#[tokio::test]
+async fn a_history_page_fits_one_frame() {
+    let (server, url) = start(test_config()).await;
+    let (mut alice, _) = account(&url, "alice").await;
+    let (_bob, _) = account(&url, "bob").await;
+    let big = chatify_proto::limits::MAX_ENVELOPE_LEN - 64;
+    for i in 0..12u8 {
+        let sent = alice
+            .request(frame::Send {
+                to: common::addr("bob"),
+                conversation: [7; 16],
+                message_id: [i; 16],
+                envelope: vec![i; big],
+            })
+            .await;
+        assert!(matches!(sent, Body::SendOk(_)), "{sent:?}");
+    }
+    let mut before = None;
+    let mut seen = Vec::new();
+    loop {
+        let frame = chatify_proto::Frame {
+            id: 9,
+            body: frame::FetchHistory {
+                conversation: [7; 16],
+                before,
+                limit: 1000,
+            }
+            .into(),
+        };
+        alice.send_bytes(frame.encode()).await;
+        let reply = loop {
+            match alice.recv().await {
+                Got::Frame(f) if f.id == 9 => break f,
+                Got::Frame(_) => continue,
+                Got::Closed(c) => panic!("closed: {c:?}"),
+            }
+        };
+        let len = reply.encode().len();
+        assert!(len <= chatify_proto::limits::MAX_FRAME_LEN, "{len} bytes");
+        let Body::History(h) = reply.body else {
+            panic!("{:?}", reply.body)
+        };
+        if h.items.is_empty() {
+            break;
+        }
+        assert!(
+            h.items.windows(2).all(|w| w[0].seq > w[1].seq),
+            "newest first"
+        );
+        before = h.items.last().map(|d| d.seq);
+        seen.extend(h.items.iter().map(|d| d.message_id[0]));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..12).collect::<Vec<u8>>());
+    server.shutdown().await;
+}

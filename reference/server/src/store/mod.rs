@@ -112,8 +112,10 @@ pub trait Store: Send + Sync + 'static {
     -> Result<Vec<Deliver>, StoreError>;
     /// Acknowledges envelopes; all must be addressed to `device`, else none is.
     fn ack(&self, device: &Address, seqs: &[u64]) -> Result<(), StoreError>;
-    /// A page of a conversation's history involving `user`, newest first;
-    /// `None` when `user` took no part in the conversation.
+    /// A page of a conversation's history involving `user`, newest first:
+    /// at most `limit` items, and no more than a `History` frame of
+    /// `MAX_FRAME_LEN` holds (at least one); `None` when `user` took no
+    /// part in the conversation.
     fn history(
         &self,
         user: &str,

@@ -123,6 +123,14 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Bytes a `History` frame takes besides its items (header, map, array).
+const HISTORY_FRAME_OVERHEAD: usize = 32;
+
+/// Bytes an item of a `History` frame takes besides its envelope: its map,
+/// sequence number, sender (a user name of at most 64 bytes and a device),
+/// conversation and message ids, time and the envelope's length prefix.
+const HISTORY_ITEM_OVERHEAD: usize = 192;
+
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
@@ -717,9 +725,19 @@ impl Store for SqliteStore {
                 deliver_from_row,
             )
             .map_err(db)?;
-        rows.map(|r| r.map_err(db).and_then(to_deliver))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        // Newest first, until the page's frame would outgrow MAX_FRAME_LEN
+        // (at least one item: any envelope fits a frame on its own).
+        let mut items = Vec::new();
+        let mut bytes = HISTORY_FRAME_OVERHEAD;
+        for row in rows {
+            let item = to_deliver(row.map_err(db)?)?;
+            bytes += item.envelope.len() + HISTORY_ITEM_OVERHEAD;
+            if bytes > chatify_proto::limits::MAX_FRAME_LEN && !items.is_empty() {
+                break;
+            }
+            items.push(item);
+        }
+        Ok(Some(items))
     }
 
     fn prune_history(&self, before_ms: u64) -> Result<u64, StoreError> {
