@@ -57,6 +57,7 @@ impl Frame {
         }
         let mut d = Decoder::new(bytes);
         let (ty, id) = decode_prefix(&mut d)?;
+        crate::wellformed::check(bytes)?;
         let body = Body::decode_body(ty, &mut d)?;
         if d.position() != bytes.len() {
             return Err(DecodeError::TrailingBytes(bytes.len() - d.position()));
@@ -73,13 +74,16 @@ impl Frame {
     }
 }
 
+/// The frame's version (checked before anything else, PROTOCOL §9.1),
+/// type and id.
 fn decode_prefix(d: &mut Decoder<'_>) -> Result<(u64, u64), DecodeError> {
-    if d.array()? != Some(4) {
-        return Err(DecodeError::malformed("frame is not an array of 4", 0));
-    }
+    let len = d.array()?;
     let version = d.u64()?;
     if version != u64::from(PROTOCOL_VERSION) {
         return Err(DecodeError::UnsupportedVersion(version));
+    }
+    if len != Some(4) {
+        return Err(DecodeError::malformed("frame is not an array of 4", 0));
     }
     let ty = d.u64()?;
     let id = d.u64()?;

@@ -42,6 +42,7 @@ pub mod fuzzing;
 pub mod hex;
 pub mod keys;
 pub mod limits;
+mod wellformed;
 
 pub use content::Content;
 pub use envelope::{Envelope, MessageHeader, PrekeyHeader};

@@ -328,6 +328,38 @@ fn size_limits_are_enforced() {
     ));
 }
 
+/// One meaning per frame: a map key twice, an indefinite length or a head
+/// longer than needed is refused (whichever copy a decoder kept, two
+/// decoders could read two frames); the version is checked before the
+/// frame's shape.
+#[test]
+fn frames_have_one_spelling_and_the_version_comes_first() {
+    // Ping with its (empty) body: [1, 10, 5, {}].
+    assert!(Frame::decode(&[0x84, 0x01, 0x0a, 0x05, 0xa0]).is_ok());
+    for bad in [
+        // FetchHistory with key 2 (limit) twice.
+        &[
+            0x84, 0x01, 0x09, 0x05, 0xa3, 0x00, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0x02, 0x01, 0x02, 0x05,
+        ][..],
+        // The id written in two bytes where one does.
+        &[0x84, 0x01, 0x0a, 0x18, 0x05, 0xa0],
+        // An indefinite-length body.
+        &[0x84, 0x01, 0x0a, 0x05, 0xbf, 0xff],
+    ] {
+        match Frame::decode(bad) {
+            Err(e) => assert_eq!(e.code(), chatify_proto::ErrorCode::BadFrame, "{e}"),
+            Ok(f) => panic!("accepted {f:?}"),
+        }
+    }
+    for wrong_version in [&[0x82, 0x02, 0x19, 0x04, 0xd2][..], &[0x9f, 0x02, 0xff]] {
+        assert_eq!(
+            Frame::decode(wrong_version).map(|_| ()),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+    }
+}
+
 #[test]
 fn huge_declared_lengths_do_not_allocate_or_panic() {
     // An Ack whose array claims 2^63 elements, and a byte string claiming 2^32 bytes.
@@ -335,10 +367,14 @@ fn huge_declared_lengths_do_not_allocate_or_panic() {
     assert!(Frame::decode(&raw(1, 8, 1, &body)).is_err());
     let body = [0xa1, 0x00, 0x5a, 0xff, 0xff, 0xff, 0xff];
     assert!(Frame::decode(&raw(1, 3, 1, &body)).is_err());
-    // Deeply nested unknown field values are skipped iteratively.
+    // Deeply nested values (even in an unknown field) are refused without
+    // recursing into them: no frame of the protocol nests that deep.
     let mut body = vec![0xa1, 0x10];
     body.extend(std::iter::repeat_n(0x81, 100_000));
     body.push(0x00);
+    assert!(Frame::decode(&raw(1, 10, 1, &body)).is_err());
+    // A shallow unknown field is ignored.
+    let body = [0xa1, 0x10, 0x81, 0x81, 0x00];
     assert!(Frame::decode(&raw(1, 10, 1, &body)).is_ok());
 }
 
