@@ -67,7 +67,8 @@ fn head(bytes: &[u8], at: usize) -> Result<Head, DecodeError> {
         4 => arg > 0xffff,
         _ => arg > 0xffff_ffff,
     };
-    if !shortest && !(major == 7 && width > 1) {
+    let float = major == 7 && width > 1;
+    if !(shortest || float) {
         return Err(DecodeError::NonCanonical);
     }
     Ok(Head {
