@@ -59,8 +59,8 @@ impl Store for Hostile {
     fn token(&self, t: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
         self.inner().token(t)
     }
-    fn revoke_token(&self, t: &[u8; 32]) -> Result<(), StoreError> {
-        self.inner().revoke_token(t)
+    fn revoke_tokens(&self, d: &Address) -> Result<(), StoreError> {
+        self.inner().revoke_tokens(d)
     }
     fn prune_tokens(&self, now: u64) -> Result<u64, StoreError> {
         self.inner().prune_tokens(now)

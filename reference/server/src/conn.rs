@@ -175,7 +175,6 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
 
 struct Authed {
     device: Address,
-    token_hash: [u8; 32],
     ticket: Ticket,
     pushes: mpsc::UnboundedReceiver<Push>,
 }
@@ -538,8 +537,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.last_pushed = 0;
                 self.mailbox_checked = false;
                 self.unauthenticated_since = Instant::now();
-                let hash = a.token_hash;
-                blocking(&self.shared, move |s| s.revoke_token(&hash)).await?;
+                let d = a.device.clone();
+                blocking(&self.shared, move |s| s.revoke_tokens(&d)).await?;
                 tracing::info!(conn = self.id, user = %a.device.user, "logged out");
                 Ok(frame::Ok {}.into())
             }
@@ -769,7 +768,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         self.auth = Some(Authed {
             device: device.clone(),
-            token_hash: hash,
             ticket,
             pushes: rx,
         });

@@ -305,3 +305,41 @@ async fn a_history_page_fits_one_frame() {
     assert_eq!(seen, (0..12).collect::<Vec<u8>>());
     server.shutdown().await;
 }
+
+/// A logout signs the device out everywhere: every token the device holds
+/// (a second login's, a stolen copy's) is revoked, and another device of
+/// the same user keeps its own.
+#[tokio::test]
+async fn a_logout_revokes_every_token_of_the_device() {
+    let (server, url) = start(test_config()).await;
+    let (mut first, first_token) = account(&url, "dana").await;
+    let login = |device| frame::Login {
+        username: "dana".into(),
+        password: "dana-password".into(),
+        device,
+        second_factor: None,
+    };
+    let mut raw = Raw::connect(&url).await;
+    let Body::LoginOk(second) = raw.request(login(1)).await else {
+        panic!("second login refused")
+    };
+    let Body::LoginOk(other_device) = raw.request(login(2)).await else {
+        panic!("login of device 2 refused")
+    };
+    assert!(matches!(first.request(frame::Logout {}).await, Body::Ok(_)));
+    for token in [first_token, second.token] {
+        Raw::connect(&url)
+            .await
+            .expect_error(frame::Authenticate { token }, ErrorCode::InvalidToken)
+            .await;
+    }
+    let mut two = Raw::connect(&url).await;
+    assert!(matches!(
+        two.request(frame::Authenticate {
+            token: other_device.token
+        })
+        .await,
+        Body::AuthOk(_)
+    ));
+    server.shutdown().await;
+}

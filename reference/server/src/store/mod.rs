@@ -74,8 +74,9 @@ pub trait Store: Send + Sync + 'static {
     fn create_token(&self, token_hash: &[u8; 32], record: &TokenRecord) -> Result<(), StoreError>;
     /// Looks a token hash up.
     fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
-    /// Revokes a token.
-    fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// Revokes every token of a device (a logout signs the device out
+    /// wherever it logged in).
+    fn revoke_tokens(&self, device: &Address) -> Result<(), StoreError>;
     /// Deletes expired tokens; returns how many.
     fn prune_tokens(&self, now: u64) -> Result<u64, StoreError>;
 

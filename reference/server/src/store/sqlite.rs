@@ -341,9 +341,12 @@ impl Store for SqliteStore {
             .map_err(db)
     }
 
-    fn revoke_token(&self, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+    fn revoke_tokens(&self, device: &Address) -> Result<(), StoreError> {
         self.lock()
-            .execute("DELETE FROM tokens WHERE hash = ?1", [&token_hash[..]])
+            .execute(
+                "DELETE FROM tokens WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+            )
             .map(|_| ())
             .map_err(db)
     }
