@@ -39,11 +39,24 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The WebSocket layer's limits and buffers. Frames are capped at
+/// `MAX_FRAME_LEN`; the read buffer starts at 4 KiB and grows only while a
+/// larger frame arrives (tungstenite's default, 128 KiB up front, made an
+/// idle connection cost about 143 KiB of server memory); writes are
+/// buffered up to 8 KiB before they go to the socket.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_LEN))
         .max_frame_size(Some(MAX_FRAME_LEN))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
 }
+
+/// Initial read buffer of a connection.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Bytes written to a connection's buffer before they go to its socket.
+const WRITE_BUFFER: usize = 8 * 1024;
 
 /// One of an address's open connections; released when dropped.
 struct AddressSlot {
@@ -93,20 +106,91 @@ pub(crate) async fn run(
 ) {
     let Some(_slot) = AddressSlot::take(&shared, peer.ip()) else {
         tracing::warn!(conn = id, %peer, "too many connections from this address");
-        refuse(stream, &shared).await;
+        Box::pin(refuse(stream, &shared)).await;
         return;
     };
-    let handshake_timeout = Duration::from_secs(10);
+    // Each phase is boxed, so a connection's task holds only what it needs
+    // while it serves: the handshakes' state (TLS and HTTP buffers) is
+    // freed once they are done instead of sizing the task for its life.
     match shared.config.tls.clone() {
         Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => upgrade(tls_stream, peer, id, shared, shutdown).await,
-                Ok(Err(e)) => tracing::info!(conn = id, %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::info!(conn = id, %peer, "TLS handshake timed out"),
+            if let Some(ws) = Box::pin(tls_handshake(stream, tls, peer, id)).await {
+                Box::pin(connection(ws, peer, id, shared).serve(shutdown)).await;
             }
         }
-        None => upgrade(stream, peer, id, shared, shutdown).await,
+        None => {
+            if let Some(ws) = Box::pin(ws_handshake(stream, peer, id)).await {
+                Box::pin(connection(ws, peer, id, shared).serve(shutdown)).await;
+            }
+        }
+    }
+}
+
+/// The TLS handshake, then the WebSocket one.
+async fn tls_handshake(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    id: u64,
+) -> Option<WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => ws_handshake(tls_stream, peer, id).await,
+        Ok(Err(e)) => {
+            tracing::info!(conn = id, %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(conn = id, %peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// The WebSocket handshake (HTTP upgrade).
+async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    id: u64,
+) -> Option<WebSocketStream<S>> {
+    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()));
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(ws)) => {
+            tracing::info!(conn = id, %peer, "connected");
+            Some(ws)
+        }
+        Ok(Err(e)) => {
+            tracing::info!(conn = id, %peer, error = %e, "WebSocket handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(conn = id, %peer, "WebSocket handshake timed out");
+            None
+        }
+    }
+}
+
+/// How long the TLS and WebSocket handshakes may take, each.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn connection<S>(
+    ws: WebSocketStream<S>,
+    peer: SocketAddr,
+    id: u64,
+    shared: Arc<Shared>,
+) -> Conn<S> {
+    Conn {
+        id,
+        peer,
+        shared,
+        ws,
+        auth: None,
+        last_pushed: 0,
+        mailbox_checked: false,
+        strikes: 0,
+        unauthenticated_since: Instant::now(),
+        last_heard: Instant::now(),
+        pinged: false,
     }
 }
 
@@ -139,38 +223,6 @@ async fn refuse(stream: TcpStream, shared: &Arc<Shared>) {
         }
     })
     .await;
-}
-
-async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    peer: SocketAddr,
-    id: u64,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()));
-    match tokio::time::timeout(Duration::from_secs(10), accept).await {
-        Ok(Ok(ws)) => {
-            tracing::info!(conn = id, %peer, "connected");
-            Conn {
-                id,
-                peer,
-                shared,
-                ws,
-                auth: None,
-                last_pushed: 0,
-                mailbox_checked: false,
-                strikes: 0,
-                unauthenticated_since: Instant::now(),
-                last_heard: Instant::now(),
-                pinged: false,
-            }
-            .serve(shutdown)
-            .await;
-        }
-        Ok(Err(e)) => tracing::info!(conn = id, %peer, error = %e, "WebSocket handshake failed"),
-        Err(_) => tracing::info!(conn = id, %peer, "WebSocket handshake timed out"),
-    }
 }
 
 struct Authed {
@@ -451,7 +503,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             frame = frame.body.name(),
             "request"
         );
-        let reply = self.on_request(frame.body).await;
+        let reply = Box::pin(self.on_request(frame.body)).await;
         match reply {
             Ok(body) => self.send(Frame { id, body }).await?,
             Err((code, message)) => {
