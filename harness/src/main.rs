@@ -42,7 +42,7 @@ mod taps;
 mod topology;
 
 use anyhow::{Context as _, Result, bail};
-use experiments::{adversary, check, compare, reproduce};
+use experiments::{adversary, check, compare, connections, reproduce};
 use load::{lifetimes, peers, sweep};
 
 use std::path::{Path, PathBuf};
@@ -143,6 +143,31 @@ enum Command {
         /// Run one attack only (by name, e.g. flip-tag).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Hold many authenticated connections on one server: the server memory
+    /// each costs, and message latency among them while they are held.
+    ///
+    /// Starts a child server, logs COUNT devices in, authenticates one
+    /// WebSocket per device, measures the server's RSS idle, then sends an
+    /// open-loop load (device i to device i+1, acknowledged) and reports
+    /// p50/p99, delivered messages and CPU of server and generator. Writes
+    /// report.md and summary.json.
+    Connections {
+        /// Output directory.
+        #[arg(long, default_value = "reports/connections")]
+        out: PathBuf,
+        /// Connections (devices) to hold.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Messages per second among them.
+        #[arg(long, default_value_t = 5_000.0)]
+        rate: f64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// The server's durability: `full` (fsync each commit) or `normal`.
+        #[arg(long, default_value = "full")]
+        durability: String,
     },
     /// Compare a reproduce result with a committed baseline (the CI gate).
     ///
@@ -339,6 +364,29 @@ fn main() -> ExitCode {
                 println!("report: {}", out.join("report.md").display());
                 verdicts.iter().all(|v| v.pass)
             }),
+        Command::Connections {
+            out,
+            count,
+            rate,
+            secs,
+            durability,
+        } => {
+            let durability = match durability.as_str() {
+                "full" => chatify_server::store::sqlite::Durability::Full,
+                "normal" => chatify_server::store::sqlite::Durability::Normal,
+                other => {
+                    eprintln!("chatify-harness: --durability is full or normal, not {other:?}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime()
+                .and_then(|rt| rt.block_on(connections::run(&out, count, rate, secs, durability)))
+                .map(|c| {
+                    print!("{}", report::connections::markdown(&c));
+                    println!("report: {}", out.join("report.md").display());
+                    c.delivered == c.planned
+                })
+        }
         Command::Check { baseline, result } => check::run(&baseline, &result).map(|report| {
             print!("{}", report.text);
             report.ok

@@ -5,7 +5,9 @@
 //!   baseline, a load sweep, an instrumented sample conversation);
 //! - [`compare`]: Chatify beside its peers under the same plan;
 //! - [`adversary`]: the malicious-server suite;
-//! - [`check`]: a run's summary against a committed baseline (the CI gate).
+//! - [`check`]: a run's summary against a committed baseline (the CI gate);
+//! - [`connections`]: many authenticated connections on one server, their
+//!   memory, and latency while they are held.
 //!
 //! An experiment produces data (the types of [`crate::report`]) and hands
 //! it to the report's writers; it draws nothing itself, and nothing below it
@@ -14,4 +16,5 @@
 pub(crate) mod adversary;
 pub(crate) mod check;
 pub(crate) mod compare;
+pub(crate) mod connections;
 pub(crate) mod reproduce;

@@ -196,6 +196,7 @@ fn topology_for(
         handle: None,
         observer,
         keep_credentials: mode == Mode::CredentialsKeptMutant,
+        max_connections_per_address: None,
     })
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`run`]: `summary.json`, `report.md` and the terminal summary of one
 //!   scenario run, and the check tables every command prints;
-//! - [`paper`], [`compare`], [`adversary`], [`sweep`], [`lifetimes`]: the
+//! - [`paper`], [`compare`], [`adversary`], [`sweep`], [`lifetimes`],
+//!   [`connections`]: the
 //!   data each experiment produces (plain, serializable series) and its
 //!   `report.md`;
 //! - [`figures`]: the SVG figures, drawn from those series.
@@ -18,6 +19,7 @@
 
 pub(crate) mod adversary;
 pub(crate) mod compare;
+pub(crate) mod connections;
 pub(crate) mod figures;
 pub(crate) mod lifetimes;
 pub(crate) mod paper;

@@ -44,6 +44,9 @@ pub(crate) struct Topology {
     pub(crate) observer: Option<EnvelopeObserver>,
     /// The child server keeps every password and token (a mutant).
     pub(crate) keep_credentials: bool,
+    /// Raises the server's limit of connections per client address (the
+    /// harness's clients all come from 127.0.0.1); `None` keeps the default.
+    pub(crate) max_connections_per_address: Option<usize>,
 }
 
 /// HARNESS-ONLY MUTANT hook: logs every envelope the server accepts, verbatim.
@@ -81,6 +84,9 @@ impl Topology {
                     listen: self.addr,
                     password_cost: CHEAP_ARGON2,
                     envelope_observer: self.observer.clone(),
+                    max_connections_per_address: self
+                        .max_connections_per_address
+                        .unwrap_or(Config::default().max_connections_per_address),
                     ..Config::default()
                 };
                 // The port of a stopped server is rebound at once (SO_REUSEADDR);
@@ -117,6 +123,9 @@ impl Topology {
                 }
                 if self.keep_credentials {
                     command.arg("--keep-credentials-mutant");
+                }
+                if let Some(n) = self.max_connections_per_address {
+                    command.args(["--max-connections-per-address", &n.to_string()]);
                 }
                 let mut child = command
                     .args([
