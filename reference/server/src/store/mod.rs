@@ -7,6 +7,7 @@
 //! async worker; a method returns only after its effect is committed, so a
 //! reply sent after it describes durable state.
 
+mod group;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;

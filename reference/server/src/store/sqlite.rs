@@ -10,6 +10,7 @@ use chatify_proto::frame::{Address, Deliver};
 use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::group::{Done, GroupCommit, Op};
 use super::{NewEnvelope, Store, StoreError, TokenRecord};
 
 /// How hard SQLite works to make a commit durable.
@@ -83,6 +84,9 @@ pub struct SqliteStore {
     fast_commits: bool,
     /// Stops the background checkpointer (durability `Normal`).
     stop: Arc<AtomicBool>,
+    /// Stores and acknowledgements share commits (durability `Full` on
+    /// disk, where each commit waits for an fsync).
+    group: Option<GroupCommit>,
 }
 
 impl Drop for SqliteStore {
@@ -131,7 +135,7 @@ const HISTORY_FRAME_OVERHEAD: usize = 32;
 /// conversation and message ids, time and the envelope's length prefix.
 const HISTORY_ITEM_OVERHEAD: usize = 192;
 
-fn db(e: rusqlite::Error) -> StoreError {
+pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
@@ -160,6 +164,8 @@ impl SqliteStore {
                 .map_err(db)?;
             start_checkpointer(path, Arc::clone(&store.stop))?;
             store.fast_commits = true;
+        } else {
+            store.group = Some(GroupCommit::default());
         }
         Ok(store)
     }
@@ -186,6 +192,7 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             fast_commits: false,
             stop: Arc::new(AtomicBool::new(false)),
+            group: None,
         };
         store.migrate()?;
         Ok(store)
@@ -275,6 +282,67 @@ fn to_deliver(row: Row) -> Result<Deliver, StoreError> {
         sent_at_ms: u64_of(sent_at_ms),
         envelope,
     })
+}
+
+/// One job of a group commit, inside its transaction.
+fn apply(conn: &Connection, op: &Op) -> Result<Done, StoreError> {
+    match op {
+        Op::Enqueue(e) => insert_envelope(conn, e).map(Done::Enqueued),
+        Op::Ack(device, seqs) => mark_acked(conn, device, seqs).map(|()| Done::Acked),
+    }
+}
+
+/// Stores an envelope if the recipient device exists (one statement).
+fn insert_envelope(conn: &Connection, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO envelopes (conversation, sender, sender_device, recipient, recipient_device,
+                                    message_id, sent_at_ms, envelope)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+             WHERE EXISTS(SELECT 1 FROM devices WHERE user = ?4 AND device = ?5)",
+        )
+        .map_err(db)?;
+    let inserted = insert
+        .execute(params![
+            &e.conversation[..],
+            e.from.user,
+            e.from.device,
+            e.to.user,
+            e.to.device,
+            &e.message_id[..],
+            i64_of(e.sent_at_ms),
+            e.envelope
+        ])
+        .map_err(db)?;
+    Ok((inserted == 1).then(|| u64_of(conn.last_insert_rowid())))
+}
+
+/// Marks envelopes acknowledged, all of them or (if one is addressed to
+/// another device) none; runs inside the caller's transaction.
+fn mark_acked(conn: &Connection, device: &Address, seqs: &[u64]) -> Result<(), StoreError> {
+    let mut owner = conn
+        .prepare_cached("SELECT recipient, recipient_device FROM envelopes WHERE seq = ?1")
+        .map_err(db)?;
+    for seq in seqs {
+        let row: Option<(String, u32)> = owner
+            .query_row([i64_of(*seq)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db)?;
+        match row {
+            // Unknown (already pruned) sequence numbers are ignored:
+            // acknowledging twice is harmless.
+            None => {}
+            Some((user, dev)) if user == device.user && dev == device.device => {}
+            Some(_) => return Err(StoreError::NotYours),
+        }
+    }
+    let mut mark = conn
+        .prepare_cached("UPDATE envelopes SET acked = 1 WHERE seq = ?1")
+        .map_err(db)?;
+    for seq in seqs {
+        mark.execute([i64_of(*seq)]).map_err(db)?;
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -609,29 +677,15 @@ impl Store for SqliteStore {
     }
 
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
-        let conn = self.lock();
-        // One statement: stored only if the recipient device exists.
-        let mut insert = conn
-            .prepare_cached(
-                "INSERT INTO envelopes (conversation, sender, sender_device, recipient, recipient_device,
-                                        message_id, sent_at_ms, envelope)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
-                 WHERE EXISTS(SELECT 1 FROM devices WHERE user = ?4 AND device = ?5)",
-            )
-            .map_err(db)?;
-        let inserted = insert
-            .execute(params![
-                &e.conversation[..],
-                e.from.user,
-                e.from.device,
-                e.to.user,
-                e.to.device,
-                &e.message_id[..],
-                i64_of(e.sent_at_ms),
-                e.envelope
-            ])
-            .map_err(db)?;
-        Ok((inserted == 1).then(|| u64_of(conn.last_insert_rowid())))
+        let Some(group) = &self.group else {
+            return insert_envelope(&self.lock(), e);
+        };
+        match group.run(&self.conn, Op::Enqueue(e.clone()), apply)? {
+            Done::Enqueued(seq) => Ok(seq),
+            Done::Acked => Err(StoreError::Database(
+                "group commit mixed up a result".into(),
+            )),
+        }
     }
 
     fn pending(
@@ -659,35 +713,17 @@ impl Store for SqliteStore {
     }
 
     fn ack(&self, device: &Address, seqs: &[u64]) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        {
-            let mut owner = tx
-                .prepare_cached("SELECT recipient, recipient_device FROM envelopes WHERE seq = ?1")
+        let Some(group) = &self.group else {
+            let mut conn = self.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db)?;
-            for seq in seqs {
-                let row: Option<(String, u32)> = owner
-                    .query_row([i64_of(*seq)], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-                    .map_err(db)?;
-                match row {
-                    // Unknown (already pruned) sequence numbers are ignored:
-                    // acknowledging twice is harmless.
-                    None => {}
-                    Some((user, dev)) if user == device.user && dev == device.device => {}
-                    Some(_) => return Err(StoreError::NotYours),
-                }
-            }
-            let mut mark = tx
-                .prepare_cached("UPDATE envelopes SET acked = 1 WHERE seq = ?1")
-                .map_err(db)?;
-            for seq in seqs {
-                mark.execute([i64_of(*seq)]).map_err(db)?;
-            }
-        }
-        tx.commit().map_err(db)
+            mark_acked(&tx, device, seqs)?;
+            return tx.commit().map_err(db);
+        };
+        group
+            .run(&self.conn, Op::Ack(device.clone(), seqs.to_vec()), apply)
+            .map(|_| ())
     }
 
     fn history(
@@ -788,6 +824,67 @@ mod tests {
             [user],
         )
         .unwrap();
+    }
+
+    /// Concurrent stores and acknowledgements at durability `Full` share
+    /// commits: every store gets its own sequence number and is on disk
+    /// when it returns, an acknowledgement of another device's envelope is
+    /// refused without failing the rest of its batch, and fewer commits
+    /// than jobs were made.
+    #[test]
+    fn group_commit_keeps_each_result_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chatify.db");
+        let store = Arc::new(SqliteStore::open(&path, Durability::Full).unwrap());
+        device(&store, "bob");
+        device(&store, "carol");
+        let bob = Address {
+            user: "bob".into(),
+            device: 1,
+        };
+        let first = store.enqueue(&envelope("carol", 1)).unwrap().unwrap();
+        let batches_before = store.group.as_ref().unwrap().batches();
+        // The database held while the jobs arrive: they queue behind the
+        // first leader, and the next takes them all.
+        let held = store.lock();
+        let threads: Vec<_> = (0..32)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let bob = bob.clone();
+                std::thread::spawn(move || {
+                    if i % 8 == 7 {
+                        // Carol's envelope, acknowledged by Bob: refused.
+                        assert!(matches!(
+                            store.ack(&bob, &[first]),
+                            Err(StoreError::NotYours)
+                        ));
+                        None
+                    } else {
+                        store.enqueue(&envelope("bob", i)).unwrap()
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .filter_map(|t| t.join().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 28, "each store has its own sequence number");
+        let batches = store.group.as_ref().unwrap().batches() - batches_before;
+        assert!(batches <= 3, "32 jobs took {batches} commits");
+        drop(store);
+        let reopened = SqliteStore::open(&path, Durability::Full).unwrap();
+        let pending = reopened.pending(&bob, 0, 100).unwrap();
+        assert_eq!(pending.len(), 28, "every acknowledged store is on disk");
+        let carol = Address {
+            user: "carol".into(),
+            device: 1,
+        };
+        assert_eq!(reopened.pending(&carol, 0, 10).unwrap().len(), 1);
     }
 
     #[test]
