@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use chatify_proto::frame::{self, Address};
 use chatify_proto::limits::{MAX_FRAME_LEN, MAX_LIST_LEN};
 use chatify_proto::{Body, ErrorCode, Frame};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -169,6 +169,9 @@ async fn ws_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 }
+
+/// Messages handled in one wake-up before the replies are flushed.
+const MESSAGES_PER_WAKEUP: usize = 64;
 
 /// How long the TLS and WebSocket handshakes may take, each.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -345,7 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Ok(()) => {}
                     Err(stop) => break stop,
                 },
-                msg = self.ws.next() => match self.on_message(msg).await {
+                msg = self.ws.next() => match self.on_messages(msg).await {
                     Ok(()) => {}
                     Err(stop) => break stop,
                 },
@@ -354,6 +357,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(stop) => break stop,
                 },
                 _ = shutdown.changed() => break Stop::Close(CLOSE_GOING_AWAY, "server shutting down"),
+            }
+            // Everything this wake-up produced leaves in one write.
+            if self.ws.flush().await.is_err() {
+                break Stop::Closed;
             }
         };
         match stop {
@@ -414,9 +421,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
+    /// Queues a frame; the serve loop flushes once per wake-up, so the
+    /// replies and pushes one wake-up produces share a socket write.
     async fn send(&mut self, frame: Frame) -> Result<(), Stop> {
         self.ws
-            .send(Message::Binary(frame.encode().into()))
+            .feed(Message::Binary(frame.encode().into()))
             .await
             .map_err(|_| Stop::Closed)
     }
@@ -443,6 +452,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             Ok(())
         }
+    }
+
+    /// Handles a message and then every further message already received
+    /// (at most [`MESSAGES_PER_WAKEUP`]), so that a client's pipelined
+    /// requests are answered in one write.
+    async fn on_messages(
+        &mut self,
+        first: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<(), Stop> {
+        self.on_message(first).await?;
+        for _ in 1..MESSAGES_PER_WAKEUP {
+            match self.ws.next().now_or_never() {
+                Some(msg) => self.on_message(msg).await?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     async fn on_message(
