@@ -84,6 +84,13 @@ pub struct SqliteStore {
     fast_commits: bool,
     /// Stops the background checkpointer (durability `Normal`).
     stop: Arc<AtomicBool>,
+    /// Set when the WAL has passed its bound: the next user of the
+    /// connection truncates it first.
+    wal_over: Arc<AtomicBool>,
+    /// The WAL file and its bound (durability `Normal` on disk).
+    wal_bound: Option<(std::path::PathBuf, u64)>,
+    /// Uses of the connection, to look at the WAL every so often.
+    uses: std::sync::atomic::AtomicU64,
     /// Stores and acknowledgements share commits (durability `Full` on
     /// disk, where each commit waits for an fsync).
     group: Option<GroupCommit>,
@@ -98,21 +105,53 @@ impl Drop for SqliteStore {
 /// How often the background checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// The WAL's bound at durability `Normal`: past it, the checkpointer waits
+/// for the writer (a truncating checkpoint) instead of only copying what
+/// it can beside it, and SQLite truncates the file back to it after a
+/// checkpoint (`journal_size_limit`). The file may pass the bound by what
+/// is written in one checkpoint period.
+pub const WAL_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// How often (in uses of the connection) the writer checks the WAL's size.
+const WAL_CHECK_EVERY: u64 = 64;
+
 /// With `synchronous=NORMAL` a commit only appends to the WAL; the fsyncs
 /// happen at checkpoints. SQLite's automatic checkpoint would run them
 /// inside whichever commit crosses the threshold, on the committing thread;
 /// this thread runs them instead, on its own connection (a passive
 /// checkpoint does not block writers), so that commits never wait for the
-/// disk.
-fn start_checkpointer(path: &Path, stop: Arc<AtomicBool>) -> Result<(), StoreError> {
+/// disk. The WAL's bound is kept by the writer: past `WAL_LIMIT` (checked by
+/// this thread each period and by the writer every `WAL_CHECK_EVERY` uses),
+/// the next use truncates it; so it exceeds the bound by at most what
+/// `WAL_CHECK_EVERY` transactions write.
+///
+/// Under continuous writes a passive checkpoint never catches up and the
+/// WAL would only grow (3.9 GB after 30 s at 5 000 msg/s); past
+/// `wal_limit` the checkpointer raises `wal_over`, and the next user of the
+/// store's connection truncates the WAL before its own work (a writer that
+/// never lets go of the lock would starve a checkpoint from another
+/// connection).
+fn start_checkpointer(
+    path: &Path,
+    stop: Arc<AtomicBool>,
+    wal_over: Arc<AtomicBool>,
+    wal_limit: u64,
+) -> Result<(), StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                if std::fs::metadata(&wal).map_or(0, |m| m.len()) > wal_limit {
+                    wal_over.store(true, Ordering::Release);
+                } else if let Err(e) =
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
                     tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
                 }
             }
@@ -155,14 +194,34 @@ fn fixed<const N: usize>(v: Vec<u8>) -> Result<[u8; N], StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with_wal_limit(path, durability, WAL_LIMIT)
+    }
+
+    fn open_with_wal_limit(
+        path: &Path,
+        durability: Durability,
+        wal_limit: u64,
+    ) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(db)?;
         let mut store = Self::setup(conn, durability)?;
+        store
+            .lock()
+            .pragma_update(None, "journal_size_limit", i64_of(wal_limit))
+            .map_err(db)?;
         if durability == Durability::Normal {
             store
                 .lock()
                 .pragma_update(None, "wal_autocheckpoint", 0)
                 .map_err(db)?;
-            start_checkpointer(path, Arc::clone(&store.stop))?;
+            start_checkpointer(
+                path,
+                Arc::clone(&store.stop),
+                Arc::clone(&store.wal_over),
+                wal_limit,
+            )?;
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            store.wal_bound = Some((wal.into(), wal_limit));
             store.fast_commits = true;
         } else {
             store.group = Some(GroupCommit::default());
@@ -192,6 +251,9 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             fast_commits: false,
             stop: Arc::new(AtomicBool::new(false)),
+            wal_over: Arc::new(AtomicBool::new(false)),
+            wal_bound: None,
+            uses: std::sync::atomic::AtomicU64::new(0),
             group: None,
         };
         store.migrate()?;
@@ -201,7 +263,25 @@ impl SqliteStore {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction half
         // applied (SQLite rolls it back), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // Every WAL_CHECK_EVERY uses, the writer looks at the WAL itself: the
+        // checkpointer's period alone would let a fast writer outrun it.
+        if let Some((wal, limit)) = &self.wal_bound
+            && self
+                .uses
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(WAL_CHECK_EVERY)
+            && std::fs::metadata(wal).map_or(0, |m| m.len()) > *limit
+        {
+            self.wal_over.store(true, Ordering::Release);
+        }
+        if self.wal_over.swap(false, Ordering::AcqRel)
+            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "truncating the WAL failed; retrying");
+            self.wal_over.store(true, Ordering::Release);
+        }
+        conn
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -824,6 +904,36 @@ mod tests {
             [user],
         )
         .unwrap();
+    }
+
+    /// Under continuous writes at durability `Normal` the WAL stays near
+    /// its bound (here 1 MiB): past it the checkpointer truncates it. With
+    /// passive checkpoints only, it grew with everything written.
+    #[test]
+    fn the_wal_stays_bounded_under_continuous_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chatify.db");
+        let limit = 1024 * 1024;
+        let store = SqliteStore::open_with_wal_limit(&path, Durability::Normal, limit).unwrap();
+        device(&store, "bob");
+        let wal = dir.path().join("chatify.db-wal");
+        let mut e = envelope("bob", 1);
+        e.envelope = vec![7; 16 * 1024];
+        let (mut written, mut largest) = (0u64, 0u64);
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(3) {
+            store.enqueue(&e).unwrap();
+            written += e.envelope.len() as u64;
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        assert!(
+            written > 24 * limit,
+            "too little written to tell: {written} bytes"
+        );
+        assert!(
+            largest < 8 * limit,
+            "WAL reached {largest} bytes with {written} written"
+        );
     }
 
     /// Concurrent stores and acknowledgements at durability `Full` share
