@@ -37,6 +37,30 @@ pub(crate) struct Scenario {
     /// `chatify` process.
     #[serde(default)]
     pub(crate) lifetimes: Option<Lifetimes>,
+    /// Present for abuse runs: abusers work on the server while the users
+    /// chat (`harness/src/load/abuse.rs`).
+    #[serde(default)]
+    pub(crate) abuse: Option<Abuse>,
+}
+
+/// What abusers do during the workload, from the same address as the
+/// users, speaking the protocol directly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Abuse {
+    /// Logins with a valid password kept in flight at once, each on a
+    /// fresh connection.
+    #[serde(default)]
+    pub(crate) login_flood: usize,
+    /// WebSockets opened when the workload starts and never authenticated.
+    #[serde(default)]
+    pub(crate) idle_sockets: usize,
+    /// Undecodable frames per second, on one connection reopened whenever
+    /// the server closes it.
+    #[serde(default)]
+    pub(crate) bad_frames_per_sec: f64,
+    /// The users' p99 end-to-end latency must stay at or under this (ms).
+    pub(crate) max_p99_ms: f64,
 }
 
 /// A client-lifetimes run (`harness/src/lifetimes.rs`): each send is a
@@ -62,6 +86,11 @@ pub(crate) struct Topology {
     /// SQLite commit durability: `normal` (survives kill -9) or `full`.
     #[serde(default = "default_durability")]
     pub(crate) durability: String,
+    /// More `chatify-server` options for a child server (e.g. its limits);
+    /// given any `--argon2-*` option, the harness's cheap hashing is not
+    /// applied.
+    #[serde(default)]
+    pub(crate) server_args: Vec<String>,
 }
 
 impl Default for Topology {
@@ -69,6 +98,7 @@ impl Default for Topology {
         Topology {
             server: ServerMode::InProcess,
             durability: default_durability(),
+            server_args: Vec::new(),
         }
     }
 }
@@ -429,6 +459,9 @@ fn default_saturation_p99_ms() -> f64 {
     500.0
 }
 
+/// The checks of a run with an `[abuse]` table, after the others.
+pub(crate) const ABUSE_CHECKS: &[&str] = &["abuse.users-p99", "abuse.idle-sockets-closed"];
+
 /// Every check a run can report, in report order.
 pub(crate) const CHECKS: &[&str] = &[
     "delivery.exactly-once",
@@ -486,10 +519,11 @@ impl Scenario {
             }
         }
         for name in self.expect.checks.keys() {
-            if !CHECKS.contains(&name.as_str()) {
+            if !CHECKS.contains(&name.as_str()) && !ABUSE_CHECKS.contains(&name.as_str()) {
                 bail!(
-                    "expect.checks: unknown check {name:?} (known: {})",
-                    CHECKS.join(", ")
+                    "expect.checks: unknown check {name:?} (known: {}, {})",
+                    CHECKS.join(", "),
+                    ABUSE_CHECKS.join(", ")
                 );
             }
         }
@@ -517,6 +551,16 @@ impl Scenario {
                 || !positive(s.step_secs))
         {
             bail!("sweep.rates must be positive and sweep.step_secs > 0");
+        }
+        if !self.topology.server_args.is_empty() && self.topology.server != ServerMode::Child {
+            bail!("topology.server_args need topology.server = \"child\"");
+        }
+        if let Some(a) = &self.abuse
+            && !(positive(a.max_p99_ms)
+                && a.bad_frames_per_sec.is_finite()
+                && a.bad_frames_per_sec >= 0.0)
+        {
+            bail!("abuse.max_p99_ms must be positive and abuse.bad_frames_per_sec non-negative");
         }
         if let Some(c) = &self.compare {
             if self.sweep.is_some() {

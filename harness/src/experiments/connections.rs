@@ -77,6 +77,7 @@ pub(crate) async fn run(
         observer: None,
         keep_credentials: false,
         max_connections_per_address: Some(count + 16),
+        server_args: Vec::new(),
     };
     topo.start().await?;
     let pid = topo.pid().context("the server has no process")?;

@@ -4,7 +4,8 @@
 //! drive reference clients through it ([`run`], [`users`]), the tally that
 //! turns their records into metrics ([`tally`]), load sweeps ([`sweep`]),
 //! the peers' clients sent the same plan ([`peers`]: the bare relay floor and
-//! Socket.io) and the CLI processes of the lifetimes runs ([`lifetimes`]).
+//! Socket.io), the CLI processes of the lifetimes runs ([`lifetimes`]) and
+//! the abusers that work on the server beside the users ([`abuse`]).
 //! It starts servers through [`crate::topology`], reads through
 //! [`crate::taps`] and returns [`crate::metrics`]; it writes no report and
 //! knows no experiment.
@@ -15,6 +16,7 @@
 
 use std::path::Path;
 
+pub(crate) mod abuse;
 pub(crate) mod lifetimes;
 pub(crate) mod peers;
 pub(crate) mod run;

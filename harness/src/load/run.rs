@@ -24,13 +24,14 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::abuse::{self, AbuseTally};
 use super::schedule::{Planned, Record, schedule, user_name};
 use super::tally::{Progress, Tally};
 use super::users::{Ctx, sleep_until, user_task};
 use super::{home_passphrase, unlocked_home};
-use crate::metrics::{Outcome, TapOutcome, hist, leak_check, record};
+use crate::metrics::{Check, Outcome, TapOutcome, hist, leak_check, record};
 use crate::plaintext::Detector;
-use crate::scenario::{Mode, Scenario, ServerMode};
+use crate::scenario::{Abuse, Mode, Scenario, ServerMode, Verdict};
 use crate::taps::{self, WireTap};
 use crate::topology::{
     Topology, envelope_logger, logsink, open_sockets, proc_cpu_secs, proc_peak_rss_kib,
@@ -81,6 +82,13 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         intended: Arc::new(plan.iter().map(|p| ((p.sender, p.n), p.at)).collect()),
         records: tx,
     };
+    let abusers = match &s.abuse {
+        Some(a) => {
+            let until = start + plan.last().map(|p| p.at).unwrap_or_default();
+            Some(abuse::start(topo.addr, a.clone(), until + Duration::from_secs(1)).await?)
+        }
+        None => None,
+    };
     let cpu_before = topo.pid().and_then(proc_cpu_secs);
     let tasks = spawn_users(s, &plan, ctx, &homes, accounts.clients);
     let progress = Progress::new(plan.len() as u64, &s.name, show_progress);
@@ -96,6 +104,10 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         metrics.server_cpu_us_per_msg = None;
     }
     metrics.server_peak_rss_kib = topo.pid().and_then(proc_peak_rss_kib);
+    if let (Some(a), Some(handle)) = (&s.abuse, abusers) {
+        let tally = handle.await?;
+        checks.extend(abuse_checks(s, a, &tally, metrics.latency_us.p99));
+    }
 
     // Taps: memory while the server process lives; then stop it and read
     // the files it left.
@@ -141,6 +153,35 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         checks,
         taps: tap_results,
     })
+}
+
+/// The users kept their latency through the abuse, and the server closed
+/// every socket that never authenticated.
+fn abuse_checks(s: &Scenario, a: &Abuse, tally: &AbuseTally, p99_us: u64) -> Vec<Check> {
+    let verdict = |ok: bool| if ok { Verdict::Pass } else { Verdict::Fail };
+    let mut checks = vec![Check {
+        name: "abuse.users-p99",
+        verdict: verdict(p99_us as f64 <= a.max_p99_ms * 1000.0),
+        expected: s.expected("abuse.users-p99"),
+        evidence: format!(
+            "users' p99 {:.1} ms (at most {} ms) while: {}",
+            p99_us as f64 / 1000.0,
+            a.max_p99_ms,
+            tally.summary()
+        ),
+    }];
+    if a.idle_sockets > 0 {
+        checks.push(Check {
+            name: "abuse.idle-sockets-closed",
+            verdict: verdict(tally.idle_closed == tally.idle_sockets),
+            expected: s.expected("abuse.idle-sockets-closed"),
+            evidence: format!(
+                "{} of {} sockets that never authenticated closed by the server",
+                tally.idle_closed, tally.idle_sockets
+            ),
+        });
+    }
+    checks
 }
 
 /// Mutants of the server's logging, through its test hook:
@@ -197,6 +238,7 @@ fn topology_for(
         observer,
         keep_credentials: mode == Mode::CredentialsKeptMutant,
         max_connections_per_address: None,
+        server_args: s.topology.server_args.clone(),
     })
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct Topology {
     /// Raises the server's limit of connections per client address (the
     /// harness's clients all come from 127.0.0.1); `None` keeps the default.
     pub(crate) max_connections_per_address: Option<usize>,
+    /// More options for a child server (the scenario's `server_args`).
+    pub(crate) server_args: Vec<String>,
 }
 
 /// HARNESS-ONLY MUTANT hook: logs every envelope the server accepts, verbatim.
@@ -136,7 +138,14 @@ impl Topology {
                         "--log",
                         self.log_level,
                     ])
-                    .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
+                    .args(
+                        if self.server_args.iter().any(|a| a.starts_with("--argon2")) {
+                            &[][..]
+                        } else {
+                            &["--argon2-memory-kib", "64", "--argon2-iterations", "1"][..]
+                        },
+                    )
+                    .args(&self.server_args)
                     .arg("--db")
                     .arg(&self.db)
                     .stdout(Stdio::piped())
