@@ -6,9 +6,18 @@ use std::process::Command;
 
 /// Package names in the normal dependency closure of `package`.
 pub(crate) fn closure(package: &str) -> Vec<String> {
+    tree(package, "normal", "{p}")
+        .iter()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// The lines `cargo tree -e EDGES -f FORMAT -p PACKAGE` prints (no prefix).
+pub(crate) fn tree(package: &str, edges: &str, format: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["tree", "-e", "normal", "--prefix", "none", "-p", package])
+        .args(["tree", "-e", edges, "--prefix", "none", "-f", format])
+        .args(["-p", package])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
@@ -20,7 +29,7 @@ pub(crate) fn closure(package: &str) -> Vec<String> {
     String::from_utf8(out.stdout)
         .expect("cargo tree prints UTF-8")
         .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .map(str::to_owned)
         .collect()
 }
 

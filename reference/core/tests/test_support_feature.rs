@@ -6,26 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
+#[path = "../../test-support/closure.rs"]
+#[allow(dead_code)]
+mod closure;
 
 /// `(package, features)` of every chatify crate `package` links, through
 /// the given kinds of edges.
 fn chatify_features(package: &str, edges: &str) -> Vec<(String, String)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["tree", "-e", edges, "--prefix", "none", "-f", "{p} [{f}]"])
-        .args(["-p", package])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo tree runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("cargo tree prints UTF-8")
-        .lines()
+    closure::tree(package, edges, "{p} [{f}]")
+        .iter()
         .filter(|l| l.starts_with("chatify-"))
         .filter_map(|l| {
             let name = l.split_whitespace().next()?;

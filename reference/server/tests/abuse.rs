@@ -177,25 +177,7 @@ async fn connections_per_address_are_limited() {
 }
 
 fn publish(ids: impl IntoIterator<Item = u32>, key: u8) -> frame::PublishKeys {
-    frame::PublishKeys {
-        identity: chatify_proto::DeviceKeys {
-            signing_key: [1; 32],
-            identity_key: [2; 32],
-            identity_signature: [3; 64],
-        },
-        signed_prekey: chatify_proto::SignedPrekey {
-            id: 1,
-            public_key: [4; 32],
-            signature: [5; 64],
-        },
-        one_time_prekeys: ids
-            .into_iter()
-            .map(|id| chatify_proto::OneTimePrekey {
-                id,
-                public_key: [key; 32],
-            })
-            .collect(),
-    }
+    common::publish_keys(ids, |_| [key; 32])
 }
 
 /// The key directory's rules hold at the server: one-time prekey ids are

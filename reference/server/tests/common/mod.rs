@@ -148,7 +148,18 @@ pub async fn account(url: &str, user: &str) -> (Raw, Vec<u8>) {
         .await,
         Body::AuthOk(_)
     ));
-    let keys = frame::PublishKeys {
+    let keys = publish_keys(1..=20, |id| [id as u8; 32]);
+    assert!(matches!(raw.request(keys).await, Body::Ok(_)));
+    (raw, token)
+}
+
+/// Dummy keys for the key directory (their bytes do not matter to the
+/// server): one-time prekeys `ids`, each with the public key `key(id)`.
+pub fn publish_keys(
+    ids: impl IntoIterator<Item = u32>,
+    key: impl Fn(u32) -> [u8; 32],
+) -> frame::PublishKeys {
+    frame::PublishKeys {
         identity: chatify_proto::DeviceKeys {
             signing_key: [1; 32],
             identity_key: [2; 32],
@@ -159,13 +170,12 @@ pub async fn account(url: &str, user: &str) -> (Raw, Vec<u8>) {
             public_key: [4; 32],
             signature: [5; 64],
         },
-        one_time_prekeys: (1..=20)
+        one_time_prekeys: ids
+            .into_iter()
             .map(|id| chatify_proto::OneTimePrekey {
                 id,
-                public_key: [id as u8; 32],
+                public_key: key(id),
             })
             .collect(),
-    };
-    assert!(matches!(raw.request(keys).await, Body::Ok(_)));
-    (raw, token)
+    }
 }
