@@ -106,7 +106,7 @@ pub(crate) async fn run(
 ) {
     let Some(_slot) = AddressSlot::take(&shared, peer.ip()) else {
         tracing::warn!(conn = id, %peer, "too many connections from this address");
-        Box::pin(refuse(stream, &shared)).await;
+        Box::pin(refuse(stream, &shared, peer, id)).await;
         return;
     };
     // Each phase is boxed, so a connection's task holds only what it needs
@@ -199,7 +199,7 @@ fn connection<S>(
 
 /// Completes the handshake only to say why the connection is closed
 /// (briefly: a refused peer gets two seconds).
-async fn refuse(stream: TcpStream, shared: &Arc<Shared>) {
+async fn refuse(stream: TcpStream, shared: &Arc<Shared>, peer: SocketAddr, id: u64) {
     let frame = CloseFrame {
         code: CloseCode::from(CLOSE_POLICY),
         reason: "too many connections from this address".into(),
@@ -207,20 +207,11 @@ async fn refuse(stream: TcpStream, shared: &Arc<Shared>) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         match shared.config.tls.clone() {
             Some(tls) => {
-                let tls_stream = tokio_rustls::TlsAcceptor::from(tls)
-                    .accept(stream)
-                    .await
-                    .ok()?;
-                let mut ws =
-                    tokio_tungstenite::accept_async_with_config(tls_stream, Some(ws_config()))
-                        .await
-                        .ok()?;
+                let mut ws = tls_handshake(stream, tls, peer, id).await?;
                 ws.close(Some(frame)).await.ok()
             }
             None => {
-                let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config()))
-                    .await
-                    .ok()?;
+                let mut ws = ws_handshake(stream, peer, id).await?;
                 ws.close(Some(frame)).await.ok()
             }
         }
