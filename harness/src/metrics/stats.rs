@@ -1,12 +1,17 @@
 //! The harness's one statistics helper: mean and sample standard deviation
-//! of repeated measurements (every report's "mean ± sd (n = …)").
+//! of repeated measurements (every report's "mean ± sd (n = …)"), and their
+//! median (what the regression gate reads: one disturbed repeat of three
+//! does not move it).
 
-/// Mean and sample standard deviation of `n` values.
+/// Mean, sample standard deviation and median of `n` values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Spread {
     pub(crate) mean: f64,
     pub(crate) sd: f64,
     pub(crate) n: usize,
+    /// The middle value (the mean of the two middle ones for even `n`).
+    #[serde(default)]
+    pub(crate) median: f64,
 }
 
 impl Spread {
@@ -23,7 +28,19 @@ impl Spread {
         } else {
             0.0
         };
-        Spread { mean, sd, n }
+        let mut sorted = xs.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Spread {
+            mean,
+            sd,
+            n,
+            median,
+        }
     }
 }
 
@@ -44,5 +61,8 @@ mod tests {
         assert_eq!(Spread::of(&[]), Spread::default());
         assert_eq!(Spread::of(&[4.0]).sd, 0.0);
         assert!((mean([1.0, 2.0].into_iter()) - 1.5).abs() < 1e-12);
+        // One outlier of three moves the mean, not the median.
+        assert_eq!(Spread::of(&[1.1, 2.9, 1.0]).median, 1.1);
+        assert_eq!(Spread::of(&[1.0, 3.0]).median, 2.0);
     }
 }

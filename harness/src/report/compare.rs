@@ -115,6 +115,7 @@ pub(crate) fn markdown(c: &Comparison) -> String {
                 mean: x.server_peak_rss_kib.mean / 1024.0,
                 sd: x.server_peak_rss_kib.sd / 1024.0,
                 n: x.server_peak_rss_kib.n,
+                median: x.server_peak_rss_kib.median / 1024.0,
             };
             let _ = writeln!(
                 md,

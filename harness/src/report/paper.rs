@@ -141,12 +141,13 @@ fn overhead(s: &mut String, p: &Paper) {
     );
     let _ = writeln!(
         s,
-        "- p50 end-to-end latency: E2EE / baseline = **{:.2} ± {:.2}** (mean ± sd), i.e. **{:+.2} ± {:.2} ms**;\n\
+        "- p50 end-to-end latency: E2EE / baseline = **{:.2} ± {:.2}** (mean ± sd; median {:.2}), i.e. **{:+.2} ± {:.2} ms**;\n\
          - p99: E2EE / baseline = {:.2} ± {:.2};\n\
          - client encrypt + decrypt at p50: {:.1} ± {:.1} µs per message: the cryptography is a small part of the added latency; the rest is the remainder of the E2EE client path (session bookkeeping and the durable state writes made before a message leaves and before it is acknowledged), which this run does not separate;\n\
          - saturation throughput: **{:.0} msg/s E2EE vs {:.0} msg/s baseline** (ratio {:.2}).\n",
         p.p50_ratio.mean,
         p.p50_ratio.sd,
+        p.p50_ratio.median,
         p.p50_overhead_us.mean / 1000.0,
         p.p50_overhead_us.sd / 1000.0,
         p.p99_ratio.mean,
