@@ -42,7 +42,7 @@ mod taps;
 mod topology;
 
 use anyhow::{Context as _, Result, bail};
-use experiments::{adversary, check, compare, connections, reproduce};
+use experiments::{adversary, capacity, check, compare, connections, reproduce};
 use load::{lifetimes, peers, sweep};
 
 use std::path::{Path, PathBuf};
@@ -169,6 +169,17 @@ enum Command {
         #[arg(long, default_value = "full")]
         durability: String,
     },
+    /// How much traffic the reference server relays beside Socket.io and
+    /// the bare floor, on one light open-loop generator.
+    ///
+    /// For each connection count and repeat, each system in turn (server on
+    /// CPU 0, generator on CPU 1): connect, measure RSS per idle connection,
+    /// then offer rising rates until one saturates. Reports saturation and
+    /// what bounded it, p50/p99, server CPU and system calls per message at
+    /// equal loads. Writes report.md and summary.json (rewritten after each
+    /// system, so a long run shows its progress). Socket.io needs
+    /// peers/socketio/install.sh.
+    Capacity(CapacityArgs),
     /// Compare a reproduce result with a committed baseline (the CI gate).
     ///
     /// Every security verdict must hold; E2EE/baseline ratios of latency and
@@ -370,23 +381,8 @@ fn main() -> ExitCode {
             rate,
             secs,
             durability,
-        } => {
-            let durability = match durability.as_str() {
-                "full" => chatify_server::store::sqlite::Durability::Full,
-                "normal" => chatify_server::store::sqlite::Durability::Normal,
-                other => {
-                    eprintln!("chatify-harness: --durability is full or normal, not {other:?}");
-                    return ExitCode::from(2);
-                }
-            };
-            runtime()
-                .and_then(|rt| rt.block_on(connections::run(&out, count, rate, secs, durability)))
-                .map(|c| {
-                    print!("{}", report::connections::markdown(&c));
-                    println!("report: {}", out.join("report.md").display());
-                    c.delivered == c.planned
-                })
-        }
+        } => run_connections(&out, count, rate, secs, &durability),
+        Command::Capacity(args) => run_capacity(args),
         Command::Check { baseline, result } => check::run(&baseline, &result).map(|report| {
             print!("{}", report.text);
             report.ok
@@ -400,6 +396,88 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `chatify-harness capacity`'s options.
+#[derive(Debug, clap::Args)]
+struct CapacityArgs {
+    /// Output directory.
+    #[arg(long, default_value = "reports/capacity")]
+    out: PathBuf,
+    /// Connection counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    connections: Vec<usize>,
+    /// Offered rates (msg/s), comma-separated, rising.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2000,5000,10000,20000,40000,60000,80000"
+    )]
+    rates: Vec<f64>,
+    /// Systems: chatify-full, chatify-normal, socketio-base64,
+    /// socketio-binary, floor.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "chatify-full,chatify-normal,socketio-base64,socketio-binary,floor"
+    )]
+    systems: Vec<String>,
+    /// Repeats of each system at each count (interleaved).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Seconds each rate is offered.
+    #[arg(long, default_value_t = 2.0)]
+    step_secs: f64,
+    /// Where the Socket.io peer (server.js, node_modules) lives.
+    #[arg(long, default_value = "peers/socketio")]
+    socketio_dir: PathBuf,
+}
+
+fn run_capacity(args: CapacityArgs) -> Result<bool> {
+    let mut systems = Vec::new();
+    for name in &args.systems {
+        match capacity::System::parse(name) {
+            Some(s) => systems.push(s),
+            None => bail!(
+                "unknown system {name:?}: one of chatify-full, chatify-normal, socketio-base64, socketio-binary, floor"
+            ),
+        }
+    }
+    let opts = capacity::Options {
+        out: args.out,
+        counts: args.connections,
+        rates: args.rates,
+        systems,
+        repeats: args.repeats,
+        step_secs: args.step_secs,
+        socketio_dir: args.socketio_dir,
+        command: std::iter::once("chatify-harness".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let c = runtime()?.block_on(capacity::run(&opts))?;
+    print!("{}", report::capacity::markdown(&c));
+    println!("report: {}", opts.out.join("report.md").display());
+    Ok(true)
+}
+
+fn run_connections(
+    out: &Path,
+    count: usize,
+    rate: f64,
+    secs: f64,
+    durability: &str,
+) -> Result<bool> {
+    let durability = match durability {
+        "full" => chatify_server::store::sqlite::Durability::Full,
+        "normal" => chatify_server::store::sqlite::Durability::Normal,
+        other => bail!("--durability is full or normal, not {other:?}"),
+    };
+    let c = runtime()?.block_on(connections::run(out, count, rate, secs, durability))?;
+    print!("{}", report::connections::markdown(&c));
+    println!("report: {}", out.join("report.md").display());
+    Ok(c.delivered == c.planned)
 }
 
 /// The scenarios in a directory, one line each.

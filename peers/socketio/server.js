@@ -5,10 +5,16 @@
 //   client --451-["send", {to, body: <binary>}] + bin--> server
 //   server --451-["message", {from, body: <binary>}] + bin--> the connection named `to`
 //
+// or, as a MERN chat sends a message (JSON, the envelope as a base64 string):
+//
+//   client --42["send", {to, body: "<base64>"}]--------> server
+//   server --42["message", {from, body: "<base64>"}]----> the connection named `to`
+//
 // Bodies are Chatify E2EE envelopes, carried as Socket.io binary attachments
-// (Buffers); the relay never looks inside them. This is how a MERN +
-// Socket.io chat (the paper's stack) forwards a message to its recipient's
-// socket, measured here by the same load generator as the Rust servers.
+// (Buffers) or strings, relayed as they came; the relay never looks inside
+// them. This is how a MERN + Socket.io chat (the paper's stack) forwards a
+// message to its recipient's socket, measured here by the same load
+// generator as the Rust servers.
 //
 // Usage: node server.js [--port N] [--host H]; prints
 // "listening on ws://HOST:PORT" once ready (port 0 picks a free port).
@@ -52,7 +58,12 @@ io.on("connection", (socket) => {
     sockets.set(user, socket);
   });
   socket.on("send", (msg) => {
-    if (me === null || !msg || typeof msg.to !== "string" || !Buffer.isBuffer(msg.body)) {
+    if (
+      me === null ||
+      !msg ||
+      typeof msg.to !== "string" ||
+      !(Buffer.isBuffer(msg.body) || typeof msg.body === "string")
+    ) {
       return;
     }
     const target = sockets.get(msg.to);

@@ -14,6 +14,7 @@
 //! imports it.
 
 pub(crate) mod adversary;
+pub(crate) mod capacity;
 pub(crate) mod check;
 pub(crate) mod compare;
 pub(crate) mod connections;

@@ -18,6 +18,7 @@
 //! ```
 
 pub(crate) mod adversary;
+pub(crate) mod capacity;
 pub(crate) mod compare;
 pub(crate) mod connections;
 pub(crate) mod figures;

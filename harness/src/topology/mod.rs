@@ -238,3 +238,97 @@ pub(crate) fn proc_cpu_secs(pid: u32) -> Option<f64> {
 pub(crate) fn proc_peak_rss_kib(pid: u32) -> Option<u64> {
     process(pid)?.status().ok()?.vmhwm
 }
+
+/// Counts the system calls of process `pid` (every thread) while `work`
+/// runs, with `strace -c -f` attached (it slows the process: measure
+/// throughput elsewhere). `None` when strace cannot be started or attach.
+pub(crate) async fn count_syscalls<T>(pid: u32, work: impl Future<Output = T>) -> (T, Option<u64>) {
+    let Ok(out) = tempfile::NamedTempFile::new() else {
+        return (work.await, None);
+    };
+    let child = tokio::process::Command::new("strace")
+        .args(["-f", "-c", "-q", "-o"])
+        .arg(out.path())
+        .args(["-p", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let Ok(mut child) = child else {
+        return (work.await, None);
+    };
+    // Attaching to every thread takes a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let value = work.await;
+    if let Some(id) = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+    {
+        let _ = rustix::process::kill_process(id, rustix::process::Signal::INT);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let summary = std::fs::read_to_string(out.path()).unwrap_or_default();
+    (value, strace_total(&summary))
+}
+
+/// The total of calls in an `strace -c` summary: its last line reads
+/// `100.00 SECONDS USECS/CALL CALLS [ERRORS] total`.
+pub(crate) fn strace_total(summary: &str) -> Option<u64> {
+    let line = summary
+        .lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with("total"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Pins every thread of process `pid` to CPU `cpu` (threads it starts later
+/// inherit it). Returns whether it could: a machine with one CPU, or a CPU
+/// outside this process's set, leaves the process unpinned.
+pub(crate) fn pin(pid: u32, cpu: usize) -> bool {
+    let Some(tasks) = process(pid).and_then(|p| p.tasks().ok()) else {
+        return false;
+    };
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let mut all = true;
+    for task in tasks.flatten() {
+        let pinned = rustix::process::Pid::from_raw(task.tid)
+            .is_some_and(|tid| rustix::thread::sched_setaffinity(Some(tid), &set).is_ok());
+        all &= pinned;
+    }
+    all
+}
+
+/// CPUs this process may run on.
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Raises this process's open-file limit to its hard limit (a run holding
+/// ten thousand connections needs that many descriptors on each side; a
+/// child inherits the raised limit). Returns the limit now in force
+/// (`None`: unlimited).
+pub(crate) fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+#[cfg(test)]
+mod syscall_tests {
+    #[test]
+    fn the_total_of_an_strace_summary_is_read() {
+        let summary = "% time     seconds  usecs/call     calls    errors syscall\n\
+------ ----------- ----------- --------- --------- ----------------\n\
+ 60.00    0.000600           3       200           sendto\n\
+ 40.00    0.000400           2       150        12 recvfrom\n\
+------ ----------- ----------- --------- --------- ----------------\n\
+100.00    0.001000           2       350        12 total\n";
+        assert_eq!(super::strace_total(summary), Some(350));
+        assert_eq!(super::strace_total(""), None);
+    }
+}
