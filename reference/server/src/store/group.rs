@@ -95,15 +95,108 @@ impl GroupCommit {
             }
             // Lead: commit everything queued, this job included.
             queue.committing = true;
-            let batch = std::mem::take(&mut queue.jobs);
+            let lead = Lead {
+                group: self,
+                batch: std::mem::take(&mut queue.jobs),
+            };
             drop(queue);
-            commit(conn, &batch, &apply);
+            commit(conn, &lead.batch, &apply);
             self.batches
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(lead);
             queue = lock(&self.queue);
-            queue.committing = false;
-            self.committed.notify_all();
         }
+    }
+}
+
+/// A leader's batch. However the commit ends, a panic included, dropping it
+/// gives every job of the batch a result (a failure if it has none) and
+/// lets the next leader commit: no caller waits forever on a commit that
+/// will not finish.
+struct Lead<'a> {
+    group: &'a GroupCommit,
+    batch: Vec<Arc<Job>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        for job in &self.batch {
+            let mut result = lock(&job.result);
+            if result.is_none() {
+                *result = Some(Err(StoreError::Database(
+                    "the commit did not complete".into(),
+                )));
+            }
+        }
+        lock(&self.group.queue).committing = false;
+        self.group.committed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> NewEnvelope {
+        let a = Address {
+            user: "a".into(),
+            device: 1,
+        };
+        NewEnvelope {
+            from: a.clone(),
+            to: a,
+            conversation: [1; 16],
+            message_id: [2; 16],
+            sent_at_ms: 0,
+            envelope: vec![3],
+        }
+    }
+
+    #[test]
+    fn a_commit_that_panics_fails_its_batch_and_the_next_one_commits() {
+        let conn = Mutex::new(Connection::open_in_memory().unwrap());
+        let group = GroupCommit::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = group.run(&conn, Op::Enqueue(envelope()), |_, _| {
+                panic!("a bug in the commit")
+            });
+        }));
+        assert!(panicked.is_err());
+        // Without the guard the queue stays "committing" and this waits
+        // forever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let r = group.run(&conn, Op::Enqueue(envelope()), |_, _| {
+                    Ok(Done::Enqueued(Some(7)))
+                });
+                let _ = tx.send(matches!(r, Ok(Done::Enqueued(Some(7)))));
+            });
+            assert_eq!(
+                rx.recv_timeout(std::time::Duration::from_secs(10)),
+                Ok(true),
+                "the commit after a panic never ran"
+            );
+        });
+    }
+
+    #[test]
+    fn a_job_left_without_a_result_gets_a_failure() {
+        let group = GroupCommit::default();
+        let job = Arc::new(Job {
+            op: Op::Ack(envelope().to, vec![1]),
+            result: Mutex::new(None),
+        });
+        lock(&group.queue).committing = true;
+        drop(Lead {
+            group: &group,
+            batch: vec![Arc::clone(&job)],
+        });
+        assert!(matches!(
+            lock(&job.result).take(),
+            Some(Err(StoreError::Database(_)))
+        ));
+        assert!(!lock(&group.queue).committing);
     }
 }
 
