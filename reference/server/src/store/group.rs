@@ -133,6 +133,44 @@ impl Drop for Lead<'_> {
     }
 }
 
+/// One transaction for the whole batch. A job's own refusal is its result;
+/// a failure of the database fails every job of the batch (nothing of it
+/// is committed).
+fn commit(
+    conn: &Mutex<Connection>,
+    batch: &[Arc<Job>],
+    apply: &impl Fn(&Connection, &Op) -> Result<Done, StoreError>,
+) {
+    let mut conn = lock(conn);
+    let outcome = (|| -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(super::sqlite::db)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for job in batch {
+            match apply(&tx, &job.op) {
+                Err(StoreError::Database(e)) => return Err(StoreError::Database(e)),
+                other => results.push(other),
+            }
+        }
+        tx.commit().map_err(super::sqlite::db)?;
+        Ok(results)
+    })();
+    match outcome {
+        Ok(results) => {
+            for (job, result) in batch.iter().zip(results) {
+                *lock(&job.result) = Some(result);
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for job in batch {
+                *lock(&job.result) = Some(Err(StoreError::Database(message.clone())));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,43 +235,5 @@ mod tests {
             Some(Err(StoreError::Database(_)))
         ));
         assert!(!lock(&group.queue).committing);
-    }
-}
-
-/// One transaction for the whole batch. A job's own refusal is its result;
-/// a failure of the database fails every job of the batch (nothing of it
-/// is committed).
-fn commit(
-    conn: &Mutex<Connection>,
-    batch: &[Arc<Job>],
-    apply: &impl Fn(&Connection, &Op) -> Result<Done, StoreError>,
-) {
-    let mut conn = lock(conn);
-    let outcome = (|| -> Result<Vec<Result<Done, StoreError>>, StoreError> {
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(super::sqlite::db)?;
-        let mut results = Vec::with_capacity(batch.len());
-        for job in batch {
-            match apply(&tx, &job.op) {
-                Err(StoreError::Database(e)) => return Err(StoreError::Database(e)),
-                other => results.push(other),
-            }
-        }
-        tx.commit().map_err(super::sqlite::db)?;
-        Ok(results)
-    })();
-    match outcome {
-        Ok(results) => {
-            for (job, result) in batch.iter().zip(results) {
-                *lock(&job.result) = Some(result);
-            }
-        }
-        Err(e) => {
-            let message = e.to_string();
-            for job in batch {
-                *lock(&job.result) = Some(Err(StoreError::Database(message.clone())));
-            }
-        }
     }
 }
