@@ -81,6 +81,28 @@ struct Args {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_address: u32,
 
+    /// Requests per second one connection may make (bursts of twice that);
+    /// beyond it a request is answered RateLimited and the connection is
+    /// read no further until it may make another. 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    requests_per_second: u32,
+
+    /// Requests per second all connections from one client IP address may
+    /// make together (bursts of twice that). 0: no limit.
+    #[arg(long, default_value_t = 10_000)]
+    requests_per_second_per_address: u32,
+
+    /// Bundles of one device one account may fetch at once; then one per
+    /// --bundle-fetch-interval-secs (answered RateLimited beyond). Bounds how
+    /// fast an account can use up another device's one-time prekeys. 0: no
+    /// limit.
+    #[arg(long, default_value_t = 10)]
+    bundle_fetch_burst: u32,
+
+    /// See --bundle-fetch-burst.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    bundle_fetch_interval_secs: u64,
+
     /// Seconds a connection has to authenticate (after it opens or logs
     /// out) before it is closed with 1008.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -191,6 +213,10 @@ async fn run(
             .map_or(Config::default().password_workers, |n| n as usize),
         password_queue: args.password_queue as usize,
         max_connections_per_address: args.max_connections_per_address as usize,
+        requests_per_second: args.requests_per_second,
+        requests_per_second_per_address: args.requests_per_second_per_address,
+        bundle_fetch_burst: args.bundle_fetch_burst,
+        bundle_fetch_interval: Duration::from_secs(args.bundle_fetch_interval_secs),
         auth_timeout: Duration::from_secs(args.auth_timeout_secs),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         ping_interval: Duration::from_secs(args.idle_timeout_secs / 3),

@@ -23,6 +23,7 @@ use zeroize::Zeroize;
 
 use crate::auth::{self, token_hash};
 use crate::hub::{Push, Ticket};
+use crate::rate;
 use crate::store::{NewEnvelope, Store, StoreError, TokenRecord};
 use crate::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_TOO_BIG, Shared};
 
@@ -185,7 +186,6 @@ fn connection<S>(
     Conn {
         id,
         peer,
-        shared,
         ws,
         auth: None,
         last_pushed: 0,
@@ -194,6 +194,11 @@ fn connection<S>(
         unauthenticated_since: Instant::now(),
         last_heard: Instant::now(),
         pinged: false,
+        requests: rate::Bucket::full(
+            2.0 * f64::from(shared.config.requests_per_second),
+            Instant::now(),
+        ),
+        shared,
     }
 }
 
@@ -243,6 +248,8 @@ struct Conn<S> {
     last_heard: Instant,
     /// A ping went out since the peer was last heard.
     pinged: bool,
+    /// This connection's request bucket.
+    requests: rate::Bucket,
 }
 
 /// Why the connection loop stops.
@@ -421,6 +428,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .map_err(|_| Stop::Closed)
     }
 
+    /// Takes a token from this connection's bucket and its address's, or
+    /// says how long until both have one.
+    fn admit(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let rate = f64::from(self.shared.config.requests_per_second);
+        self.requests.take(rate, 2.0 * rate, now)?;
+        self.shared.address_requests.take(self.peer.ip(), now)
+    }
+
     async fn reject(
         &mut self,
         id: u64,
@@ -520,6 +536,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             frame = frame.body.name(),
             "request"
         );
+        if let Err(wait) = self.admit() {
+            tracing::info!(conn = self.id, request = id, "request rate limited");
+            self.reject(id, ErrorCode::RateLimited, "too many requests; slow down")
+                .await?;
+            // Nothing more is read until a token is due: a flood costs one
+            // reply per token, the rest waits in the peer's TCP buffers.
+            self.ws.flush().await.map_err(|_| Stop::Closed)?;
+            tokio::time::sleep(wait).await;
+            return Ok(());
+        }
         let reply = Box::pin(self.on_request(frame.body)).await;
         match reply {
             Ok(body) => self.send(Frame { id, body }).await?,
@@ -626,7 +652,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(frame::Ok {}.into())
             }
             Body::FetchBundle(f) => {
-                self.device()?;
+                let me = self.device()?;
+                if self
+                    .shared
+                    .bundle_fetches
+                    .take((me.user, f.device.clone()), Instant::now())
+                    .is_err()
+                {
+                    return Err((
+                        ErrorCode::RateLimited,
+                        "too many bundles of this device fetched; try again later",
+                    ));
+                }
                 let target = f.device;
                 let t = target.clone();
                 let (bundle, remaining) = blocking(&self.shared, move |s| s.take_bundle(&t))

@@ -37,6 +37,7 @@ pub mod auth;
 pub mod cli;
 mod conn;
 mod hub;
+mod rate;
 pub mod store;
 pub mod tls;
 
@@ -93,6 +94,19 @@ pub struct Config {
     /// Open connections allowed from one client IP address; more are
     /// closed with [`CLOSE_POLICY`] right after the WebSocket handshake.
     pub max_connections_per_address: usize,
+    /// Requests per second one connection may make (bursts of twice that);
+    /// beyond it a request is answered `RateLimited` and the connection is
+    /// read no further until a token is due. 0: no limit.
+    pub requests_per_second: u32,
+    /// Requests per second all connections from one client address may make
+    /// together (bursts of twice that). 0: no limit.
+    pub requests_per_second_per_address: u32,
+    /// Bundles of one device that one account may fetch at once; after
+    /// that, one per `bundle_fetch_interval`. Bounds how fast an account can
+    /// use up another device's one-time prekeys. 0: no limit.
+    pub bundle_fetch_burst: u32,
+    /// See `bundle_fetch_burst`.
+    pub bundle_fetch_interval: Duration,
     /// A connection that has not authenticated this long after it opened
     /// (or after it logged out) is closed with [`CLOSE_POLICY`].
     pub auth_timeout: Duration,
@@ -149,6 +163,10 @@ impl Default for Config {
             login_window: Duration::from_secs(60),
             max_strikes: 16,
             max_connections_per_address: 100,
+            requests_per_second: 1000,
+            requests_per_second_per_address: 10_000,
+            bundle_fetch_burst: 10,
+            bundle_fetch_interval: Duration::from_secs(60),
             auth_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
@@ -166,8 +184,15 @@ pub(crate) struct Shared {
     pub(crate) password_work: PasswordWork,
     /// Open connections per client address.
     pub(crate) per_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Request buckets per client address.
+    pub(crate) address_requests: rate::Buckets<std::net::IpAddr>,
+    /// Bundle fetches per (requesting account, fetched device).
+    pub(crate) bundle_fetches: rate::Buckets<(String, chatify_proto::frame::Address)>,
     pub(crate) config: Config,
 }
+
+/// Most keys a shared rate limit remembers (a bucket is some 100 bytes).
+const RATE_KEYS: usize = 100_000;
 
 /// A running server.
 #[derive(Debug)]
@@ -193,6 +218,20 @@ impl Server {
             ),
             password_work: PasswordWork::new(config.password_workers, config.password_queue),
             per_address: Default::default(),
+            address_requests: rate::Buckets::new(
+                f64::from(config.requests_per_second_per_address),
+                2.0 * f64::from(config.requests_per_second_per_address),
+                RATE_KEYS,
+            ),
+            bundle_fetches: rate::Buckets::new(
+                if config.bundle_fetch_burst == 0 {
+                    0.0
+                } else {
+                    1.0 / config.bundle_fetch_interval.as_secs_f64().max(1e-3)
+                },
+                f64::from(config.bundle_fetch_burst),
+                RATE_KEYS,
+            ),
             config,
         });
         let task = tokio::spawn(accept_loop(listener, shared, rx));

@@ -14,6 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chatify_proto::frame;
+use futures_util::{SinkExt as _, StreamExt as _};
 use chatify_proto::{Body, ErrorCode};
 use chatify_server::auth::PasswordCost;
 use chatify_server::{CLOSE_POLICY, Config};
@@ -186,7 +187,12 @@ fn publish(ids: impl IntoIterator<Item = u32>, key: u8) -> frame::PublishKeys {
 /// Each refusal changes nothing.
 #[tokio::test]
 async fn the_prekey_rules_are_enforced_by_the_server() {
-    let (server, url) = start(test_config()).await;
+    // The bundle-fetch limit off: this drains the pool through one account.
+    let (server, url) = start(Config {
+        bundle_fetch_burst: 0,
+        ..test_config()
+    })
+    .await;
     // `account` published one-time prekeys 1..=20, key [id; 32].
     let (mut raw, _) = account(&url, "keys").await;
     let bad = ErrorCode::InvalidRequest;
@@ -323,5 +329,122 @@ async fn a_logout_revokes_every_token_of_the_device() {
         .await,
         Body::AuthOk(_)
     ));
+    server.shutdown().await;
+}
+
+/// Sends `n` pings without waiting and counts, over `window`, the replies:
+/// (pongs, rate-limited refusals).
+async fn flood_pings(raw: &mut Raw, n: u64, window: Duration) -> (u64, u64) {
+    for i in 0..n {
+        raw.ws
+            .feed(tokio_tungstenite::tungstenite::Message::Binary(
+                chatify_proto::Frame {
+                    id: 10_000 + i,
+                    body: frame::Ping {}.into(),
+                }
+                .encode()
+                .into(),
+            ))
+            .await
+            .unwrap();
+    }
+    futures_util::SinkExt::flush(&mut raw.ws).await.unwrap();
+    let (mut pongs, mut limited) = (0, 0);
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, raw.ws.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Binary(b) = m {
+            match chatify_proto::Frame::decode(&b).unwrap().body {
+                Body::Pong(_) => pongs += 1,
+                Body::Error(e) if e.code == ErrorCode::RateLimited => limited += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    (pongs, limited)
+}
+
+/// A connection that floods requests gets its burst, then about its rate:
+/// the rest are answered RateLimited at that rate, not faster, and wait in
+/// its socket. It stays connected, and once it slows down it is served.
+#[tokio::test]
+async fn a_request_flood_is_served_at_the_connection_limit() {
+    let (server, url) = start(Config {
+        requests_per_second: 50,
+        ..test_config()
+    })
+    .await;
+    let mut raw = Raw::connect(&url).await;
+    let started = Instant::now();
+    let (pongs, limited) = flood_pings(&mut raw, 1000, Duration::from_millis(1500)).await;
+    let secs = started.elapsed().as_secs_f64();
+    // Burst 100, then 50/s, each refusal taking a token's wait.
+    let most = 100.0 + 50.0 * secs + 5.0;
+    assert!(pongs as f64 <= most, "{pongs} pongs in {secs:.2} s (at most {most:.0})");
+    assert!(pongs >= 100, "{pongs} pongs: less than the burst");
+    assert!(limited >= 1, "a flood was never told it is limited");
+    assert!(
+        (pongs + limited) as f64 <= most + 50.0 * secs,
+        "{pongs} + {limited} replies in {secs:.2} s: refusals are not paced"
+    );
+    // An honest user on another connection is unaffected.
+    let (mut honest, _) = account(&url, "honest").await;
+    honest.ping().await;
+    server.shutdown().await;
+}
+
+/// The connections of one address share a budget: two connections each
+/// within their own limit are held to the address's.
+#[tokio::test]
+async fn connections_from_one_address_share_its_request_limit() {
+    let (server, url) = start(Config {
+        requests_per_second: 1000,
+        requests_per_second_per_address: 50,
+        ..test_config()
+    })
+    .await;
+    let (mut a, mut b) = (Raw::connect(&url).await, Raw::connect(&url).await);
+    let started = Instant::now();
+    let window = Duration::from_millis(1000);
+    let ((pa, la), (pb, lb)) = tokio::join!(
+        flood_pings(&mut a, 150, window),
+        flood_pings(&mut b, 150, window)
+    );
+    let secs = started.elapsed().as_secs_f64();
+    let most = 100.0 + 50.0 * secs + 5.0;
+    assert!(
+        (pa + pb) as f64 <= most,
+        "{pa} + {pb} pongs from one address in {secs:.2} s (at most {most:.0})"
+    );
+    assert!(la + lb >= 1);
+    server.shutdown().await;
+}
+
+/// One account cannot use up another device's one-time prekeys: after its
+/// burst of bundle fetches it is refused, while another account still
+/// gets a bundle with a one-time prekey.
+#[tokio::test]
+async fn one_account_cannot_drain_a_devices_prekeys() {
+    let (server, url) = start(Config {
+        bundle_fetch_burst: 3,
+        bundle_fetch_interval: Duration::from_secs(3600),
+        ..test_config()
+    })
+    .await;
+    let (_victim, _) = account(&url, "victim").await;
+    let (mut drainer, _) = account(&url, "drainer").await;
+    let fetch = || frame::FetchBundle {
+        device: common::addr("victim"),
+    };
+    for _ in 0..3 {
+        assert!(matches!(drainer.request(fetch()).await, Body::Bundle(_)));
+    }
+    for _ in 0..20 {
+        drainer.expect_error(fetch(), ErrorCode::RateLimited).await;
+    }
+    let (mut other, _) = account(&url, "other").await;
+    match other.request(fetch()).await {
+        Body::Bundle(b) => assert!(b.bundle.one_time_prekey.is_some()),
+        other => panic!("{other:?}"),
+    }
     server.shutdown().await;
 }
