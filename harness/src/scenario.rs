@@ -91,6 +91,11 @@ pub(crate) struct Topology {
     /// applied.
     #[serde(default)]
     pub(crate) server_args: Vec<String>,
+    /// Clients connect to the server itself instead of through the
+    /// harness's relay (which the wire tap and network faults need), as the
+    /// peers' clients do in a comparison.
+    #[serde(default)]
+    pub(crate) direct: bool,
 }
 
 impl Default for Topology {
@@ -99,6 +104,7 @@ impl Default for Topology {
             server: ServerMode::InProcess,
             durability: default_durability(),
             server_args: Vec::new(),
+            direct: false,
         }
     }
 }
@@ -551,6 +557,9 @@ impl Scenario {
                 || !positive(s.step_secs))
         {
             bail!("sweep.rates must be positive and sweep.step_secs > 0");
+        }
+        if self.topology.direct && (self.taps.wire || self.faults.network.is_some()) {
+            bail!("topology.direct leaves out the relay that taps.wire and faults.network need");
         }
         if !self.topology.server_args.is_empty() && self.topology.server != ServerMode::Child {
             bail!("topology.server_args need topology.server = \"child\"");

@@ -109,6 +109,7 @@ impl Server {
                     keep_credentials: false,
                     max_connections_per_address: Some(count + 16),
                     server_args: Vec::new(),
+                    request_limits: false,
                 };
                 topo.start().await?;
                 Server::Chatify(topo, dir)

@@ -54,6 +54,7 @@ pub(crate) async fn run(
         keep_credentials: false,
         max_connections_per_address: Some(count + 16),
         server_args: Vec::new(),
+        request_limits: false,
     };
     topo.start().await?;
     let pid = topo.pid().context("the server has no process")?;

@@ -58,7 +58,12 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     // runtime's own (signal handling).
     let idle_sockets = topo.pid().and_then(open_sockets);
     let tap = WireTap::start(topo.addr, s.taps.wire).await?;
-    let options = ConnectOptions::new(format!("ws://{}", tap.addr));
+    let to = if s.topology.direct {
+        topo.addr
+    } else {
+        tap.addr
+    };
+    let options = ConnectOptions::new(format!("ws://{to}"));
 
     // Accounts and devices (not timed as workload).
     let homes: Vec<PathBuf> = (0..s.users.count)
@@ -239,6 +244,7 @@ fn topology_for(
         keep_credentials: mode == Mode::CredentialsKeptMutant,
         max_connections_per_address: None,
         server_args: s.topology.server_args.clone(),
+        request_limits: s.abuse.is_some(),
     })
 }
 

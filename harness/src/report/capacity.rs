@@ -168,7 +168,8 @@ pub(crate) fn markdown(c: &Capacity) -> String {
          and a system's saturation is the highest rate it kept up with. Systems run \
          interleaved, each repeat in turn. Server {}. Socket.io and the floor keep nothing and \
          acknowledge nothing; the reference server stores every envelope before it answers \
-         and deletes it on the recipient's acknowledgement.\n\n\
+         and marks it delivered on the recipient's acknowledgement; it runs with its request \
+         rate limits off, since one address offers the whole load.\n\n\
          Load average before the run: {}.\n\n",
         c.command,
         c.step_secs,

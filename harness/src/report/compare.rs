@@ -106,7 +106,7 @@ pub(crate) fn markdown(c: &Comparison) -> String {
     );
     let _ = writeln!(
         md,
-        "| system | saturation msg/s | p50 µs at {r} msg/s | p99 µs at {r} msg/s | server CPU µs/msg at {r} msg/s | client enc+dec p50 µs | server peak RSS MiB |\n|---|---|---|---|---|---|---|",
+        "| system | a sender waits for | saturation msg/s | p50 µs at {r} msg/s | p99 µs at {r} msg/s | server CPU µs/msg at {r} msg/s | client enc+dec p50 µs | server peak RSS MiB |\n|---|---|---|---|---|---|---|---|",
         r = cmp.equal_load_rate
     );
     for system in &cmp.systems {
@@ -119,8 +119,9 @@ pub(crate) fn markdown(c: &Comparison) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 system.name(),
+                waits_for(system.name()),
                 pm(x.saturation_msgs, 0),
                 pm(x.p50_us, 0),
                 pm(x.p99_us, 0),
@@ -130,6 +131,15 @@ pub(crate) fn markdown(c: &Comparison) -> String {
             );
         }
     }
+    md.push_str(
+        "\nThe systems do not acknowledge alike: a Chatify client sends its next message once the server \
+         has stored the last one (`SendOk`, durable), and acknowledges what it receives; the floor's and \
+         Socket.io's clients send without waiting and acknowledge nothing, and their relays store nothing. \
+         Saturation here is therefore the end-to-end view of each stack as its clients use it. For the \
+         servers side by side on one open-loop generator, see `chatify-harness capacity` \
+         (reports/capacity/). No wire-tap relay stands between clients and server in these runs (the leak \
+         taps are off: `reproduce` and the scenarios check leaks).\n",
+    );
     md.push_str("\n## Targets\n\n| target | measured | bound | met |\n|---|---|---|---|\n");
     for t in &c.targets {
         let _ = writeln!(
@@ -171,4 +181,12 @@ pub(crate) fn markdown(c: &Comparison) -> String {
          sessions in memory and persist nothing. All clients share the machine with the server.\n",
     );
     md
+}
+
+/// What a sender of `system` waits for before its next message.
+fn waits_for(system: &str) -> &'static str {
+    match system {
+        "chatify" | "chatify-plaintext" => "SendOk (stored)",
+        _ => "nothing",
+    }
 }

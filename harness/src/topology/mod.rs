@@ -49,6 +49,10 @@ pub(crate) struct Topology {
     pub(crate) max_connections_per_address: Option<usize>,
     /// More options for a child server (the scenario's `server_args`).
     pub(crate) server_args: Vec<String>,
+    /// The server's request rate limits as configured by default (abuse
+    /// runs), or off: a load run offers all its traffic from one address,
+    /// and what it measures must not be the limit.
+    pub(crate) request_limits: bool,
 }
 
 /// HARNESS-ONLY MUTANT hook: logs every envelope the server accepts, verbatim.
@@ -91,6 +95,15 @@ impl Topology {
                         .unwrap_or(Config::default().max_connections_per_address),
                     ..Config::default()
                 };
+                let config = if self.request_limits {
+                    config
+                } else {
+                    Config {
+                        requests_per_second: 0,
+                        requests_per_second_per_address: 0,
+                        ..config
+                    }
+                };
                 // The port of a stopped server is rebound at once (SO_REUSEADDR);
                 // retry briefly in case the old listener is still closing.
                 let mut last = String::new();
@@ -128,6 +141,14 @@ impl Topology {
                 }
                 if let Some(n) = self.max_connections_per_address {
                     command.args(["--max-connections-per-address", &n.to_string()]);
+                }
+                if !self.request_limits {
+                    command.args([
+                        "--requests-per-second",
+                        "0",
+                        "--requests-per-second-per-address",
+                        "0",
+                    ]);
                 }
                 let mut child = command
                     .args([

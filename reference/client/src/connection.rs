@@ -19,6 +19,11 @@ use tokio_tungstenite::{Connector, connect_async_tls_with_config};
 
 use crate::ClientError;
 
+/// Tries of a request the server answers `RateLimited`.
+const RATE_LIMIT_TRIES: u32 = 5;
+/// The wait before the first retry (doubled before each next one).
+const RATE_LIMIT_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Something the server sent on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push {
@@ -164,29 +169,57 @@ impl Connection {
     }
 
     /// Sends a request and waits for its reply; an `Error` frame becomes
-    /// [`ClientError::Server`].
+    /// [`ClientError::Server`]. A request answered `RateLimited` (too many
+    /// requests, or the server busy with logins) is sent again after 50 ms,
+    /// then 100, 200 and 400 ms; the fifth answer is returned as it is.
     pub async fn request(&self, body: impl Into<Body>) -> Result<Body, ClientError> {
+        let mut body = body.into();
+        let mut delay = RATE_LIMIT_FIRST_WAIT;
+        let mut tries = 1;
+        loop {
+            let (result, sent) = self.request_once(body).await;
+            match result {
+                // Not performed (PROTOCOL §9): the same request again, after
+                // a wait that doubles each time.
+                Err(ClientError::Server {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }) if tries < RATE_LIMIT_TRIES => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    tries += 1;
+                    body = sent;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One request and its reply; gives the request back for a retry.
+    async fn request_once(&self, body: Body) -> (Result<Body, ClientError>, Body) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         match lock(&self.waiters).as_mut() {
             Some(waiting) => {
                 waiting.insert(id, tx);
             }
-            None => return Err(ClientError::Disconnected),
+            None => return (Err(ClientError::Disconnected), body),
         }
-        let frame = Frame {
-            id,
-            body: body.into(),
-        };
-        self.send_raw(frame.encode())?;
-        match rx.await {
+        let frame = Frame { id, body };
+        let bytes = frame.encode();
+        let body = frame.body;
+        if let Err(e) = self.send_raw(bytes) {
+            return (Err(e), body);
+        }
+        let result = match rx.await {
             Ok(Body::Error(e)) => Err(ClientError::Server {
                 code: e.code,
                 message: e.message,
             }),
-            Ok(body) => Ok(body),
+            Ok(reply) => Ok(reply),
             Err(_) => Err(ClientError::Disconnected),
-        }
+        };
+        (result, body)
     }
 
     /// Sends bytes as one binary message, as they are (tests use this to

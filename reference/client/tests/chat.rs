@@ -310,7 +310,15 @@ async fn concurrent_bundle_fetches_never_share_a_one_time_prekey() {
 #[tokio::test]
 async fn a_low_prekey_pool_is_replenished() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, options) = server().await;
+    // The bundle-fetch limit off: one account drains the pool here.
+    let (server, options) = common::server_with(
+        std::sync::Arc::new(chatify_server::store::SqliteStore::in_memory().unwrap()),
+        chatify_server::Config {
+            bundle_fetch_burst: 0,
+            ..common::config()
+        },
+    )
+    .await;
     let mut bob = user(&options, &dir.path().join("bob"), "bob").await;
     let fetcher = Connection::connect(&options.url, None).await.unwrap();
     let alice = user(&options, &dir.path().join("alice"), "alice").await;

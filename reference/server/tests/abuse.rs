@@ -14,11 +14,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chatify_proto::frame;
-use futures_util::{SinkExt as _, StreamExt as _};
 use chatify_proto::{Body, ErrorCode};
 use chatify_server::auth::PasswordCost;
 use chatify_server::{CLOSE_POLICY, Config};
 use common::{Got, Raw, account, start, test_config};
+use futures_util::{SinkExt as _, StreamExt as _};
 
 /// A flood of logins with a valid password: at most `password_workers`
 /// hashes run at once and `password_queue` wait; the rest are told "busy"
@@ -379,7 +379,10 @@ async fn a_request_flood_is_served_at_the_connection_limit() {
     let secs = started.elapsed().as_secs_f64();
     // Burst 100, then 50/s, each refusal taking a token's wait.
     let most = 100.0 + 50.0 * secs + 5.0;
-    assert!(pongs as f64 <= most, "{pongs} pongs in {secs:.2} s (at most {most:.0})");
+    assert!(
+        pongs as f64 <= most,
+        "{pongs} pongs in {secs:.2} s (at most {most:.0})"
+    );
     assert!(pongs >= 100, "{pongs} pongs: less than the burst");
     assert!(limited >= 1, "a flood was never told it is limited");
     assert!(
