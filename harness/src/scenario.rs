@@ -52,6 +52,11 @@ pub(crate) struct Abuse {
     /// fresh connection.
     #[serde(default)]
     pub(crate) login_flood: usize,
+    /// How long a flooding login waits after a "busy" answer before it
+    /// tries again (ms): 0 for an attacker, who tries again at once; a
+    /// client that follows PROTOCOL §9 waits.
+    #[serde(default)]
+    pub(crate) login_retry_ms: f64,
     /// WebSockets opened when the workload starts and never authenticated.
     #[serde(default)]
     pub(crate) idle_sockets: usize,
@@ -61,6 +66,10 @@ pub(crate) struct Abuse {
     pub(crate) bad_frames_per_sec: f64,
     /// The users' p99 end-to-end latency must stay at or under this (ms).
     pub(crate) max_p99_ms: f64,
+    /// The server's peak resident memory must stay at or under this (MiB;
+    /// child servers only).
+    #[serde(default)]
+    pub(crate) max_server_rss_mib: Option<f64>,
 }
 
 /// A client-lifetimes run (`harness/src/lifetimes.rs`): each send is a
@@ -466,7 +475,11 @@ fn default_saturation_p99_ms() -> f64 {
 }
 
 /// The checks of a run with an `[abuse]` table, after the others.
-pub(crate) const ABUSE_CHECKS: &[&str] = &["abuse.users-p99", "abuse.idle-sockets-closed"];
+pub(crate) const ABUSE_CHECKS: &[&str] = &[
+    "abuse.users-p99",
+    "abuse.idle-sockets-closed",
+    "abuse.server-rss",
+];
 
 /// Every check a run can report, in report order.
 pub(crate) const CHECKS: &[&str] = &[
@@ -567,9 +580,14 @@ impl Scenario {
         if let Some(a) = &self.abuse
             && !(positive(a.max_p99_ms)
                 && a.bad_frames_per_sec.is_finite()
-                && a.bad_frames_per_sec >= 0.0)
+                && a.bad_frames_per_sec >= 0.0
+                && a.login_retry_ms.is_finite()
+                && a.login_retry_ms >= 0.0
+                && a.max_server_rss_mib.is_none_or(positive))
         {
-            bail!("abuse.max_p99_ms must be positive and abuse.bad_frames_per_sec non-negative");
+            bail!(
+                "abuse.max_p99_ms and abuse.max_server_rss_mib must be positive, abuse.bad_frames_per_sec and abuse.login_retry_ms non-negative"
+            );
         }
         if let Some(c) = &self.compare {
             if self.sweep.is_some() {

@@ -107,7 +107,11 @@ pub(crate) async fn start(
     Ok(tokio::spawn(async move {
         let mut tasks = JoinSet::new();
         for _ in 0..abuse.login_flood {
-            tasks.spawn(login_flood(addr, until));
+            tasks.spawn(login_flood(
+                addr,
+                until,
+                Duration::from_secs_f64(abuse.login_retry_ms.max(0.0) / 1000.0),
+            ));
         }
         if abuse.bad_frames_per_sec > 0.0 {
             tasks.spawn(bad_frames(addr, abuse.bad_frames_per_sec, until));
@@ -138,7 +142,7 @@ pub(crate) async fn start(
 }
 
 /// Logs in again and again, each time on a fresh connection.
-async fn login_flood(addr: SocketAddr, until: Instant) -> AbuseTally {
+async fn login_flood(addr: SocketAddr, until: Instant, retry: Duration) -> AbuseTally {
     let mut t = AbuseTally::default();
     let mut n = 0u64;
     while Instant::now() < until {
@@ -155,7 +159,10 @@ async fn login_flood(addr: SocketAddr, until: Instant) -> AbuseTally {
         };
         match answer {
             Ok(Body::LoginOk(_)) => t.logins_ok += 1,
-            Ok(Body::Error(e)) if e.code == ErrorCode::RateLimited => t.logins_busy += 1,
+            Ok(Body::Error(e)) if e.code == ErrorCode::RateLimited => {
+                t.logins_busy += 1;
+                tokio::time::sleep(retry).await;
+            }
             _ => {
                 t.logins_other += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;

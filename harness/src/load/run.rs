@@ -29,7 +29,7 @@ use super::schedule::{Planned, Record, schedule, user_name};
 use super::tally::{Progress, Tally};
 use super::users::{Ctx, sleep_until, user_task};
 use super::{home_passphrase, unlocked_home};
-use crate::metrics::{Check, Outcome, TapOutcome, hist, leak_check, record};
+use crate::metrics::{Check, Metrics, Outcome, TapOutcome, hist, leak_check, record};
 use crate::plaintext::Detector;
 use crate::scenario::{Abuse, Mode, Scenario, ServerMode, Verdict};
 use crate::taps::{self, WireTap};
@@ -111,7 +111,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     metrics.server_peak_rss_kib = topo.pid().and_then(proc_peak_rss_kib);
     if let (Some(a), Some(handle)) = (&s.abuse, abusers) {
         let tally = handle.await?;
-        checks.extend(abuse_checks(s, a, &tally, metrics.latency_us.p99));
+        checks.extend(abuse_checks(s, a, &tally, &metrics));
     }
 
     // Taps: memory while the server process lives; then stop it and read
@@ -162,8 +162,9 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
 
 /// The users kept their latency through the abuse, and the server closed
 /// every socket that never authenticated.
-fn abuse_checks(s: &Scenario, a: &Abuse, tally: &AbuseTally, p99_us: u64) -> Vec<Check> {
+fn abuse_checks(s: &Scenario, a: &Abuse, tally: &AbuseTally, m: &Metrics) -> Vec<Check> {
     let verdict = |ok: bool| if ok { Verdict::Pass } else { Verdict::Fail };
+    let p99_us = m.latency_us.p99;
     let mut checks = vec![Check {
         name: "abuse.users-p99",
         verdict: verdict(p99_us as f64 <= a.max_p99_ms * 1000.0),
@@ -184,6 +185,21 @@ fn abuse_checks(s: &Scenario, a: &Abuse, tally: &AbuseTally, p99_us: u64) -> Vec
                 "{} of {} sockets that never authenticated closed by the server",
                 tally.idle_closed, tally.idle_sockets
             ),
+        });
+    }
+    if let Some(max) = a.max_server_rss_mib {
+        let peak = m.server_peak_rss_kib.map(|k| k as f64 / 1024.0);
+        checks.push(Check {
+            name: "abuse.server-rss",
+            verdict: verdict(peak.is_some_and(|p| p <= max)),
+            expected: s.expected("abuse.server-rss"),
+            evidence: match peak {
+                Some(p) => format!(
+                    "server peak RSS {p:.0} MiB (at most {max} MiB) while: {}",
+                    tally.summary()
+                ),
+                None => "no peak RSS: the server is not a child process".into(),
+            },
         });
     }
     checks
