@@ -163,7 +163,7 @@ pub(crate) async fn run(opts: &Options) -> Result<Capacity> {
     std::fs::create_dir_all(&opts.out).with_context(|| opts.out.display().to_string())?;
     let limit = crate::topology::raise_descriptor_limit();
     if let Some(max) = opts.counts.iter().max()
-        && limit.is_some_and(|l| l < 2 * *max as u64 + 256)
+        && limit.is_some_and(|l| l < *max as u64 + 256)
     {
         bail!("{max} connections need more descriptors than the limit of {limit:?}");
     }

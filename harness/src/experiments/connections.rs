@@ -70,9 +70,11 @@ pub(crate) async fn run(
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let rss_connected_kib = rss_kib(pid)?;
     eprintln!("load: {rate} msg/s for {secs} s");
+    let wal = WalWatch::start(dir.path().join("chatify.db-wal"));
     let step = fleet
         .step(rate, secs, Duration::from_secs(10), Some(pid))
         .await;
+    let wal_peak_bytes = wal.stop().await;
     let server_peak_rss_kib = proc_peak_rss_kib(pid);
     fleet.close();
     topo.stop(false).await;
@@ -98,6 +100,8 @@ pub(crate) async fn run(
             .map(|s| s * 1e6 / step.delivered as f64),
         generator_cpu_secs: step.generator_cpu_secs,
         setup_secs,
+        wal_peak_bytes,
+        wal_bound_bytes: chatify_server::store::sqlite::WAL_LIMIT,
     };
     crate::report::connections::write(out, &c)?;
     Ok(c)
@@ -106,4 +110,32 @@ pub(crate) async fn run(
 pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = process(pid).context("no such process")?.status()?;
     status.vmrss.context("no VmRSS")
+}
+
+/// The largest size a file reaches while watched (sampled every 100 ms).
+struct WalWatch {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl WalWatch {
+    fn start(path: std::path::PathBuf) -> WalWatch {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(std::fs::metadata(&path).map_or(0, |m| m.len()));
+                tokio::select! {
+                    _ = &mut stopped => return peak,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
+        WalWatch { stop, task }
+    }
+
+    async fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
 }

@@ -30,6 +30,10 @@ pub(crate) struct Connections {
     pub(crate) server_cpu_us_per_msg: Option<f64>,
     pub(crate) generator_cpu_secs: Option<f64>,
     pub(crate) setup_secs: f64,
+    /// The largest size of the server's WAL seen during the load (sampled
+    /// every 100 ms), and the server's bound on it (bytes).
+    pub(crate) wal_peak_bytes: u64,
+    pub(crate) wal_bound_bytes: u64,
 }
 
 /// Writes `summary.json` and `report.md`.
@@ -101,6 +105,14 @@ pub(crate) fn markdown(c: &Connections) -> String {
         (
             "setup: logins and connections (s)",
             format!("{:.1}", c.setup_secs),
+        ),
+        (
+            "WAL: largest size seen during the load / the server's bound (MiB)",
+            format!(
+                "{:.1} / {:.0}",
+                c.wal_peak_bytes as f64 / 1048576.0,
+                c.wal_bound_bytes as f64 / 1048576.0
+            ),
         ),
     ];
     for (name, value) in rows {
