@@ -431,9 +431,22 @@ struct CapacityArgs {
     /// Where the Socket.io peer (server.js, node_modules) lives.
     #[arg(long, default_value = "peers/socketio")]
     socketio_dir: PathBuf,
+    /// Rewrite report.md from the summary.json already in --out, running
+    /// nothing.
+    #[arg(long)]
+    replot: bool,
 }
 
 fn run_capacity(args: CapacityArgs) -> Result<bool> {
+    if args.replot {
+        let path = args.out.join("summary.json");
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        let c: report::capacity::Capacity =
+            serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+        report::capacity::write(&args.out, &c)?;
+        println!("report: {}", args.out.join("report.md").display());
+        return Ok(true);
+    }
     let mut systems = Vec::new();
     for name in &args.systems {
         match capacity::System::parse(name) {

@@ -36,18 +36,28 @@ impl Step {
             .map(|s| s * 1e6 / self.delivered as f64)
     }
 
-    /// What kept this step from keeping up.
+    /// The share of one CPU the server used over the step.
+    pub(crate) fn server_utilization(&self) -> Option<f64> {
+        self.server_cpu_secs.map(|c| c / self.secs.max(1e-9))
+    }
+
+    /// What kept this step from keeping up: the process that used most of
+    /// its CPU (at least three quarters of it), or neither.
     fn bound(&self) -> &'static str {
-        let busy = |cpu: Option<f64>| cpu.is_some_and(|c| c / self.secs.max(1e-9) >= 0.85);
-        if busy(self.server_cpu_secs) {
+        let share = |cpu: Option<f64>| cpu.map_or(0.0, |c| c / self.secs.max(1e-9));
+        let (server, generator) = (share(self.server_cpu_secs), share(self.generator_cpu_secs));
+        if server >= BUSY && server >= generator {
             "server CPU"
-        } else if busy(self.generator_cpu_secs) {
+        } else if generator >= BUSY {
             "generator CPU"
         } else {
-            "waiting, CPUs not busy (fsync or scheduling)"
+            "neither CPU busy (waits: fsync, locks, scheduling)"
         }
     }
 }
+
+/// A process that used this share of its CPU over a step was its bound.
+const BUSY: f64 = 0.75;
 
 /// One system at one connection count, one repeat.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -75,10 +85,12 @@ impl Run {
     }
 
     fn bound(&self) -> &'static str {
-        self.steps
-            .iter()
-            .find(|s| s.saturated)
+        self.first_saturated()
             .map_or("not saturated at the highest rate offered", Step::bound)
+    }
+
+    fn first_saturated(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| s.saturated)
     }
 
     fn at(&self, rate: f64) -> Option<&Step> {
@@ -197,7 +209,7 @@ pub(crate) fn markdown(c: &Capacity) -> String {
 fn connection_count(md: &mut String, c: &Capacity, n: usize) {
     let _ = writeln!(md, "## {n} connections\n");
     md.push_str(
-        "| system | saturation msg/s (mean ± sd, n) | bounded by | KiB per idle connection | syscalls/msg at the lowest rate (strace) |\n|---|---|---|---|---|\n",
+        "| system | saturation msg/s (mean ± sd, n) | bounded by | server's share of its CPU in the first saturated step | KiB per idle connection | syscalls/msg at the lowest rate (strace) |\n|---|---|---|---|---|---|\n",
     );
     for system in systems(c) {
         let rs = runs(c, system, n);
@@ -219,13 +231,19 @@ fn connection_count(md: &mut String, c: &Capacity, n: usize) {
                 .filter_map(|r| r.syscalls_per_msg)
                 .collect::<Vec<_>>(),
         );
+        let busy = median(
+            &rs.iter()
+                .filter_map(|r| r.first_saturated().and_then(Step::server_utilization))
+                .collect::<Vec<_>>(),
+        );
         let _ = writeln!(
             md,
-            "| {system} | {:.0} ± {:.0} ({}) | {} | {} | {} |",
+            "| {system} | {:.0} ± {:.0} ({}) | {} | {} | {} | {} |",
             s.mean,
             s.sd,
             s.n,
             bounds.join("; "),
+            busy.map_or("–".into(), |b| format!("{:.0}%", b * 100.0)),
             f(kib, 1),
             f(sys, 1)
         );
@@ -259,12 +277,12 @@ fn targets(md: &mut String, c: &Capacity, counts: &[usize]) {
     let base = "socketio-base64";
     for &n in counts {
         let sio = saturation(c, base, n).mean;
-        for system in ["chatify-full", "chatify-normal"] {
+        for (system, target) in [("chatify-full", ", target ≥ 1.0"), ("chatify-normal", "")] {
             let s = saturation(c, system, n).mean;
             if sio > 0.0 && s > 0.0 {
                 let _ = writeln!(
                     md,
-                    "| {n} connections: {system} saturation / Socket.io (base64), target ≥ 1.0 (full) | {s:.0} / {sio:.0} = {:.2} |",
+                    "| {n} connections: {system} saturation / Socket.io (base64){target} | {s:.0} / {sio:.0} = {:.2} |",
                     s / sio
                 );
             }
@@ -351,7 +369,7 @@ mod tests {
         assert_eq!(saturation(&c, "socketio-base64", 100).mean, 10_000.0);
         let md = markdown(&c);
         assert!(
-            md.contains("| chatify-full | 1000 ± 0 (2) | server CPU (2/2) | 10.5 | 6.0 |"),
+            md.contains("| chatify-full | 1000 ± 0 (2) | server CPU (2/2) | 95% | 10.5 | 6.0 |"),
             "{md}"
         );
         // A saturated step gives no figure at equal load.
