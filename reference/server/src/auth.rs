@@ -198,8 +198,11 @@ impl PasswordWork {
         let admission = Admission(Arc::clone(&self.admitted));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let _held = admission;
-            let _ = tx.send(f());
+            let value = f();
+            // Released before the caller hears: a caller that got its answer
+            // finds its admission gone.
+            drop(admission);
+            let _ = tx.send(value);
         });
         self.jobs.send(job).ok()?;
         rx.await.ok()

@@ -310,6 +310,19 @@ async fn hot<T: Send + 'static>(
     }
 }
 
+/// A read on the message path (a device's mailbox): on this worker when
+/// the store's reads never wait for a commit ([`Store::fast_reads`]).
+async fn read_hot<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, (ErrorCode, &'static str)> {
+    if shared.store.fast_reads() {
+        stored(f(shared.store.as_ref()))
+    } else {
+        blocking(shared, f).await
+    }
+}
+
 fn valid_username(name: &str) -> bool {
     let first_ok = name
         .bytes()
@@ -589,11 +602,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         loop {
             let after = self.last_pushed;
             let d = device.clone();
-            let batch = match hot(&self.shared, move |s| s.pending(&d, after, DELIVERY_BATCH)).await
-            {
-                Ok(batch) => batch,
-                Err(_) => return Ok(()), // logged in `blocking`; retried on the next push
-            };
+            let batch =
+                match read_hot(&self.shared, move |s| s.pending(&d, after, DELIVERY_BATCH)).await {
+                    Ok(batch) => batch,
+                    Err(_) => return Ok(()), // logged in `blocking`; retried on the next push
+                };
             let n = batch.len();
             for item in batch {
                 self.last_pushed = item.seq;

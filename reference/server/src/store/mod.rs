@@ -106,6 +106,13 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Whether [`Store::pending`] never waits for a commit (a connection of
+    /// its own for reads, or commits that never wait for the disk), so the
+    /// server may call it on its async workers.
+    fn fast_reads(&self) -> bool {
+        self.fast_commits()
+    }
+
     /// Stores an envelope durably; returns its sequence number, or `None`
     /// (storing nothing) when the recipient device has published no keys.
     fn enqueue(&self, envelope: &NewEnvelope) -> Result<Option<u64>, StoreError>;

@@ -94,6 +94,11 @@ pub struct SqliteStore {
     /// Stores and acknowledgements share commits (durability `Full` on
     /// disk, where each commit waits for an fsync).
     group: Option<GroupCommit>,
+    /// A read-only connection for the mailbox reads, on disk at `Full`: in
+    /// WAL mode it reads the last commit while the writer's connection is
+    /// busy (a commit waiting for its fsync), so a read never waits for the
+    /// writer.
+    reader: Option<Mutex<Connection>>,
 }
 
 impl Drop for SqliteStore {
@@ -204,6 +209,17 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(db)?;
         let mut store = Self::setup(conn, durability)?;
+        if durability == Durability::Full {
+            // At `Normal` commits never wait, and one connection's page
+            // cache serves the reads (a second connection would re-read
+            // every page the writer changed).
+            let reader = Connection::open(path).map_err(db)?;
+            reader.pragma_update(None, "query_only", "ON").map_err(db)?;
+            reader
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(db)?;
+            store.reader = Some(Mutex::new(reader));
+        }
         store
             .lock()
             .pragma_update(None, "journal_size_limit", i64_of(wal_limit))
@@ -255,6 +271,7 @@ impl SqliteStore {
             wal_bound: None,
             uses: std::sync::atomic::AtomicU64::new(0),
             group: None,
+            reader: None,
         };
         store.migrate()?;
         Ok(store)
@@ -282,6 +299,15 @@ impl SqliteStore {
             self.wal_over.store(true, Ordering::Release);
         }
         conn
+    }
+
+    /// The connection for the message path's reads: the reader on disk,
+    /// the one connection in memory.
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        match &self.reader {
+            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.lock(),
+        }
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -463,6 +489,10 @@ fn mark_acked(conn: &Connection, device: &Address, seqs: &[u64]) -> Result<(), S
 impl Store for SqliteStore {
     fn fast_commits(&self) -> bool {
         self.fast_commits
+    }
+
+    fn fast_reads(&self) -> bool {
+        self.fast_commits || self.reader.is_some()
     }
 
     fn create_user(&self, username: &str, password_hash: &str) -> Result<(), StoreError> {
@@ -809,7 +839,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Deliver>, StoreError> {
-        let conn = self.lock();
+        let conn = self.read();
         // No ORDER BY and no LIMIT: with either, SQLite (built with STAT4)
         // prepares the statement again for every new binding, which was a
         // sixth of the server's CPU per message. The plan reads the mailbox
@@ -998,6 +1028,31 @@ mod tests {
             0,
             "the mailbox query was prepared again for new bindings"
         );
+    }
+
+    /// On disk, a mailbox read does not wait for the writer's connection
+    /// (held here, as during a commit's fsync): it reads the last commit.
+    #[test]
+    fn a_mailbox_read_does_not_wait_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&dir.path().join("chatify.db"), Durability::Full).unwrap());
+        device(&store, "bob");
+        store.enqueue(&envelope("bob", 1)).unwrap().unwrap();
+        assert!(store.fast_reads());
+        let held = store.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = Arc::clone(&store);
+        std::thread::spawn(move || {
+            let bob = Address {
+                user: "bob".into(),
+                device: 1,
+            };
+            let _ = tx.send(reader.pending(&bob, 0, 10).map(|v| v.len()).ok());
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        assert_eq!(got, Ok(Some(1)), "the read waited for the writer");
     }
 
     /// An acknowledgement that names another device's envelope marks none
