@@ -25,7 +25,6 @@ use super::connections::rss_kib;
 use crate::load::open_loop::{Fleet, StepResult, Wire, login_all};
 use crate::load::peers::{Peer, PeerServer};
 use crate::report::capacity::{Capacity, Run, Step};
-use crate::scenario::ServerMode;
 use crate::topology::{Topology, count_syscalls, cpus, pin};
 
 /// A system under test.
@@ -96,21 +95,7 @@ impl Server {
         Ok(match system {
             System::Chatify(durability) => {
                 let dir = tempfile::tempdir()?;
-                let mut topo = Topology {
-                    mode: ServerMode::Child,
-                    log_level: "warn",
-                    data_dir: dir.path().to_path_buf(),
-                    db: dir.path().join("chatify.db"),
-                    log: dir.path().join("server.log"),
-                    durability,
-                    addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                    handle: None,
-                    observer: None,
-                    keep_credentials: false,
-                    max_connections_per_address: Some(count + 16),
-                    server_args: Vec::new(),
-                    request_limits: false,
-                };
+                let mut topo = Topology::for_load(dir.path(), durability, count);
                 topo.start().await?;
                 Server::Chatify(topo, dir)
             }

@@ -15,7 +15,6 @@
 //! one process: its CPU time is reported beside the server's so that it is
 //! never silently the bound.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,6 @@ use chatify_server::store::sqlite::Durability;
 
 use crate::load::open_loop::{Fleet, Wire, login_all};
 use crate::report::connections::Connections;
-use crate::scenario::ServerMode;
 use crate::topology::{Topology, proc_peak_rss_kib, process};
 
 /// Runs the experiment and writes `report.md` and `summary.json` to `out`.
@@ -41,21 +39,7 @@ pub(crate) async fn run(
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     crate::topology::raise_descriptor_limit();
     let dir = tempfile::tempdir()?;
-    let mut topo = Topology {
-        mode: ServerMode::Child,
-        log_level: "warn",
-        data_dir: dir.path().to_path_buf(),
-        db: dir.path().join("chatify.db"),
-        log: dir.path().join("server.log"),
-        durability,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        handle: None,
-        observer: None,
-        keep_credentials: false,
-        max_connections_per_address: Some(count + 16),
-        server_args: Vec::new(),
-        request_limits: false,
-    };
+    let mut topo = Topology::for_load(dir.path(), durability, count);
     topo.start().await?;
     let pid = topo.pid().context("the server has no process")?;
     let url = format!("ws://{}", topo.addr);

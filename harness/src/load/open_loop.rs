@@ -433,8 +433,12 @@ pub(crate) fn dummy_keys(n: usize) -> frame::PublishKeys {
     }
 }
 
-/// Everything queued for a connection leaves in one flush.
-async fn writer(mut sink: Sink, mut rx: mpsc::UnboundedReceiver<Message>) {
+/// Everything queued for a connection leaves in one flush (the floor's
+/// relay writes its connections the same way).
+pub(crate) async fn writer<S>(mut sink: S, mut rx: mpsc::UnboundedReceiver<Message>)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
     while let Some(m) = rx.recv().await {
         if sink.feed(m).await.is_err() {
             return;

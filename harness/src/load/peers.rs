@@ -85,24 +85,10 @@ async fn floor_connection(tcp: TcpStream, routes: Routes) {
     let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
         return;
     };
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (sink, mut stream) = ws.split();
+    let (tx, rx) = mpsc::unbounded_channel::<Message>();
     // One writer per connection: everything queued goes out in one flush.
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.feed(m).await.is_err() {
-                return;
-            }
-            while let Ok(m) = rx.try_recv() {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let writer = tokio::spawn(super::open_loop::writer(sink, rx));
     let mut me: Option<Vec<u8>> = None;
     while let Some(Ok(msg)) = stream.next().await {
         match msg {

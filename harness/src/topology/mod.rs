@@ -81,6 +81,30 @@ pub(crate) const CHEAP_ARGON2: PasswordCost = PasswordCost {
 };
 
 impl Topology {
+    /// A child server in `dir` for a load generator that holds `connections`
+    /// from one address: logs at `warn`, request rate limits off.
+    pub(crate) fn for_load(
+        dir: &std::path::Path,
+        durability: Durability,
+        connections: usize,
+    ) -> Topology {
+        Topology {
+            mode: ServerMode::Child,
+            log_level: "warn",
+            data_dir: dir.to_path_buf(),
+            db: dir.join("chatify.db"),
+            log: dir.join("server.log"),
+            durability,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            handle: None,
+            observer: None,
+            keep_credentials: false,
+            max_connections_per_address: Some(connections + 16),
+            server_args: Vec::new(),
+            request_limits: false,
+        }
+    }
+
     pub(crate) async fn start(&mut self) -> Result<()> {
         match self.mode {
             ServerMode::InProcess => {

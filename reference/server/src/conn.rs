@@ -295,28 +295,16 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// A store call on the message path (store, fetch pending, acknowledge):
-/// on this worker when the store's commits never wait for the disk
-/// ([`Store::fast_commits`]), which spares three thread hand-offs per
-/// message; on the blocking pool otherwise.
+/// A store call on the message path: on this worker when `inline` (the
+/// call never waits for the disk: [`Store::fast_commits`] for stores and
+/// acknowledgements, [`Store::fast_reads`] for the mailbox), which spares a
+/// thread hand-off each; on the blocking pool otherwise.
 async fn hot<T: Send + 'static>(
     shared: &Arc<Shared>,
+    inline: bool,
     f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, (ErrorCode, &'static str)> {
-    if shared.store.fast_commits() {
-        stored(f(shared.store.as_ref()))
-    } else {
-        blocking(shared, f).await
-    }
-}
-
-/// A read on the message path (a device's mailbox): on this worker when
-/// the store's reads never wait for a commit ([`Store::fast_reads`]).
-async fn read_hot<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, (ErrorCode, &'static str)> {
-    if shared.store.fast_reads() {
+    if inline {
         stored(f(shared.store.as_ref()))
     } else {
         blocking(shared, f).await
@@ -602,11 +590,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         loop {
             let after = self.last_pushed;
             let d = device.clone();
-            let batch =
-                match read_hot(&self.shared, move |s| s.pending(&d, after, DELIVERY_BATCH)).await {
-                    Ok(batch) => batch,
-                    Err(_) => return Ok(()), // logged in `blocking`; retried on the next push
-                };
+            let batch = match hot(&self.shared, self.shared.store.fast_reads(), move |s| {
+                s.pending(&d, after, DELIVERY_BATCH)
+            })
+            .await
+            {
+                Ok(batch) => batch,
+                Err(_) => return Ok(()), // logged in `blocking`; retried on the next push
+            };
             let n = batch.len();
             for item in batch {
                 self.last_pushed = item.seq;
@@ -693,7 +684,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Body::Send(s) => self.relay(s).await,
             Body::Ack(a) => {
                 let device = self.device()?;
-                hot(&self.shared, move |s| s.ack(&device, &a.seqs)).await?;
+                hot(&self.shared, self.shared.store.fast_commits(), move |s| {
+                    s.ack(&device, &a.seqs)
+                })
+                .await?;
                 Ok(frame::Ok {}.into())
             }
             Body::FetchHistory(h) => {
@@ -914,12 +908,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(observer) = &self.shared.config.envelope_observer {
             (observer.0)(&envelope.envelope);
         }
-        let seq = hot(&self.shared, move |st| st.enqueue(&envelope))
-            .await?
-            .ok_or((
-                ErrorCode::NoSuchUser,
-                "no such device, or it has published no keys",
-            ))?;
+        let seq = hot(&self.shared, self.shared.store.fast_commits(), move |st| {
+            st.enqueue(&envelope)
+        })
+        .await?
+        .ok_or((
+            ErrorCode::NoSuchUser,
+            "no such device, or it has published no keys",
+        ))?;
         tracing::debug!(conn = self.id, seq, len, "stored");
         self.shared.hub.notify(&to, Push::Mail);
         Ok(frame::SendOk {
