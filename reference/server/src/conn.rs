@@ -657,11 +657,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Body::FetchBundle(f) => {
                 let me = self.device()?;
-                if self
-                    .shared
-                    .bundle_fetches
-                    .take((me.user, f.device.clone()), Instant::now())
-                    .is_err()
+                // Only a fetch that would spend a one-time prekey takes a
+                // token, and only for a device that exists: fetches of
+                // made-up devices cannot fill the limiter's table (which
+                // refuses new keys when full) and lock honest users out.
+                let t = f.device.clone();
+                let held = blocking(&self.shared, move |s| s.one_time_prekey_count(&t))
+                    .await?
+                    .ok_or((
+                        ErrorCode::NoSuchUser,
+                        "no such device, or it has published no keys",
+                    ))?;
+                if held > 0
+                    && self
+                        .shared
+                        .bundle_fetches
+                        .take((me.user, f.device.clone()), Instant::now())
+                        .is_err()
                 {
                     return Err((
                         ErrorCode::RateLimited,

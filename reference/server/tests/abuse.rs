@@ -444,6 +444,16 @@ async fn one_account_cannot_drain_a_devices_prekeys() {
     for _ in 0..20 {
         drainer.expect_error(fetch(), ErrorCode::RateLimited).await;
     }
+    // A device that does not exist is answered as such, and takes no
+    // token: made-up devices cannot fill the limiter's table.
+    drainer
+        .expect_error(
+            frame::FetchBundle {
+                device: common::addr("nobody"),
+            },
+            ErrorCode::NoSuchUser,
+        )
+        .await;
     let (mut other, _) = account(&url, "other").await;
     match other.request(fetch()).await {
         Body::Bundle(b) => assert!(b.bundle.one_time_prekey.is_some()),
