@@ -8,14 +8,26 @@
 //! reply sent after it describes durable state.
 
 mod group;
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
 use chatify_proto::frame::{Address, Deliver};
 use chatify_proto::{
     ConversationId, DeviceKeys, MessageId, OneTimePrekey, PrekeyBundle, SignedPrekey,
 };
+
+/// Bytes a `History` frame takes besides its items (header, map, array).
+pub(crate) const HISTORY_FRAME_OVERHEAD: usize = 32;
+
+/// Bytes an item of a `History` frame takes besides its envelope: its map,
+/// sequence number, sender (a user name of at most 64 bytes and a device),
+/// conversation and message ids, time and the envelope's length prefix.
+pub(crate) const HISTORY_ITEM_OVERHEAD: usize = 192;
 
 /// What a store can fail with.
 #[derive(Debug, thiserror::Error)]

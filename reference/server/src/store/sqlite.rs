@@ -11,7 +11,9 @@ use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, Sig
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::group::{Done, GroupCommit, Op};
-use super::{NewEnvelope, Store, StoreError, TokenRecord};
+use super::{
+    HISTORY_FRAME_OVERHEAD, HISTORY_ITEM_OVERHEAD, NewEnvelope, Store, StoreError, TokenRecord,
+};
 
 /// How hard SQLite works to make a commit durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -170,14 +172,6 @@ impl std::fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore").finish_non_exhaustive()
     }
 }
-
-/// Bytes a `History` frame takes besides its items (header, map, array).
-const HISTORY_FRAME_OVERHEAD: usize = 32;
-
-/// Bytes an item of a `History` frame takes besides its envelope: its map,
-/// sequence number, sender (a user name of at most 64 bytes and a device),
-/// conversation and message ids, time and the envelope's length prefix.
-const HISTORY_ITEM_OVERHEAD: usize = 192;
 
 pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -1055,30 +1049,6 @@ mod tests {
         assert_eq!(got, Ok(Some(1)), "the read waited for the writer");
     }
 
-    /// An acknowledgement that names another device's envelope marks none
-    /// of its envelopes, including those it named first; acknowledging
-    /// twice is harmless.
-    #[test]
-    fn a_refused_acknowledgement_marks_nothing() {
-        let store = SqliteStore::in_memory().unwrap();
-        device(&store, "bob");
-        device(&store, "carol");
-        let bob = Address {
-            user: "bob".into(),
-            device: 1,
-        };
-        let mine = store.enqueue(&envelope("bob", 1)).unwrap().unwrap();
-        let theirs = store.enqueue(&envelope("carol", 2)).unwrap().unwrap();
-        assert!(matches!(
-            store.ack(&bob, &[mine, theirs]),
-            Err(StoreError::NotYours)
-        ));
-        assert_eq!(store.pending(&bob, 0, 10).unwrap().len(), 1);
-        store.ack(&bob, &[mine]).unwrap();
-        store.ack(&bob, &[mine, 9999]).unwrap();
-        assert!(store.pending(&bob, 0, 10).unwrap().is_empty());
-    }
-
     /// Under continuous writes at durability `Normal` the WAL stays near
     /// its bound (here 1 MiB): past it the checkpointer truncates it. With
     /// passive checkpoints only, it grew with everything written.
@@ -1171,46 +1141,6 @@ mod tests {
     }
 
     #[test]
-    fn envelopes_for_a_device_without_keys_are_not_stored() {
-        let store = SqliteStore::in_memory().unwrap();
-        assert_eq!(store.enqueue(&envelope("bob", 1_000)).unwrap(), None);
-        device(&store, "bob");
-        assert!(store.enqueue(&envelope("bob", 1_000)).unwrap().is_some());
-        let bob = Address {
-            user: "bob".into(),
-            device: 1,
-        };
-        assert_eq!(store.pending(&bob, 0, 10).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn pruning_removes_only_old_acknowledged_envelopes() {
-        let store = SqliteStore::in_memory().unwrap();
-        device(&store, "bob");
-        let bob = Address {
-            user: "bob".into(),
-            device: 1,
-        };
-        let old_acked = store.enqueue(&envelope("bob", 1_000)).unwrap().unwrap();
-        let old_pending = store.enqueue(&envelope("bob", 1_000)).unwrap().unwrap();
-        let new_acked = store.enqueue(&envelope("bob", 9_000)).unwrap().unwrap();
-        store.ack(&bob, &[old_acked, new_acked]).unwrap();
-        assert_eq!(store.prune_history(5_000).unwrap(), 1);
-        let pending: Vec<u64> = store
-            .pending(&bob, 0, 10)
-            .unwrap()
-            .iter()
-            .map(|d| d.seq)
-            .collect();
-        assert_eq!(pending, vec![old_pending], "the mailbox is never pruned");
-        let history = store.history("bob", &[1; 16], None, 10).unwrap().unwrap();
-        assert_eq!(
-            history.iter().map(|d| d.seq).collect::<Vec<_>>(),
-            vec![new_acked, old_pending]
-        );
-    }
-
-    #[test]
     fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
@@ -1225,78 +1155,5 @@ mod tests {
             .unwrap();
         drop(store);
         assert!(SqliteStore::open(&path, Durability::Normal).is_err());
-    }
-
-    /// A link is taken once, by its user only, before it expires; a wrong
-    /// id leaves it in place; a new one replaces the old.
-    #[test]
-    fn links_are_single_use_per_user_and_expire() {
-        let store = SqliteStore::in_memory().unwrap();
-        device(&store, "bob");
-        device(&store, "eve");
-        store.put_link("bob", &[1; 16], b"old", 1_000).unwrap();
-        store.put_link("bob", &[2; 16], b"sealed", 1_000).unwrap();
-        assert_eq!(
-            store.take_link("bob", &[1; 16], 10).unwrap(),
-            None,
-            "replaced"
-        );
-        assert_eq!(
-            store.take_link("eve", &[2; 16], 10).unwrap(),
-            None,
-            "not hers"
-        );
-        assert_eq!(
-            store.take_link("bob", &[2; 16], 10).unwrap().as_deref(),
-            Some(&b"sealed"[..])
-        );
-        assert_eq!(
-            store.take_link("bob", &[2; 16], 10).unwrap(),
-            None,
-            "single use"
-        );
-        store.put_link("bob", &[3; 16], b"late", 1_000).unwrap();
-        assert_eq!(
-            store.take_link("bob", &[3; 16], 1_000).unwrap(),
-            None,
-            "expired"
-        );
-    }
-
-    /// A removed device is no longer listed, and its mailbox, prekeys and
-    /// tokens are gone.
-    #[test]
-    fn a_removed_device_is_gone_with_its_mailbox_and_tokens() {
-        let store = SqliteStore::in_memory().unwrap();
-        device(&store, "bob");
-        store
-            .lock()
-            .execute(
-                "INSERT INTO devices VALUES ('bob', 2, x'00', x'00', x'00', 1, x'00', x'00')",
-                [],
-            )
-            .unwrap();
-        assert_eq!(store.devices("bob").unwrap(), vec![1, 2]);
-        let bob1 = Address {
-            user: "bob".into(),
-            device: 1,
-        };
-        store.enqueue(&envelope("bob", 1)).unwrap().unwrap();
-        store
-            .create_token(
-                &[7; 32],
-                &TokenRecord {
-                    user: "bob".into(),
-                    device: 1,
-                    expires_at: u64::MAX / 2,
-                },
-            )
-            .unwrap();
-        assert!(store.remove_device(&bob1).unwrap());
-        assert!(!store.remove_device(&bob1).unwrap());
-        assert_eq!(store.devices("bob").unwrap(), vec![2]);
-        assert!(store.pending(&bob1, 0, 10).unwrap().is_empty());
-        assert_eq!(store.token(&[7; 32]).unwrap(), None);
-        assert_eq!(store.one_time_prekey_count(&bob1).unwrap(), None);
     }
 }

@@ -1,0 +1,490 @@
+//! The store test suite: every case runs against each backend (SQLite in
+//! memory, SQLite on disk at durability `Full`, PostgreSQL in a schema of
+//! its own), through the [`Store`] trait only.
+//!
+//! The PostgreSQL cases read the server's address from `CHATIFY_PG_URL`;
+//! without it they say so and pass, except under CI (`CI` set), where a
+//! missing database fails them.
+
+use std::sync::{Arc, Barrier};
+
+use chatify_proto::frame::Address;
+use chatify_proto::{DeviceKeys, OneTimePrekey, SignedPrekey};
+
+use super::{NewEnvelope, PgOptions, PgStore, Store, StoreError, TokenRecord};
+
+fn addr(user: &str, device: u32) -> Address {
+    Address {
+        user: user.into(),
+        device,
+    }
+}
+
+fn envelope_to(to: &Address, sent_at_ms: u64) -> NewEnvelope {
+    NewEnvelope {
+        from: addr("alice", 1),
+        to: to.clone(),
+        conversation: [1; 16],
+        message_id: [2; 16],
+        sent_at_ms,
+        envelope: vec![3; 10],
+    }
+}
+
+fn identity(tag: u8) -> DeviceKeys {
+    DeviceKeys {
+        signing_key: [tag; 32],
+        identity_key: [tag.wrapping_add(1); 32],
+        identity_signature: [tag.wrapping_add(2); 64],
+    }
+}
+
+fn spk() -> SignedPrekey {
+    SignedPrekey {
+        id: 1,
+        public_key: [9; 32],
+        signature: [8; 64],
+    }
+}
+
+fn otks(ids: std::ops::Range<u32>) -> Vec<OneTimePrekey> {
+    ids.map(|id| OneTimePrekey {
+        id,
+        public_key: [u8::try_from(id % 251).unwrap_or(0); 32],
+    })
+    .collect()
+}
+
+/// An account whose device 1 has published keys (and `n` one-time prekeys).
+fn account(store: &dyn Store, user: &str, n: u32) -> Address {
+    match store.create_user(user, "$argon2id$x") {
+        Ok(()) | Err(StoreError::UserExists) => {}
+        Err(e) => panic!("{e}"),
+    }
+    let device = addr(user, 1);
+    store
+        .publish_keys(&device, &identity(1), &spk(), &otks(0..n))
+        .unwrap();
+    device
+}
+
+fn seqs(items: &[chatify_proto::frame::Deliver]) -> Vec<u64> {
+    items.iter().map(|d| d.seq).collect()
+}
+
+pub(super) fn accounts_are_unique_and_keep_their_hash(store: &dyn Store) {
+    store.create_user("bob", "hash-1").unwrap();
+    assert!(matches!(
+        store.create_user("bob", "hash-2"),
+        Err(StoreError::UserExists)
+    ));
+    assert_eq!(
+        store.password_hash("bob").unwrap().as_deref(),
+        Some("hash-1")
+    );
+    assert_eq!(store.password_hash("nobody").unwrap(), None);
+}
+
+pub(super) fn tokens_are_found_revoked_and_pruned(store: &dyn Store) {
+    store.create_user("bob", "h").unwrap();
+    let record = |device, expires_at| TokenRecord {
+        user: "bob".into(),
+        device,
+        expires_at,
+    };
+    store.create_token(&[1; 32], &record(1, 100)).unwrap();
+    store.create_token(&[2; 32], &record(1, 900)).unwrap();
+    store.create_token(&[3; 32], &record(2, 900)).unwrap();
+    assert_eq!(store.token(&[2; 32]).unwrap(), Some(record(1, 900)));
+    assert_eq!(store.token(&[4; 32]).unwrap(), None);
+    assert_eq!(store.prune_tokens(100).unwrap(), 1);
+    assert_eq!(store.token(&[1; 32]).unwrap(), None);
+    store.revoke_tokens(&addr("bob", 1)).unwrap();
+    assert_eq!(store.token(&[2; 32]).unwrap(), None);
+    assert_eq!(store.token(&[3; 32]).unwrap(), Some(record(2, 900)));
+}
+
+pub(super) fn publishing_keys_follows_the_directory_rules(store: &dyn Store) {
+    store.create_user("bob", "h").unwrap();
+    let bob = addr("bob", 1);
+    assert_eq!(store.one_time_prekey_count(&bob).unwrap(), None);
+    assert_eq!(
+        store
+            .publish_keys(&bob, &identity(1), &spk(), &otks(0..5))
+            .unwrap(),
+        5
+    );
+    // The same ids with the same keys: a retry.
+    assert_eq!(
+        store
+            .publish_keys(&bob, &identity(1), &spk(), &otks(3..8))
+            .unwrap(),
+        8
+    );
+    // An id held with another key: refused, and nothing of the call kept.
+    let mut bad = otks(8..10);
+    bad.push(OneTimePrekey {
+        id: 2,
+        public_key: [0xee; 32],
+    });
+    assert!(matches!(
+        store.publish_keys(&bob, &identity(1), &spk(), &bad),
+        Err(StoreError::Refused(_))
+    ));
+    assert_eq!(store.one_time_prekey_count(&bob).unwrap(), Some(8));
+    // More than a device may hold: refused as a whole.
+    let max = u32::try_from(chatify_proto::limits::MAX_ONE_TIME_PREKEYS_HELD).unwrap_or(1000);
+    assert!(matches!(
+        store.publish_keys(&bob, &identity(1), &spk(), &otks(100..100 + max)),
+        Err(StoreError::Refused(_))
+    ));
+    assert_eq!(store.one_time_prekey_count(&bob).unwrap(), Some(8));
+    // A new identity discards the old identity's one-time prekeys.
+    assert_eq!(
+        store
+            .publish_keys(&bob, &identity(7), &spk(), &otks(50..52))
+            .unwrap(),
+        2
+    );
+    let (bundle, remaining) = store.take_bundle(&bob).unwrap().unwrap();
+    assert_eq!(bundle.identity.signing_key, identity(7).signing_key);
+    assert_eq!(bundle.one_time_prekey.map(|k| k.id), Some(50));
+    assert_eq!(remaining, 1);
+}
+
+pub(super) fn bundles_serve_each_one_time_prekey_once(store: &dyn Store) {
+    let bob = account(store, "bob", 3);
+    assert!(store.take_bundle(&addr("bob", 2)).unwrap().is_none());
+    assert!(store.take_bundle(&addr("nobody", 1)).unwrap().is_none());
+    let mut served = Vec::new();
+    for left in [2, 1, 0] {
+        let (bundle, remaining) = store.take_bundle(&bob).unwrap().unwrap();
+        assert_eq!(remaining, left);
+        served.push(bundle.one_time_prekey.unwrap().id);
+    }
+    assert_eq!(served, vec![0, 1, 2]);
+    // Out of one-time prekeys: the bundle still serves, without one.
+    let (bundle, remaining) = store.take_bundle(&bob).unwrap().unwrap();
+    assert!(bundle.one_time_prekey.is_none());
+    assert_eq!(remaining, 0);
+    assert_eq!(bundle.signed_prekey, spk());
+}
+
+/// Fetches at once (on as many connections as the store has) never get
+/// the same one-time prekey, and none is lost.
+pub(super) fn concurrent_fetches_never_share_a_one_time_prekey(store: Arc<dyn Store>) {
+    const KEYS: u32 = 200;
+    const THREADS: usize = 8;
+    let bob = account(store.as_ref(), "bob", KEYS);
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (store, bob, start) = (Arc::clone(&store), bob.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                let mut got = Vec::new();
+                for _ in 0..40 {
+                    let (bundle, _) = store.take_bundle(&bob).unwrap().unwrap();
+                    got.extend(bundle.one_time_prekey.map(|k| k.id));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<u32> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), n, "a one-time prekey was served twice");
+    assert_eq!(
+        n, KEYS as usize,
+        "320 fetches of 200 keys served {n} of them"
+    );
+}
+
+pub(super) fn envelopes_for_a_device_without_keys_are_not_stored(store: &dyn Store) {
+    let bob = addr("bob", 1);
+    assert_eq!(store.enqueue(&envelope_to(&bob, 1_000)).unwrap(), None);
+    account(store, "bob", 0);
+    assert!(store.enqueue(&envelope_to(&bob, 1_000)).unwrap().is_some());
+    assert_eq!(store.pending(&bob, 0, 10).unwrap().len(), 1);
+}
+
+pub(super) fn the_mailbox_reads_in_order_after_a_cursor(store: &dyn Store) {
+    let bob = account(store, "bob", 0);
+    let carol = account(store, "carol", 0);
+    let mut mine = Vec::new();
+    for i in 0..10 {
+        mine.push(store.enqueue(&envelope_to(&bob, i)).unwrap().unwrap());
+        store.enqueue(&envelope_to(&carol, i)).unwrap().unwrap();
+    }
+    assert!(mine.windows(2).all(|w| w[0] < w[1]));
+    for (after, limit) in [(0, 3), (mine[2], 3), (mine[5], 100), (mine[9], 5)] {
+        let want: Vec<u64> = mine
+            .iter()
+            .copied()
+            .filter(|&s| s > after)
+            .take(limit as usize)
+            .collect();
+        assert_eq!(seqs(&store.pending(&bob, after, limit).unwrap()), want);
+    }
+    let first = &store.pending(&bob, 0, 1).unwrap()[0];
+    assert_eq!(first.from, addr("alice", 1));
+    assert_eq!(first.conversation, [1; 16]);
+    assert_eq!(first.message_id, [2; 16]);
+    assert_eq!(first.sent_at_ms, 0);
+    assert_eq!(first.envelope, vec![3; 10]);
+}
+
+/// While stores for one device run at once (on several connections), a
+/// reader that always reads on from the last sequence number it saw (as a
+/// connection pushing the mailbox does) still sees every envelope: a
+/// device's mailbox grows in sequence order.
+pub(super) fn a_reader_following_the_mailbox_misses_nothing(store: Arc<dyn Store>) {
+    const WRITERS: usize = 6;
+    const EACH: u64 = 60;
+    let bob = account(store.as_ref(), "bob", 0);
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (store, bob, done) = (Arc::clone(&store), bob.clone(), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut stored = Vec::new();
+                for i in 0..EACH {
+                    stored.push(store.enqueue(&envelope_to(&bob, i)).unwrap().unwrap());
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                stored
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let finished = done.load(std::sync::atomic::Ordering::SeqCst) == WRITERS;
+        let batch = store.pending(&bob, cursor, 16).unwrap();
+        if let Some(last) = batch.last() {
+            cursor = last.seq;
+        }
+        let empty = batch.is_empty();
+        seen.extend(seqs(&batch));
+        if finished && empty {
+            break;
+        }
+    }
+    let mut stored: Vec<u64> = writers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    stored.sort_unstable();
+    assert_eq!(
+        seen,
+        stored,
+        "the reader missed {} of {} envelopes",
+        stored.len() - seen.len().min(stored.len()),
+        stored.len()
+    );
+}
+
+/// An acknowledgement that names another device's envelope marks none of
+/// its envelopes; acknowledging twice, or an unknown seq, is harmless.
+pub(super) fn a_refused_acknowledgement_marks_nothing(store: &dyn Store) {
+    let bob = account(store, "bob", 0);
+    let carol = account(store, "carol", 0);
+    let mine = store.enqueue(&envelope_to(&bob, 1)).unwrap().unwrap();
+    let theirs = store.enqueue(&envelope_to(&carol, 2)).unwrap().unwrap();
+    assert!(matches!(
+        store.ack(&bob, &[mine, theirs]),
+        Err(StoreError::NotYours)
+    ));
+    assert_eq!(store.pending(&bob, 0, 10).unwrap().len(), 1);
+    store.ack(&bob, &[mine]).unwrap();
+    store.ack(&bob, &[mine, 9_999_999]).unwrap();
+    assert!(store.pending(&bob, 0, 10).unwrap().is_empty());
+    assert_eq!(store.pending(&carol, 0, 10).unwrap().len(), 1);
+}
+
+pub(super) fn history_pages_newest_first_for_participants_only(store: &dyn Store) {
+    let bob = account(store, "bob", 0);
+    let all: Vec<u64> = (0..5)
+        .map(|i| store.enqueue(&envelope_to(&bob, i)).unwrap().unwrap())
+        .collect();
+    store.ack(&bob, &all[..2]).unwrap();
+    let page = store.history("bob", &[1; 16], None, 3).unwrap().unwrap();
+    assert_eq!(seqs(&page), vec![all[4], all[3], all[2]]);
+    let page = store
+        .history("alice", &[1; 16], Some(all[2]), 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!(seqs(&page), vec![all[1], all[0]]);
+    assert!(store.history("eve", &[1; 16], None, 10).unwrap().is_none());
+    assert!(store.history("bob", &[9; 16], None, 10).unwrap().is_none());
+    // A page stops before it outgrows a frame (at least one item).
+    let mut big = envelope_to(&bob, 9);
+    big.envelope = vec![4; chatify_proto::limits::MAX_FRAME_LEN / 3];
+    for _ in 0..4 {
+        store.enqueue(&big).unwrap().unwrap();
+    }
+    let page = store.history("bob", &[1; 16], None, 10).unwrap().unwrap();
+    assert_eq!(page.len(), 2);
+}
+
+pub(super) fn pruning_removes_only_old_acknowledged_envelopes(store: &dyn Store) {
+    let bob = account(store, "bob", 0);
+    let old_acked = store.enqueue(&envelope_to(&bob, 1_000)).unwrap().unwrap();
+    let old_pending = store.enqueue(&envelope_to(&bob, 1_000)).unwrap().unwrap();
+    let new_acked = store.enqueue(&envelope_to(&bob, 9_000)).unwrap().unwrap();
+    store.ack(&bob, &[old_acked, new_acked]).unwrap();
+    assert_eq!(store.prune_history(5_000).unwrap(), 1);
+    assert_eq!(
+        seqs(&store.pending(&bob, 0, 10).unwrap()),
+        vec![old_pending],
+        "the mailbox is never pruned"
+    );
+    let history = store.history("bob", &[1; 16], None, 10).unwrap().unwrap();
+    assert_eq!(seqs(&history), vec![new_acked, old_pending]);
+}
+
+/// A link is taken once, by its user only, before it expires; a wrong id
+/// leaves it in place; a new one replaces the old.
+pub(super) fn links_are_single_use_per_user_and_expire(store: &dyn Store) {
+    account(store, "bob", 0);
+    account(store, "eve", 0);
+    store.put_link("bob", &[1; 16], b"old", 1_000).unwrap();
+    store.put_link("bob", &[2; 16], b"sealed", 1_000).unwrap();
+    assert_eq!(store.take_link("bob", &[1; 16], 10).unwrap(), None);
+    assert_eq!(store.take_link("eve", &[2; 16], 10).unwrap(), None);
+    assert_eq!(
+        store.take_link("bob", &[2; 16], 10).unwrap().as_deref(),
+        Some(&b"sealed"[..])
+    );
+    assert_eq!(store.take_link("bob", &[2; 16], 10).unwrap(), None);
+    store.put_link("bob", &[3; 16], b"late", 1_000).unwrap();
+    assert_eq!(store.take_link("bob", &[3; 16], 1_000).unwrap(), None);
+}
+
+/// A removed device is no longer listed, and its mailbox, prekeys and
+/// tokens are gone.
+pub(super) fn a_removed_device_is_gone_with_its_mailbox_and_tokens(store: &dyn Store) {
+    let bob1 = account(store, "bob", 3);
+    let bob2 = addr("bob", 2);
+    store
+        .publish_keys(&bob2, &identity(4), &spk(), &[])
+        .unwrap();
+    assert_eq!(store.devices("bob").unwrap(), vec![1, 2]);
+    assert!(store.devices("nobody").unwrap().is_empty());
+    store.enqueue(&envelope_to(&bob1, 1)).unwrap().unwrap();
+    store.enqueue(&envelope_to(&bob2, 1)).unwrap().unwrap();
+    let record = TokenRecord {
+        user: "bob".into(),
+        device: 1,
+        expires_at: u64::MAX / 2,
+    };
+    store.create_token(&[7; 32], &record).unwrap();
+    assert!(store.remove_device(&bob1).unwrap());
+    assert!(!store.remove_device(&bob1).unwrap());
+    assert_eq!(store.devices("bob").unwrap(), vec![2]);
+    assert!(store.pending(&bob1, 0, 10).unwrap().is_empty());
+    assert_eq!(store.pending(&bob2, 0, 10).unwrap().len(), 1);
+    assert_eq!(store.token(&[7; 32]).unwrap(), None);
+    assert_eq!(store.one_time_prekey_count(&bob1).unwrap(), None);
+}
+
+/// A PostgreSQL store in a schema of its own, dropped afterwards; `None`
+/// (the case passes, saying why) when `CHATIFY_PG_URL` is not set outside CI.
+pub(crate) fn postgres_store(pool_size: usize) -> Option<Scoped> {
+    let Ok(url) = std::env::var("CHATIFY_PG_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CHATIFY_PG_URL is not set: the PostgreSQL store cases cannot run"
+        );
+        eprintln!("skipped: set CHATIFY_PG_URL to run the PostgreSQL store cases");
+        return None;
+    };
+    let schema = format!("chatify_test_{:016x}", rand::random::<u64>());
+    let store = PgStore::connect(
+        &url,
+        PgOptions {
+            pool_size,
+            schema: Some(schema),
+            ..PgOptions::default()
+        },
+    )
+    .expect("connect to CHATIFY_PG_URL");
+    Some(Scoped(Arc::new(store)))
+}
+
+/// A PostgreSQL store whose schema is dropped with it.
+pub(crate) struct Scoped(pub(crate) Arc<PgStore>);
+
+impl Drop for Scoped {
+    fn drop(&mut self) {
+        let _ = self.0.drop_schema();
+    }
+}
+
+macro_rules! cases {
+    (plain: [$($plain:ident),* $(,)?], shared: [$($shared:ident),* $(,)?]) => {
+        mod sqlite_memory {
+            $(#[test] fn $plain() {
+                super::$plain(&crate::store::SqliteStore::in_memory().unwrap());
+            })*
+            $(#[test] fn $shared() {
+                super::$shared(std::sync::Arc::new(crate::store::SqliteStore::in_memory().unwrap()));
+            })*
+        }
+        mod sqlite_full {
+            fn open() -> (tempfile::TempDir, crate::store::SqliteStore) {
+                let dir = tempfile::tempdir().unwrap();
+                let store = crate::store::SqliteStore::open(
+                    &dir.path().join("chatify.db"),
+                    crate::store::sqlite::Durability::Full,
+                ).unwrap();
+                (dir, store)
+            }
+            $(#[test] fn $plain() {
+                let (_dir, store) = open();
+                super::$plain(&store);
+            })*
+            $(#[test] fn $shared() {
+                let (_dir, store) = open();
+                super::$shared(std::sync::Arc::new(store));
+            })*
+        }
+        mod postgres {
+            $(#[test] fn $plain() {
+                if let Some(store) = super::postgres_store(2) {
+                    super::$plain(store.0.as_ref());
+                }
+            })*
+            $(#[test] fn $shared() {
+                if let Some(store) = super::postgres_store(8) {
+                    super::$shared(store.0.clone());
+                }
+            })*
+        }
+    };
+}
+
+cases!(
+    plain: [
+        accounts_are_unique_and_keep_their_hash,
+        tokens_are_found_revoked_and_pruned,
+        publishing_keys_follows_the_directory_rules,
+        bundles_serve_each_one_time_prekey_once,
+        envelopes_for_a_device_without_keys_are_not_stored,
+        the_mailbox_reads_in_order_after_a_cursor,
+        a_refused_acknowledgement_marks_nothing,
+        history_pages_newest_first_for_participants_only,
+        pruning_removes_only_old_acknowledged_envelopes,
+        links_are_single_use_per_user_and_expire,
+        a_removed_device_is_gone_with_its_mailbox_and_tokens,
+    ],
+    shared: [
+        concurrent_fetches_never_share_a_one_time_prekey,
+        a_reader_following_the_mailbox_misses_nothing,
+    ]
+);
