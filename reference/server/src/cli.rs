@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::PasswordCost;
-use crate::store::SqliteStore;
 use crate::store::sqlite::Durability;
+use crate::store::{PgOptions, PgStore, SqliteStore, Store};
 use crate::{Config, Server, tls};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -26,12 +26,26 @@ use tracing_subscriber::EnvFilter;
         Serves the Chatify protocol (docs/PROTOCOL.md) over WebSocket, or over TLS (wss) with \
         --tls-cert and --tls-key. It stores accounts (Argon2id password hashes), the key \
         directory, a durable mailbox for offline devices and ciphertext history in a SQLite \
-        database. It never receives plaintext or private keys.\n\n\
+        database, or in PostgreSQL (--store) shared by several nodes that exchange notices \
+        through NATS (--nats). It never receives plaintext or private keys.\n\n\
         On start it prints `listening on ws://ADDR` (or wss://) to standard output. SIGINT or \
         SIGTERM shuts it down gracefully: it stops accepting, closes every connection with \
         code 1001 and checkpoints the database."
 )]
+#[command(args_override_self = true)]
 struct Args {
+    /// `serve` (the default) runs the server; `migrate` brings the store's
+    /// schema up to this version and exits (operators run it before
+    /// starting new nodes; `serve` migrates too).
+    #[arg(value_enum, default_value = "serve")]
+    action: Action,
+
+    /// A TOML file of options: the long option names without `--` as keys
+    /// (`store = "postgres://..."`, `nats = "nats://..."`, `listen = ...`).
+    /// Options on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -39,6 +53,44 @@ struct Args {
     /// SQLite database file (created with its directory if missing).
     #[arg(long, default_value = "chatify-data/chatify.db")]
     db: PathBuf,
+
+    /// A PostgreSQL store shared by several nodes instead of the SQLite
+    /// file: `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` (then --db and
+    /// --durability do not apply). Read from CHATIFY_STORE when not given, so
+    /// that a password need not appear in the process list.
+    #[arg(
+        long,
+        env = "CHATIFY_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    store: Option<String>,
+
+    /// The PostgreSQL schema holding the tables (created if missing)
+    /// [default: the database's search path, normally `public`].
+    #[arg(long, value_name = "NAME")]
+    pg_schema: Option<String>,
+
+    /// Connections to PostgreSQL this node keeps at most.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pg_pool: u32,
+
+    /// NATS server the nodes exchange notices through (`nats://HOST:PORT`):
+    /// an envelope for a device connected to another node is announced
+    /// there after it is stored. Needs --store (the nodes share it).
+    #[arg(long, value_name = "URL", requires = "store")]
+    nats: Option<String>,
+
+    /// Subject prefix of this deployment's notices on NATS.
+    #[arg(long, default_value = "chatify", value_name = "PREFIX")]
+    nats_prefix: String,
+
+    /// Milliseconds between the mailbox reads every connection makes
+    /// without a notice: the bound on how late a lost notice (NATS
+    /// restarted, a partition) makes a delivery [default: 2000 with --nats,
+    /// never without].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(50..))]
+    mail_poll_ms: Option<u64>,
 
     /// Commit durability: `full` survives power loss, `normal` survives a
     /// process kill (kill -9) and is faster.
@@ -142,6 +194,14 @@ pub fn run_customized<I: IntoIterator<Item = OsString>>(
     args: I,
     customize: impl FnOnce(&mut Config),
 ) -> ExitCode {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let args = match with_config_file(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("chatify-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let args = match Args::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
@@ -184,18 +244,123 @@ pub fn run_customized<I: IntoIterator<Item = OsString>>(
     }
 }
 
-async fn run(
-    args: Args,
-    customize: impl FnOnce(&mut Config),
-) -> Result<(), Box<dyn std::error::Error>> {
+/// The arguments with those of `--config FILE` (if given) put first, so
+/// that the command line's own override them.
+fn with_config_file(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let position = args
+        .iter()
+        .position(|a| a == "--config" || a.to_string_lossy().starts_with("--config="));
+    let Some((i, flag)) = position.and_then(|i| Some((i, args.get(i)?))) else {
+        return Ok(args);
+    };
+    let path: PathBuf = match flag.to_string_lossy().strip_prefix("--config=") {
+        Some(p) => p.into(),
+        None => args
+            .get(i + 1)
+            .ok_or("--config needs a file")?
+            .clone()
+            .into(),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut from_file = Vec::new();
+    for (key, value) in table {
+        if key == "config" || key == "action" {
+            return Err(format!(
+                "{}: `{key}` cannot be set in a file",
+                path.display()
+            ));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "{}: `{key}` must be a string or a number, not {}",
+                    path.display(),
+                    other.type_str()
+                ));
+            }
+        };
+        from_file.push(OsString::from(format!("--{key}")));
+        from_file.push(OsString::from(value));
+    }
+    let mut out = Vec::with_capacity(args.len() + from_file.len());
+    out.extend(args.first().cloned());
+    out.extend(from_file);
+    out.extend(args.into_iter().skip(1));
+    Ok(out)
+}
+
+/// The store the arguments name, opened (and migrated).
+fn open_store(args: &Args) -> Result<Opened, Box<dyn std::error::Error>> {
+    if let Some(url) = &args.store {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("--store takes a postgres:// URL (the SQLite file is --db)".into());
+        }
+        let store = PgStore::connect(
+            url,
+            PgOptions {
+                pool_size: args.pg_pool as usize,
+                schema: args.pg_schema.clone(),
+                ..PgOptions::default()
+            },
+        )
+        .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
+        return Ok(Opened::Postgres(Arc::new(store)));
+    }
     if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let store = Arc::new(
-        SqliteStore::open(&args.db, args.durability)
-            .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?,
-    );
+    let store = SqliteStore::open(&args.db, args.durability)
+        .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
+    Ok(Opened::Sqlite(Arc::new(store)))
+}
+
+enum Opened {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
+}
+
+impl Opened {
+    fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            Opened::Sqlite(s) => s.clone(),
+            Opened::Postgres(s) => s.clone(),
+        }
+    }
+
+    fn schema_version(&self) -> Result<u32, crate::store::StoreError> {
+        match self {
+            Opened::Sqlite(s) => s.schema_version(),
+            Opened::Postgres(s) => s.schema_version(),
+        }
+    }
+}
+
+async fn run(
+    args: Args,
+    customize: impl FnOnce(&mut Config),
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Opening may wait on the network (PostgreSQL): off the async workers,
+    // where the synchronous PostgreSQL client cannot run either.
+    let (args, opened) = tokio::task::spawn_blocking(move || {
+        let opened = open_store(&args)
+            .and_then(|o| Ok((o.schema_version()?, o)))
+            .map_err(|e| e.to_string());
+        (args, opened)
+    })
+    .await?;
+    let (version, opened) = opened?;
+    if args.action == Action::Migrate {
+        println!("schema at version {version}");
+        return finish(opened).await;
+    }
+    let store = opened.shared();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
@@ -222,20 +387,42 @@ async fn run(
         ping_interval: Duration::from_secs(args.idle_timeout_secs / 3),
         token_ttl: Duration::from_secs(args.token_ttl_days.saturating_mul(86_400)),
         history_retention: Duration::from_secs(args.history_retention_days.saturating_mul(86_400)),
+        nats: args.nats.clone(),
+        nats_prefix: args.nats_prefix.clone(),
+        mail_poll: args.mail_poll_ms.map(Duration::from_millis),
         ..Config::default()
     };
     customize(&mut config);
-    let server = Server::start(config, store.clone())
+    let server = Server::start(config, store)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        .map_err(|e| format!("cannot start on {}: {e}", args.listen))?;
     println!("listening on {scheme}://{}", server.local_addr());
 
     wait_for_signal().await?;
     tracing::info!("signal received; shutting down");
     server.shutdown().await;
-    store.checkpoint()?;
+    finish(opened).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Checkpoints a SQLite store; closes a PostgreSQL store's connections
+/// (off the async workers).
+async fn finish(opened: Opened) -> Result<(), Box<dyn std::error::Error>> {
+    tokio::task::spawn_blocking(move || match &opened {
+        Opened::Sqlite(s) => s.checkpoint(),
+        Opened::Postgres(_) => Ok(()),
+    })
+    .await??;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Action {
+    /// Run the server.
+    Serve,
+    /// Migrate the store's schema and exit.
+    Migrate,
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

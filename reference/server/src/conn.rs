@@ -194,6 +194,7 @@ fn connection<S>(
         unauthenticated_since: Instant::now(),
         last_heard: Instant::now(),
         pinged: false,
+        next_poll: Instant::now(),
         requests: rate::Bucket::full(
             2.0 * f64::from(shared.config.requests_per_second),
             Instant::now(),
@@ -248,6 +249,9 @@ struct Conn<S> {
     last_heard: Instant,
     /// A ping went out since the peer was last heard.
     pinged: bool,
+    /// When this connection next reads its mailbox without a notice (with
+    /// [`crate::Config::mail_poll`]).
+    next_poll: Instant,
     /// This connection's request bucket.
     requests: rate::Bucket,
 }
@@ -392,9 +396,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         } else {
             self.last_heard + c.ping_interval.min(c.idle_timeout)
         };
-        match self.auth {
-            None => idle.min(self.unauthenticated_since + c.auth_timeout),
-            Some(_) => idle,
+        match (&self.auth, c.mail_poll) {
+            (None, _) => idle.min(self.unauthenticated_since + c.auth_timeout),
+            (Some(_), Some(_)) => idle.min(self.next_poll),
+            (Some(_), None) => idle,
         }
     }
 
@@ -409,7 +414,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if now >= self.last_heard + c.idle_timeout {
             return Err(Stop::Close(CLOSE_POLICY, "no traffic"));
         }
-        if !self.pinged && now >= self.last_heard + c.ping_interval {
+        if let Some(poll) = self.shared.config.mail_poll
+            && self.auth.is_some()
+            && now >= self.next_poll
+        {
+            // A notice from another node may have been lost: read the
+            // mailbox on from the cursor anyway.
+            self.next_poll = now + poll;
+            self.deliver_pending().await?;
+        }
+        if !self.pinged && now >= self.last_heard + self.shared.config.ping_interval {
             self.pinged = true;
             return self
                 .ws
@@ -689,7 +703,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         "no such device, or it has published no keys",
                     ))?;
                 if remaining < self.shared.config.prekey_low_threshold {
-                    self.shared.hub.notify(&target, Push::PrekeysLow(remaining));
+                    self.shared
+                        .route(&target, Push::PrekeysLow(remaining))
+                        .await;
                 }
                 Ok(frame::Bundle { bundle }.into())
             }
@@ -735,7 +751,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 // Its open connection, if another, ends now (its tokens are
                 // gone, so it cannot come back).
                 if target != me {
-                    self.shared.hub.notify(&target, Push::Replaced);
+                    self.shared.route(&target, Push::Replaced).await;
                 }
                 tracing::info!(conn = self.id, device = r.device, "device removed");
                 Ok(frame::Ok {}.into())
@@ -882,7 +898,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             device: record.device,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let ticket = self.shared.hub.register(device.clone(), tx);
+        let at_ms = now_ms();
+        let ticket = self.shared.hub.register(device.clone(), at_ms, tx);
+        if let Some(cluster) = &self.shared.cluster {
+            // An older connection of this device on another node closes.
+            cluster
+                .publish(&crate::cluster::Notice::Online {
+                    device: device.clone(),
+                    node: cluster.node,
+                    at_ms,
+                })
+                .await;
+        }
         tracing::info!(conn = self.id, user = %device.user, device = device.device, "authenticated");
         let d = device.clone();
         let remaining = blocking(&self.shared, move |s| s.one_time_prekey_count(&d)).await?;
@@ -898,6 +925,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         });
         self.last_pushed = 0;
         self.mailbox_checked = false;
+        self.next_poll = Instant::now() + self.shared.config.mail_poll.unwrap_or_default();
         Ok(frame::AuthOk {
             user: device.user,
             device: device.device,
@@ -929,7 +957,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             "no such device, or it has published no keys",
         ))?;
         tracing::debug!(conn = self.id, seq, len, "stored");
-        self.shared.hub.notify(&to, Push::Mail);
+        self.shared.route(&to, Push::Mail).await;
         Ok(frame::SendOk {
             seq,
             message_id: s.message_id,

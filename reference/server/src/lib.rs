@@ -35,6 +35,7 @@ static ZEROING: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
 
 pub mod auth;
 pub mod cli;
+mod cluster;
 mod conn;
 mod hub;
 mod rate;
@@ -52,6 +53,7 @@ use tokio::task::JoinSet;
 use crate::auth::{LoginLimiter, PasswordCost, PasswordWork};
 use crate::hub::Hub;
 use crate::store::Store;
+use chatify_proto::frame::Address;
 
 /// WebSocket close code sent on graceful shutdown (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -116,6 +118,17 @@ pub struct Config {
     /// A connection the server has heard nothing from this long is closed
     /// with [`CLOSE_POLICY`]: a peer that is gone, or one that never reads.
     pub idle_timeout: Duration,
+    /// NATS server to exchange notices with the other nodes through (see
+    /// the `cluster` module); `None`: a single node. Several nodes share a
+    /// PostgreSQL store.
+    pub nats: Option<String>,
+    /// The subject prefix of this deployment's notices (nodes that share
+    /// it are one deployment).
+    pub nats_prefix: String,
+    /// How often every authenticated connection reads its mailbox even
+    /// without a notice (the bound on how late a lost notice makes a
+    /// delivery); `None`: every two seconds with `nats`, never without.
+    pub mail_poll: Option<Duration>,
     /// **Test hook, never set in production** (the CLI cannot set it): called
     /// with every envelope the server accepts. The scenario harness uses it
     /// to make a deliberately leaky server and prove that its log tap
@@ -170,6 +183,9 @@ impl Default for Config {
             auth_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
+            nats: None,
+            nats_prefix: "chatify".into(),
+            mail_poll: None,
             envelope_observer: None,
             credential_observer: None,
             conformance_echo: false,
@@ -179,7 +195,9 @@ impl Default for Config {
 
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) hub: Hub,
+    pub(crate) hub: Arc<Hub>,
+    /// The link to the other nodes, if any.
+    pub(crate) cluster: Option<cluster::Cluster>,
     pub(crate) limiter: LoginLimiter,
     pub(crate) password_work: PasswordWork,
     /// Open connections per client address.
@@ -189,6 +207,23 @@ pub(crate) struct Shared {
     /// Bundle fetches per (requesting account, fetched device).
     pub(crate) bundle_fetches: rate::Buckets<(String, chatify_proto::frame::Address)>,
     pub(crate) config: Config,
+}
+
+impl Shared {
+    /// Tells a device's connection, here or (through NATS) on another node.
+    pub(crate) async fn route(&self, device: &Address, push: hub::Push) {
+        if self.hub.notify(device, push.clone()) {
+            return;
+        }
+        if let Some(cluster) = &self.cluster {
+            let notice = match push {
+                hub::Push::Mail => cluster::Notice::Mail(device.clone()),
+                hub::Push::PrekeysLow(n) => cluster::Notice::PrekeysLow(device.clone(), n),
+                hub::Push::Replaced => cluster::Notice::Removed(device.clone()),
+            };
+            cluster.publish(&notice).await;
+        }
+    }
 }
 
 /// Most keys a shared rate limit remembers (a bucket is some 100 bytes).
@@ -208,9 +243,23 @@ impl Server {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let (shutdown, rx) = watch::channel(false);
+        let hub = Arc::new(Hub::default());
+        let cluster = match &config.nats {
+            Some(url) => Some(
+                cluster::Cluster::start(url, &config.nats_prefix, Arc::clone(&hub))
+                    .await
+                    .map_err(|e| std::io::Error::other(format!("NATS at {url}: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut config = config;
+        if config.mail_poll.is_none() && cluster.is_some() {
+            config.mail_poll = Some(Duration::from_secs(2));
+        }
         let shared = Arc::new(Shared {
             store,
-            hub: Hub::default(),
+            hub,
+            cluster,
             limiter: LoginLimiter::new(
                 config.login_window,
                 config.login_failures_per_account,

@@ -137,6 +137,14 @@ fn help_explains_every_option() {
         "--argon2-memory-kib",
         "--argon2-iterations",
         "--log",
+        "--config",
+        "--store",
+        "--pg-schema",
+        "--pg-pool",
+        "--nats",
+        "--nats-prefix",
+        "--mail-poll-ms",
+        "migrate",
     ] {
         assert!(help.contains(option), "{option} missing from --help");
     }
@@ -227,4 +235,94 @@ async fn the_most_verbose_log_holds_no_password_token_or_body() {
         assert!(leaks(&format!("{log}\n{secret:#?}"), secret));
     }
     assert!(leaks(&format!("{log} PASSWORD-CANARY-7f3a9c"), &password));
+}
+
+fn server(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_chatify-server"))
+        .args(args)
+        .env_remove("CHATIFY_STORE")
+        .output()
+        .unwrap()
+}
+
+/// `migrate` creates or upgrades the schema and exits, on SQLite and (with
+/// `CHATIFY_PG_URL`) on PostgreSQL; a second run finds nothing to do.
+#[test]
+fn migrate_brings_the_schema_up_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sub").join("chatify.db");
+    for _ in 0..2 {
+        let out = server(&["migrate", "--db", db.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("schema at version "));
+    }
+    assert!(db.exists());
+    let Ok(url) = std::env::var("CHATIFY_PG_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CHATIFY_PG_URL is not set"
+        );
+        return;
+    };
+    let schema = format!("chatify_migrate_{}", std::process::id());
+    for _ in 0..2 {
+        let out = server(&["migrate", "--store", &url, "--pg-schema", &schema]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("schema at version "));
+    }
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let tables: i64 = c
+        .query_one(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = $1",
+            &[&schema],
+        )
+        .unwrap()
+        .get(0);
+    c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+    assert!(tables >= 6, "{tables} tables");
+}
+
+/// A `--config` file sets options by their long names; the command line
+/// overrides it; a bad file or a store URL of the wrong kind is a clear
+/// error, not a start.
+#[test]
+fn a_config_file_sets_options_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.toml");
+    let from_file = dir.path().join("from-file.db");
+    let from_cli = dir.path().join("from-cli.db");
+    std::fs::write(
+        &file,
+        format!(
+            "db = {:?}\ndurability = \"normal\"\npg-pool = 4\n",
+            from_file.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = server(&["migrate", "--config", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(from_file.exists());
+    let out = server(&[
+        "migrate",
+        "--config",
+        file.to_str().unwrap(),
+        "--db",
+        from_cli.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(from_cli.exists());
+
+    std::fs::write(&file, "listen = [1, 2]\n").unwrap();
+    let out = server(&["migrate", "--config", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be a string or a number"));
+    let out = server(&["migrate", "--config", "/nonexistent/server.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let out = server(&["migrate", "--store", "sqlite://x.db"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--store takes a postgres:// URL"));
+    let out = server(&["--nats", "nats://127.0.0.1:4222"]);
+    assert!(!out.status.success(), "--nats without a shared store");
 }

@@ -173,6 +173,19 @@ struct Pool {
     open: usize,
 }
 
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // A synchronous client closes by running its own runtime, which may
+        // not happen on an async worker (where the server's last reference
+        // to the store may go): the connections close on a thread of their
+        // own.
+        let idle = std::mem::take(&mut self.pool().idle);
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Not the configuration: its URL may carry a password.

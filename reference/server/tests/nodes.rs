@@ -1,0 +1,234 @@
+//! Several nodes sharing a PostgreSQL store and NATS: an envelope sent on
+//! one node reaches its recipient on another, a lost notice is caught up by
+//! the mailbox timer, a killed node loses no acknowledged envelope, and a
+//! device that authenticates on a second node is signed out of the first.
+//!
+//! PostgreSQL and NATS come from `CHATIFY_PG_URL` and `CHATIFY_NATS_URL`;
+//! without them these tests say so and pass, except under CI (`CI` set).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatify_proto::frame;
+use chatify_proto::{Body, Frame};
+use chatify_server::store::{PgOptions, PgStore};
+use chatify_server::{Config, Server};
+use common::{Got, Raw, account, addr, test_config};
+
+fn env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{name} is not set: the several-node tests cannot run"
+            );
+            eprintln!("skipped: set {name} to run the several-node tests");
+            None
+        }
+    }
+}
+
+/// A deployment: one schema of the test database, one NATS subject prefix.
+struct Deployment {
+    pg_url: String,
+    schema: String,
+    nats: String,
+    prefix: String,
+}
+
+impl Deployment {
+    fn new() -> Option<Deployment> {
+        let pg_url = env("CHATIFY_PG_URL")?;
+        let nats = env("CHATIFY_NATS_URL")?;
+        let tag = rand_tag();
+        Some(Deployment {
+            pg_url,
+            schema: format!("chatify_nodes_{tag}"),
+            nats,
+            prefix: format!("chatify.test.{tag}"),
+        })
+    }
+
+    async fn store(&self) -> Arc<PgStore> {
+        let (url, schema) = (self.pg_url.clone(), self.schema.clone());
+        tokio::task::spawn_blocking(move || {
+            Arc::new(
+                PgStore::connect(
+                    &url,
+                    PgOptions {
+                        pool_size: 4,
+                        schema: Some(schema),
+                        ..PgOptions::default()
+                    },
+                )
+                .unwrap(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A node; `poll`: how often its connections read their mailbox
+    /// without a notice; `nats`: its NATS URL (this deployment's by default).
+    async fn node(&self, poll: Duration, nats: Option<&str>) -> (Server, String) {
+        let config = Config {
+            nats: Some(nats.unwrap_or(&self.nats).to_owned()),
+            nats_prefix: self.prefix.clone(),
+            mail_poll: Some(poll),
+            ..test_config()
+        };
+        let server = Server::start(config, self.store().await).await.unwrap();
+        let url = format!("ws://{}", server.local_addr());
+        (server, url)
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let (url, schema) = (self.pg_url.clone(), self.schema.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        })
+        .join();
+    }
+}
+
+fn rand_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+async fn send(from: &mut Raw, to: &str, i: u8) -> u64 {
+    match from
+        .request(frame::Send {
+            to: addr(to),
+            conversation: [1; 16],
+            message_id: [i; 16],
+            envelope: vec![i; 64],
+        })
+        .await
+    {
+        Body::SendOk(ok) => ok.seq,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn next_delivery(raw: &mut Raw) -> frame::Deliver {
+    loop {
+        match raw.recv().await {
+            Got::Frame(Frame {
+                body: Body::Deliver(d),
+                ..
+            }) => return d,
+            Got::Frame(_) => continue,
+            Got::Closed(c) => panic!("closed ({c:?}) while waiting for a delivery"),
+        }
+    }
+}
+
+/// With the mailbox timer at a minute, only a notice through NATS can
+/// bring Alice's envelope (sent on node A) to Bob on node B in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_crosses_nodes_by_notice() {
+    let Some(d) = Deployment::new() else { return };
+    let (_a, url_a) = d.node(Duration::from_secs(60), None).await;
+    let (_b, url_b) = d.node(Duration::from_secs(60), None).await;
+    let (mut alice, _) = account(&url_a, "alice").await;
+    let (mut bob, _) = account(&url_b, "bob").await;
+    for i in 0..5 {
+        let started = Instant::now();
+        let seq = send(&mut alice, "bob", i).await;
+        let got = next_delivery(&mut bob).await;
+        assert_eq!((got.seq, got.envelope), (seq, vec![i; 64]));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// With no NATS to carry notices (its address refuses connections), the
+/// mailbox timer still brings every envelope, in order, within its period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_notices_the_mailbox_timer_delivers() {
+    let Some(d) = Deployment::new() else { return };
+    let nowhere = Some("nats://127.0.0.1:1");
+    let (_a, url_a) = d.node(Duration::from_millis(300), nowhere).await;
+    let (_b, url_b) = d.node(Duration::from_millis(300), nowhere).await;
+    let (mut alice, _) = account(&url_a, "alice").await;
+    let (mut bob, _) = account(&url_b, "bob").await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        sent.push(send(&mut alice, "bob", i).await);
+    }
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        got.push(next_delivery(&mut bob).await.seq);
+    }
+    assert_eq!(got, sent);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// A node stopped as a crash would stop it loses nothing it acknowledged:
+/// the recipient drains its mailbox through another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_acknowledged_envelope() {
+    let Some(d) = Deployment::new() else { return };
+    let (a, url_a) = d.node(Duration::from_secs(2), None).await;
+    let (_b, url_b) = d.node(Duration::from_secs(2), None).await;
+    let (mut alice, _) = account(&url_a, "alice").await;
+    let (bob, bob_token) = account(&url_a, "bob").await;
+    drop(bob);
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(send(&mut alice, "bob", i).await);
+    }
+    a.abort();
+    let mut bob = Raw::connect(&url_b).await;
+    assert!(matches!(
+        bob.request(frame::Authenticate { token: bob_token }).await,
+        Body::AuthOk(_)
+    ));
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let d = next_delivery(&mut bob).await;
+        assert_eq!(d.envelope, vec![got.len() as u8; 64]);
+        got.push(d.seq);
+    }
+    assert_eq!(got, sent, "all, in order");
+}
+
+/// A device that authenticates on node B while connected to node A is
+/// signed out of A (code 4000), as on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_on_a_second_node_replaces_its_first_connection() {
+    let Some(d) = Deployment::new() else { return };
+    let (_a, url_a) = d.node(Duration::from_secs(60), None).await;
+    let (_b, url_b) = d.node(Duration::from_secs(60), None).await;
+    let (mut first, token) = account(&url_a, "bob").await;
+    first.ping().await;
+    let mut second = Raw::connect(&url_b).await;
+    assert!(matches!(
+        second.request(frame::Authenticate { token }).await,
+        Body::AuthOk(_)
+    ));
+    assert!(matches!(first.recv().await, Got::Closed(Some(4000))));
+    second.ping().await;
+}
