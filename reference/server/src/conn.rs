@@ -333,6 +333,14 @@ const BUSY: (ErrorCode, &str) = (
     "server busy with other logins; try again shortly",
 );
 
+/// The shared failed-login keys of an attempt: its account, its address.
+fn login_keys(account: &str, ip: std::net::IpAddr) -> Vec<String> {
+    vec![
+        format!("login account {account}"),
+        format!("login address {ip}"),
+    ]
+}
+
 /// Shortest password accepted at registration.
 pub(crate) const MIN_PASSWORD_LEN: usize = 8;
 
@@ -628,6 +636,77 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Whether another login for `account` from `ip` may be tried: the
+    /// failed-login limits, in the shared store when there is one (so that
+    /// they hold across nodes), else in this node's memory.
+    async fn login_allowed(
+        &self,
+        account: &str,
+        ip: std::net::IpAddr,
+        now: Instant,
+    ) -> Result<bool, (ErrorCode, &'static str)> {
+        if self.shared.store.shared_limits().is_none() {
+            return Ok(self.shared.limiter.allowed(account, ip, now));
+        }
+        let keys = login_keys(account, ip);
+        let window = self.shared.config.login_window;
+        let counts = blocking(&self.shared, move |s| match s.shared_limits() {
+            Some(l) => l.recent_events(&keys, window),
+            None => Ok(Vec::new()),
+        })
+        .await?;
+        let c = &self.shared.config;
+        let count = |i: usize| counts.get(i).copied().unwrap_or(0) as usize;
+        Ok(count(0) < c.login_failures_per_account && count(1) < c.login_failures_per_address)
+    }
+
+    /// Records a failed login (see [`Conn::login_allowed`]).
+    async fn login_failed(
+        &self,
+        account: &str,
+        ip: std::net::IpAddr,
+        now: Instant,
+    ) -> Result<(), (ErrorCode, &'static str)> {
+        if self.shared.store.shared_limits().is_none() {
+            self.shared.limiter.failed(account, ip, now);
+            return Ok(());
+        }
+        let keys = login_keys(account, ip);
+        blocking(&self.shared, move |s| match s.shared_limits() {
+            Some(l) => l.record_event(&keys),
+            None => Ok(()),
+        })
+        .await
+    }
+
+    /// Takes a bundle-fetch token of (`me`, `target`): in the shared store
+    /// when there is one, else in this node's memory.
+    async fn bundle_fetch_allowed(
+        &self,
+        me: String,
+        target: &Address,
+    ) -> Result<bool, (ErrorCode, &'static str)> {
+        let c = &self.shared.config;
+        if c.bundle_fetch_burst == 0 {
+            return Ok(true);
+        }
+        if self.shared.store.shared_limits().is_none() {
+            return Ok(self
+                .shared
+                .bundle_fetches
+                .take((me, target.clone()), Instant::now())
+                .is_ok());
+        }
+        let key = format!("bundle {} {} {me}", target.user, target.device);
+        let rate = 1.0 / c.bundle_fetch_interval.as_secs_f64().max(1e-3);
+        let burst = f64::from(c.bundle_fetch_burst);
+        blocking(&self.shared, move |s| match s.shared_limits() {
+            Some(l) => l.take_token(&key, rate, burst),
+            None => Ok(true),
+        })
+        .await
+    }
+
     fn device(&self) -> Result<Address, (ErrorCode, &'static str)> {
         self.auth
             .as_ref()
@@ -682,13 +761,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         ErrorCode::NoSuchUser,
                         "no such device, or it has published no keys",
                     ))?;
-                if held > 0
-                    && self
-                        .shared
-                        .bundle_fetches
-                        .take((me.user, f.device.clone()), Instant::now())
-                        .is_err()
-                {
+                if held > 0 && !self.bundle_fetch_allowed(me.user, &f.device).await? {
                     return Err((
                         ErrorCode::RateLimited,
                         "too many bundles of this device fetched; try again later",
@@ -820,7 +893,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn login(&mut self, l: frame::Login) -> Reply {
         let ip = self.peer.ip();
         let now = Instant::now();
-        if !self.shared.limiter.allowed(&l.username, ip, now) {
+        if !self.login_allowed(&l.username, ip, now).await? {
             tracing::warn!(conn = self.id, user = %l.username, "login rate limited");
             return Err((
                 ErrorCode::RateLimited,
@@ -855,7 +928,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .await
             .ok_or(BUSY)?;
         if !ok {
-            self.shared.limiter.failed(&l.username, ip, now);
+            self.login_failed(&l.username, ip, now).await?;
             tracing::info!(conn = self.id, user = %l.username, "login failed");
             return Err((ErrorCode::BadCredentials, "wrong user name or password"));
         }

@@ -356,9 +356,22 @@ async fn prune_once(shared: &Arc<Shared>) {
         u64::try_from(shared.config.history_retention.as_millis()).unwrap_or(u64::MAX),
     );
     let store = Arc::clone(&shared.store);
+    let c = &shared.config;
+    // Shared limit state older than every window that reads it.
+    let limit_age = [
+        Duration::from_secs(3600),
+        c.login_window,
+        c.bundle_fetch_interval * c.bundle_fetch_burst,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or_default();
     let result = tokio::task::spawn_blocking(move || {
         let tokens = store.prune_tokens(now / 1000)?;
         let envelopes = store.prune_history(cutoff)?;
+        if let Some(limits) = store.shared_limits() {
+            limits.prune_limits(limit_age)?;
+        }
         Ok::<_, store::StoreError>((tokens, envelopes))
     })
     .await;

@@ -232,3 +232,33 @@ async fn a_device_on_a_second_node_replaces_its_first_connection() {
     assert!(matches!(first.recv().await, Got::Closed(Some(4000))));
     second.ping().await;
 }
+
+/// Failed logins on one node count on the others: the account's limit is
+/// one for the deployment, not one per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_count_across_nodes() {
+    let Some(d) = Deployment::new() else { return };
+    let (_a, url_a) = d.node(Duration::from_secs(60), None).await;
+    let (_b, url_b) = d.node(Duration::from_secs(60), None).await;
+    drop(account(&url_a, "bob").await);
+    let login = || frame::Login {
+        username: "bob".into(),
+        password: "not-bobs-password".into(),
+        device: 1,
+        second_factor: None,
+    };
+    let limit = test_config().login_failures_per_account;
+    for i in 0..limit {
+        let url = if i % 2 == 0 { &url_a } else { &url_b };
+        Raw::connect(url)
+            .await
+            .expect_error(login(), chatify_proto::ErrorCode::BadCredentials)
+            .await;
+    }
+    for url in [&url_a, &url_b] {
+        Raw::connect(url)
+            .await
+            .expect_error(login(), chatify_proto::ErrorCode::RateLimited)
+            .await;
+    }
+}

@@ -16,6 +16,8 @@ pub(crate) mod suite;
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
+use std::time::Duration;
+
 use chatify_proto::frame::{Address, Deliver};
 use chatify_proto::{
     ConversationId, DeviceKeys, MessageId, OneTimePrekey, PrekeyBundle, SignedPrekey,
@@ -77,8 +79,31 @@ pub struct NewEnvelope {
     pub envelope: Vec<u8>,
 }
 
+/// Rate-limit state every node sees: a store shared by several nodes
+/// keeps the limits that must hold across them (failed logins, bundle
+/// fetches), so that a client cannot multiply its budget by the number of
+/// nodes. Times are the database's clock, one for every node.
+pub trait SharedLimits: Send + Sync {
+    /// How many events each key had within the last `window`, in the
+    /// order of `keys`.
+    fn recent_events(&self, keys: &[String], window: Duration) -> Result<Vec<u32>, StoreError>;
+    /// Records one event for each key, now.
+    fn record_event(&self, keys: &[String]) -> Result<(), StoreError>;
+    /// Takes a token from the key's bucket (refilled at `per_second`, at
+    /// most `burst`, full when first used); `false` when it has none.
+    fn take_token(&self, key: &str, per_second: f64, burst: f64) -> Result<bool, StoreError>;
+    /// Forgets events older than `age` and buckets unused that long.
+    fn prune_limits(&self, age: Duration) -> Result<u64, StoreError>;
+}
+
 /// The storage interface of the server.
 pub trait Store: Send + Sync + 'static {
+    /// The rate-limit state shared by every node using this store, if the
+    /// store is shared (`None`: the node keeps its limits in memory).
+    fn shared_limits(&self) -> Option<&dyn SharedLimits> {
+        None
+    }
+
     /// Creates an account.
     fn create_user(&self, username: &str, password_hash: &str) -> Result<(), StoreError>;
     /// The stored password hash of an account.

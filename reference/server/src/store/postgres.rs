@@ -40,7 +40,7 @@ use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, Sig
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
-use super::{NewEnvelope, Store, StoreError, TokenRecord};
+use super::{NewEnvelope, SharedLimits, Store, StoreError, TokenRecord};
 
 /// Schema migrations, applied in order; `schema_migrations` records each.
 pub const MIGRATIONS: &[&str] = &[
@@ -93,6 +93,18 @@ pub const MIGRATIONS: &[&str] = &[
          link_id BYTEA NOT NULL,
          blob BYTEA NOT NULL,
          expires_ms BIGINT NOT NULL
+     );",
+    // 2: rate-limit state shared by the nodes (times in ms, the database's clock).
+    "CREATE TABLE limit_events (
+         key TEXT NOT NULL,
+         at_ms BIGINT NOT NULL
+     );
+     CREATE INDEX limit_events_key ON limit_events (key, at_ms);
+     CREATE INDEX limit_events_age ON limit_events (at_ms);
+     CREATE TABLE limit_buckets (
+         key TEXT PRIMARY KEY,
+         tokens DOUBLE PRECISION NOT NULL,
+         at_ms BIGINT NOT NULL
      );",
 ];
 
@@ -501,7 +513,83 @@ fn to_deliver(row: &postgres::Row) -> Result<Deliver, StoreError> {
     })
 }
 
+impl SharedLimits for PgStore {
+    fn recent_events(&self, keys: &[String], window: Duration) -> Result<Vec<u32>, StoreError> {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let counts: HashMap<String, i64> = self.with(|c| {
+            let st = c.st(RECENT_EVENTS)?;
+            Ok(c.client
+                .query(&st, &[&keys, &window_ms])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })?;
+        Ok(keys
+            .iter()
+            .map(|k| u32_of(counts.get(k).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    fn record_event(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let st = c.st("INSERT INTO limit_events (key, at_ms)
+                 SELECT k, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
+                 FROM unnest($1::TEXT[]) AS k")?;
+            c.client.execute(&st, &[&keys])?;
+            Ok(())
+        })
+    }
+
+    fn take_token(&self, key: &str, per_second: f64, burst: f64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            // One statement: the bucket is refilled for the time since its
+            // last use and a token taken only if one is there, atomically
+            // whichever node asks.
+            let st = c.st(
+                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS ms)
+                 INSERT INTO limit_buckets AS b (key, tokens, at_ms)
+                 SELECT $1, $3::FLOAT8 - 1, now.ms FROM now WHERE $3::FLOAT8 >= 1
+                 ON CONFLICT (key) DO UPDATE SET
+                     tokens = LEAST($3::FLOAT8,
+                                    b.tokens + GREATEST(0, excluded.at_ms - b.at_ms) * $2::FLOAT8 / 1000.0) - 1,
+                     at_ms = excluded.at_ms
+                 WHERE LEAST($3::FLOAT8,
+                             b.tokens + GREATEST(0, excluded.at_ms - b.at_ms) * $2::FLOAT8 / 1000.0) >= 1
+                 RETURNING tokens",
+            )?;
+            Ok(c.client.query_opt(&st, &[&key, &per_second, &burst])?.is_some())
+        })
+    }
+
+    fn prune_limits(&self, age: Duration) -> Result<u64, StoreError> {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let events = c.client.execute(
+                "DELETE FROM limit_events
+                 WHERE at_ms < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $1",
+                &[&age_ms],
+            )?;
+            let buckets = c.client.execute(
+                "DELETE FROM limit_buckets
+                 WHERE at_ms < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $1",
+                &[&age_ms],
+            )?;
+            Ok(events + buckets)
+        })
+    }
+}
+
+/// Events per key within a window of the database's clock.
+const RECENT_EVENTS: &str = "SELECT key, COUNT(*) FROM limit_events
+     WHERE key = ANY($1)
+       AND at_ms > (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $2
+     GROUP BY key";
+
 impl Store for PgStore {
+    fn shared_limits(&self) -> Option<&dyn SharedLimits> {
+        Some(self)
+    }
+
     fn create_user(&self, username: &str, password_hash: &str) -> Result<(), StoreError> {
         self.with(|c| {
             let st = c.st("INSERT INTO users (name, password_hash) VALUES ($1, $2)")?;
@@ -922,6 +1010,7 @@ impl Store for PgStore {
 mod tests {
     use super::*;
     use crate::store::suite::postgres_store;
+    use std::sync::Arc;
 
     /// Nodes that start together migrate once between them; a schema newer
     /// than the server is refused.
@@ -1017,6 +1106,80 @@ mod tests {
             took >= Duration::from_millis(300) && took < Duration::from_secs(5),
             "{took:?}"
         );
+    }
+
+    /// Two nodes (two stores on one schema) see one set of limits: events
+    /// recorded through either are counted through both, and a bucket's
+    /// burst is spent once between them, concurrently.
+    #[test]
+    fn limits_are_shared_between_nodes() {
+        let Some(first) = postgres_store(4) else {
+            return;
+        };
+        let url = std::env::var("CHATIFY_PG_URL").unwrap_or_default();
+        let second = Arc::new(
+            PgStore::connect(
+                &url,
+                PgOptions {
+                    pool_size: 4,
+                    schema: first.0.options.schema.clone(),
+                    ..PgOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let keys = vec![
+            "login account bob".to_owned(),
+            "login address ::1".to_owned(),
+        ];
+        first.0.record_event(&keys).unwrap();
+        second.record_event(&keys).unwrap();
+        let window = Duration::from_secs(60);
+        assert_eq!(second.recent_events(&keys, window).unwrap(), vec![2, 2]);
+        assert_eq!(
+            first
+                .0
+                .recent_events(&["login account eve".to_owned(), keys[0].clone()], window)
+                .unwrap(),
+            vec![0, 2]
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            second
+                .recent_events(&keys, Duration::from_millis(20))
+                .unwrap(),
+            vec![0, 0],
+            "outside the window"
+        );
+        assert_eq!(first.0.prune_limits(Duration::from_millis(20)).unwrap(), 4);
+
+        // Eight threads on two nodes take from a bucket of ten at once.
+        let stores: [Arc<PgStore>; 2] = [Arc::clone(&first.0), Arc::clone(&second)];
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let takers: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, start) = (Arc::clone(&stores[i % 2]), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..5)
+                        .filter(|_| store.take_token("bundle bob 1 eve", 0.001, 10.0).unwrap())
+                        .count()
+                })
+            })
+            .collect();
+        let taken: usize = takers.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(taken, 10, "40 tries at a burst of 10");
+        assert!(!first.0.take_token("bundle bob 1 eve", 0.001, 10.0).unwrap());
+        assert!(
+            first
+                .0
+                .take_token("bundle bob 1 mallory", 0.001, 10.0)
+                .unwrap()
+        );
+        // Refilled at its rate.
+        assert!(first.0.take_token("fast", 1000.0, 1.0).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(second.take_token("fast", 1000.0, 1.0).unwrap());
     }
 
     /// The tap's view of the tables: every column of every row, BYTEA as
