@@ -214,6 +214,11 @@ enum Command {
         /// server sees (through its test hook), for the credential tap.
         #[arg(long)]
         keep_credentials_mutant: bool,
+        /// HARNESS-ONLY MUTANT: publish every accepted envelope verbatim on
+        /// NATS (subject `PREFIX.mutant`, the server's --nats and
+        /// --nats-prefix), for the bus tap.
+        #[arg(long)]
+        publish_envelopes_mutant: bool,
         /// TEST MODE: echo every text and binary message instead of
         /// speaking the protocol (for the Autobahn|Testsuite, `conformance/`).
         #[arg(long)]
@@ -306,9 +311,13 @@ fn main() -> ExitCode {
         Command::Serve {
             log_envelopes_mutant,
             keep_credentials_mutant,
+            publish_envelopes_mutant,
             conformance_echo,
             args,
         } => {
+            let publisher = publish_envelopes_mutant
+                .then(|| topology::envelope_publisher(&args))
+                .flatten();
             let argv =
                 std::iter::once("chatify-server".into()).chain(args.into_iter().map(Into::into));
             return chatify_server::cli::run_customized(argv, |config| {
@@ -317,6 +326,18 @@ fn main() -> ExitCode {
                 }
                 if keep_credentials_mutant {
                     config.credential_observer = Some(topology::credential_keeper());
+                }
+                if let Some(p) = publisher {
+                    // Beside the log mutant, if that is on too.
+                    config.envelope_observer = Some(match config.envelope_observer.take() {
+                        Some(first) => chatify_server::EnvelopeObserver(std::sync::Arc::new(
+                            move |e: &[u8]| {
+                                (first.0)(e);
+                                (p.0)(e);
+                            },
+                        )),
+                        None => p,
+                    });
                 }
                 config.conformance_echo = conformance_echo;
             });

@@ -105,6 +105,32 @@ pub(crate) struct Topology {
     /// peers' clients do in a comparison.
     #[serde(default)]
     pub(crate) direct: bool,
+    /// Server nodes (child processes) sharing one PostgreSQL store and a
+    /// NATS server the harness starts; clients connect through the relay,
+    /// which spreads their connections over the nodes that are up (a
+    /// reconnect lands on the next one). More than one needs
+    /// `store = "postgres"`.
+    #[serde(default = "one")]
+    pub(crate) nodes: usize,
+    /// `sqlite` (a file per run) or `postgres` (a schema of its own in the
+    /// database at `CHATIFY_PG_URL`, dropped afterwards).
+    #[serde(default)]
+    pub(crate) store: StoreKind,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Which store the server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum StoreKind {
+    /// SQLite, embedded.
+    #[default]
+    Sqlite,
+    /// PostgreSQL at `CHATIFY_PG_URL`.
+    Postgres,
 }
 
 impl Default for Topology {
@@ -114,6 +140,8 @@ impl Default for Topology {
             durability: default_durability(),
             server_args: Vec::new(),
             direct: false,
+            nodes: 1,
+            store: StoreKind::Sqlite,
         }
     }
 }
@@ -279,6 +307,27 @@ pub(crate) struct Faults {
     /// A faulty network between every client and the server.
     #[serde(default)]
     pub(crate) network: Option<Network>,
+    /// The NATS server stopped (SIGKILL) and started again on its port
+    /// (several nodes only).
+    #[serde(default)]
+    pub(crate) nats_restarts: Vec<Outage>,
+    /// One node's connections to PostgreSQL cut (reset, and new ones
+    /// refused) by the harness's relay between that node and PostgreSQL.
+    #[serde(default)]
+    pub(crate) store_cuts: Vec<Outage>,
+}
+
+/// A component away for a while.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Outage {
+    /// When, in seconds from the start of the workload.
+    pub(crate) at_secs: f64,
+    /// For how long.
+    pub(crate) down_secs: f64,
+    /// Which node's link (store cuts).
+    #[serde(default)]
+    pub(crate) node: usize,
 }
 
 /// Network faults, applied by the harness's relay to every connection in
@@ -331,6 +380,12 @@ pub(crate) struct Restart {
     /// abort for an in-process server); `false`: graceful shutdown.
     #[serde(default)]
     pub(crate) kill: bool,
+    /// Which node (several nodes).
+    #[serde(default)]
+    pub(crate) node: usize,
+    /// How long the node stays down before it starts again.
+    #[serde(default)]
+    pub(crate) down_secs: f64,
 }
 
 /// The plaintext-leak taps.
@@ -490,6 +545,9 @@ pub(crate) const CHECKS: &[&str] = &[
     "leak.logs",
     "leak.memory",
     "leak.credentials",
+    "leak.store-log",
+    "leak.bus",
+    "delivery.catch-up",
 ];
 
 /// Why a scenario file is unusable.
@@ -576,6 +634,32 @@ impl Scenario {
         }
         if !self.topology.server_args.is_empty() && self.topology.server != ServerMode::Child {
             bail!("topology.server_args need topology.server = \"child\"");
+        }
+        let t = &self.topology;
+        if t.nodes == 0 || (t.nodes > 1 && t.store != StoreKind::Postgres) {
+            bail!("topology.nodes must be 1, or more with topology.store = \"postgres\"");
+        }
+        if t.store == StoreKind::Postgres && t.server != ServerMode::Child {
+            bail!("topology.store = \"postgres\" needs topology.server = \"child\"");
+        }
+        let f = &self.faults;
+        if f.server_restarts.iter().any(|r| r.node >= t.nodes)
+            || f.store_cuts.iter().any(|c| c.node >= t.nodes)
+        {
+            bail!("faults name a node the topology does not have");
+        }
+        if t.nodes == 1 && !f.nats_restarts.is_empty() {
+            bail!("faults.nats_restarts need topology.nodes > 1");
+        }
+        if t.store != StoreKind::Postgres && !f.store_cuts.is_empty() {
+            bail!("faults.store_cuts need topology.store = \"postgres\"");
+        }
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if !(f.nats_restarts.iter().chain(&f.store_cuts))
+            .all(|o| non_negative(o.at_secs) && non_negative(o.down_secs))
+            || !f.server_restarts.iter().all(|r| non_negative(r.down_secs))
+        {
+            bail!("fault times must be finite and non-negative");
         }
         if let Some(a) = &self.abuse
             && !(positive(a.max_p99_ms)
@@ -685,6 +769,33 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("unknown check")
+        );
+        let refused = |extra: &str, why: &str| {
+            let e = parse(extra).unwrap_err().to_string();
+            assert!(e.contains(why), "{extra:?}: {e}");
+        };
+        refused("[topology]\nnodes=3\n", "topology.store = \"postgres\"");
+        refused("[topology]\nnodes=0\n", "topology.nodes");
+        refused("[topology]\nstore='postgres'\n", "server = \"child\"");
+        refused(
+            "[topology]\nserver='child'\nstore='postgres'\nnodes=2\n[faults]\nserver_restarts=[{at_secs=1,node=2}]\n",
+            "node the topology does not have",
+        );
+        refused(
+            "[faults]\nnats_restarts=[{at_secs=1,down_secs=1}]\n",
+            "nodes > 1",
+        );
+        refused(
+            "[faults]\nstore_cuts=[{at_secs=1,down_secs=1}]\n",
+            "store = \"postgres\"",
+        );
+        refused(
+            "[topology]\nserver='child'\nstore='postgres'\nnodes=2\n[faults]\nstore_cuts=[{at_secs=1,down_secs=-1}]\n",
+            "non-negative",
+        );
+        assert!(
+            parse("[topology]\nserver='child'\nstore='postgres'\nnodes=3\n[faults]\nnats_restarts=[{at_secs=1,down_secs=1}]\nstore_cuts=[{at_secs=2,down_secs=1,node=2}]\n")
+                .is_ok()
         );
     }
 }

@@ -86,7 +86,7 @@ const SATURATED_P99_MS: f64 = 250.0;
 
 /// A running system.
 enum Server {
-    Chatify(Topology, tempfile::TempDir),
+    Chatify(Box<Topology>, tempfile::TempDir),
     Peer(PeerServer),
 }
 
@@ -97,7 +97,7 @@ impl Server {
                 let dir = tempfile::tempdir()?;
                 let mut topo = Topology::for_load(dir.path(), durability, count);
                 topo.start().await?;
-                Server::Chatify(topo, dir)
+                Server::Chatify(Box::new(topo), dir)
             }
             System::SocketIo(_) => {
                 Server::Peer(PeerServer::start(Peer::SocketIo, socketio_dir).await?)

@@ -31,8 +31,9 @@ use super::users::{Ctx, sleep_until, user_task};
 use super::{home_passphrase, unlocked_home};
 use crate::metrics::{Check, Metrics, Outcome, TapOutcome, hist, leak_check, record};
 use crate::plaintext::Detector;
-use crate::scenario::{Abuse, Mode, Scenario, ServerMode, Verdict};
+use crate::scenario::{Abuse, Mode, Scenario, ServerMode, StoreKind, Verdict};
 use crate::taps::{self, WireTap};
+use crate::topology::deployment::Deployment;
 use crate::topology::{
     Topology, envelope_logger, logsink, open_sockets, proc_cpu_secs, proc_peak_rss_kib,
     wait_for_sockets,
@@ -48,21 +49,44 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let mode = s.workload.mode;
     let plan = schedule(s);
 
-    let mut topo = topology_for(s, &data_dir, &log, observer_for(mode, &plan))?;
+    let node = topology_for(s, &data_dir, &log, observer_for(mode, &plan))?;
+    let mut dep = match s.topology.store {
+        StoreKind::Sqlite => Deployment::single(node),
+        StoreKind::Postgres => {
+            // The leaky client's mutant server leaks through every new
+            // place too: notices on NATS and PostgreSQL's statement log.
+            let leaky = mode == Mode::LeakyClientMutant;
+            Deployment::on_postgres(node, s.topology.nodes, out, leaky, leaky).await?
+        }
+    };
     let capture_log = s.topology.server == ServerMode::InProcess && s.taps.logs;
     if capture_log {
         logsink::capture(Some(&log))?;
     }
-    topo.start().await?;
-    // The server's sockets before any client connects: its listener and its
-    // runtime's own (signal handling).
-    let idle_sockets = topo.pid().and_then(open_sockets);
-    let tap = WireTap::start(topo.addr, s.taps.wire).await?;
-    let to = if s.topology.direct {
-        topo.addr
-    } else {
-        tap.addr
-    };
+    let started = dep.start().await;
+    if let Err(e) = started {
+        dep.drop_schema().await;
+        return Err(e);
+    }
+    // Each server's sockets before any client connects: its listener and
+    // its runtime's own (signal handling), and a node's links to
+    // PostgreSQL and NATS.
+    let idle_sockets: Vec<Option<usize>> = dep
+        .nodes
+        .iter()
+        .map(|n| {
+            let links = if n.link.is_some() { 1 + 8 } else { 0 };
+            n.pid().and_then(open_sockets).map(|k| k + links)
+        })
+        .collect();
+    let first = dep
+        .nodes
+        .first()
+        .map(|n| n.addr)
+        .context("no server node")?;
+    let tap = WireTap::start(first, s.taps.wire).await?;
+    tap.set_targets(dep.addrs());
+    let to = if s.topology.direct { first } else { tap.addr };
     let options = ConnectOptions::new(format!("ws://{to}"));
 
     // Accounts and devices (not timed as workload).
@@ -90,17 +114,28 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let abusers = match &s.abuse {
         Some(a) => {
             let until = start + plan.last().map(|p| p.at).unwrap_or_default();
-            Some(abuse::start(topo.addr, a.clone(), until + Duration::from_secs(1)).await?)
+            Some(abuse::start(first, a.clone(), until + Duration::from_secs(1)).await?)
         }
         None => None,
     };
-    let cpu_before = topo.pid().and_then(proc_cpu_secs);
+    let cpu_before = cpu_secs(&dep);
     let tasks = spawn_users(s, &plan, ctx, &homes, accounts.clients);
     let progress = Progress::new(plan.len() as u64, &s.name, show_progress);
     let tally = Tally::new(s, &plan, start, accounts.connect_auth);
-    let driven = drive(s, rx, tasks, tally, &progress, &mut topo, &tap, start).await?;
-    let cpu_after = topo.pid().and_then(proc_cpu_secs);
+    let driven = drive(s, rx, tasks, tally, &progress, &mut dep, &tap, start).await;
+    let driven = match driven {
+        Ok(d) => d,
+        Err(e) => {
+            dep.stop(true).await;
+            dep.drop_schema().await;
+            return Err(e);
+        }
+    };
+    let cpu_after = cpu_secs(&dep);
+    let windows = fault_windows(s, start);
+    let catch_up = (!windows.is_empty()).then(|| driven.tally.catch_up(s, &windows));
     let (mut metrics, mut checks) = driven.tally.finish(s, cpu_before, cpu_after);
+    checks.extend(catch_up);
     metrics.server_restarts = driven.restarts;
     metrics.server_kills = driven.kills;
     if driven.restarts > 0 {
@@ -108,7 +143,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         metrics.server_cpu_secs = None;
         metrics.server_cpu_us_per_msg = None;
     }
-    metrics.server_peak_rss_kib = topo.pid().and_then(proc_peak_rss_kib);
+    metrics.server_peak_rss_kib = dep.pids().into_iter().filter_map(proc_peak_rss_kib).max();
     if let (Some(a), Some(handle)) = (&s.abuse, abusers) {
         let tally = handle.await?;
         checks.extend(abuse_checks(s, a, &tally, &metrics));
@@ -118,34 +153,54 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     // the files it left.
     let secrets = Detector::secrets(accounts.credentials.iter().map(|(l, c)| (*l, c.as_slice())));
     let (memory, credential_memory) =
-        scan_process(s, &topo, idle_sockets, &detector, &secrets).await;
-    topo.stop(false).await;
+        scan_processes(s, &dep, &idle_sockets, &detector, &secrets).await;
+    dep.stop(false).await;
     if capture_log {
         logsink::capture(None)?;
     }
+    let store = if !s.taps.store {
+        None
+    } else if dep.postgres.is_some() {
+        dep.scan_tables(&detector).await
+    } else {
+        dep.nodes
+            .first()
+            .map(|n| Ok(taps::scan_dir(&n.data_dir, &detector)))
+    };
+    let logs = s.taps.logs.then(|| {
+        merge(
+            dep.nodes
+                .iter()
+                .map(|n| Ok(taps::scan_file(&n.log, &detector)))
+                .collect(),
+        )
+    });
+    let store_log = if s.taps.logs {
+        dep.scan_pg_log(&detector)
+    } else {
+        None
+    };
+    let bus = dep.nats.as_ref().map(|n| Ok(n.scan(&detector)));
+    dep.drop_schema().await;
     let found = [
         (
             "leak.wire",
             "wire",
             s.taps.wire.then(|| Ok(tap.scan(&detector))),
         ),
-        (
-            "leak.store",
-            "store",
-            s.taps
-                .store
-                .then(|| Ok(taps::scan_dir(&topo.data_dir, &detector))),
-        ),
-        (
-            "leak.logs",
-            "logs",
-            s.taps.logs.then(|| Ok(taps::scan_file(&log, &detector))),
-        ),
+        ("leak.store", "store", store),
+        ("leak.logs", "logs", logs),
+        ("leak.store-log", "store-log", store_log),
         ("leak.memory", "memory", memory),
         ("leak.credentials", "credentials", credential_memory),
+        ("leak.bus", "bus", bus),
     ];
     let mut tap_results = BTreeMap::new();
     for (name, key, result) in found {
+        // The taps of several nodes' places appear only where those exist.
+        if result.is_none() && ["leak.store-log", "leak.bus"].contains(&name) {
+            continue;
+        }
         checks.push(leak_check(name, s.expected(name), result.as_ref()));
         if let Some(Ok(r)) = result {
             tap_results.insert(key, r);
@@ -261,6 +316,7 @@ fn topology_for(
         max_connections_per_address: None,
         server_args: s.topology.server_args.clone(),
         request_limits: s.abuse.is_some(),
+        link: None,
     })
 }
 
@@ -403,34 +459,41 @@ async fn drive(
     mut tasks: JoinSet<()>,
     mut tally: Tally,
     progress: &Progress,
-    topo: &mut Topology,
+    dep: &mut Deployment,
     tap: &WireTap,
     start: Instant,
 ) -> Result<Driven> {
-    let mut restart_queue: VecDeque<(Duration, bool)> = s
-        .faults
-        .server_restarts
-        .iter()
-        .map(|r| (Duration::from_secs_f64(r.at_secs), r.kill))
-        .collect();
+    let mut timeline = timeline(s);
     let (mut restarts, mut kills) = (0u64, 0u64);
     loop {
-        let restart_at = restart_queue.front().map(|(at, _)| start + *at);
+        let next_at = timeline.front().map(|(at, _)| start + *at);
         tokio::select! {
             r = rx.recv() => match r {
                 None => break,
                 Some(r) => tally.add(r, progress),
             },
-            _ = sleep_until(restart_at), if restart_at.is_some() => {
-                if let Some((_, kill)) = restart_queue.pop_front() {
-                    restarts += 1;
-                    kills += u64::from(kill);
-                    progress.bar.set_message(if kill { "server killed; restarting" } else { "server restarting" });
-                    topo.stop(kill).await;
-                    topo.start().await?;
-                    tap.retarget(topo.addr);
-                    progress.bar.set_message("");
+            _ = sleep_until(next_at), if next_at.is_some() => {
+                let Some((_, action)) = timeline.pop_front() else { continue };
+                progress.bar.set_message(action.describe());
+                match action {
+                    Action::NodeDown { node, kill } => {
+                        restarts += 1;
+                        kills += u64::from(kill);
+                        if let Some(n) = dep.nodes.get_mut(node) {
+                            n.stop(kill).await;
+                        }
+                    }
+                    Action::NodeUp { node } => {
+                        if let Some(n) = dep.nodes.get_mut(node) {
+                            n.start().await?;
+                        }
+                        tap.set_targets(dep.addrs());
+                    }
+                    Action::NatsDown => dep.nats_down().await,
+                    Action::NatsUp => dep.nats_up().await?,
+                    Action::CutStore { node, down } => dep.cut_store(node, down),
                 }
+                progress.bar.set_message("");
             },
         }
     }
@@ -441,6 +504,120 @@ async fn drive(
         restarts,
         kills,
     })
+}
+
+/// A fault's step, on the scenario's clock.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    NodeDown { node: usize, kill: bool },
+    NodeUp { node: usize },
+    NatsDown,
+    NatsUp,
+    CutStore { node: usize, down: Duration },
+}
+
+impl Action {
+    fn describe(&self) -> &'static str {
+        match self {
+            Action::NodeDown { kill: true, .. } => "server killed",
+            Action::NodeDown { kill: false, .. } => "server stopping",
+            Action::NodeUp { .. } => "server starting",
+            Action::NatsDown => "NATS killed",
+            Action::NatsUp => "NATS starting",
+            Action::CutStore { .. } => "a node's PostgreSQL link cut",
+        }
+    }
+}
+
+/// Every fault's steps, in time order.
+fn timeline(s: &Scenario) -> VecDeque<(Duration, Action)> {
+    let at = Duration::from_secs_f64;
+    let f = &s.faults;
+    let mut steps: Vec<(Duration, Action)> = Vec::new();
+    for r in &f.server_restarts {
+        steps.push((
+            at(r.at_secs),
+            Action::NodeDown {
+                node: r.node,
+                kill: r.kill,
+            },
+        ));
+        steps.push((at(r.at_secs + r.down_secs), Action::NodeUp { node: r.node }));
+    }
+    for o in &f.nats_restarts {
+        steps.push((at(o.at_secs), Action::NatsDown));
+        steps.push((at(o.at_secs + o.down_secs), Action::NatsUp));
+    }
+    for c in &f.store_cuts {
+        steps.push((
+            at(c.at_secs),
+            Action::CutStore {
+                node: c.node,
+                down: at(c.down_secs),
+            },
+        ));
+    }
+    // Stable: a restart's down comes before its up at the same instant.
+    steps.sort_by_key(|(t, _)| *t);
+    steps.into()
+}
+
+/// When each server-side fault (a node down, NATS down, a store link cut)
+/// began and ended.
+fn fault_windows(s: &Scenario, start: Instant) -> Vec<(Instant, Instant)> {
+    let at = |secs: f64| start + Duration::from_secs_f64(secs);
+    let f = &s.faults;
+    f.server_restarts
+        .iter()
+        .map(|r| (r.at_secs, r.down_secs))
+        .chain(f.nats_restarts.iter().map(|o| (o.at_secs, o.down_secs)))
+        .chain(f.store_cuts.iter().map(|o| (o.at_secs, o.down_secs)))
+        .map(|(from, down)| (at(from), at(from + down)))
+        .collect()
+}
+
+/// The server processes' CPU seconds, all of them, or `None`.
+fn cpu_secs(dep: &Deployment) -> Option<f64> {
+    dep.nodes
+        .iter()
+        .map(|n| n.pid().and_then(proc_cpu_secs))
+        .sum::<Option<f64>>()
+}
+
+/// One tap's results over several places, as one.
+fn merge(parts: Vec<TapOutcome>) -> TapOutcome {
+    let mut all = taps::TapResult::default();
+    for part in parts {
+        let r = part?;
+        all.bytes += r.bytes;
+        all.matches += r.matches;
+        all.hits.extend(
+            r.hits
+                .into_iter()
+                .take(20usize.saturating_sub(all.hits.len())),
+        );
+    }
+    Ok(all)
+}
+
+/// The memory taps of every server process.
+async fn scan_processes(
+    s: &Scenario,
+    dep: &Deployment,
+    idle_sockets: &[Option<usize>],
+    detector: &Detector,
+    secrets: &Detector,
+) -> (Option<TapOutcome>, Option<TapOutcome>) {
+    let (mut plain, mut creds) = (Vec::new(), Vec::new());
+    for (node, idle) in dep.nodes.iter().zip(idle_sockets) {
+        let (p, c) = scan_process(s, node, *idle, detector, secrets).await;
+        plain.extend(p);
+        creds.extend(c);
+    }
+    if plain.is_empty() {
+        return (None, None);
+    }
+    (Some(merge(plain)), Some(merge(creds)))
 }
 
 /// The memory taps, while the server process lives: the canaries, and the

@@ -1,13 +1,13 @@
 //! From records to measurements: the tally folds what the user tasks report
 //! into histograms, the delivery ledger and the two delivery checks.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use super::schedule::{Planned, Record};
 use crate::metrics::{Check, Ledger, Metrics, Percentiles, cdf, hist, record};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Verdict};
 
 /// Turns the records of a run into metrics and the delivery checks.
 pub(crate) struct Tally {
@@ -23,7 +23,13 @@ pub(crate) struct Tally {
     send_errors: Vec<String>,
     last_delivery: Instant,
     bytes: u64,
+    /// Each delivery's intended send time and arrival.
+    deliveries: Vec<(Instant, Instant)>,
 }
+
+/// How soon after a server-side fault ends every online device must have
+/// caught up (what was sent before and during it delivered).
+pub(crate) const CATCH_UP_BOUND: Duration = Duration::from_secs(5);
 
 impl Tally {
     pub(crate) fn new(
@@ -49,6 +55,7 @@ impl Tally {
             send_errors: Vec::new(),
             last_delivery: start,
             bytes: 0,
+            deliveries: Vec::with_capacity(plan.len()),
         }
     }
 
@@ -71,6 +78,8 @@ impl Tally {
                 self.ledger.delivered(recipient, sender, n);
                 self.bytes += bytes as u64;
                 self.last_delivery = self.last_delivery.max(at);
+                self.deliveries
+                    .push((at.checked_sub(latency).unwrap_or(at), at));
                 m.delivered += 1;
                 progress.bar.inc(1);
             }
@@ -98,6 +107,50 @@ impl Tally {
             }
             Record::ConnectAuth(d) => record(&mut self.connect_auth, d.as_micros()),
             Record::Reconnected => m.reconnects += 1,
+        }
+    }
+
+    /// `delivery.catch-up`: every delivery arrived within
+    /// [`CATCH_UP_BOUND`] of the later of its send and the end of the last
+    /// fault that began before it arrived. A message held up by a fault
+    /// counts from the fault's end; one sent after it, from its send.
+    pub(crate) fn catch_up(&self, s: &Scenario, windows: &[(Instant, Instant)]) -> Check {
+        let mut worst = (Duration::ZERO, None::<(Instant, Instant)>);
+        for &(sent, at) in &self.deliveries {
+            let fault_end = windows
+                .iter()
+                .filter(|(from, _)| *from <= at)
+                .map(|(_, end)| *end)
+                .max();
+            let due = fault_end.map_or(sent, |end| end.max(sent));
+            let lag = at.saturating_duration_since(due);
+            if lag > worst.0 {
+                worst = (lag, Some((sent, at)));
+            }
+        }
+        let ok = worst.0 <= CATCH_UP_BOUND;
+        let evidence = match worst.1 {
+            Some((sent, at)) => format!(
+                "{} deliveries, {} faults: the latest arrived {:.2} s after it was due \
+                 (sent at {:.2} s, arrived at {:.2} s; bound {} s)",
+                self.deliveries.len(),
+                windows.len(),
+                worst.0.as_secs_f64(),
+                sent.saturating_duration_since(self.start).as_secs_f64(),
+                at.saturating_duration_since(self.start).as_secs_f64(),
+                CATCH_UP_BOUND.as_secs()
+            ),
+            None => format!(
+                "{} deliveries, {} faults: none arrived after it was due",
+                self.deliveries.len(),
+                windows.len()
+            ),
+        };
+        Check {
+            name: "delivery.catch-up",
+            verdict: if ok { Verdict::Pass } else { Verdict::Fail },
+            expected: s.expected("delivery.catch-up"),
+            evidence,
         }
     }
 

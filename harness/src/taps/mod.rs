@@ -33,9 +33,14 @@ pub(crate) struct TapResult {
 
 /// Records every byte that clients send to the server, with WebSocket
 /// masking removed: exactly what the server's WebSocket layer reads.
+///
+/// With several server nodes it is also the deployment's balancer: each
+/// connection goes to the next node in turn, or to the one after when that
+/// one refuses (a node that is down), so clients spread over the nodes
+/// and a reconnect lands on another.
 #[derive(Clone)]
 pub(crate) struct WireTap {
-    target: Arc<Mutex<SocketAddr>>,
+    targets: Arc<Mutex<Vec<SocketAddr>>>,
     recorded: Arc<Mutex<Vec<u8>>>,
     /// Faults for connections accepted from now on.
     network: Arc<Mutex<Option<Network>>>,
@@ -51,7 +56,7 @@ impl WireTap {
     pub(crate) async fn start(target: SocketAddr, record: bool) -> std::io::Result<WireTap> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let tap = WireTap {
-            target: Arc::new(Mutex::new(target)),
+            targets: Arc::new(Mutex::new(vec![target])),
             recorded: Arc::default(),
             network: Arc::default(),
             addr: listener.local_addr()?,
@@ -61,13 +66,25 @@ impl WireTap {
             let mut n = 0u64;
             while let Ok((client, _)) = listener.accept().await {
                 n += 1;
-                let target = *lock(&t.target);
+                // This connection's order of nodes: the next in turn first.
+                let mut order = lock(&t.targets).clone();
+                if !order.is_empty() {
+                    let first = (n as usize - 1) % order.len();
+                    order.rotate_left(first);
+                }
                 let recorded = record.then(|| Arc::clone(&t.recorded));
                 let shape = lock(&t.network)
                     .as_ref()
                     .map(|net| Shape::new(net, net.seed.wrapping_mul(1_000_003).wrapping_add(n)));
                 tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(target).await {
+                    let mut server = None;
+                    for target in order {
+                        if let Ok(s) = TcpStream::connect(target).await {
+                            server = Some(s);
+                            break;
+                        }
+                    }
+                    if let Some(server) = server {
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
                         match shape {
@@ -86,9 +103,9 @@ impl WireTap {
         *lock(&self.network) = network;
     }
 
-    /// Points new connections at another server address (after a restart).
-    pub(crate) fn retarget(&self, target: SocketAddr) {
-        *lock(&self.target) = target;
+    /// Spreads new connections over these nodes.
+    pub(crate) fn set_targets(&self, targets: Vec<SocketAddr>) {
+        *lock(&self.targets) = targets;
     }
 
     /// A copy of everything recorded.

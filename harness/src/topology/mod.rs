@@ -6,6 +6,8 @@
 //! It owns no workload, no taps' searching and no checks: the runner asks
 //! it for a server and its address, and for a process's figures.
 
+pub(crate) mod cut;
+pub(crate) mod deployment;
 pub(crate) mod logsink;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -53,6 +55,21 @@ pub(crate) struct Topology {
     /// runs), or off: a load run offers all its traffic from one address,
     /// and what it measures must not be the limit.
     pub(crate) request_limits: bool,
+    /// A node of several: its PostgreSQL store and NATS (child servers only).
+    pub(crate) link: Option<NodeLink>,
+}
+
+/// How a node of several reaches what the nodes share.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeLink {
+    /// The PostgreSQL URL (through the node's cut relay).
+    pub(crate) store_url: String,
+    pub(crate) schema: String,
+    /// NATS, when there are several nodes.
+    pub(crate) nats: Option<String>,
+    pub(crate) prefix: String,
+    /// HARNESS-ONLY MUTANT: the node publishes every envelope on NATS.
+    pub(crate) publish_mutant: bool,
 }
 
 /// HARNESS-ONLY MUTANT hook: logs every envelope the server accepts, verbatim.
@@ -71,6 +88,36 @@ pub(crate) fn credential_keeper() -> EnvelopeObserver {
             k.push(secret.to_vec());
         }
     }))
+}
+
+/// HARNESS-ONLY MUTANT hook: publishes every envelope the server accepts,
+/// verbatim, on the NATS server of its `--nats` argument (subject
+/// `PREFIX.mutant`). `None` without `--nats`.
+pub(crate) fn envelope_publisher(args: &[String]) -> Option<EnvelopeObserver> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let url = value("--nats")?;
+    let subject = format!(
+        "{}.mutant",
+        value("--nats-prefix").unwrap_or_else(|| "chatify".into())
+    );
+    let client: Arc<tokio::sync::OnceCell<Option<async_nats::Client>>> = Arc::default();
+    Some(EnvelopeObserver(Arc::new(move |envelope: &[u8]| {
+        let (client, url, subject) = (Arc::clone(&client), url.clone(), subject.clone());
+        let envelope = envelope.to_vec();
+        tokio::spawn(async move {
+            let c = client
+                .get_or_init(|| async { async_nats::connect(url).await.ok() })
+                .await;
+            if let Some(c) = c {
+                let _ = c.publish(subject, envelope.into()).await;
+            }
+        });
+    })))
 }
 
 /// Password hashing is not what the harness measures: cheap parameters keep
@@ -102,6 +149,27 @@ impl Topology {
             max_connections_per_address: Some(connections + 16),
             server_args: Vec::new(),
             request_limits: false,
+            link: None,
+        }
+    }
+
+    /// The same server settings, not started.
+    pub(crate) fn clone_config(&self) -> Topology {
+        Topology {
+            mode: self.mode,
+            log_level: self.log_level,
+            data_dir: self.data_dir.clone(),
+            db: self.db.clone(),
+            log: self.log.clone(),
+            durability: self.durability,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            handle: None,
+            observer: self.observer.clone(),
+            keep_credentials: self.keep_credentials,
+            max_connections_per_address: self.max_connections_per_address,
+            server_args: self.server_args.clone(),
+            request_limits: self.request_limits,
+            link: self.link.clone(),
         }
     }
 
@@ -163,6 +231,9 @@ impl Topology {
                 if self.keep_credentials {
                     command.arg("--keep-credentials-mutant");
                 }
+                if self.link.as_ref().is_some_and(|l| l.publish_mutant) {
+                    command.arg("--publish-envelopes-mutant");
+                }
                 if let Some(n) = self.max_connections_per_address {
                     command.args(["--max-connections-per-address", &n.to_string()]);
                 }
@@ -174,7 +245,7 @@ impl Topology {
                         "0",
                     ]);
                 }
-                let mut child = command
+                command
                     .args([
                         "--listen",
                         &self.addr.to_string(),
@@ -190,9 +261,22 @@ impl Topology {
                             &["--argon2-memory-kib", "64", "--argon2-iterations", "1"][..]
                         },
                     )
-                    .args(&self.server_args)
-                    .arg("--db")
-                    .arg(&self.db)
+                    .args(&self.server_args);
+                match &self.link {
+                    Some(link) => {
+                        command
+                            .args(["--store", &link.store_url, "--pg-schema", &link.schema])
+                            .args(["--pg-pool", "8"]);
+                        if let Some(nats) = &link.nats {
+                            command.args(["--nats", nats, "--nats-prefix", &link.prefix]);
+                        }
+                    }
+                    None => {
+                        command.arg("--db").arg(&self.db);
+                    }
+                }
+                let mut child = command
+                    .env_remove("CHATIFY_STORE")
                     .stdout(Stdio::piped())
                     .stderr(Stdio::from(log))
                     .kill_on_drop(true)
