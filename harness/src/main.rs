@@ -180,6 +180,34 @@ enum Command {
     /// system, so a long run shows its progress). Socket.io needs
     /// peers/socketio/install.sh.
     Capacity(CapacityArgs),
+    /// The server as several nodes on PostgreSQL (CHATIFY_PG_URL) and NATS
+    /// (a nats-server it starts): latency of one node on SQLite, one node
+    /// on PostgreSQL and three nodes with every pair of users on two
+    /// nodes, at the same offered load (repeats interleaved); then each
+    /// fault of the base scenario alone (a node killed, NATS restarted, a
+    /// node's database link cut) with every tap on. Writes report.md,
+    /// summary.json and fig_multi_node.svg.
+    Nodes {
+        /// The scenario whose users, workload and faults are used.
+        #[arg(long, default_value = "scenarios/multi-node.toml")]
+        base: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "reports/multi-node")]
+        out: PathBuf,
+        /// Repeats of each latency configuration.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Offered load of the latency runs (msg/s).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds each latency run offers it.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Rewrite report.md and the figure from summary.json in --out,
+        /// running nothing.
+        #[arg(long)]
+        replot: bool,
+    },
     /// Compare a reproduce result with a committed baseline (the CI gate).
     ///
     /// Every security verdict must hold; E2EE/baseline ratios of latency and
@@ -404,6 +432,34 @@ fn main() -> ExitCode {
             durability,
         } => run_connections(&out, count, rate, secs, &durability),
         Command::Capacity(args) => run_capacity(args),
+        Command::Nodes {
+            base,
+            out,
+            repeats,
+            rate,
+            secs,
+            replot,
+        } => {
+            if replot {
+                experiments::nodes::replot(&out).map(|()| true)
+            } else {
+                let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+                let opts = experiments::nodes::Options {
+                    base,
+                    out: out.clone(),
+                    repeats,
+                    rate,
+                    secs,
+                    command: format!("chatify-harness {command}"),
+                };
+                runtime()
+                    .and_then(|rt| rt.block_on(experiments::nodes::run(&opts)))
+                    .map(|n| {
+                        println!("report: {}", out.join("report.md").display());
+                        n.faults.iter().all(|f| f.as_expected)
+                    })
+            }
+        }
         Command::Check { baseline, result } => check::run(&baseline, &result).map(|report| {
             print!("{}", report.text);
             report.ok
@@ -435,8 +491,9 @@ struct CapacityArgs {
         default_value = "1000,2000,5000,10000,20000,40000,60000,80000"
     )]
     rates: Vec<f64>,
-    /// Systems: chatify-full, chatify-normal, socketio-base64,
-    /// socketio-binary, floor.
+    /// Systems: chatify-full, chatify-normal, chatify-postgres (one node on
+    /// CHATIFY_PG_URL, its database sessions pinned beside it),
+    /// socketio-base64, socketio-binary, floor.
     #[arg(
         long,
         value_delimiter = ',',

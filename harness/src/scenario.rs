@@ -116,6 +116,20 @@ pub(crate) struct Topology {
     /// database at `CHATIFY_PG_URL`, dropped afterwards).
     #[serde(default)]
     pub(crate) store: StoreKind,
+    /// With several nodes: `balanced` (each connection to the next node in
+    /// turn) or `pinned` (user i to node i mod nodes, and to the next node
+    /// up while that one is down).
+    #[serde(default)]
+    pub(crate) placement: Placement,
+}
+
+/// How users' connections are spread over several nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Placement {
+    #[default]
+    Balanced,
+    Pinned,
 }
 
 fn one() -> usize {
@@ -142,6 +156,7 @@ impl Default for Topology {
             direct: false,
             nodes: 1,
             store: StoreKind::Sqlite,
+            placement: Placement::Balanced,
         }
     }
 }

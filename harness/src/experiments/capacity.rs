@@ -31,13 +31,17 @@ use crate::topology::{Topology, count_syscalls, cpus, pin};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum System {
     Chatify(Durability),
+    /// The server on PostgreSQL (`CHATIFY_PG_URL`, a schema of the run's
+    /// own), one node, its database sessions pinned beside it.
+    ChatifyPostgres,
     SocketIo(Wire),
     Floor,
 }
 
 impl System {
-    pub(crate) const ALL: [System; 5] = [
+    pub(crate) const ALL: [System; 6] = [
         System::Chatify(Durability::Full),
+        System::ChatifyPostgres,
         System::Chatify(Durability::Normal),
         System::SocketIo(Wire::SocketIoBase64),
         System::SocketIo(Wire::SocketIoBinary),
@@ -48,6 +52,7 @@ impl System {
         match self {
             System::Chatify(Durability::Full) => "chatify-full",
             System::Chatify(Durability::Normal) => "chatify-normal",
+            System::ChatifyPostgres => "chatify-postgres",
             System::SocketIo(Wire::SocketIoBinary) => "socketio-binary",
             System::SocketIo(_) => "socketio-base64",
             System::Floor => "floor",
@@ -60,7 +65,7 @@ impl System {
 
     fn wire(self) -> Wire {
         match self {
-            System::Chatify(_) => Wire::Chatify,
+            System::Chatify(_) | System::ChatifyPostgres => Wire::Chatify,
             System::SocketIo(w) => w,
             System::Floor => Wire::Floor,
         }
@@ -86,7 +91,8 @@ const SATURATED_P99_MS: f64 = 250.0;
 
 /// A running system.
 enum Server {
-    Chatify(Box<Topology>, tempfile::TempDir),
+    /// With the PostgreSQL URL and schema to drop, on PostgreSQL.
+    Chatify(Box<Topology>, tempfile::TempDir, Option<(String, String)>),
     Peer(PeerServer),
 }
 
@@ -97,7 +103,27 @@ impl Server {
                 let dir = tempfile::tempdir()?;
                 let mut topo = Topology::for_load(dir.path(), durability, count);
                 topo.start().await?;
-                Server::Chatify(Box::new(topo), dir)
+                Server::Chatify(Box::new(topo), dir, None)
+            }
+            System::ChatifyPostgres => {
+                let dir = tempfile::tempdir()?;
+                let mut topo = Topology::for_load(dir.path(), Durability::Full, count);
+                let url = crate::topology::deployment::pg_url()?;
+                let schema = format!(
+                    "chatify_capacity_{:x}",
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                );
+                topo.link = Some(crate::topology::NodeLink {
+                    store_url: url.clone(),
+                    schema: schema.clone(),
+                    nats: None,
+                    prefix: "chatify".into(),
+                    publish_mutant: false,
+                });
+                topo.start().await?;
+                Server::Chatify(Box::new(topo), dir, Some((url, schema)))
             }
             System::SocketIo(_) => {
                 Server::Peer(PeerServer::start(Peer::SocketIo, socketio_dir).await?)
@@ -108,21 +134,32 @@ impl Server {
 
     fn pid(&self) -> Option<u32> {
         match self {
-            Server::Chatify(t, _) => t.pid(),
+            Server::Chatify(t, _, _) => t.pid(),
             Server::Peer(p) => p.pid(),
         }
     }
 
     fn addr(&self) -> SocketAddr {
         match self {
-            Server::Chatify(t, _) => t.addr,
+            Server::Chatify(t, _, _) => t.addr,
             Server::Peer(p) => p.addr,
         }
     }
 
     async fn stop(self) {
         match self {
-            Server::Chatify(mut t, _dir) => t.stop(false).await,
+            Server::Chatify(mut t, _dir, pg) => {
+                t.stop(false).await;
+                if let Some((url, schema)) = pg {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
+                            let _ =
+                                c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                        }
+                    })
+                    .await;
+                }
+            }
             Server::Peer(p) => p.stop().await,
         }
     }
@@ -190,6 +227,31 @@ fn procfs_load() -> Option<f64> {
         .map(|l| f64::from(l.one))
 }
 
+/// Pins the PostgreSQL backends serving `chatify-server` connections to
+/// CPU `cpu`; returns how many.
+async fn pin_database_sessions(cpu: usize) -> usize {
+    let Ok(url) = crate::topology::deployment::pg_url() else {
+        return 0;
+    };
+    let pids = tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).ok()?;
+        let rows = c
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'chatify-server'",
+                &[],
+            )
+            .ok()?;
+        Some(rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>())
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    pids.into_iter()
+        .filter(|&p| u32::try_from(p).is_ok_and(|p| pin(p, cpu)))
+        .count()
+}
+
 /// One system at one count: connect, then rising steps until one saturates.
 async fn one(
     opts: &Options,
@@ -205,7 +267,9 @@ async fn one(
         pin(pid, 0);
     }
     let tokens = match system {
-        System::Chatify(_) => Some(login_all(&format!("ws://{}", server.addr()), count).await?),
+        System::Chatify(_) | System::ChatifyPostgres => {
+            Some(login_all(&format!("ws://{}", server.addr()), count).await?)
+        }
         _ => None,
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -218,6 +282,13 @@ async fn one(
     let _ = fleet
         .step(count as f64, 1.0, Duration::from_secs(5), Some(pid))
         .await;
+    if pinned && system == System::ChatifyPostgres {
+        // The database's sessions for this server share its CPU: the
+        // server and its store get one CPU, as SQLite (in the server's
+        // process) does.
+        let n = pin_database_sessions(0).await;
+        eprintln!("  {n} PostgreSQL sessions pinned beside the server");
+    }
     let mut steps = Vec::new();
     for &rate in &opts.rates {
         let r = fleet

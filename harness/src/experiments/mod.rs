@@ -7,7 +7,9 @@
 //! - [`adversary`]: the malicious-server suite;
 //! - [`check`]: a run's summary against a committed baseline (the CI gate);
 //! - [`connections`]: many authenticated connections on one server, their
-//!   memory, and latency while they are held.
+//!   memory, and latency while they are held;
+//! - [`nodes`]: several nodes on PostgreSQL and NATS, latency beside one
+//!   node and delivery through faults.
 //!
 //! An experiment produces data (the types of [`crate::report`]) and hands
 //! it to the report's writers; it draws nothing itself, and nothing below it
@@ -18,4 +20,5 @@ pub(crate) mod capacity;
 pub(crate) mod check;
 pub(crate) mod compare;
 pub(crate) mod connections;
+pub(crate) mod nodes;
 pub(crate) mod reproduce;

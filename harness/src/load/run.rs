@@ -31,7 +31,7 @@ use super::users::{Ctx, sleep_until, user_task};
 use super::{home_passphrase, unlocked_home};
 use crate::metrics::{Check, Metrics, Outcome, TapOutcome, hist, leak_check, record};
 use crate::plaintext::Detector;
-use crate::scenario::{Abuse, Mode, Scenario, ServerMode, StoreKind, Verdict};
+use crate::scenario::{Abuse, Mode, Placement, Scenario, ServerMode, StoreKind, Verdict};
 use crate::taps::{self, WireTap};
 use crate::topology::deployment::Deployment;
 use crate::topology::{
@@ -88,16 +88,25 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     tap.set_targets(dep.addrs());
     let to = if s.topology.direct { first } else { tap.addr };
     let options = ConnectOptions::new(format!("ws://{to}"));
+    let mut per_user = Vec::with_capacity(s.users.count);
+    for i in 0..s.users.count {
+        per_user.push(match s.topology.placement {
+            Placement::Pinned if !s.topology.direct => {
+                ConnectOptions::new(format!("ws://{}", tap.entry(i % dep.nodes.len()).await?))
+            }
+            _ => options.clone(),
+        });
+    }
 
     // Accounts and devices (not timed as workload).
     let homes: Vec<PathBuf> = (0..s.users.count)
         .map(|i| out.join("clients").join(user_name(i)))
         .collect();
     let _ = std::fs::remove_dir_all(out.join("clients"));
-    let mut accounts = accounts(&options, &homes).await?;
+    let mut accounts = accounts(&per_user, &homes).await?;
     if let Some(net) = &s.faults.network {
         tap.set_network(Some(net.clone()));
-        through_faults(&mut accounts.clients, &homes, &options).await?;
+        through_faults(&mut accounts.clients, &homes, &per_user).await?;
     }
 
     let detector = Detector::new(plan.iter().map(|p| &p.plaintext));
@@ -105,7 +114,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let start = Instant::now() + Duration::from_millis(200);
     let ctx = Ctx {
         mode,
-        options: options.clone(),
+        options: per_user,
         start,
         deadline: start + deadline_after_start(s, &plan),
         intended: Arc::new(plan.iter().map(|p| ((p.sender, p.n), p.at)).collect()),
@@ -135,7 +144,10 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let windows = fault_windows(s, start);
     let catch_up = (!windows.is_empty()).then(|| driven.tally.catch_up(s, &windows));
     let (mut metrics, mut checks) = driven.tally.finish(s, cpu_before, cpu_after);
-    checks.extend(catch_up);
+    if let Some((check, lag_ms)) = catch_up {
+        checks.push(check);
+        metrics.catch_up_ms = Some(lag_ms);
+    }
     metrics.server_restarts = driven.restarts;
     metrics.server_kills = driven.kills;
     if driven.restarts > 0 {
@@ -330,7 +342,7 @@ struct Accounts {
 
 /// Registers each user, logs its device in, then resumes it from its home
 /// (the resume's connect and authenticate is the first timed sample).
-async fn accounts(options: &ConnectOptions, homes: &[PathBuf]) -> Result<Accounts> {
+async fn accounts(options: &[ConnectOptions], homes: &[PathBuf]) -> Result<Accounts> {
     let mut a = Accounts {
         clients: Vec::with_capacity(homes.len()),
         connect_auth: hist(),
@@ -338,6 +350,7 @@ async fn accounts(options: &ConnectOptions, homes: &[PathBuf]) -> Result<Account
     };
     for (i, home) in homes.iter().enumerate() {
         let name = user_name(i);
+        let options = options.get(i).context("no way to the server")?;
         let password = format!("{name}-harness-password");
         Client::register(options, &name, &password)
             .await
@@ -366,9 +379,9 @@ async fn accounts(options: &ConnectOptions, homes: &[PathBuf]) -> Result<Account
 async fn through_faults(
     clients: &mut [Option<Client>],
     homes: &[PathBuf],
-    options: &ConnectOptions,
+    options: &[ConnectOptions],
 ) -> Result<()> {
-    for (c, home) in clients.iter_mut().zip(homes) {
+    for ((c, home), options) in clients.iter_mut().zip(homes).zip(options) {
         if let Some(old) = c.take() {
             old.close().await;
         }

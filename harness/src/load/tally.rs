@@ -114,7 +114,7 @@ impl Tally {
     /// [`CATCH_UP_BOUND`] of the later of its send and the end of the last
     /// fault that began before it arrived. A message held up by a fault
     /// counts from the fault's end; one sent after it, from its send.
-    pub(crate) fn catch_up(&self, s: &Scenario, windows: &[(Instant, Instant)]) -> Check {
+    pub(crate) fn catch_up(&self, s: &Scenario, windows: &[(Instant, Instant)]) -> (Check, f64) {
         let mut worst = (Duration::ZERO, None::<(Instant, Instant)>);
         for &(sent, at) in &self.deliveries {
             let fault_end = windows
@@ -146,12 +146,13 @@ impl Tally {
                 windows.len()
             ),
         };
-        Check {
+        let check = Check {
             name: "delivery.catch-up",
             verdict: if ok { Verdict::Pass } else { Verdict::Fail },
             expected: s.expected("delivery.catch-up"),
             evidence,
-        }
+        };
+        (check, worst.0.as_secs_f64() * 1000.0)
     }
 
     /// The metrics, and the two delivery checks. `cpu_before`/`cpu_after`

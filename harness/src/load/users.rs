@@ -17,14 +17,17 @@ use crate::scenario::Mode;
 
 pub(crate) struct Ctx {
     pub(crate) mode: Mode,
-    pub(crate) options: ConnectOptions,
+    /// Each user's way to the server (with several nodes, a user may be
+    /// pinned to one).
+    pub(crate) options: Vec<ConnectOptions>,
     pub(crate) start: Instant,
     pub(crate) deadline: Instant,
     pub(crate) intended: Arc<HashMap<(usize, u64), Duration>>,
     pub(crate) records: mpsc::UnboundedSender<Record>,
 }
 
-async fn reconnect(ctx: &Ctx, home: &Path) -> Option<Client> {
+async fn reconnect(ctx: &Ctx, user: usize, home: &Path) -> Option<Client> {
+    let options = ctx.options.get(user).or(ctx.options.first())?;
     let mut backoff = Duration::from_millis(20);
     while Instant::now() < ctx.deadline {
         let Ok(file) = super::unlocked_home(home) else {
@@ -32,7 +35,7 @@ async fn reconnect(ctx: &Ctx, home: &Path) -> Option<Client> {
             continue;
         };
         let t = Instant::now();
-        match Client::resume_with(file, Some(&ctx.options)).await {
+        match Client::resume_with(file, Some(options)).await {
             Ok(c) => {
                 let _ = ctx.records.send(Record::ConnectAuth(t.elapsed()));
                 let _ = ctx.records.send(Record::Reconnected);
@@ -57,7 +60,7 @@ async fn send(ctx: &Ctx, home: &Path, client: &mut Option<Client>, p: &Planned) 
     let peer = user_name(p.recipient);
     loop {
         let Some(c) = client.as_mut() else {
-            *client = reconnect(ctx, home).await;
+            *client = reconnect(ctx, p.sender, home).await;
             if client.is_none() {
                 let _ = ctx
                     .records
@@ -248,7 +251,7 @@ pub(crate) async fn user_task(
         let send_at = sends.get(next).map(|p| ctx.start + p.at);
         let fault_at = faults.front().map(|(at, _, _)| ctx.start + *at);
         let Some(c) = client.as_mut() else {
-            client = reconnect(&ctx, &home).await;
+            client = reconnect(&ctx, me, &home).await;
             if client.is_none() {
                 break;
             }

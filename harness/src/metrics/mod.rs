@@ -159,6 +159,10 @@ pub(crate) struct Metrics {
     pub(crate) server_cpu_us_per_msg: Option<f64>,
     /// Server peak resident memory (KiB, child servers).
     pub(crate) server_peak_rss_kib: Option<u64>,
+    /// With server-side faults: the longest any delivery arrived after it
+    /// was due (its send, or the end of the fault that held it up), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) catch_up_ms: Option<f64>,
 }
 
 /// One check's outcome.

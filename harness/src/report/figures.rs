@@ -782,3 +782,120 @@ pub(crate) fn security_matrix(path: &Path, verdicts: &[super::adversary::AttackR
     )?;
     root.present().map_err(err)
 }
+
+/// Several nodes: left, p50 and p99 of each configuration at the same
+/// offered load (median over repeats); right, each fault's catch-up (the
+/// longest a delivery arrived after it was due) against the 5 s bound.
+pub(crate) fn nodes(path: &Path, n: &super::nodes::Nodes) -> Result<()> {
+    let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    title(
+        &root,
+        "Several nodes on PostgreSQL and NATS: latency beside one node, and catch-up after faults",
+    )?;
+    let body = root.margin(40, 10, 10, 10);
+    let (left, right) = body.split_horizontally(600);
+
+    let median = |xs: &[u64]| {
+        crate::metrics::stats::Spread::of(&xs.iter().map(|&x| x as f64).collect::<Vec<_>>()).median
+            / 1000.0
+    };
+    let vals: Vec<(&str, f64, f64)> = n
+        .configs
+        .iter()
+        .map(|c| (c.name.as_str(), median(&c.p50_us), median(&c.p99_us)))
+        .collect();
+    let ymax = vals.iter().map(|v| v.2).fold(0.1, f64::max) * 1.3;
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            format!(
+                "Latency at {} msg/s offered: p50 (solid), p99 (light)",
+                n.rate
+            ),
+            ("sans-serif", 15),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..vals.len().max(1) as f64, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc("latency (ms)")
+        .draw()?;
+    for (i, (name, p50, p99)) in vals.iter().enumerate() {
+        let x = i as f64;
+        chart.draw_series([
+            Rectangle::new([(x + 0.15, 0.0), (x + 0.5, *p99)], E2EE.mix(0.35).filled()),
+            Rectangle::new([(x + 0.5, 0.0), (x + 0.85, *p50)], E2EE.filled()),
+        ])?;
+        chart.draw_series([
+            Text::new(
+                format!("{p50:.2} / {p99:.2} ms"),
+                (x + 0.12, p99 + ymax * 0.04),
+                ("sans-serif", 12).into_font(),
+            ),
+            Text::new(
+                (*name).to_owned(),
+                (x + 0.12, ymax * 0.97),
+                ("sans-serif", 12).into_font().color(&BLACK),
+            ),
+        ])?;
+    }
+
+    let bound = 5.0;
+    let lags: Vec<(&str, f64, bool)> = n
+        .faults
+        .iter()
+        .map(|f| {
+            (
+                f.name.as_str(),
+                f.catch_up_ms.unwrap_or(0.0) / 1000.0,
+                f.as_expected,
+            )
+        })
+        .collect();
+    let ymax = lags.iter().map(|l| l.1).fold(bound, f64::max) * 1.2;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("Catch-up after each fault (s)", ("sans-serif", 15))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..lags.len().max(1) as f64, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc("seconds after due")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, bound), (lags.len().max(1) as f64, bound)],
+            FAIL.stroke_width(2),
+        ))?
+        .label("bound: 5 s")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], FAIL.stroke_width(2)));
+    for (i, (name, lag, ok)) in lags.iter().enumerate() {
+        let x = i as f64;
+        let color = if *ok { PASS } else { FAIL };
+        chart.draw_series([Rectangle::new(
+            [(x + 0.2, 0.0), (x + 0.8, *lag)],
+            color.filled(),
+        )])?;
+        chart.draw_series([
+            Text::new(
+                format!("{lag:.2} s"),
+                (x + 0.25, lag + ymax * 0.04),
+                ("sans-serif", 12).into_font(),
+            ),
+            Text::new(
+                (*name).to_owned(),
+                (x + 0.2, ymax * 0.97),
+                ("sans-serif", 12).into_font().color(&BLACK),
+            ),
+        ])?;
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    root.present().map_err(err)
+}

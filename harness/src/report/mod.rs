@@ -3,7 +3,7 @@
 //! - [`run`]: `summary.json`, `report.md` and the terminal summary of one
 //!   scenario run, and the check tables every command prints;
 //! - [`paper`], [`compare`], [`adversary`], [`sweep`], [`lifetimes`],
-//!   [`connections`]: the
+//!   [`connections`], [`nodes`]: the
 //!   data each experiment produces (plain, serializable series) and its
 //!   `report.md`;
 //! - [`figures`]: the SVG figures, drawn from those series.
@@ -23,6 +23,7 @@ pub(crate) mod compare;
 pub(crate) mod connections;
 pub(crate) mod figures;
 pub(crate) mod lifetimes;
+pub(crate) mod nodes;
 pub(crate) mod paper;
 pub(crate) mod run;
 pub(crate) mod sweep;

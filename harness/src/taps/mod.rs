@@ -35,13 +35,17 @@ pub(crate) struct TapResult {
 /// masking removed: exactly what the server's WebSocket layer reads.
 ///
 /// With several server nodes it is also the deployment's balancer: each
-/// connection goes to the next node in turn, or to the one after when that
-/// one refuses (a node that is down), so clients spread over the nodes
-/// and a reconnect lands on another.
+/// connection goes to the node with the fewest open connections through it
+/// (the next in turn among equals), or to the next such node when that one
+/// refuses (a node that is down), so that clients spread over the nodes and
+/// a reconnect lands on another.
 #[derive(Clone)]
 pub(crate) struct WireTap {
     targets: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Open connections through this relay to each target.
+    open: Arc<Mutex<Vec<usize>>>,
     recorded: Arc<Mutex<Vec<u8>>>,
+    record: bool,
     /// Faults for connections accepted from now on.
     network: Arc<Mutex<Option<Network>>>,
     pub(crate) addr: SocketAddr,
@@ -57,45 +61,74 @@ impl WireTap {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let tap = WireTap {
             targets: Arc::new(Mutex::new(vec![target])),
+            open: Arc::new(Mutex::new(vec![0])),
             recorded: Arc::default(),
+            record,
             network: Arc::default(),
             addr: listener.local_addr()?,
         };
-        let t = tap.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while let Ok((client, _)) = listener.accept().await {
-                n += 1;
-                // This connection's order of nodes: the next in turn first.
-                let mut order = lock(&t.targets).clone();
-                if !order.is_empty() {
-                    let first = (n as usize - 1) % order.len();
-                    order.rotate_left(first);
-                }
-                let recorded = record.then(|| Arc::clone(&t.recorded));
-                let shape = lock(&t.network)
-                    .as_ref()
-                    .map(|net| Shape::new(net, net.seed.wrapping_mul(1_000_003).wrapping_add(n)));
-                tokio::spawn(async move {
-                    let mut server = None;
-                    for target in order {
-                        if let Ok(s) = TcpStream::connect(target).await {
-                            server = Some(s);
-                            break;
-                        }
-                    }
-                    if let Some(server) = server {
-                        let _ = client.set_nodelay(true);
-                        let _ = server.set_nodelay(true);
-                        match shape {
-                            None => relay(client, server, recorded).await,
-                            Some(shape) => faulty_relay(client, server, recorded, shape).await,
-                        }
-                    }
-                });
-            }
-        });
+        tokio::spawn(tap.clone().serve(listener, None));
         Ok(tap)
+    }
+
+    /// Another entry to the same relay whose connections go to node
+    /// `node` while it is up (and to the next one up while it is not):
+    /// a user pinned to a node.
+    pub(crate) async fn entry(&self, node: usize) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(self.clone().serve(listener, Some(node)));
+        Ok(addr)
+    }
+
+    async fn serve(self, listener: TcpListener, preferred: Option<usize>) {
+        let mut n = 0u64;
+        while let Ok((client, _)) = listener.accept().await {
+            n += 1;
+            // This connection's order of nodes: its own node first, or the
+            // least loaded (the next in turn among equals).
+            let targets = lock(&self.targets).clone();
+            let mut order: Vec<usize> = (0..targets.len()).collect();
+            if !order.is_empty() {
+                let first = preferred.unwrap_or((n as usize - 1) % order.len()) % order.len();
+                order.rotate_left(first);
+                if preferred.is_none() {
+                    let open = lock(&self.open).clone();
+                    order.sort_by_key(|&i| open.get(i).copied().unwrap_or(0));
+                }
+            }
+            let open = Arc::clone(&self.open);
+            let recorded = self.record.then(|| Arc::clone(&self.recorded));
+            let shape = lock(&self.network)
+                .as_ref()
+                .map(|net| Shape::new(net, net.seed.wrapping_mul(1_000_003).wrapping_add(n)));
+            tokio::spawn(async move {
+                let mut server = None;
+                for i in order {
+                    let Some(target) = targets.get(i) else {
+                        continue;
+                    };
+                    if let Ok(s) = TcpStream::connect(target).await {
+                        server = Some((i, s));
+                        break;
+                    }
+                }
+                if let Some((i, server)) = server {
+                    if let Some(k) = lock(&open).get_mut(i) {
+                        *k += 1;
+                    }
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    match shape {
+                        None => relay(client, server, recorded).await,
+                        Some(shape) => faulty_relay(client, server, recorded, shape).await,
+                    }
+                    if let Some(k) = lock(&open).get_mut(i) {
+                        *k = k.saturating_sub(1);
+                    }
+                }
+            });
+        }
     }
 
     /// Network faults for the connections accepted from now on.
@@ -105,6 +138,10 @@ impl WireTap {
 
     /// Spreads new connections over these nodes.
     pub(crate) fn set_targets(&self, targets: Vec<SocketAddr>) {
+        let mut open = lock(&self.open);
+        if open.len() != targets.len() {
+            *open = vec![0; targets.len()];
+        }
         *lock(&self.targets) = targets;
     }
 
