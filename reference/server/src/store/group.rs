@@ -1,7 +1,7 @@
-//! Group commit for the message path at durability `Full`: envelopes to
-//! store and acknowledgements that arrive on any connection while a commit
-//! is being made wait, and go together into the next transaction, made
-//! durable by one fsync. Each caller gets its own result only once that
+//! Group commit for the message path (SQLite at durability `Full`, and
+//! PostgreSQL): envelopes to store and acknowledgements that arrive on any
+//! connection while a commit is being made wait, and go together into the
+//! next transaction, made durable by one fsync. Each caller gets its own result only once that
 //! transaction is committed, so a `SendOk` still means "on disk".
 //!
 //! ```text
@@ -20,7 +20,6 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use chatify_proto::frame::Address;
-use rusqlite::Connection;
 
 use super::{NewEnvelope, StoreError};
 
@@ -67,14 +66,14 @@ impl GroupCommit {
         self.batches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Runs `op` in the next group transaction on `conn` and returns its
-    /// result once that transaction is committed. `apply` does one job's
-    /// work inside an open transaction.
+    /// Runs `op` in the next group transaction and returns its result once
+    /// that transaction is committed. `commit` makes one transaction of a
+    /// batch of jobs: each job's own result (a refusal is one), or the
+    /// database's failure of the whole batch (nothing of it committed).
     pub(crate) fn run(
         &self,
-        conn: &Mutex<Connection>,
         op: Op,
-        apply: impl Fn(&Connection, &Op) -> Result<Done, StoreError>,
+        commit: impl Fn(&[&Op]) -> Result<Vec<Result<Done, StoreError>>, StoreError>,
     ) -> Result<Done, StoreError> {
         let job = Arc::new(Job {
             op,
@@ -100,7 +99,9 @@ impl GroupCommit {
                 batch: std::mem::take(&mut queue.jobs),
             };
             drop(queue);
-            commit(conn, &lead.batch, &apply);
+            let ops: Vec<&Op> = lead.batch.iter().map(|j| &j.op).collect();
+            let outcome = commit(&ops);
+            fill(&lead.batch, outcome);
             self.batches
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             drop(lead);
@@ -133,33 +134,19 @@ impl Drop for Lead<'_> {
     }
 }
 
-/// One transaction for the whole batch. A job's own refusal is its result;
-/// a failure of the database fails every job of the batch (nothing of it
-/// is committed).
-fn commit(
-    conn: &Mutex<Connection>,
-    batch: &[Arc<Job>],
-    apply: &impl Fn(&Connection, &Op) -> Result<Done, StoreError>,
-) {
-    let mut conn = lock(conn);
-    let outcome = (|| -> Result<Vec<Result<Done, StoreError>>, StoreError> {
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(super::sqlite::db)?;
-        let mut results = Vec::with_capacity(batch.len());
-        for job in batch {
-            match apply(&tx, &job.op) {
-                Err(StoreError::Database(e)) => return Err(StoreError::Database(e)),
-                other => results.push(other),
-            }
-        }
-        tx.commit().map_err(super::sqlite::db)?;
-        Ok(results)
-    })();
+/// Gives each job of a batch its result.
+fn fill(batch: &[Arc<Job>], outcome: Result<Vec<Result<Done, StoreError>>, StoreError>) {
     match outcome {
-        Ok(results) => {
+        Ok(results) if results.len() == batch.len() => {
             for (job, result) in batch.iter().zip(results) {
                 *lock(&job.result) = Some(result);
+            }
+        }
+        Ok(_) => {
+            for job in batch {
+                *lock(&job.result) = Some(Err(StoreError::Database(
+                    "a group commit returned the wrong number of results".into(),
+                )));
             }
         }
         Err(e) => {
@@ -192,12 +179,9 @@ mod tests {
 
     #[test]
     fn a_commit_that_panics_fails_its_batch_and_the_next_one_commits() {
-        let conn = Mutex::new(Connection::open_in_memory().unwrap());
         let group = GroupCommit::default();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _ = group.run(&conn, Op::Enqueue(envelope()), |_, _| {
-                panic!("a bug in the commit")
-            });
+            let _ = group.run(Op::Enqueue(envelope()), |_| panic!("a bug in the commit"));
         }));
         assert!(panicked.is_err());
         // Without the guard the queue stays "committing" and this waits
@@ -205,8 +189,8 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
             s.spawn(|| {
-                let r = group.run(&conn, Op::Enqueue(envelope()), |_, _| {
-                    Ok(Done::Enqueued(Some(7)))
+                let r = group.run(Op::Enqueue(envelope()), |ops| {
+                    Ok(ops.iter().map(|_| Ok(Done::Enqueued(Some(7)))).collect())
                 });
                 let _ = tx.send(matches!(r, Ok(Done::Enqueued(Some(7)))));
             });

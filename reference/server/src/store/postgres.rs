@@ -40,6 +40,7 @@ use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, Sig
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
+use super::group::{Done, GroupCommit, Op};
 use super::{NewEnvelope, SharedLimits, Store, StoreError, TokenRecord};
 
 /// Schema migrations, applied in order; `schema_migrations` records each.
@@ -176,6 +177,8 @@ impl From<StoreError> for Fail {
 pub struct PgStore {
     config: postgres::Config,
     options: PgOptions,
+    /// Stores and acknowledgements share transactions (one WAL flush).
+    group: GroupCommit,
     idle: Mutex<Pool>,
     returned: Condvar,
 }
@@ -238,6 +241,12 @@ fn broken(e: &postgres::Error, client: &Client) -> bool {
     client.is_closed() || e.is_closed() || e.as_db_error().is_none_or(|d| is_fatal(d.code()))
 }
 
+/// A transaction the database rolled back so that it may be run again.
+fn rolled_back_to_retry(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
 fn is_fatal(code: &SqlState) -> bool {
     // Class 08 (connection exceptions), 57P01-57P03 (shutdown, cannot
     // connect now): the server went away or is restarting.
@@ -290,6 +299,7 @@ impl PgStore {
                 open: 0,
             }),
             returned: Condvar::new(),
+            group: GroupCommit::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -358,7 +368,12 @@ impl PgStore {
                     }
                     Err(Fail::Pg(e)) if !broken(&e, &conn.client) => {
                         self.give_back(Some(conn));
-                        return Err(db(&e));
+                        if !rolled_back_to_retry(&e) {
+                            return Err(db(&e));
+                        }
+                        // Chosen as a deadlock's victim, or a serialization
+                        // failure: the transaction left nothing; run it again.
+                        e
                     }
                     Err(Fail::Pg(e)) => {
                         self.give_back(None);
@@ -411,6 +426,11 @@ impl PgStore {
             tx.commit()?;
             Ok(())
         })
+    }
+
+    /// The schema holding the tables, if the store was given one.
+    pub fn schema(&self) -> Option<&str> {
+        self.options.schema.as_deref()
     }
 
     /// The schema version (number of migrations applied).
@@ -575,6 +595,83 @@ impl SharedLimits for PgStore {
                 &[&age_ms],
             )?;
             Ok(events + buckets)
+        })
+    }
+}
+
+/// Marks a device's envelopes acknowledged (the caller checked that none
+/// of them is another device's).
+const MARK_ACKED: &str = "UPDATE envelopes SET acked = TRUE
+     WHERE seq = ANY($1) AND recipient = $2 AND recipient_device = $3 AND NOT acked";
+
+/// Whether any of the envelopes is another device's. A recipient never
+/// changes, so the check needs no lock.
+const FOREIGN: &str = "SELECT EXISTS(SELECT 1 FROM envelopes WHERE seq = ANY($1)
+                       AND (recipient <> $2 OR recipient_device <> $3))";
+
+impl PgStore {
+    /// One transaction for a group commit's batch. Stores run first, in
+    /// the order of their recipients (each locks its recipient's device
+    /// row, so two nodes' batches lock rows in one order and never
+    /// deadlock); each job gets its own result.
+    fn commit_batch(&self, ops: &[&Op]) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+        let mut order: Vec<usize> = (0..ops.len()).collect();
+        order.sort_by(|&a, &b| {
+            let key = |i: usize| match ops.get(i) {
+                Some(Op::Enqueue(e)) => (0, Some((&e.to.user, e.to.device))),
+                _ => (1, None),
+            };
+            key(a).cmp(&key(b))
+        });
+        self.with(|c| {
+            let enqueue = c.st(ENQUEUE)?;
+            let foreign = c.st(FOREIGN)?;
+            let mark = c.st(MARK_ACKED)?;
+            let mut tx = c.client.transaction()?;
+            let mut results: Vec<Option<Result<Done, StoreError>>> =
+                (0..ops.len()).map(|_| None).collect();
+            for &i in &order {
+                let result = match ops.get(i) {
+                    Some(Op::Enqueue(e)) => Ok(Done::Enqueued(
+                        tx.query_opt(
+                            &enqueue,
+                            &[
+                                &&e.conversation[..],
+                                &e.from.user,
+                                &i64::from(e.from.device),
+                                &e.to.user,
+                                &i64::from(e.to.device),
+                                &&e.message_id[..],
+                                &i64_of(e.sent_at_ms),
+                                &e.envelope,
+                            ],
+                        )?
+                        .map(|r| u64_of(r.get(0))),
+                    )),
+                    Some(Op::Ack(device, seqs)) => {
+                        let seqs: Vec<i64> = seqs.iter().map(|&s| i64_of(s)).collect();
+                        let dev = i64::from(device.device);
+                        if tx
+                            .query_one(&foreign, &[&seqs, &device.user, &dev])?
+                            .get::<_, bool>(0)
+                        {
+                            Err(StoreError::NotYours)
+                        } else {
+                            tx.execute(&mark, &[&seqs, &device.user, &dev])?;
+                            Ok(Done::Acked)
+                        }
+                    }
+                    None => Err(StoreError::Database("no such job".into())),
+                };
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(result);
+                }
+            }
+            tx.commit()?;
+            Ok(results
+                .into_iter()
+                .map(|r| r.unwrap_or(Err(StoreError::Database("no result".into()))))
+                .collect())
         })
     }
 }
@@ -811,24 +908,15 @@ impl Store for PgStore {
     }
 
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
-        self.with(|c| {
-            let st = c.st(ENQUEUE)?;
-            Ok(c.client
-                .query_opt(
-                    &st,
-                    &[
-                        &&e.conversation[..],
-                        &e.from.user,
-                        &i64::from(e.from.device),
-                        &e.to.user,
-                        &i64::from(e.to.device),
-                        &&e.message_id[..],
-                        &i64_of(e.sent_at_ms),
-                        &e.envelope,
-                    ],
-                )?
-                .map(|r| u64_of(r.get(0))))
-        })
+        match self
+            .group
+            .run(Op::Enqueue(e.clone()), |ops| self.commit_batch(ops))?
+        {
+            Done::Enqueued(seq) => Ok(seq),
+            Done::Acked => Err(StoreError::Database(
+                "group commit mixed up a result".into(),
+            )),
+        }
     }
 
     fn pending(
@@ -853,25 +941,11 @@ impl Store for PgStore {
     }
 
     fn ack(&self, device: &Address, seqs: &[u64]) -> Result<(), StoreError> {
-        let seqs: Vec<i64> = seqs.iter().map(|&s| i64_of(s)).collect();
-        let dev = i64::from(device.device);
-        self.with(|c| {
-            // A recipient never changes, so the check needs no lock: if
-            // none of the named envelopes is another device's, marking them
-            // is the whole answer.
-            let foreign = c.st("SELECT EXISTS(SELECT 1 FROM envelopes WHERE seq = ANY($1)
-                               AND (recipient <> $2 OR recipient_device <> $3))")?;
-            let mark = c.st("UPDATE envelopes SET acked = TRUE
-                 WHERE seq = ANY($1) AND recipient = $2 AND recipient_device = $3 AND NOT acked")?;
-            if c.client
-                .query_one(&foreign, &[&seqs, &device.user, &dev])?
-                .get::<_, bool>(0)
-            {
-                return Err(StoreError::NotYours.into());
-            }
-            c.client.execute(&mark, &[&seqs, &device.user, &dev])?;
-            Ok(())
-        })
+        self.group
+            .run(Op::Ack(device.clone(), seqs.to_vec()), |ops| {
+                self.commit_batch(ops)
+            })
+            .map(|_| ())
     }
 
     fn history(

@@ -399,6 +399,27 @@ fn apply(conn: &Connection, op: &Op) -> Result<Done, StoreError> {
     }
 }
 
+/// One transaction for a group commit's batch: a job's own refusal is its
+/// result; a failure of the database fails the batch.
+fn commit_batch(
+    conn: &Mutex<Connection>,
+    ops: &[&Op],
+) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+    let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        match apply(&tx, op) {
+            Err(StoreError::Database(e)) => return Err(StoreError::Database(e)),
+            other => results.push(other),
+        }
+    }
+    tx.commit().map_err(db)?;
+    Ok(results)
+}
+
 /// Stores an envelope if the recipient device exists (one statement).
 fn insert_envelope(conn: &Connection, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
     let mut insert = conn
@@ -819,7 +840,7 @@ impl Store for SqliteStore {
         let Some(group) = &self.group else {
             return insert_envelope(&self.lock(), e);
         };
-        match group.run(&self.conn, Op::Enqueue(e.clone()), apply)? {
+        match group.run(Op::Enqueue(e.clone()), |ops| commit_batch(&self.conn, ops))? {
             Done::Enqueued(seq) => Ok(seq),
             Done::Acked => Err(StoreError::Database(
                 "group commit mixed up a result".into(),
@@ -871,7 +892,9 @@ impl Store for SqliteStore {
             return tx.commit().map_err(db);
         };
         group
-            .run(&self.conn, Op::Ack(device.clone(), seqs.to_vec()), apply)
+            .run(Op::Ack(device.clone(), seqs.to_vec()), |ops| {
+                commit_batch(&self.conn, ops)
+            })
             .map(|_| ())
     }
 

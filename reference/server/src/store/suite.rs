@@ -68,6 +68,17 @@ fn account(store: &dyn Store, user: &str, n: u32) -> Address {
     device
 }
 
+/// Node `i` of a deployment's stores (round robin).
+fn node(nodes: &[Arc<dyn Store>], i: usize) -> &Arc<dyn Store> {
+    nodes
+        .get(i % nodes.len().max(1))
+        .expect("a deployment has a node")
+}
+
+fn first(nodes: &[Arc<dyn Store>]) -> &dyn Store {
+    node(nodes, 0).as_ref()
+}
+
 fn seqs(items: &[chatify_proto::frame::Deliver]) -> Vec<u64> {
     items.iter().map(|d| d.seq).collect()
 }
@@ -170,16 +181,17 @@ pub(super) fn bundles_serve_each_one_time_prekey_once(store: &dyn Store) {
     assert_eq!(bundle.signed_prekey, spk());
 }
 
-/// Fetches at once (on as many connections as the store has) never get
-/// the same one-time prekey, and none is lost.
-pub(super) fn concurrent_fetches_never_share_a_one_time_prekey(store: Arc<dyn Store>) {
+/// Fetches at once (on every node, on as many connections as each has)
+/// never get the same one-time prekey, and none is lost.
+pub(super) fn concurrent_fetches_never_share_a_one_time_prekey(nodes: Vec<Arc<dyn Store>>) {
     const KEYS: u32 = 200;
     const THREADS: usize = 8;
-    let bob = account(store.as_ref(), "bob", KEYS);
+    let bob = account(first(&nodes), "bob", KEYS);
     let start = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)
-        .map(|_| {
-            let (store, bob, start) = (Arc::clone(&store), bob.clone(), Arc::clone(&start));
+        .map(|i| {
+            let store = Arc::clone(node(&nodes, i));
+            let (bob, start) = (bob.clone(), Arc::clone(&start));
             std::thread::spawn(move || {
                 start.wait();
                 let mut got = Vec::new();
@@ -239,18 +251,20 @@ pub(super) fn the_mailbox_reads_in_order_after_a_cursor(store: &dyn Store) {
     assert_eq!(first.envelope, vec![3; 10]);
 }
 
-/// While stores for one device run at once (on several connections), a
-/// reader that always reads on from the last sequence number it saw (as a
-/// connection pushing the mailbox does) still sees every envelope: a
-/// device's mailbox grows in sequence order.
-pub(super) fn a_reader_following_the_mailbox_misses_nothing(store: Arc<dyn Store>) {
+/// While stores for one device run at once (on every node, on several
+/// connections each), a reader that always reads on from the last sequence
+/// number it saw (as a connection pushing the mailbox does) still sees
+/// every envelope: a device's mailbox grows in sequence order.
+pub(super) fn a_reader_following_the_mailbox_misses_nothing(nodes: Vec<Arc<dyn Store>>) {
     const WRITERS: usize = 6;
     const EACH: u64 = 60;
+    let store = Arc::clone(node(&nodes, 0));
     let bob = account(store.as_ref(), "bob", 0);
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
-        .map(|_| {
-            let (store, bob, done) = (Arc::clone(&store), bob.clone(), Arc::clone(&done));
+        .map(|i| {
+            let store = Arc::clone(node(&nodes, i));
+            let (bob, done) = (bob.clone(), Arc::clone(&done));
             std::thread::spawn(move || {
                 let mut stored = Vec::new();
                 for i in 0..EACH {
@@ -417,6 +431,27 @@ pub(crate) fn postgres_store(pool_size: usize) -> Option<Scoped> {
     Some(Scoped(Arc::new(store)))
 }
 
+/// Three "nodes": stores on one PostgreSQL schema, each with its own pool
+/// and its own group commit, as three servers have.
+fn postgres_nodes(scoped: &Scoped, pool_size: usize) -> Vec<Arc<dyn Store>> {
+    let url = std::env::var("CHATIFY_PG_URL").unwrap_or_default();
+    let mut nodes: Vec<Arc<dyn Store>> = vec![scoped.0.clone()];
+    for _ in 1..3 {
+        nodes.push(Arc::new(
+            PgStore::connect(
+                &url,
+                PgOptions {
+                    pool_size,
+                    schema: scoped.0.schema().map(str::to_owned),
+                    ..PgOptions::default()
+                },
+            )
+            .expect("connect to CHATIFY_PG_URL"),
+        ));
+    }
+    nodes
+}
+
 /// A PostgreSQL store whose schema is dropped with it.
 pub(crate) struct Scoped(pub(crate) Arc<PgStore>);
 
@@ -433,7 +468,7 @@ macro_rules! cases {
                 super::$plain(&crate::store::SqliteStore::in_memory().unwrap());
             })*
             $(#[test] fn $shared() {
-                super::$shared(std::sync::Arc::new(crate::store::SqliteStore::in_memory().unwrap()));
+                super::$shared(vec![std::sync::Arc::new(crate::store::SqliteStore::in_memory().unwrap())]);
             })*
         }
         mod sqlite_full {
@@ -451,7 +486,7 @@ macro_rules! cases {
             })*
             $(#[test] fn $shared() {
                 let (_dir, store) = open();
-                super::$shared(std::sync::Arc::new(store));
+                super::$shared(vec![std::sync::Arc::new(store)]);
             })*
         }
         mod postgres {
@@ -461,8 +496,8 @@ macro_rules! cases {
                 }
             })*
             $(#[test] fn $shared() {
-                if let Some(store) = super::postgres_store(8) {
-                    super::$shared(store.0.clone());
+                if let Some(store) = super::postgres_store(4) {
+                    super::$shared(super::postgres_nodes(&store, 4));
                 }
             })*
         }
