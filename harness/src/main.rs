@@ -343,32 +343,13 @@ fn main() -> ExitCode {
             conformance_echo,
             args,
         } => {
-            let publisher = publish_envelopes_mutant
-                .then(|| topology::envelope_publisher(&args))
-                .flatten();
-            let argv =
-                std::iter::once("chatify-server".into()).chain(args.into_iter().map(Into::into));
-            return chatify_server::cli::run_customized(argv, |config| {
-                if log_envelopes_mutant {
-                    config.envelope_observer = Some(topology::envelope_logger());
-                }
-                if keep_credentials_mutant {
-                    config.credential_observer = Some(topology::credential_keeper());
-                }
-                if let Some(p) = publisher {
-                    // Beside the log mutant, if that is on too.
-                    config.envelope_observer = Some(match config.envelope_observer.take() {
-                        Some(first) => chatify_server::EnvelopeObserver(std::sync::Arc::new(
-                            move |e: &[u8]| {
-                                (first.0)(e);
-                                (p.0)(e);
-                            },
-                        )),
-                        None => p,
-                    });
-                }
-                config.conformance_echo = conformance_echo;
-            });
+            return serve(
+                log_envelopes_mutant,
+                keep_credentials_mutant,
+                publish_envelopes_mutant,
+                conformance_echo,
+                args,
+            );
         }
         Command::Floor { listen } => runtime()
             .and_then(|rt| rt.block_on(peers::serve_floor(listen)))
@@ -439,27 +420,7 @@ fn main() -> ExitCode {
             rate,
             secs,
             replot,
-        } => {
-            if replot {
-                experiments::nodes::replot(&out).map(|()| true)
-            } else {
-                let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-                let opts = experiments::nodes::Options {
-                    base,
-                    out: out.clone(),
-                    repeats,
-                    rate,
-                    secs,
-                    command: format!("chatify-harness {command}"),
-                };
-                runtime()
-                    .and_then(|rt| rt.block_on(experiments::nodes::run(&opts)))
-                    .map(|n| {
-                        println!("report: {}", out.join("report.md").display());
-                        n.faults.iter().all(|f| f.as_expected)
-                    })
-            }
-        }
+        } => run_nodes(base, out, repeats, rate, secs, replot),
         Command::Check { baseline, result } => check::run(&baseline, &result).map(|report| {
             print!("{}", report.text);
             report.ok
@@ -513,6 +474,66 @@ struct CapacityArgs {
     /// nothing.
     #[arg(long)]
     replot: bool,
+}
+
+/// `__serve`: the reference server in this process, with the mutants asked for.
+fn serve(
+    log_envelopes_mutant: bool,
+    keep_credentials_mutant: bool,
+    publish_envelopes_mutant: bool,
+    conformance_echo: bool,
+    args: Vec<String>,
+) -> ExitCode {
+    let publisher = publish_envelopes_mutant
+        .then(|| topology::envelope_publisher(&args))
+        .flatten();
+    let argv = std::iter::once("chatify-server".into()).chain(args.into_iter().map(Into::into));
+    chatify_server::cli::run_customized(argv, |config| {
+        if log_envelopes_mutant {
+            config.envelope_observer = Some(topology::envelope_logger());
+        }
+        if keep_credentials_mutant {
+            config.credential_observer = Some(topology::credential_keeper());
+        }
+        if let Some(p) = publisher {
+            // Beside the log mutant, if that is on too.
+            config.envelope_observer = Some(match config.envelope_observer.take() {
+                Some(first) => {
+                    chatify_server::EnvelopeObserver(std::sync::Arc::new(move |e: &[u8]| {
+                        (first.0)(e);
+                        (p.0)(e);
+                    }))
+                }
+                None => p,
+            });
+        }
+        config.conformance_echo = conformance_echo;
+    })
+}
+
+fn run_nodes(
+    base: PathBuf,
+    out: PathBuf,
+    repeats: usize,
+    rate: f64,
+    secs: f64,
+    replot: bool,
+) -> Result<bool> {
+    if replot {
+        return experiments::nodes::replot(&out).map(|()| true);
+    }
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let opts = experiments::nodes::Options {
+        base,
+        out: out.clone(),
+        repeats,
+        rate,
+        secs,
+        command: format!("chatify-harness {command}"),
+    };
+    let n = runtime()?.block_on(experiments::nodes::run(&opts))?;
+    println!("report: {}", out.join("report.md").display());
+    Ok(n.faults.iter().all(|f| f.as_expected))
 }
 
 fn run_capacity(args: CapacityArgs) -> Result<bool> {

@@ -574,6 +574,37 @@ pub(crate) fn load(path: &Path) -> Result<Scenario> {
 }
 
 impl Scenario {
+    /// The topology of several nodes and its faults.
+    fn validate_nodes(&self) -> Result<()> {
+        let t = &self.topology;
+        if t.nodes == 0 || (t.nodes > 1 && t.store != StoreKind::Postgres) {
+            bail!("topology.nodes must be 1, or more with topology.store = \"postgres\"");
+        }
+        if t.store == StoreKind::Postgres && t.server != ServerMode::Child {
+            bail!("topology.store = \"postgres\" needs topology.server = \"child\"");
+        }
+        let f = &self.faults;
+        if f.server_restarts.iter().any(|r| r.node >= t.nodes)
+            || f.store_cuts.iter().any(|c| c.node >= t.nodes)
+        {
+            bail!("faults name a node the topology does not have");
+        }
+        if t.nodes == 1 && !f.nats_restarts.is_empty() {
+            bail!("faults.nats_restarts need topology.nodes > 1");
+        }
+        if t.store != StoreKind::Postgres && !f.store_cuts.is_empty() {
+            bail!("faults.store_cuts need topology.store = \"postgres\"");
+        }
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if !(f.nats_restarts.iter().chain(&f.store_cuts))
+            .all(|o| non_negative(o.at_secs) && non_negative(o.down_secs))
+            || !f.server_restarts.iter().all(|r| non_negative(r.down_secs))
+        {
+            bail!("fault times must be finite and non-negative");
+        }
+        Ok(())
+    }
+
     fn validate(&mut self) -> Result<()> {
         if let Some(d) = self.workload.duration_secs {
             if !(d.is_finite() && d > 0.0) || self.workload.messages != 0 {
@@ -650,32 +681,7 @@ impl Scenario {
         if !self.topology.server_args.is_empty() && self.topology.server != ServerMode::Child {
             bail!("topology.server_args need topology.server = \"child\"");
         }
-        let t = &self.topology;
-        if t.nodes == 0 || (t.nodes > 1 && t.store != StoreKind::Postgres) {
-            bail!("topology.nodes must be 1, or more with topology.store = \"postgres\"");
-        }
-        if t.store == StoreKind::Postgres && t.server != ServerMode::Child {
-            bail!("topology.store = \"postgres\" needs topology.server = \"child\"");
-        }
-        let f = &self.faults;
-        if f.server_restarts.iter().any(|r| r.node >= t.nodes)
-            || f.store_cuts.iter().any(|c| c.node >= t.nodes)
-        {
-            bail!("faults name a node the topology does not have");
-        }
-        if t.nodes == 1 && !f.nats_restarts.is_empty() {
-            bail!("faults.nats_restarts need topology.nodes > 1");
-        }
-        if t.store != StoreKind::Postgres && !f.store_cuts.is_empty() {
-            bail!("faults.store_cuts need topology.store = \"postgres\"");
-        }
-        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
-        if !(f.nats_restarts.iter().chain(&f.store_cuts))
-            .all(|o| non_negative(o.at_secs) && non_negative(o.down_secs))
-            || !f.server_restarts.iter().all(|r| non_negative(r.down_secs))
-        {
-            bail!("fault times must be finite and non-negative");
-        }
+        self.validate_nodes()?;
         if let Some(a) = &self.abuse
             && !(positive(a.max_p99_ms)
                 && a.bad_frames_per_sec.is_finite()

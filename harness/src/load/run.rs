@@ -50,24 +50,11 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
     let plan = schedule(s);
 
     let node = topology_for(s, &data_dir, &log, observer_for(mode, &plan))?;
-    let mut dep = match s.topology.store {
-        StoreKind::Sqlite => Deployment::single(node),
-        StoreKind::Postgres => {
-            // The leaky client's mutant server leaks through every new
-            // place too: notices on NATS and PostgreSQL's statement log.
-            let leaky = mode == Mode::LeakyClientMutant;
-            Deployment::on_postgres(node, s.topology.nodes, out, leaky, leaky).await?
-        }
-    };
     let capture_log = s.topology.server == ServerMode::InProcess && s.taps.logs;
     if capture_log {
         logsink::capture(Some(&log))?;
     }
-    let started = dep.start().await;
-    if let Err(e) = started {
-        dep.drop_schema().await;
-        return Err(e);
-    }
+    let mut dep = deploy(s, node, out).await?;
     // Each server's sockets before any client connects: its listener and
     // its runtime's own (signal handling), and a node's links to
     // PostgreSQL and NATS.
@@ -86,17 +73,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         .context("no server node")?;
     let tap = WireTap::start(first, s.taps.wire).await?;
     tap.set_targets(dep.addrs());
-    let to = if s.topology.direct { first } else { tap.addr };
-    let options = ConnectOptions::new(format!("ws://{to}"));
-    let mut per_user = Vec::with_capacity(s.users.count);
-    for i in 0..s.users.count {
-        per_user.push(match s.topology.placement {
-            Placement::Pinned if !s.topology.direct => {
-                ConnectOptions::new(format!("ws://{}", tap.entry(i % dep.nodes.len()).await?))
-            }
-            _ => options.clone(),
-        });
-    }
+    let per_user = ways_in(s, &tap, first, dep.nodes.len()).await?;
 
     // Accounts and devices (not timed as workload).
     let homes: Vec<PathBuf> = (0..s.users.count)
@@ -140,7 +117,76 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
             return Err(e);
         }
     };
-    let cpu_after = cpu_secs(&dep);
+    let (metrics, mut checks) = measured(s, driven, start, cpu_before, &dep);
+    if let (Some(a), Some(handle)) = (&s.abuse, abusers) {
+        let tally = handle.await?;
+        checks.extend(abuse_checks(s, a, &tally, &metrics));
+    }
+
+    // Taps: memory while the server process lives; then stop it and read
+    // the files it left.
+    let secrets = Detector::secrets(accounts.credentials.iter().map(|(l, c)| (*l, c.as_slice())));
+    let (memory, credential_memory) =
+        scan_processes(s, &dep, &idle_sockets, &detector, &secrets).await;
+    dep.stop(false).await;
+    if capture_log {
+        logsink::capture(None)?;
+    }
+    let shared = shared_taps(s, &dep, &detector).await;
+    dep.drop_schema().await;
+    let found = [
+        (
+            "leak.wire",
+            "wire",
+            s.taps.wire.then(|| Ok(tap.scan(&detector))),
+        ),
+        ("leak.store", "store", shared.store),
+        ("leak.logs", "logs", shared.logs),
+        ("leak.store-log", "store-log", shared.store_log),
+        ("leak.memory", "memory", memory),
+        ("leak.credentials", "credentials", credential_memory),
+        ("leak.bus", "bus", shared.bus),
+    ];
+    let tap_results = judge_taps(s, found, &mut checks);
+    Ok(Outcome {
+        scenario: s.name.clone(),
+        mode,
+        metrics,
+        checks,
+        taps: tap_results,
+    })
+}
+
+/// Each tap's leak check; what the taps that ran found.
+fn judge_taps(
+    s: &Scenario,
+    found: [(&'static str, &'static str, Option<TapOutcome>); 7],
+    checks: &mut Vec<Check>,
+) -> BTreeMap<&'static str, taps::TapResult> {
+    let mut tap_results = BTreeMap::new();
+    for (name, key, result) in found {
+        // The taps of several nodes' places appear only where those exist.
+        if result.is_none() && ["leak.store-log", "leak.bus"].contains(&name) {
+            continue;
+        }
+        checks.push(leak_check(name, s.expected(name), result.as_ref()));
+        if let Some(Ok(r)) = result {
+            tap_results.insert(key, r);
+        }
+    }
+    tap_results
+}
+
+/// The run's metrics and delivery checks, from the tally and the server
+/// processes.
+fn measured(
+    s: &Scenario,
+    driven: Driven,
+    start: Instant,
+    cpu_before: Option<f64>,
+    dep: &Deployment,
+) -> (Metrics, Vec<Check>) {
+    let cpu_after = cpu_secs(dep);
     let windows = fault_windows(s, start);
     let catch_up = (!windows.is_empty()).then(|| driven.tally.catch_up(s, &windows));
     let (mut metrics, mut checks) = driven.tally.finish(s, cpu_before, cpu_after);
@@ -156,75 +202,102 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         metrics.server_cpu_us_per_msg = None;
     }
     metrics.server_peak_rss_kib = dep.pids().into_iter().filter_map(proc_peak_rss_kib).max();
-    if let (Some(a), Some(handle)) = (&s.abuse, abusers) {
-        let tally = handle.await?;
-        checks.extend(abuse_checks(s, a, &tally, &metrics));
-    }
+    (metrics, checks)
+}
 
-    // Taps: memory while the server process lives; then stop it and read
-    // the files it left.
-    let secrets = Detector::secrets(accounts.credentials.iter().map(|(l, c)| (*l, c.as_slice())));
-    let (memory, credential_memory) =
-        scan_processes(s, &dep, &idle_sockets, &detector, &secrets).await;
-    dep.stop(false).await;
-    if capture_log {
-        logsink::capture(None)?;
+/// The deployment a scenario asks for, started (its schema dropped if it
+/// cannot start).
+async fn deploy(s: &Scenario, node: Topology, out: &Path) -> Result<Deployment> {
+    let mut dep = match s.topology.store {
+        StoreKind::Sqlite => Deployment::single(node),
+        StoreKind::Postgres => {
+            // The leaky client's mutant server leaks through every new
+            // place too: notices on NATS and PostgreSQL's statement log.
+            let leaky = s.workload.mode == Mode::LeakyClientMutant;
+            Deployment::on_postgres(node, s.topology.nodes, out, leaky, leaky).await?
+        }
+    };
+    if let Err(e) = dep.start().await {
+        dep.stop(true).await;
+        dep.drop_schema().await;
+        return Err(e);
     }
+    Ok(dep)
+}
+
+/// How clients reach the servers: the relay (or the first node, with
+/// `direct`), and each user's way in (its own node's entry when pinned).
+async fn ways_in(
+    s: &Scenario,
+    tap: &WireTap,
+    first: SocketAddr,
+    nodes: usize,
+) -> Result<Vec<ConnectOptions>> {
+    let to = if s.topology.direct { first } else { tap.addr };
+    let options = ConnectOptions::new(format!("ws://{to}"));
+    let mut per_user = Vec::with_capacity(s.users.count);
+    for i in 0..s.users.count {
+        per_user.push(match s.topology.placement {
+            Placement::Pinned if !s.topology.direct => {
+                ConnectOptions::new(format!("ws://{}", tap.entry(i % nodes.max(1)).await?))
+            }
+            _ => options.clone(),
+        });
+    }
+    Ok(per_user)
+}
+
+/// The taps of what the servers left once stopped.
+struct SharedTaps {
+    store: Option<TapOutcome>,
+    logs: Option<TapOutcome>,
+    store_log: Option<TapOutcome>,
+    bus: Option<TapOutcome>,
+}
+
+/// The store (the data directory, or every PostgreSQL cell), every node's
+/// log, PostgreSQL's log and everything NATS carried, searched.
+async fn shared_taps(s: &Scenario, dep: &Deployment, detector: &Detector) -> SharedTaps {
     let store = if !s.taps.store {
         None
     } else if dep.postgres.is_some() {
-        dep.scan_tables(&detector).await
+        dep.tables().await.map(|cells| {
+            cells.map(|cells| {
+                taps::scan_parts(
+                    cells.iter().map(|(t, c)| (t.as_str(), c.as_slice())),
+                    detector,
+                )
+            })
+        })
     } else {
         dep.nodes
             .first()
-            .map(|n| Ok(taps::scan_dir(&n.data_dir, &detector)))
+            .map(|n| Ok(taps::scan_dir(&n.data_dir, detector)))
     };
     let logs = s.taps.logs.then(|| {
         merge(
             dep.nodes
                 .iter()
-                .map(|n| Ok(taps::scan_file(&n.log, &detector)))
+                .map(|n| Ok(taps::scan_file(&n.log, detector)))
                 .collect(),
         )
     });
     let store_log = if s.taps.logs {
-        dep.scan_pg_log(&detector)
+        dep.pg_log()
+            .map(|log| log.map(|data| taps::scan_parts([("postgres-log", &data[..])], detector)))
     } else {
         None
     };
-    let bus = dep.nats.as_ref().map(|n| Ok(n.scan(&detector)));
-    dep.drop_schema().await;
-    let found = [
-        (
-            "leak.wire",
-            "wire",
-            s.taps.wire.then(|| Ok(tap.scan(&detector))),
-        ),
-        ("leak.store", "store", store),
-        ("leak.logs", "logs", logs),
-        ("leak.store-log", "store-log", store_log),
-        ("leak.memory", "memory", memory),
-        ("leak.credentials", "credentials", credential_memory),
-        ("leak.bus", "bus", bus),
-    ];
-    let mut tap_results = BTreeMap::new();
-    for (name, key, result) in found {
-        // The taps of several nodes' places appear only where those exist.
-        if result.is_none() && ["leak.store-log", "leak.bus"].contains(&name) {
-            continue;
-        }
-        checks.push(leak_check(name, s.expected(name), result.as_ref()));
-        if let Some(Ok(r)) = result {
-            tap_results.insert(key, r);
-        }
+    let bus = dep.nats.as_ref().map(|n| {
+        let heard = n.heard();
+        Ok(taps::scan_parts([("nats", &heard[..])], detector))
+    });
+    SharedTaps {
+        store,
+        logs,
+        store_log,
+        bus,
     }
-    Ok(Outcome {
-        scenario: s.name.clone(),
-        mode,
-        metrics,
-        checks,
-        taps: tap_results,
-    })
 }
 
 /// The users kept their latency through the abuse, and the server closed

@@ -559,10 +559,10 @@ fn fig6(path: &Path, p: &Paper) -> Result<()> {
                 f.item.to_owned(),
                 f.status.to_owned(),
                 f.evidence.clone(),
-                if f.status == "not yet" {
-                    None
-                } else {
-                    Some(true)
+                match f.status {
+                    "not yet" => None,
+                    "FAILED" => Some(false),
+                    _ => Some(true),
                 },
             )
         })

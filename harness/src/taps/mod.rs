@@ -424,6 +424,20 @@ pub(crate) fn scan_dir(dir: &Path, detector: &Detector) -> TapResult {
 }
 
 /// Searches one file (the server log).
+/// Searches named pieces of bytes (a table's cells, a log's new part, what
+/// a bus carried), as one tap's result.
+pub(crate) fn scan_parts<'a>(
+    parts: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    detector: &Detector,
+) -> TapResult {
+    let mut r = TapResult::default();
+    for (place, data) in parts {
+        r.bytes += data.len() as u64;
+        detector.scan(place, 0, data, 20, &mut r.hits, &mut r.matches);
+    }
+    r
+}
+
 pub(crate) fn scan_file(path: &Path, detector: &Detector) -> TapResult {
     let mut r = TapResult::default();
     if let Ok(data) = std::fs::read(path) {

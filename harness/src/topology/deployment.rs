@@ -26,8 +26,6 @@ use futures_util::StreamExt;
 
 use super::Topology;
 use super::cut::CutRelay;
-use crate::plaintext::Detector;
-use crate::taps::TapResult;
 
 /// Most bytes the bus tap keeps.
 const BUS_KEEP: usize = 64 * 1024 * 1024;
@@ -229,15 +227,9 @@ impl Nats {
         Ok(())
     }
 
-    /// Searches everything the tap heard.
-    pub(crate) fn scan(&self, detector: &Detector) -> TapResult {
-        let data = lock(&self.bus);
-        let mut r = TapResult {
-            bytes: data.len() as u64,
-            ..TapResult::default()
-        };
-        detector.scan("nats", 0, &data, 20, &mut r.hits, &mut r.matches);
-        r
+    /// Everything the tap heard: each message's subject and payload.
+    pub(crate) fn heard(&self) -> Vec<u8> {
+        lock(&self.bus).clone()
     }
 }
 
@@ -382,9 +374,9 @@ impl Deployment {
         }
     }
 
-    /// Every column of every table of the run's schema, searched (and the
-    /// schema dropped afterwards).
-    pub(crate) async fn scan_tables(&self, detector: &Detector) -> Option<Result<TapResult>> {
+    /// Every cell of every table of the run's schema, with its table's name
+    /// (`None` without PostgreSQL).
+    pub(crate) async fn tables(&self) -> Option<Result<Vec<(String, Vec<u8>)>>> {
         let pg = self.postgres.as_ref()?;
         let (url, schema) = (pg.url.clone(), pg.schema.clone());
         let dump = tokio::task::spawn_blocking(move || {
@@ -400,22 +392,17 @@ impl Deployment {
         })
         .await;
         Some(match dump {
-            Ok(Ok(cells)) => {
-                let mut r = TapResult::default();
-                for (table, cell) in &cells {
-                    r.bytes += cell.len() as u64;
-                    let place = format!("postgres:{table}");
-                    detector.scan(&place, 0, cell, 20, &mut r.hits, &mut r.matches);
-                }
-                Ok(r)
-            }
+            Ok(Ok(cells)) => Ok(cells
+                .into_iter()
+                .map(|(table, cell)| (format!("postgres:{table}"), cell))
+                .collect()),
             Ok(Err(e)) => Err(anyhow!("reading the PostgreSQL tables: {e}")),
             Err(e) => Err(anyhow!("reading the PostgreSQL tables: {e}")),
         })
     }
 
-    /// What PostgreSQL logged during the run, searched.
-    pub(crate) fn scan_pg_log(&self, detector: &Detector) -> Option<Result<TapResult>> {
+    /// What PostgreSQL logged during the run (`None` without PostgreSQL).
+    pub(crate) fn pg_log(&self) -> Option<Result<Vec<u8>>> {
         let pg = self.postgres.as_ref()?;
         Some(match &pg.log {
             None => Err(anyhow!(
@@ -432,12 +419,7 @@ impl Deployment {
                         path.display()
                     );
                 }
-                let mut r = TapResult {
-                    bytes: data.len() as u64,
-                    ..TapResult::default()
-                };
-                detector.scan("postgres-log", 0, &data, 20, &mut r.hits, &mut r.matches);
-                Ok(r)
+                Ok(data)
             }),
         })
     }

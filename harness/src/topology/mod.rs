@@ -175,127 +175,130 @@ impl Topology {
 
     pub(crate) async fn start(&mut self) -> Result<()> {
         match self.mode {
-            ServerMode::InProcess => {
-                let store =
-                    Arc::new(SqliteStore::open(&self.db, self.durability).context("database")?);
-                let config = Config {
-                    listen: self.addr,
-                    password_cost: CHEAP_ARGON2,
-                    envelope_observer: self.observer.clone(),
-                    max_connections_per_address: self
-                        .max_connections_per_address
-                        .unwrap_or(Config::default().max_connections_per_address),
-                    ..Config::default()
-                };
-                let config = if self.request_limits {
-                    config
-                } else {
-                    Config {
-                        requests_per_second: 0,
-                        requests_per_second_per_address: 0,
-                        ..config
-                    }
-                };
-                // The port of a stopped server is rebound at once (SO_REUSEADDR);
-                // retry briefly in case the old listener is still closing.
-                let mut last = String::new();
-                for _ in 0..50 {
-                    match Server::start(config.clone(), store.clone()).await {
-                        Ok(server) => {
-                            self.addr = server.local_addr();
-                            self.handle = Some(ServerHandle::InProcess(server));
-                            return Ok(());
-                        }
-                        Err(e) => last = e.to_string(),
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(anyhow!("cannot start the server: {last}"))
+            ServerMode::InProcess => self.start_in_process().await,
+            ServerMode::Child => self.start_child().await,
+        }
+    }
+
+    async fn start_in_process(&mut self) -> Result<()> {
+        let store = Arc::new(SqliteStore::open(&self.db, self.durability).context("database")?);
+        let config = Config {
+            listen: self.addr,
+            password_cost: CHEAP_ARGON2,
+            envelope_observer: self.observer.clone(),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .unwrap_or(Config::default().max_connections_per_address),
+            ..Config::default()
+        };
+        let config = if self.request_limits {
+            config
+        } else {
+            Config {
+                requests_per_second: 0,
+                requests_per_second_per_address: 0,
+                ..config
             }
-            ServerMode::Child => {
-                let exe = std::env::current_exe()?;
-                let log = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.log)
-                    .with_context(|| self.log.display().to_string())?;
-                let durability = match self.durability {
-                    Durability::Full => "full",
-                    Durability::Normal => "normal",
-                };
-                let mut command = tokio::process::Command::new(exe);
-                command.arg("__serve");
-                if self.observer.is_some() {
-                    command.arg("--log-envelopes-mutant");
+        };
+        // The port of a stopped server is rebound at once (SO_REUSEADDR);
+        // retry briefly in case the old listener is still closing.
+        let mut last = String::new();
+        for _ in 0..50 {
+            match Server::start(config.clone(), store.clone()).await {
+                Ok(server) => {
+                    self.addr = server.local_addr();
+                    self.handle = Some(ServerHandle::InProcess(server));
+                    return Ok(());
                 }
-                if self.keep_credentials {
-                    command.arg("--keep-credentials-mutant");
-                }
-                if self.link.as_ref().is_some_and(|l| l.publish_mutant) {
-                    command.arg("--publish-envelopes-mutant");
-                }
-                if let Some(n) = self.max_connections_per_address {
-                    command.args(["--max-connections-per-address", &n.to_string()]);
-                }
-                if !self.request_limits {
-                    command.args([
-                        "--requests-per-second",
-                        "0",
-                        "--requests-per-second-per-address",
-                        "0",
-                    ]);
-                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(anyhow!("cannot start the server: {last}"))
+    }
+
+    async fn start_child(&mut self) -> Result<()> {
+        let exe = std::env::current_exe()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| self.log.display().to_string())?;
+        let durability = match self.durability {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        };
+        let mut command = tokio::process::Command::new(exe);
+        command.arg("__serve");
+        if self.observer.is_some() {
+            command.arg("--log-envelopes-mutant");
+        }
+        if self.keep_credentials {
+            command.arg("--keep-credentials-mutant");
+        }
+        if self.link.as_ref().is_some_and(|l| l.publish_mutant) {
+            command.arg("--publish-envelopes-mutant");
+        }
+        if let Some(n) = self.max_connections_per_address {
+            command.args(["--max-connections-per-address", &n.to_string()]);
+        }
+        if !self.request_limits {
+            command.args([
+                "--requests-per-second",
+                "0",
+                "--requests-per-second-per-address",
+                "0",
+            ]);
+        }
+        command
+            .args([
+                "--listen",
+                &self.addr.to_string(),
+                "--durability",
+                durability,
+                "--log",
+                self.log_level,
+            ])
+            .args(
+                if self.server_args.iter().any(|a| a.starts_with("--argon2")) {
+                    &[][..]
+                } else {
+                    &["--argon2-memory-kib", "64", "--argon2-iterations", "1"][..]
+                },
+            )
+            .args(&self.server_args);
+        match &self.link {
+            Some(link) => {
                 command
-                    .args([
-                        "--listen",
-                        &self.addr.to_string(),
-                        "--durability",
-                        durability,
-                        "--log",
-                        self.log_level,
-                    ])
-                    .args(
-                        if self.server_args.iter().any(|a| a.starts_with("--argon2")) {
-                            &[][..]
-                        } else {
-                            &["--argon2-memory-kib", "64", "--argon2-iterations", "1"][..]
-                        },
-                    )
-                    .args(&self.server_args);
-                match &self.link {
-                    Some(link) => {
-                        command
-                            .args(["--store", &link.store_url, "--pg-schema", &link.schema])
-                            .args(["--pg-pool", "8"]);
-                        if let Some(nats) = &link.nats {
-                            command.args(["--nats", nats, "--nats-prefix", &link.prefix]);
-                        }
-                    }
-                    None => {
-                        command.arg("--db").arg(&self.db);
-                    }
+                    .args(["--store", &link.store_url, "--pg-schema", &link.schema])
+                    .args(["--pg-pool", "8"]);
+                if let Some(nats) = &link.nats {
+                    command.args(["--nats", nats, "--nats-prefix", &link.prefix]);
                 }
-                let mut child = command
-                    .env_remove("CHATIFY_STORE")
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::from(log))
-                    .kill_on_drop(true)
-                    .spawn()
-                    .context("cannot start the server process")?;
-                let stdout = child.stdout.take().context("no stdout")?;
-                let mut line = String::new();
-                tokio::io::BufReader::new(stdout)
-                    .read_line(&mut line)
-                    .await?;
-                let url = line
-                    .trim()
-                    .strip_prefix("listening on ws://")
-                    .with_context(|| format!("the server process said {line:?}"))?;
-                self.addr = url.parse().with_context(|| url.to_string())?;
-                self.handle = Some(ServerHandle::Child(child));
-                Ok(())
+            }
+            None => {
+                command.arg("--db").arg(&self.db);
             }
         }
+        let mut child = command
+            .env_remove("CHATIFY_STORE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the server process")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await?;
+        let url = line
+            .trim()
+            .strip_prefix("listening on ws://")
+            .with_context(|| format!("the server process said {line:?}"))?;
+        self.addr = url.parse().with_context(|| url.to_string())?;
+        self.handle = Some(ServerHandle::Child(child));
+        Ok(())
     }
 
     pub(crate) async fn stop(&mut self, kill: bool) {
