@@ -503,16 +503,6 @@ const DEVICE_EXISTS: &str =
 const COUNT_OTKS: &str =
     "SELECT COUNT(*) FROM one_time_prekeys WHERE username = $1 AND device = $2";
 
-/// Locks the recipient's device row, then stores: stores for one device
-/// draw sequence numbers in the order they commit.
-const ENQUEUE: &str = "WITH d AS (
-         SELECT 1 FROM devices WHERE username = $4 AND device = $5 FOR UPDATE
-     )
-     INSERT INTO envelopes (conversation, sender, sender_device, recipient, recipient_device,
-                            message_id, sent_at_ms, envelope)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM d
-     RETURNING seq";
-
 const MAILBOX: &str =
     "SELECT seq, sender, sender_device, conversation, message_id, sent_at_ms, envelope
      FROM envelopes
@@ -599,80 +589,175 @@ impl SharedLimits for PgStore {
     }
 }
 
-/// Marks a device's envelopes acknowledged (the caller checked that none
-/// of them is another device's).
-const MARK_ACKED: &str = "UPDATE envelopes SET acked = TRUE
-     WHERE seq = ANY($1) AND recipient = $2 AND recipient_device = $3 AND NOT acked";
+/// Locks the recipients' device rows of a batch, in one order for every
+/// node (no deadlock between two nodes' batches), and lists those that
+/// exist: stores for one device then draw sequence numbers in the order
+/// they commit.
+const LOCK_RECIPIENTS: &str = "SELECT d.username, d.device FROM devices d
+     JOIN (SELECT DISTINCT u, dv FROM unnest($1::TEXT[], $2::BIGINT[]) AS r(u, dv)) r
+       ON d.username = r.u AND d.device = r.dv
+     ORDER BY d.username, d.device
+     FOR UPDATE OF d";
 
-/// Whether any of the envelopes is another device's. A recipient never
-/// changes, so the check needs no lock.
-const FOREIGN: &str = "SELECT EXISTS(SELECT 1 FROM envelopes WHERE seq = ANY($1)
-                       AND (recipient <> $2 OR recipient_device <> $3))";
+/// A batch's envelopes (for devices the batch has locked), in one
+/// statement, numbered in the batch's order.
+const INSERT_BATCH: &str = "INSERT INTO envelopes (conversation, sender, sender_device, recipient,
+                            recipient_device, message_id, sent_at_ms, envelope)
+     SELECT u.c, u.s, u.sd, u.r, u.rd, u.m, u.t, u.e
+     FROM unnest($1::BYTEA[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[],
+                 $6::BYTEA[], $7::BIGINT[], $8::BYTEA[])
+          WITH ORDINALITY AS u(c, s, sd, r, rd, m, t, e, ord)
+     ORDER BY u.ord
+     RETURNING seq";
+
+/// The acknowledgement jobs of a batch that name another device's envelope.
+const FOREIGN_ACKS: &str = "SELECT DISTINCT a.job FROM
+     unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[]) AS a(seq, job, u, d)
+     JOIN envelopes e ON e.seq = a.seq
+     WHERE e.recipient <> a.u OR e.recipient_device <> a.d";
+
+/// Marks the envelopes of a batch's accepted acknowledgements.
+const MARK_BATCH: &str = "UPDATE envelopes e SET acked = TRUE
+     FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[]) AS a(seq, u, d)
+     WHERE e.seq = a.seq AND e.recipient = a.u AND e.recipient_device = a.d AND NOT e.acked";
 
 impl PgStore {
-    /// One transaction for a group commit's batch. Stores run first, in
-    /// the order of their recipients (each locks its recipient's device
-    /// row, so two nodes' batches lock rows in one order and never
-    /// deadlock); each job gets its own result.
+    /// One transaction for a group commit's batch, in a fixed number of
+    /// statements whatever its size (a statement per job made a batch's
+    /// round trips, not the disk, the bound): the recipients' rows locked,
+    /// the envelopes inserted, the acknowledgements checked and marked.
+    /// Each job gets its own result.
     fn commit_batch(&self, ops: &[&Op]) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
-        let mut order: Vec<usize> = (0..ops.len()).collect();
-        order.sort_by(|&a, &b| {
-            let key = |i: usize| match ops.get(i) {
-                Some(Op::Enqueue(e)) => (0, Some((&e.to.user, e.to.device))),
-                _ => (1, None),
-            };
-            key(a).cmp(&key(b))
-        });
+        let mut recipients: (Vec<&str>, Vec<i64>) = (Vec::new(), Vec::new());
+        let mut acks: (Vec<i64>, Vec<i64>, Vec<&str>, Vec<i64>) = Default::default();
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::Enqueue(e) => {
+                    recipients.0.push(&e.to.user);
+                    recipients.1.push(i64::from(e.to.device));
+                }
+                Op::Ack(device, seqs) => {
+                    for &seq in seqs {
+                        acks.0.push(i64_of(seq));
+                        acks.1.push(i64::try_from(i).unwrap_or(i64::MAX));
+                        acks.2.push(&device.user);
+                        acks.3.push(i64::from(device.device));
+                    }
+                }
+            }
+        }
         self.with(|c| {
-            let enqueue = c.st(ENQUEUE)?;
-            let foreign = c.st(FOREIGN)?;
-            let mark = c.st(MARK_ACKED)?;
+            let lock = c.st(LOCK_RECIPIENTS)?;
+            let insert = c.st(INSERT_BATCH)?;
+            let foreign = c.st(FOREIGN_ACKS)?;
+            let mark = c.st(MARK_BATCH)?;
             let mut tx = c.client.transaction()?;
-            let mut results: Vec<Option<Result<Done, StoreError>>> =
-                (0..ops.len()).map(|_| None).collect();
-            for &i in &order {
-                let result = match ops.get(i) {
-                    Some(Op::Enqueue(e)) => Ok(Done::Enqueued(
-                        tx.query_opt(
-                            &enqueue,
-                            &[
-                                &&e.conversation[..],
-                                &e.from.user,
-                                &i64::from(e.from.device),
-                                &e.to.user,
-                                &i64::from(e.to.device),
-                                &&e.message_id[..],
-                                &i64_of(e.sent_at_ms),
-                                &e.envelope,
-                            ],
-                        )?
-                        .map(|r| u64_of(r.get(0))),
-                    )),
-                    Some(Op::Ack(device, seqs)) => {
-                        let seqs: Vec<i64> = seqs.iter().map(|&s| i64_of(s)).collect();
-                        let dev = i64::from(device.device);
-                        if tx
-                            .query_one(&foreign, &[&seqs, &device.user, &dev])?
-                            .get::<_, bool>(0)
-                        {
+            let mut existing = std::collections::HashSet::new();
+            let mut seqs: Vec<i64> = Vec::new();
+            if !recipients.0.is_empty() {
+                for row in tx.query(&lock, &[&recipients.0, &recipients.1])? {
+                    existing.insert((row.get::<_, String>(0), row.get::<_, i64>(1)));
+                }
+                // Only envelopes for the devices locked: one seq per job
+                // stored, whatever else changes meanwhile.
+                let mut env = EnvelopeColumns::default();
+                for op in ops {
+                    if let Op::Enqueue(e) = op
+                        && existing.contains(&(e.to.user.clone(), i64::from(e.to.device)))
+                    {
+                        env.push(e);
+                    }
+                }
+                let rows = tx.query(
+                    &insert,
+                    &[
+                        &env.conversation,
+                        &env.sender,
+                        &env.sender_device,
+                        &env.recipient,
+                        &env.recipient_device,
+                        &env.message_id,
+                        &env.sent_at_ms,
+                        &env.envelope,
+                    ],
+                )?;
+                seqs = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+                // Drawn in the batch's order: ascending is the jobs' order.
+                seqs.sort_unstable();
+            }
+            let mut refused = std::collections::HashSet::new();
+            if !acks.0.is_empty() {
+                for row in tx.query(&foreign, &[&acks.0, &acks.1, &acks.2, &acks.3])? {
+                    refused.insert(row.get::<_, i64>(0));
+                }
+                let keep: Vec<usize> = (0..acks.0.len())
+                    .filter(|&k| acks.1.get(k).is_some_and(|j| !refused.contains(j)))
+                    .collect();
+                let pick = |v: &Vec<i64>| -> Vec<i64> {
+                    keep.iter().filter_map(|&k| v.get(k).copied()).collect()
+                };
+                let users: Vec<&str> = keep
+                    .iter()
+                    .filter_map(|&k| acks.2.get(k).copied())
+                    .collect();
+                tx.execute(&mark, &[&pick(&acks.0), &users, &pick(&acks.3)])?;
+            }
+            tx.commit()?;
+            let mut next = seqs.into_iter();
+            let results = ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| match op {
+                    Op::Enqueue(e) => {
+                        let key = (e.to.user.clone(), i64::from(e.to.device));
+                        if existing.contains(&key) {
+                            match next.next() {
+                                Some(seq) => Ok(Done::Enqueued(Some(u64_of(seq)))),
+                                None => Err(StoreError::Database(
+                                    "fewer envelopes stored than expected".into(),
+                                )),
+                            }
+                        } else {
+                            Ok(Done::Enqueued(None))
+                        }
+                    }
+                    Op::Ack(..) => {
+                        if refused.contains(&i64::try_from(i).unwrap_or(i64::MAX)) {
                             Err(StoreError::NotYours)
                         } else {
-                            tx.execute(&mark, &[&seqs, &device.user, &dev])?;
                             Ok(Done::Acked)
                         }
                     }
-                    None => Err(StoreError::Database("no such job".into())),
-                };
-                if let Some(slot) = results.get_mut(i) {
-                    *slot = Some(result);
-                }
-            }
-            tx.commit()?;
-            Ok(results
-                .into_iter()
-                .map(|r| r.unwrap_or(Err(StoreError::Database("no result".into()))))
-                .collect())
+                })
+                .collect();
+            Ok(results)
         })
+    }
+}
+
+/// The columns of a batch's envelopes, one array each.
+#[derive(Default)]
+struct EnvelopeColumns<'a> {
+    conversation: Vec<&'a [u8]>,
+    sender: Vec<&'a str>,
+    sender_device: Vec<i64>,
+    recipient: Vec<&'a str>,
+    recipient_device: Vec<i64>,
+    message_id: Vec<&'a [u8]>,
+    sent_at_ms: Vec<i64>,
+    envelope: Vec<&'a [u8]>,
+}
+
+impl<'a> EnvelopeColumns<'a> {
+    fn push(&mut self, e: &'a NewEnvelope) {
+        self.conversation.push(&e.conversation);
+        self.sender.push(&e.from.user);
+        self.sender_device.push(i64::from(e.from.device));
+        self.recipient.push(&e.to.user);
+        self.recipient_device.push(i64::from(e.to.device));
+        self.message_id.push(&e.message_id);
+        self.sent_at_ms.push(i64_of(e.sent_at_ms));
+        self.envelope.push(&e.envelope);
     }
 }
 

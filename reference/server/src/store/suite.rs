@@ -303,6 +303,62 @@ pub(super) fn a_reader_following_the_mailbox_misses_nothing(nodes: Vec<Arc<dyn S
     );
 }
 
+/// Stores and acknowledgements made at once (sharing transactions where
+/// the store groups them) each get their own result: a store for a device
+/// without keys stores nothing, an acknowledgement of another device's
+/// envelope is refused without failing the rest, and every sequence number
+/// returned is that job's envelope.
+pub(super) fn concurrent_jobs_each_get_their_own_result(nodes: Vec<Arc<dyn Store>>) {
+    const THREADS: usize = 24;
+    let bob = account(first(&nodes), "bob", 0);
+    let carol = account(first(&nodes), "carol", 0);
+    let carols = first(&nodes)
+        .enqueue(&envelope_to(&carol, 1))
+        .unwrap()
+        .unwrap();
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let store = Arc::clone(node(&nodes, i));
+            let (bob, start) = (bob.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                let mut e = envelope_to(&bob, 7);
+                e.message_id = [u8::try_from(i).unwrap_or(0); 16];
+                match i % 4 {
+                    0 => {
+                        e.to = addr("nobody", 1);
+                        assert_eq!(store.enqueue(&e).unwrap(), None);
+                        None
+                    }
+                    1 => {
+                        assert!(matches!(
+                            store.ack(&bob, &[carols]),
+                            Err(StoreError::NotYours)
+                        ));
+                        None
+                    }
+                    _ => Some((store.enqueue(&e).unwrap().unwrap(), e.message_id)),
+                }
+            })
+        })
+        .collect();
+    let mut stored: Vec<(u64, [u8; 16])> = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+    stored.sort_unstable();
+    let pending: Vec<(u64, [u8; 16])> = first(&nodes)
+        .pending(&bob, 0, 100)
+        .unwrap()
+        .iter()
+        .map(|d| (d.seq, d.message_id))
+        .collect();
+    assert_eq!(pending, stored, "each seq is its own job's envelope");
+    assert_eq!(stored.len(), THREADS / 2);
+    assert_eq!(first(&nodes).pending(&carol, 0, 10).unwrap().len(), 1);
+}
+
 /// An acknowledgement that names another device's envelope marks none of
 /// its envelopes; acknowledging twice, or an unknown seq, is harmless.
 pub(super) fn a_refused_acknowledgement_marks_nothing(store: &dyn Store) {
@@ -521,5 +577,6 @@ cases!(
     shared: [
         concurrent_fetches_never_share_a_one_time_prekey,
         a_reader_following_the_mailbox_misses_nothing,
+        concurrent_jobs_each_get_their_own_result,
     ]
 );
