@@ -189,6 +189,9 @@ pub(crate) async fn run(opts: &Options) -> Result<Capacity> {
     {
         bail!("{max} connections need more descriptors than the limit of {limit:?}");
     }
+    if opts.systems.contains(&System::ChatifyPostgres) {
+        crate::topology::deployment::vacuum().await?;
+    }
     let pinned = cpus() >= 2 && pin(std::process::id(), 1);
     let mut c = Capacity {
         command: opts.command.clone(),

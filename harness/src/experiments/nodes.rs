@@ -176,6 +176,7 @@ pub(crate) async fn run(o: &Options) -> Result<Nodes> {
         );
     }
     std::fs::create_dir_all(&o.out).with_context(|| o.out.display().to_string())?;
+    crate::topology::deployment::vacuum().await?;
     let work = tempfile::tempdir()?;
     let mut report = Nodes {
         command: o.command.clone(),
