@@ -35,6 +35,18 @@ pub(crate) enum Done {
     Acked,
 }
 
+impl Done {
+    /// A store's result (its sequence number, if stored).
+    pub(crate) fn enqueued(self) -> Result<Option<u64>, StoreError> {
+        match self {
+            Done::Enqueued(seq) => Ok(seq),
+            Done::Acked => Err(StoreError::Database(
+                "group commit mixed up a result".into(),
+            )),
+        }
+    }
+}
+
 struct Job {
     op: Op,
     result: Mutex<Option<Result<Done, StoreError>>>,

@@ -782,47 +782,13 @@ impl PgStore {
             key(a).cmp(&key(b))
         });
         self.with(|c| {
-            let enqueue = c.st(ENQUEUE_ONE)?;
-            let foreign = c.st(FOREIGN_ONE)?;
-            let mark = c.st(MARK_ONE)?;
+            let st = JobStatements::of(c)?;
             let mut tx = c.client.transaction()?;
             let mut results: Vec<Option<Result<Done, StoreError>>> =
                 (0..ops.len()).map(|_| None).collect();
             for &i in &order {
-                let result = match ops.get(i) {
-                    Some(Op::Enqueue(e)) => Ok(Done::Enqueued(
-                        tx.query_opt(
-                            &enqueue,
-                            &[
-                                &&e.conversation[..],
-                                &e.from.user,
-                                &i64::from(e.from.device),
-                                &e.to.user,
-                                &i64::from(e.to.device),
-                                &&e.message_id[..],
-                                &i64_of(e.sent_at_ms),
-                                &e.envelope,
-                            ],
-                        )?
-                        .map(|r| u64_of(r.get(0))),
-                    )),
-                    Some(Op::Ack(device, seqs)) => {
-                        let seqs: Vec<i64> = seqs.iter().map(|&s| i64_of(s)).collect();
-                        let dev = i64::from(device.device);
-                        if tx
-                            .query_one(&foreign, &[&seqs, &device.user, &dev])?
-                            .get::<_, bool>(0)
-                        {
-                            Err(StoreError::NotYours)
-                        } else {
-                            tx.execute(&mark, &[&seqs, &device.user, &dev])?;
-                            Ok(Done::Acked)
-                        }
-                    }
-                    None => Err(StoreError::Database("no such job".into())),
-                };
-                if let Some(slot) = results.get_mut(i) {
-                    *slot = Some(result);
+                if let (Some(op), Some(slot)) = (ops.get(i), results.get_mut(i)) {
+                    *slot = Some(st.run(&mut tx, op)?);
                 }
             }
             tx.commit()?;
@@ -836,13 +802,41 @@ impl PgStore {
     /// A batch of one job (the common case below saturation): no explicit
     /// transaction, the fewest round trips.
     fn commit_one(&self, op: &Op) -> Result<Result<Done, StoreError>, StoreError> {
-        self.with(|c| match op {
+        self.with(|c| {
+            let st = JobStatements::of(c)?;
+            Ok(st.run(&mut c.client, op)?)
+        })
+    }
+}
+
+/// The statements of one job at a time.
+struct JobStatements {
+    enqueue: Statement,
+    foreign: Statement,
+    mark: Statement,
+}
+
+impl JobStatements {
+    fn of(c: &mut Conn) -> Result<Self, postgres::Error> {
+        Ok(JobStatements {
+            enqueue: c.st(ENQUEUE_ONE)?,
+            foreign: c.st(FOREIGN_ONE)?,
+            mark: c.st(MARK_ONE)?,
+        })
+    }
+
+    /// One job, on a connection or inside a transaction: its own result
+    /// (a refusal is one), or the database's error.
+    fn run(
+        &self,
+        client: &mut impl postgres::GenericClient,
+        op: &Op,
+    ) -> Result<Result<Done, StoreError>, postgres::Error> {
+        match op {
             Op::Enqueue(e) => {
-                let st = c.st(ENQUEUE_ONE)?;
-                let seq = c
-                    .client
+                let seq = client
                     .query_opt(
-                        &st,
+                        &self.enqueue,
                         &[
                             &&e.conversation[..],
                             &e.from.user,
@@ -858,20 +852,18 @@ impl PgStore {
                 Ok(Ok(Done::Enqueued(seq)))
             }
             Op::Ack(device, seqs) => {
-                let foreign = c.st(FOREIGN_ONE)?;
-                let mark = c.st(MARK_ONE)?;
                 let seqs: Vec<i64> = seqs.iter().map(|&s| i64_of(s)).collect();
                 let dev = i64::from(device.device);
-                if c.client
-                    .query_one(&foreign, &[&seqs, &device.user, &dev])?
+                if client
+                    .query_one(&self.foreign, &[&seqs, &device.user, &dev])?
                     .get::<_, bool>(0)
                 {
                     return Ok(Err(StoreError::NotYours));
                 }
-                c.client.execute(&mark, &[&seqs, &device.user, &dev])?;
+                client.execute(&self.mark, &[&seqs, &device.user, &dev])?;
                 Ok(Ok(Done::Acked))
             }
-        })
+        }
     }
 }
 
@@ -1133,15 +1125,9 @@ impl Store for PgStore {
     }
 
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
-        match self
-            .group
+        self.group
             .run(Op::Enqueue(e.clone()), |ops| self.commit_batch(ops))?
-        {
-            Done::Enqueued(seq) => Ok(seq),
-            Done::Acked => Err(StoreError::Database(
-                "group commit mixed up a result".into(),
-            )),
-        }
+            .enqueued()
     }
 
     fn pending(

@@ -840,12 +840,9 @@ impl Store for SqliteStore {
         let Some(group) = &self.group else {
             return insert_envelope(&self.lock(), e);
         };
-        match group.run(Op::Enqueue(e.clone()), |ops| commit_batch(&self.conn, ops))? {
-            Done::Enqueued(seq) => Ok(seq),
-            Done::Acked => Err(StoreError::Database(
-                "group commit mixed up a result".into(),
-            )),
-        }
+        group
+            .run(Op::Enqueue(e.clone()), |ops| commit_batch(&self.conn, ops))?
+            .enqueued()
     }
 
     fn pending(
