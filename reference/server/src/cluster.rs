@@ -17,6 +17,10 @@
 //! one it pushed), so nothing reaches the application twice on one
 //! connection; across reconnects the client drops what it has seen.
 //!
+//! A send never waits for NATS: notices go through a bounded outbox, and
+//! one that finds it full (NATS away for long under load) is dropped and
+//! left to the timer.
+//!
 //! Notices carry addresses and counts, never an envelope: they are what the
 //! server already knows (who is sent to), and the harness's NATS tap checks
 //! that no plaintext crosses the bus.
@@ -95,11 +99,17 @@ impl Notice {
     }
 }
 
+/// Notices waiting for NATS; beyond this many (NATS away for long under
+/// load) new ones are dropped, not waited for: the mailbox timer covers a
+/// dropped notice, and a send must never wait for the bus.
+const OUTBOX: usize = 4096;
+
 /// This node's link to the others.
 #[derive(Debug)]
 pub(crate) struct Cluster {
-    client: async_nats::Client,
-    subject: String,
+    outbox: tokio::sync::mpsc::Sender<Notice>,
+    /// Notices dropped because the outbox was full.
+    dropped: std::sync::atomic::AtomicU64,
     /// This node's random id (tells its own `Online` notices apart).
     pub(crate) node: u64,
 }
@@ -161,22 +171,34 @@ impl Cluster {
                 }
             }
         });
+        let (outbox, mut queued) = tokio::sync::mpsc::channel::<Notice>(OUTBOX);
+        tokio::spawn(async move {
+            while let Some(notice) = queued.recv().await {
+                if let Err(e) = client
+                    .publish(subject.clone(), notice.encode().into())
+                    .await
+                {
+                    tracing::warn!(error = %e, "publishing a notice failed");
+                }
+            }
+        });
         Ok(Cluster {
-            client,
-            subject,
+            outbox,
+            dropped: std::sync::atomic::AtomicU64::new(0),
             node,
         })
     }
 
-    /// Tells the other nodes (best effort: a lost notice is caught up by
-    /// the mailbox timer).
-    pub(crate) async fn publish(&self, notice: &Notice) {
-        if let Err(e) = self
-            .client
-            .publish(self.subject.clone(), notice.encode().into())
-            .await
-        {
-            tracing::warn!(error = %e, "publishing a notice failed");
+    /// Tells the other nodes, without waiting (best effort: a lost or
+    /// dropped notice is caught up by the mailbox timer).
+    pub(crate) fn publish(&self, notice: Notice) {
+        if self.outbox.try_send(notice).is_err() {
+            let n = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n + 1, "NATS outbox full; notices dropped");
+            }
         }
     }
 }

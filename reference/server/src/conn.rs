@@ -776,9 +776,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         "no such device, or it has published no keys",
                     ))?;
                 if remaining < self.shared.config.prekey_low_threshold {
-                    self.shared
-                        .route(&target, Push::PrekeysLow(remaining))
-                        .await;
+                    self.shared.route(&target, Push::PrekeysLow(remaining));
                 }
                 Ok(frame::Bundle { bundle }.into())
             }
@@ -824,7 +822,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 // Its open connection, if another, ends now (its tokens are
                 // gone, so it cannot come back).
                 if target != me {
-                    self.shared.route(&target, Push::Replaced).await;
+                    self.shared.route(&target, Push::Replaced);
                 }
                 tracing::info!(conn = self.id, device = r.device, "device removed");
                 Ok(frame::Ok {}.into())
@@ -975,13 +973,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let ticket = self.shared.hub.register(device.clone(), at_ms, tx);
         if let Some(cluster) = &self.shared.cluster {
             // An older connection of this device on another node closes.
-            cluster
-                .publish(&crate::cluster::Notice::Online {
-                    device: device.clone(),
-                    node: cluster.node,
-                    at_ms,
-                })
-                .await;
+            cluster.publish(crate::cluster::Notice::Online {
+                device: device.clone(),
+                node: cluster.node,
+                at_ms,
+            });
         }
         tracing::info!(conn = self.id, user = %device.user, device = device.device, "authenticated");
         let d = device.clone();
@@ -1030,7 +1026,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             "no such device, or it has published no keys",
         ))?;
         tracing::debug!(conn = self.id, seq, len, "stored");
-        self.shared.route(&to, Push::Mail).await;
+        self.shared.route(&to, Push::Mail);
         Ok(frame::SendOk {
             seq,
             message_id: s.message_id,

@@ -211,7 +211,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Tells a device's connection, here or (through NATS) on another node.
-    pub(crate) async fn route(&self, device: &Address, push: hub::Push) {
+    pub(crate) fn route(&self, device: &Address, push: hub::Push) {
         if self.hub.notify(device, push.clone()) {
             return;
         }
@@ -221,7 +221,7 @@ impl Shared {
                 hub::Push::PrekeysLow(n) => cluster::Notice::PrekeysLow(device.clone(), n),
                 hub::Push::Replaced => cluster::Notice::Removed(device.clone()),
             };
-            cluster.publish(&notice).await;
+            cluster.publish(notice);
         }
     }
 }
