@@ -62,7 +62,12 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         .nodes
         .iter()
         .map(|n| {
-            let links = if n.link.is_some() { 1 + 8 } else { 0 };
+            // A node's NATS connection and its PostgreSQL pool.
+            let links = if n.link.is_some() {
+                1 + crate::topology::NODE_PG_POOL
+            } else {
+                0
+            };
             n.pid().and_then(open_sockets).map(|k| k + links)
         })
         .collect();

@@ -27,6 +27,29 @@ pub(crate) struct Tally {
     deliveries: Vec<(Instant, Instant)>,
 }
 
+/// The longest any delivery `(sent, arrived)` arrived after it was due
+/// (its send, or the end of the last fault window that began before it
+/// arrived), and which delivery that was.
+fn latest_after_due(
+    deliveries: &[(Instant, Instant)],
+    windows: &[(Instant, Instant)],
+) -> (Duration, Option<(Instant, Instant)>) {
+    let mut worst = (Duration::ZERO, None);
+    for &(sent, at) in deliveries {
+        let fault_end = windows
+            .iter()
+            .filter(|(from, _)| *from <= at)
+            .map(|(_, end)| *end)
+            .max();
+        let due = fault_end.map_or(sent, |end| end.max(sent));
+        let lag = at.saturating_duration_since(due);
+        if lag > worst.0 {
+            worst = (lag, Some((sent, at)));
+        }
+    }
+    worst
+}
+
 /// How soon after a server-side fault ends every online device must have
 /// caught up (what was sent before and during it delivered).
 pub(crate) const CATCH_UP_BOUND: Duration = Duration::from_secs(5);
@@ -115,19 +138,7 @@ impl Tally {
     /// fault that began before it arrived. A message held up by a fault
     /// counts from the fault's end; one sent after it, from its send.
     pub(crate) fn catch_up(&self, s: &Scenario, windows: &[(Instant, Instant)]) -> (Check, f64) {
-        let mut worst = (Duration::ZERO, None::<(Instant, Instant)>);
-        for &(sent, at) in &self.deliveries {
-            let fault_end = windows
-                .iter()
-                .filter(|(from, _)| *from <= at)
-                .map(|(_, end)| *end)
-                .max();
-            let due = fault_end.map_or(sent, |end| end.max(sent));
-            let lag = at.saturating_duration_since(due);
-            if lag > worst.0 {
-                worst = (lag, Some((sent, at)));
-            }
-        }
+        let worst = latest_after_due(&self.deliveries, windows);
         let ok = worst.0 <= CATCH_UP_BOUND;
         let evidence = match worst.1 {
             Some((sent, at)) => format!(
@@ -237,5 +248,36 @@ impl Progress {
         }
         bar.set_prefix(label.to_owned());
         Progress { bar }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message held up by a fault counts from the fault's end, one sent
+    /// after it from its send; one that arrives more than the bound after
+    /// it was due is what fails the check.
+    #[test]
+    fn catch_up_counts_from_the_fault_and_finds_a_late_delivery() {
+        let t0 = Instant::now();
+        let s = |x: f64| t0 + Duration::from_secs_f64(x);
+        let windows = [(s(10.0), s(12.0))];
+        // Sent at 9 s, held through the fault, delivered 0.5 s after it.
+        let held = (s(9.0), s(12.5));
+        // Sent at 20 s, 0.1 s on the way.
+        let later = (s(20.0), s(20.1));
+        let (lag, which) = latest_after_due(&[held, later], &windows);
+        assert_eq!(lag, Duration::from_millis(500));
+        assert_eq!(which, Some(held));
+        assert!(lag <= CATCH_UP_BOUND);
+        // The same message delivered 6 s after the fault's end: too late.
+        let stuck = (s(9.0), s(18.0));
+        let (lag, which) = latest_after_due(&[held, stuck, later], &windows);
+        assert_eq!(lag, Duration::from_secs(6));
+        assert_eq!(which, Some(stuck));
+        assert!(lag > CATCH_UP_BOUND);
+        // Without faults, that message is late by all 9 s since its send.
+        assert_eq!(latest_after_due(&[stuck], &[]).0, Duration::from_secs(9));
     }
 }

@@ -59,8 +59,12 @@ pub(crate) struct Topology {
     pub(crate) link: Option<NodeLink>,
 }
 
-/// How a node of several reaches what the nodes share.
-#[derive(Debug, Clone)]
+/// PostgreSQL connections a node of the harness's keeps at most.
+pub(crate) const NODE_PG_POOL: usize = 8;
+
+/// How a node of several reaches what the nodes share. (No `Debug`: the
+/// store URL may carry a password.)
+#[derive(Clone)]
 pub(crate) struct NodeLink {
     /// The PostgreSQL URL (through the node's cut relay).
     pub(crate) store_url: String,
@@ -270,18 +274,23 @@ impl Topology {
         match &self.link {
             Some(link) => {
                 command
-                    .args(["--store", &link.store_url, "--pg-schema", &link.schema])
-                    .args(["--pg-pool", "8"]);
+                    // The URL through the environment: a password in it
+                    // stays out of the process list.
+                    .env("CHATIFY_STORE", &link.store_url)
+                    .args(["--pg-schema", &link.schema])
+                    .args(["--pg-pool", &NODE_PG_POOL.to_string()]);
                 if let Some(nats) = &link.nats {
                     command.args(["--nats", nats, "--nats-prefix", &link.prefix]);
                 }
             }
             None => {
-                command.arg("--db").arg(&self.db);
+                command
+                    .env_remove("CHATIFY_STORE")
+                    .arg("--db")
+                    .arg(&self.db);
             }
         }
         let mut child = command
-            .env_remove("CHATIFY_STORE")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
