@@ -55,22 +55,7 @@ pub(crate) async fn run(s: &Scenario, out: &Path, show_progress: bool) -> Result
         logsink::capture(Some(&log))?;
     }
     let mut dep = deploy(s, node, out).await?;
-    // Each server's sockets before any client connects: its listener and
-    // its runtime's own (signal handling), and a node's links to
-    // PostgreSQL and NATS.
-    let idle_sockets: Vec<Option<usize>> = dep
-        .nodes
-        .iter()
-        .map(|n| {
-            // A node's NATS connection and its PostgreSQL pool.
-            let links = if n.link.is_some() {
-                1 + crate::topology::NODE_PG_POOL
-            } else {
-                0
-            };
-            n.pid().and_then(open_sockets).map(|k| k + links)
-        })
-        .collect();
+    let idle_sockets = idle_sockets(&dep);
     let first = dep
         .nodes
         .first()
@@ -208,6 +193,23 @@ fn measured(
     }
     metrics.server_peak_rss_kib = dep.pids().into_iter().filter_map(proc_peak_rss_kib).max();
     (metrics, checks)
+}
+
+/// Each node's open sockets before any client connects (its listener,
+/// its runtime's own), with room for its NATS connection and its
+/// PostgreSQL pool.
+fn idle_sockets(dep: &Deployment) -> Vec<Option<usize>> {
+    dep.nodes
+        .iter()
+        .map(|n| {
+            let links = if n.link.is_some() {
+                1 + crate::topology::NODE_PG_POOL
+            } else {
+                0
+            };
+            n.pid().and_then(open_sockets).map(|k| k + links)
+        })
+        .collect()
 }
 
 /// The deployment a scenario asks for, started (its schema dropped if it
