@@ -391,6 +391,15 @@ pub fn sample_frames(bundle: &PrekeyBundle, env: &Envelope) -> Vec<Frame> {
             link_id: [0x44; 16],
         }
         .into(),
+        frame::MfaSetup {}.into(),
+        frame::MfaConfirm {
+            code: "287082".into(),
+        }
+        .into(),
+        frame::MfaDisable {
+            code: "ABCD-EFGH-IJKL-MNOP".into(),
+        }
+        .into(),
         frame::Devices {
             user: "bob".into(),
             devices: vec![1, 2],
@@ -398,6 +407,15 @@ pub fn sample_frames(bundle: &PrekeyBundle, env: &Envelope) -> Vec<Frame> {
         .into(),
         frame::Link {
             blob: vec![0xCC; 8],
+        }
+        .into(),
+        frame::MfaSecret {
+            secret: b"12345678901234567890".to_vec(),
+            uri: "otpauth://totp/Chatify:bob?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&issuer=Chatify&algorithm=SHA1&digits=6&period=30".into(),
+        }
+        .into(),
+        frame::MfaEnabled {
+            recovery_codes: vec!["ABCD-EFGH-IJKL-MNOP".into(), "QRST-UVWX-YZ23-4567".into()],
         }
         .into(),
     ];

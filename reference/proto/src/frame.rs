@@ -208,6 +208,12 @@ bodies! {
     13 => PutLink,
     /// Client: take the sealed identity left for this account.
     14 => TakeLink,
+    /// Client: start turning on a second factor (TOTP); the server makes a secret.
+    15 => MfaSetup,
+    /// Client: prove the authenticator app holds the secret; turns MFA on.
+    16 => MfaConfirm,
+    /// Client: turn MFA off, with a current code or a recovery code.
+    17 => MfaDisable,
     /// Server: the request succeeded and has nothing to return.
     64 => Ok,
     /// Server: the request failed.
@@ -232,6 +238,10 @@ bodies! {
     74 => Devices,
     /// Server: reply to [`TakeLink`].
     75 => Link,
+    /// Server: reply to [`MfaSetup`].
+    76 => MfaSecret,
+    /// Server: reply to [`MfaConfirm`].
+    77 => MfaEnabled,
 }
 
 impl Body {
@@ -278,12 +288,26 @@ impl Body {
             Body::FetchDevices(b) => check_len("user", b.user.len(), MAX_USERNAME_LEN),
             Body::PutLink(b) => check_len("blob", b.blob.len(), MAX_LINK_BLOB_LEN),
             Body::Link(b) => check_len("blob", b.blob.len(), MAX_LINK_BLOB_LEN),
+            Body::MfaConfirm(MfaConfirm { code }) | Body::MfaDisable(MfaDisable { code }) => {
+                check_len("code", code.len(), MAX_TEXT_LEN)
+            }
+            Body::MfaSecret(b) => {
+                check_len("secret", b.secret.len(), MAX_TEXT_LEN)?;
+                check_len("uri", b.uri.len(), MAX_TEXT_LEN)
+            }
+            Body::MfaEnabled(b) => {
+                check_len("recovery_codes", b.recovery_codes.len(), MAX_LIST_LEN)?;
+                b.recovery_codes
+                    .iter()
+                    .try_for_each(|c| check_len("recovery code", c.len(), MAX_TEXT_LEN))
+            }
             Body::Devices(b) => {
                 check_len("user", b.user.len(), MAX_USERNAME_LEN)?;
                 check_len("devices", b.devices.len(), MAX_LIST_LEN)
             }
             Body::RemoveDevice(_)
             | Body::TakeLink(_)
+            | Body::MfaSetup(_)
             | Body::Logout(_)
             | Body::Ping(_)
             | Body::Ok(_)
@@ -529,6 +553,88 @@ pub struct TakeLink {
     #[n(0)]
     #[cbor(with = "minicbor::bytes")]
     pub link_id: [u8; 16],
+}
+
+/// `15 MfaSetup`: make a new TOTP secret for the caller's account
+/// (docs/PROTOCOL.md §9.5). It takes effect with [`MfaConfirm`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct MfaSetup {}
+
+/// `16 MfaConfirm`: a code computed from the secret of [`MfaSecret`]; turns
+/// the second factor on.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct MfaConfirm {
+    /// The six-digit code.
+    #[n(0)]
+    pub code: String,
+}
+
+/// `17 MfaDisable`: turn the second factor off.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct MfaDisable {
+    /// A current six-digit code, or an unused recovery code.
+    #[n(0)]
+    pub code: String,
+}
+
+/// `76 MfaSecret`: the TOTP secret for the authenticator app.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct MfaSecret {
+    /// The secret (20 bytes).
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub secret: Vec<u8>,
+    /// The same as an `otpauth://totp/...` URI (base32 secret, issuer,
+    /// SHA1, 6 digits, 30 s), what authenticator apps scan.
+    #[n(1)]
+    pub uri: String,
+}
+
+/// `77 MfaEnabled`: the second factor is on; single-use recovery codes,
+/// shown once (the server keeps only their hashes).
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct MfaEnabled {
+    /// The recovery codes.
+    #[n(0)]
+    pub recovery_codes: Vec<String>,
+}
+
+impl fmt::Debug for MfaConfirm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MfaConfirm")
+            .field("code", &Redacted(self.code.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for MfaDisable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MfaDisable")
+            .field("code", &Redacted(self.code.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for MfaSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MfaSecret")
+            .field("secret", &Redacted(self.secret.len()))
+            .field("uri", &Redacted(self.uri.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for MfaEnabled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MfaEnabled")
+            .field("recovery_codes", &Redacted(self.recovery_codes.len()))
+            .finish()
+    }
 }
 
 /// `74 Devices`: the devices of a user that have published keys, ascending.

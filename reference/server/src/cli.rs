@@ -92,6 +92,14 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(50..))]
     mail_poll_ms: Option<u64>,
 
+    /// File holding the key that seals TOTP secrets in the store: 64
+    /// hexadecimal digits (`openssl rand -hex 32`), kept apart from the
+    /// database and backed up. Nodes sharing a --store need the same file
+    /// [default: mfa.key beside --db, created if missing; with --store, none,
+    /// and two-factor authentication is unavailable].
+    #[arg(long, value_name = "FILE")]
+    mfa_key_file: Option<PathBuf>,
+
     /// Commit durability: `full` survives power loss, `normal` survives a
     /// process kill (kill -9) and is faster.
     #[arg(long, value_enum, default_value = "full")]
@@ -361,6 +369,7 @@ async fn run(
         return finish(opened).await;
     }
     let store = opened.shared();
+    let mfa_key = mfa_key(&args)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
         _ => None,
@@ -390,6 +399,7 @@ async fn run(
         nats: args.nats.clone(),
         nats_prefix: args.nats_prefix.clone(),
         mail_poll: args.mail_poll_ms.map(Duration::from_millis),
+        mfa_key,
         ..Config::default()
     };
     customize(&mut config);
@@ -404,6 +414,22 @@ async fn run(
     finish(opened).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The key sealing TOTP secrets: --mfa-key-file, else (SQLite) `mfa.key`
+/// beside the database, created on first use.
+fn mfa_key(args: &Args) -> Result<Option<Arc<crate::mfa::MfaKey>>, String> {
+    let path = match (&args.mfa_key_file, &args.store) {
+        (Some(p), _) => return crate::mfa::MfaKey::read(p).map(|k| Some(Arc::new(k))),
+        (None, Some(_)) => {
+            tracing::warn!(
+                "no --mfa-key-file: two-factor authentication is unavailable on this node"
+            );
+            return Ok(None);
+        }
+        (None, None) => args.db.with_file_name("mfa.key"),
+    };
+    crate::mfa::MfaKey::read_or_create(&path).map(|k| Some(Arc::new(k)))
 }
 
 /// Checkpoints a SQLite store; closes a PostgreSQL store's connections

@@ -23,8 +23,9 @@ use zeroize::Zeroize;
 
 use crate::auth::{self, token_hash};
 use crate::hub::{Push, Ticket};
+use crate::mfa::{self, MfaKey};
 use crate::rate;
-use crate::store::{NewEnvelope, Store, StoreError, TokenRecord};
+use crate::store::{MfaRecord, NewEnvelope, Store, StoreError, TokenRecord};
 use crate::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_TOO_BIG, Shared};
 
 /// Deliveries fetched from the store per round.
@@ -836,6 +837,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 .await?;
                 Ok(frame::Ok {}.into())
             }
+            Body::MfaSetup(_) => self.mfa_setup().await,
+            Body::MfaConfirm(c) => self.mfa_confirm(c).await,
+            Body::MfaDisable(d) => self.mfa_disable(d).await,
             Body::TakeLink(t) => {
                 let me = self.device()?;
                 let now = now_ms();
@@ -930,6 +934,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             tracing::info!(conn = self.id, user = %l.username, "login failed");
             return Err((ErrorCode::BadCredentials, "wrong user name or password"));
         }
+        self.second_factor(&l.username, l.second_factor.as_deref(), ip, now)
+            .await?;
         let token = auth::new_token().ok_or((ErrorCode::Internal, "no randomness for a token"))?;
         if let Some(observe) = &self.shared.config.credential_observer {
             (observe.0)(&token);
@@ -950,6 +956,176 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             device: l.device,
         }
         .into())
+    }
+
+    /// After a right password: passes when the account has no second
+    /// factor on, or `code` is a fresh TOTP code or an unused recovery code
+    /// (used up here); a wrong code counts as a failed login.
+    async fn second_factor(
+        &self,
+        user: &str,
+        code: Option<&str>,
+        ip: std::net::IpAddr,
+        now: Instant,
+    ) -> Result<(), (ErrorCode, &'static str)> {
+        let u = user.to_owned();
+        let Some(record) = blocking(&self.shared, move |s| s.mfa(&u))
+            .await?
+            .filter(|r| r.enabled)
+        else {
+            return Ok(());
+        };
+        let Some(code) = code else {
+            return Err((
+                ErrorCode::SecondFactorRequired,
+                "this account needs a one-time code from its authenticator app (or a recovery code)",
+            ));
+        };
+        if self.use_code(user, &record, code).await? {
+            return Ok(());
+        }
+        self.login_failed(user, ip, now).await?;
+        tracing::info!(conn = self.id, user = %user, "wrong or used second factor");
+        Err((
+            ErrorCode::SecondFactorRequired,
+            "wrong or already used one-time code",
+        ))
+    }
+
+    fn mfa_key(&self) -> Result<Arc<MfaKey>, (ErrorCode, &'static str)> {
+        self.shared.config.mfa_key.clone().ok_or((
+            ErrorCode::Internal,
+            "this server has no key for second factors (its operator sets --mfa-key-file)",
+        ))
+    }
+
+    /// Whether `code` is a TOTP code of a step later than any used before,
+    /// or an unused recovery code, of `user`: used up if so.
+    async fn use_code(
+        &self,
+        user: &str,
+        record: &MfaRecord,
+        code: &str,
+    ) -> Result<bool, (ErrorCode, &'static str)> {
+        let u = user.to_owned();
+        if !mfa::is_totp_code(code) {
+            let Some(hash) = mfa::recovery_hash(user, code) else {
+                return Ok(false);
+            };
+            return blocking(&self.shared, move |s| s.mfa_use_recovery(&u, &hash)).await;
+        }
+        let secret = self.mfa_key()?.open(user, &record.sealed_secret).ok_or((
+            ErrorCode::Internal,
+            "the stored second factor does not open with this server's key",
+        ))?;
+        match mfa::verify_totp(&secret, code, mfa::current_step()) {
+            Some(step) => blocking(&self.shared, move |s| s.mfa_use_step(&u, step)).await,
+            None => Ok(false),
+        }
+    }
+
+    /// `MfaSetup`: a new pending secret for the caller's account.
+    async fn mfa_setup(&mut self) -> Reply {
+        let me = self.device()?;
+        let secret = mfa::new_secret();
+        let sealed = self
+            .mfa_key()?
+            .seal(&me.user, secret.as_ref())
+            .ok_or((ErrorCode::Internal, "cannot seal the secret"))?;
+        let u = me.user.clone();
+        if !blocking(&self.shared, move |s| s.mfa_begin(&u, &sealed)).await? {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "two-factor authentication is already on; turn it off first",
+            ));
+        }
+        tracing::info!(conn = self.id, user = %me.user, "second factor set up, not yet confirmed");
+        Ok(frame::MfaSecret {
+            secret: secret.to_vec(),
+            uri: mfa::otpauth_uri(&me.user, secret.as_ref()),
+        }
+        .into())
+    }
+
+    /// `MfaConfirm`: a code of the pending secret turns it on.
+    async fn mfa_confirm(&mut self, c: frame::MfaConfirm) -> Reply {
+        let me = self.device()?;
+        let (ip, now) = (self.peer.ip(), Instant::now());
+        if !self.login_allowed(&me.user, ip, now).await? {
+            return Err((
+                ErrorCode::RateLimited,
+                "too many wrong codes; try again later",
+            ));
+        }
+        let u = me.user.clone();
+        let record = blocking(&self.shared, move |s| s.mfa(&u))
+            .await?
+            .filter(|r| !r.enabled)
+            .ok_or((
+                ErrorCode::InvalidRequest,
+                "no second factor waits for confirmation (send MfaSetup first)",
+            ))?;
+        let secret = self
+            .mfa_key()?
+            .open(&me.user, &record.sealed_secret)
+            .ok_or((
+                ErrorCode::Internal,
+                "the stored second factor does not open with this server's key",
+            ))?;
+        let Some(step) = mfa::verify_totp(&secret, &c.code, mfa::current_step()) else {
+            self.login_failed(&me.user, ip, now).await?;
+            return Err((ErrorCode::SecondFactorRequired, "wrong code"));
+        };
+        let codes = mfa::new_recovery_codes();
+        let hashes: Vec<[u8; 32]> = codes
+            .iter()
+            .filter_map(|c| mfa::recovery_hash(&me.user, c))
+            .collect();
+        let (u, sealed) = (me.user.clone(), record.sealed_secret);
+        if !blocking(&self.shared, move |s| {
+            s.mfa_enable(&u, &sealed, step, &hashes)
+        })
+        .await?
+        {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "the pending second factor changed meanwhile; set it up again",
+            ));
+        }
+        tracing::info!(conn = self.id, user = %me.user, "second factor on");
+        Ok(frame::MfaEnabled {
+            recovery_codes: codes.iter().map(|c| c.to_string()).collect(),
+        }
+        .into())
+    }
+
+    /// `MfaDisable`: a current code or a recovery code turns it off (a
+    /// pending, unconfirmed one is dropped without).
+    async fn mfa_disable(&mut self, d: frame::MfaDisable) -> Reply {
+        let me = self.device()?;
+        let (ip, now) = (self.peer.ip(), Instant::now());
+        if !self.login_allowed(&me.user, ip, now).await? {
+            return Err((
+                ErrorCode::RateLimited,
+                "too many wrong codes; try again later",
+            ));
+        }
+        let u = me.user.clone();
+        let record = blocking(&self.shared, move |s| s.mfa(&u)).await?.ok_or((
+            ErrorCode::InvalidRequest,
+            "two-factor authentication is not on",
+        ))?;
+        if record.enabled && !self.use_code(&me.user, &record, &d.code).await? {
+            self.login_failed(&me.user, ip, now).await?;
+            return Err((
+                ErrorCode::SecondFactorRequired,
+                "wrong or already used one-time code",
+            ));
+        }
+        let u = me.user.clone();
+        blocking(&self.shared, move |s| s.mfa_disable(&u)).await?;
+        tracing::info!(conn = self.id, user = %me.user, "second factor off");
+        Ok(frame::Ok {}.into())
     }
 
     async fn authenticate(&mut self, mut a: frame::Authenticate) -> Reply {

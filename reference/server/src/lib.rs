@@ -38,6 +38,7 @@ pub mod cli;
 mod cluster;
 mod conn;
 mod hub;
+pub mod mfa;
 mod rate;
 pub mod store;
 pub mod tls;
@@ -129,6 +130,10 @@ pub struct Config {
     /// without a notice (the bound on how late a lost notice makes a
     /// delivery); `None`: every two seconds with `nats`, never without.
     pub mail_poll: Option<Duration>,
+    /// The key that seals TOTP secrets in the store ([`mfa`]); nodes that
+    /// share a store share it. `None`: second factors cannot be set up, and
+    /// an account that has one cannot log in here.
+    pub mfa_key: Option<Arc<mfa::MfaKey>>,
     /// **Test hook, never set in production** (the CLI cannot set it): called
     /// with every envelope the server accepts. The scenario harness uses it
     /// to make a deliberately leaky server and prove that its log tap
@@ -186,6 +191,7 @@ impl Default for Config {
             nats: None,
             nats_prefix: "chatify".into(),
             mail_poll: None,
+            mfa_key: Some(Arc::new(mfa::MfaKey::random())),
             envelope_observer: None,
             credential_observer: None,
             conformance_echo: false,

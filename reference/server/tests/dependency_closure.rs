@@ -1,7 +1,8 @@
 //! The server must never be able to decrypt: no message-layer AEAD, no
 //! Diffie-Hellman or signature crate, no session code in its dependency
-//! closure. (TLS's own provider, `ring`, is transport encryption and is
-//! allowed; it is not the message layer.)
+//! closure. (TLS's own provider, `ring`, is allowed: transport encryption,
+//! and the server's own second-factor secrets at rest (src/mfa.rs); it is
+//! not the message layer.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

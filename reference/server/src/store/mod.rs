@@ -62,6 +62,28 @@ pub struct TokenRecord {
     pub expires_at: u64,
 }
 
+/// An account's second factor as stored (docs/PROTOCOL.md §9.5).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MfaRecord {
+    /// The TOTP secret, sealed under the server's MFA key.
+    pub sealed_secret: Vec<u8>,
+    /// Confirmed (logins need a code); else pending confirmation.
+    pub enabled: bool,
+    /// The latest TOTP step whose code was accepted: a code of this step or
+    /// an earlier one is refused (a replayed code).
+    pub last_step: i64,
+}
+
+impl std::fmt::Debug for MfaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaRecord")
+            .field("sealed_secret", &self.sealed_secret.len())
+            .field("enabled", &self.enabled)
+            .field("last_step", &self.last_step)
+            .finish()
+    }
+}
+
 /// An envelope accepted for relay.
 #[derive(Debug, Clone)]
 pub struct NewEnvelope {
@@ -194,4 +216,28 @@ pub trait Store: Send + Sync + 'static {
         link_id: &[u8; 16],
         now_ms: u64,
     ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// `user`'s second factor, if one was set up.
+    fn mfa(&self, user: &str) -> Result<Option<MfaRecord>, StoreError>;
+    /// Stores a pending secret for `user`, replacing a pending one; `false`
+    /// (nothing changed) when the second factor is already on.
+    fn mfa_begin(&self, user: &str, sealed_secret: &[u8]) -> Result<bool, StoreError>;
+    /// Turns the pending secret `sealed_secret` on, with the step of the code
+    /// that confirmed it and the hashes of the recovery codes; `false` when
+    /// that secret is no longer the pending one.
+    fn mfa_enable(
+        &self,
+        user: &str,
+        sealed_secret: &[u8],
+        step: i64,
+        recovery: &[[u8; 32]],
+    ) -> Result<bool, StoreError>;
+    /// Records that a code of `step` was used: `true` only when no code of
+    /// that step or a later one was accepted before, atomically (two nodes
+    /// given the same code: one wins).
+    fn mfa_use_step(&self, user: &str, step: i64) -> Result<bool, StoreError>;
+    /// Consumes a recovery code by its hash: `true` only the first time.
+    fn mfa_use_recovery(&self, user: &str, hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Removes `user`'s second factor and recovery codes.
+    fn mfa_disable(&self, user: &str) -> Result<(), StoreError>;
 }

@@ -41,7 +41,7 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
 use super::group::{Done, GroupCommit, Op};
-use super::{NewEnvelope, SharedLimits, Store, StoreError, TokenRecord};
+use super::{MfaRecord, NewEnvelope, SharedLimits, Store, StoreError, TokenRecord};
 
 /// Schema migrations, applied in order; `schema_migrations` records each.
 pub const MIGRATIONS: &[&str] = &[
@@ -106,6 +106,19 @@ pub const MIGRATIONS: &[&str] = &[
          key TEXT PRIMARY KEY,
          tokens DOUBLE PRECISION NOT NULL,
          at_ms BIGINT NOT NULL
+     );",
+    // 3: second factors (TOTP secrets sealed under the server's key) and
+    // recovery codes (hashed).
+    "CREATE TABLE mfa (
+         username TEXT PRIMARY KEY REFERENCES users(name),
+         secret BYTEA NOT NULL,
+         enabled BOOLEAN NOT NULL,
+         last_step BIGINT NOT NULL
+     );
+     CREATE TABLE mfa_recovery (
+         username TEXT NOT NULL REFERENCES users(name),
+         code_hash BYTEA NOT NULL,
+         PRIMARY KEY (username, code_hash)
      );",
 ];
 
@@ -1287,6 +1300,93 @@ impl Store for PgStore {
             Ok(row
                 .filter(|r| r.get::<_, i64>(1) > i64_of(now_ms))
                 .map(|r| r.get(0)))
+        })
+    }
+
+    fn mfa(&self, user: &str) -> Result<Option<MfaRecord>, StoreError> {
+        self.with(|c| {
+            let row = c.client.query_opt(
+                "SELECT secret, enabled, last_step FROM mfa WHERE username = $1",
+                &[&user],
+            )?;
+            Ok(row.map(|r| MfaRecord {
+                sealed_secret: r.get(0),
+                enabled: r.get(1),
+                last_step: r.get(2),
+            }))
+        })
+    }
+
+    fn mfa_begin(&self, user: &str, sealed_secret: &[u8]) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let changed = c.client.execute(
+                "INSERT INTO mfa (username, secret, enabled, last_step) VALUES ($1, $2, FALSE, -1)
+                 ON CONFLICT (username) DO UPDATE SET secret = EXCLUDED.secret
+                 WHERE NOT mfa.enabled",
+                &[&user, &sealed_secret],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn mfa_enable(
+        &self,
+        user: &str,
+        sealed_secret: &[u8],
+        step: i64,
+        recovery: &[[u8; 32]],
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            let changed = tx.execute(
+                "UPDATE mfa SET enabled = TRUE, last_step = $3
+                 WHERE username = $1 AND secret = $2 AND NOT enabled",
+                &[&user, &sealed_secret, &step],
+            )?;
+            if changed != 1 {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM mfa_recovery WHERE username = $1", &[&user])?;
+            for hash in recovery {
+                tx.execute(
+                    "INSERT INTO mfa_recovery (username, code_hash) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&user, &&hash[..]],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn mfa_use_step(&self, user: &str, step: i64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let changed = c.client.execute(
+                "UPDATE mfa SET last_step = $2
+                 WHERE username = $1 AND enabled AND last_step < $2",
+                &[&user, &step],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn mfa_use_recovery(&self, user: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let changed = c.client.execute(
+                "DELETE FROM mfa_recovery WHERE username = $1 AND code_hash = $2",
+                &[&user, &&hash[..]],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn mfa_disable(&self, user: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            tx.execute("DELETE FROM mfa_recovery WHERE username = $1", &[&user])?;
+            tx.execute("DELETE FROM mfa WHERE username = $1", &[&user])?;
+            tx.commit()?;
+            Ok(())
         })
     }
 }

@@ -12,7 +12,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::group::{Done, GroupCommit, Op};
 use super::{
-    HISTORY_FRAME_OVERHEAD, HISTORY_ITEM_OVERHEAD, NewEnvelope, Store, StoreError, TokenRecord,
+    HISTORY_FRAME_OVERHEAD, HISTORY_ITEM_OVERHEAD, MfaRecord, NewEnvelope, Store, StoreError,
+    TokenRecord,
 };
 
 /// How hard SQLite works to make a commit durable.
@@ -76,6 +77,19 @@ const MIGRATIONS: &[&str] = &[
          link_id BLOB NOT NULL,
          blob BLOB NOT NULL,
          expires_ms INTEGER NOT NULL
+     );",
+    // 3: second factors (TOTP secrets sealed under the server's key) and
+    // recovery codes (hashed).
+    "CREATE TABLE mfa (
+         user TEXT PRIMARY KEY REFERENCES users(name),
+         secret BLOB NOT NULL,
+         enabled INTEGER NOT NULL,
+         last_step INTEGER NOT NULL
+     );
+     CREATE TABLE mfa_recovery (
+         user TEXT NOT NULL REFERENCES users(name),
+         code_hash BLOB NOT NULL,
+         PRIMARY KEY (user, code_hash)
      );",
 ];
 
@@ -834,6 +848,99 @@ impl Store for SqliteStore {
         Ok(found
             .filter(|(_, expires)| *expires > i64_of(now_ms))
             .map(|(blob, _)| blob))
+    }
+
+    fn mfa(&self, user: &str) -> Result<Option<MfaRecord>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT secret, enabled, last_step FROM mfa WHERE user = ?1",
+                [user],
+                |r| {
+                    Ok(MfaRecord {
+                        sealed_secret: r.get(0)?,
+                        enabled: r.get::<_, i64>(1)? != 0,
+                        last_step: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn mfa_begin(&self, user: &str, sealed_secret: &[u8]) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "INSERT INTO mfa (user, secret, enabled, last_step) VALUES (?1, ?2, 0, -1)
+                 ON CONFLICT (user) DO UPDATE SET secret = excluded.secret WHERE enabled = 0",
+                params![user, sealed_secret],
+            )
+            .map_err(db)?;
+        Ok(changed == 1)
+    }
+
+    fn mfa_enable(
+        &self,
+        user: &str,
+        sealed_secret: &[u8],
+        step: i64,
+        recovery: &[[u8; 32]],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let changed = tx
+            .execute(
+                "UPDATE mfa SET enabled = 1, last_step = ?3
+                 WHERE user = ?1 AND secret = ?2 AND enabled = 0",
+                params![user, sealed_secret, step],
+            )
+            .map_err(db)?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM mfa_recovery WHERE user = ?1", [user])
+            .map_err(db)?;
+        for hash in recovery {
+            tx.execute(
+                "INSERT OR IGNORE INTO mfa_recovery (user, code_hash) VALUES (?1, ?2)",
+                params![user, &hash[..]],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    fn mfa_use_step(&self, user: &str, step: i64) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE mfa SET last_step = ?2 WHERE user = ?1 AND enabled = 1 AND last_step < ?2",
+                params![user, step],
+            )
+            .map_err(db)?;
+        Ok(changed == 1)
+    }
+
+    fn mfa_use_recovery(&self, user: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "DELETE FROM mfa_recovery WHERE user = ?1 AND code_hash = ?2",
+                params![user, &hash[..]],
+            )
+            .map_err(db)?;
+        Ok(changed == 1)
+    }
+
+    fn mfa_disable(&self, user: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute("DELETE FROM mfa_recovery WHERE user = ?1", [user])
+            .map_err(db)?;
+        tx.execute("DELETE FROM mfa WHERE user = ?1", [user])
+            .map_err(db)?;
+        tx.commit().map_err(db)
     }
 
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {

@@ -217,6 +217,105 @@ pub(super) fn concurrent_fetches_never_share_a_one_time_prekey(nodes: Vec<Arc<dy
     );
 }
 
+pub(super) fn second_factors_are_confirmed_once_and_codes_used_once(store: &dyn Store) {
+    account(store, "alice", 0);
+    assert_eq!(store.mfa("alice").unwrap(), None);
+    assert!(store.mfa_begin("alice", b"sealed-1").unwrap());
+    assert!(
+        store.mfa_begin("alice", b"sealed-2").unwrap(),
+        "a pending one is replaced"
+    );
+    let pending = store.mfa("alice").unwrap().unwrap();
+    assert!(!pending.enabled);
+    assert_eq!(pending.sealed_secret, b"sealed-2");
+    assert!(!store.mfa_use_step("alice", 10).unwrap(), "not on yet");
+    assert!(
+        !store.mfa_enable("alice", b"sealed-1", 100, &[]).unwrap(),
+        "only the pending secret can be confirmed"
+    );
+    let codes = [[1u8; 32], [2u8; 32]];
+    assert!(store.mfa_enable("alice", b"sealed-2", 100, &codes).unwrap());
+    assert!(
+        !store.mfa_enable("alice", b"sealed-2", 100, &codes).unwrap(),
+        "once"
+    );
+    assert!(
+        !store.mfa_begin("alice", b"sealed-3").unwrap(),
+        "on: setup refused"
+    );
+    let on = store.mfa("alice").unwrap().unwrap();
+    assert!(on.enabled && on.last_step == 100 && on.sealed_secret == b"sealed-2");
+    assert!(
+        !store.mfa_use_step("alice", 100).unwrap(),
+        "the confirming code's step"
+    );
+    assert!(!store.mfa_use_step("alice", 99).unwrap(), "an earlier step");
+    assert!(store.mfa_use_step("alice", 101).unwrap());
+    assert!(!store.mfa_use_step("alice", 101).unwrap(), "replayed");
+    assert!(store.mfa_use_recovery("alice", &[1u8; 32]).unwrap());
+    assert!(
+        !store.mfa_use_recovery("alice", &[1u8; 32]).unwrap(),
+        "used up"
+    );
+    assert!(
+        !store.mfa_use_recovery("alice", &[3u8; 32]).unwrap(),
+        "never issued"
+    );
+    account(store, "bob", 0);
+    assert!(
+        !store.mfa_use_recovery("bob", &[2u8; 32]).unwrap(),
+        "alice's code"
+    );
+    store.mfa_disable("alice").unwrap();
+    assert_eq!(store.mfa("alice").unwrap(), None);
+    assert!(
+        !store.mfa_use_recovery("alice", &[2u8; 32]).unwrap(),
+        "gone with it"
+    );
+    assert!(
+        store.mfa_begin("alice", b"sealed-4").unwrap(),
+        "set up again"
+    );
+}
+
+pub(super) fn a_code_presented_at_several_nodes_at_once_is_accepted_once(
+    nodes: Vec<Arc<dyn Store>>,
+) {
+    const THREADS: usize = 8;
+    let store = first(&nodes);
+    account(store, "alice", 0);
+    assert!(store.mfa_begin("alice", b"sealed").unwrap());
+    let recovery: Vec<[u8; 32]> = (0..THREADS as u8).map(|i| [i; 32]).collect();
+    assert!(store.mfa_enable("alice", b"sealed", 0, &recovery).unwrap());
+    for round in 1..=20i64 {
+        let start = Arc::new(Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let store = Arc::clone(node(&nodes, i));
+                let start = Arc::clone(&start);
+                std::thread::spawn(move || {
+                    start.wait();
+                    let step = store.mfa_use_step("alice", round).unwrap();
+                    let code = store.mfa_use_recovery("alice", &[0u8; 32]).unwrap();
+                    (step, code)
+                })
+            })
+            .collect();
+        let results: Vec<(bool, bool)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let steps = results.iter().filter(|r| r.0).count();
+        assert_eq!(
+            steps, 1,
+            "round {round}: the step's code accepted {steps} times"
+        );
+        let codes = results.iter().filter(|r| r.1).count();
+        assert_eq!(
+            codes,
+            usize::from(round == 1),
+            "round {round}: a recovery code used {codes} times"
+        );
+    }
+}
+
 pub(super) fn envelopes_for_a_device_without_keys_are_not_stored(store: &dyn Store) {
     let bob = addr("bob", 1);
     assert_eq!(store.enqueue(&envelope_to(&bob, 1_000)).unwrap(), None);
@@ -573,10 +672,12 @@ cases!(
         pruning_removes_only_old_acknowledged_envelopes,
         links_are_single_use_per_user_and_expire,
         a_removed_device_is_gone_with_its_mailbox_and_tokens,
+        second_factors_are_confirmed_once_and_codes_used_once,
     ],
     shared: [
         concurrent_fetches_never_share_a_one_time_prekey,
         a_reader_following_the_mailbox_misses_nothing,
         concurrent_jobs_each_get_their_own_result,
+        a_code_presented_at_several_nodes_at_once_is_accepted_once,
     ]
 );
