@@ -30,7 +30,7 @@ use chatify_proto::frame::{Address, Deliver};
 use chatify_proto::{
     ConversationId, DeviceKeys, Envelope, OneTimePrekey, PrekeyBundle, SignedPrekey,
 };
-use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
+use chatify_server::store::{MfaRecord, NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
 use chatify_server::{Config, Server};
 
 use crate::load::home_passphrase;
@@ -488,6 +488,30 @@ impl Store for AdversaryStore {
     }
     fn take_link(&self, u: &str, id: &[u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.take_link(u, id, now)
+    }
+    fn mfa(&self, u: &str) -> Result<Option<MfaRecord>, StoreError> {
+        self.inner.mfa(u)
+    }
+    fn mfa_begin(&self, u: &str, sealed: &[u8]) -> Result<bool, StoreError> {
+        self.inner.mfa_begin(u, sealed)
+    }
+    fn mfa_enable(
+        &self,
+        u: &str,
+        sealed: &[u8],
+        step: i64,
+        recovery: &[[u8; 32]],
+    ) -> Result<bool, StoreError> {
+        self.inner.mfa_enable(u, sealed, step, recovery)
+    }
+    fn mfa_use_step(&self, u: &str, step: i64) -> Result<bool, StoreError> {
+        self.inner.mfa_use_step(u, step)
+    }
+    fn mfa_use_recovery(&self, u: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.inner.mfa_use_recovery(u, hash)
+    }
+    fn mfa_disable(&self, u: &str) -> Result<(), StoreError> {
+        self.inner.mfa_disable(u)
     }
 
     fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {

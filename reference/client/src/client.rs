@@ -306,6 +306,49 @@ pub struct TraceEvent {
     pub what: &'static str,
 }
 
+/// A login (see [`Client::login_request`]). `Debug` shows neither the
+/// password nor the codes.
+#[derive(Clone, Copy)]
+pub struct LoginRequest<'a> {
+    /// The user name.
+    pub user: &'a str,
+    /// The password.
+    pub password: &'a str,
+    /// This device's number within the account.
+    pub device: u32,
+    /// A link code from [`Client::create_link`] on another device of the
+    /// account: this (new) device takes the account's identity.
+    pub link_code: Option<&'a str>,
+    /// A code from the account's authenticator app, or a recovery code.
+    pub second_factor: Option<&'a str>,
+}
+
+impl std::fmt::Debug for LoginRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("user", &self.user)
+            .field("device", &self.device)
+            .field("link_code", &self.link_code.map(|_| ".."))
+            .field("second_factor", &self.second_factor.map(|_| ".."))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A second factor's secret, to enter into an authenticator app. Wiped
+/// when dropped; `Debug` shows neither field.
+pub struct MfaSecret {
+    /// The 20-byte TOTP secret.
+    pub secret: Zeroizing<Vec<u8>>,
+    /// The same as an `otpauth://` URI.
+    pub uri: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for MfaSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MfaSecret(..)")
+    }
+}
+
 /// A logged-in client.
 #[derive(Debug)]
 pub struct Client {
@@ -385,7 +428,7 @@ impl Client {
         password: &str,
         device: u32,
     ) -> Result<Client, ClientError> {
-        Self::login_inner(options, file, user, password, device, None).await
+        Self::login_inner(options, file, user, password, device, None, None).await
     }
 
     /// Logs in as a new `device` of `user` that takes the identity another
@@ -402,7 +445,30 @@ impl Client {
         code: &str,
     ) -> Result<Client, ClientError> {
         let secret = parse_link_code(code)?;
-        Self::login_inner(options, file, user, password, device, Some(secret)).await
+        Self::login_inner(options, file, user, password, device, Some(secret), None).await
+    }
+
+    /// As [`Client::login_with`] or [`Client::login_linked`] (when
+    /// `request.link_code` is set), for an account that may have a second
+    /// factor on (docs/PROTOCOL.md §9.5): `request.second_factor` is a code
+    /// from its authenticator app or a recovery code. Without one, such an
+    /// account's login fails with `SecondFactorRequired`.
+    pub async fn login_request(
+        options: &ConnectOptions,
+        file: StateFile,
+        request: &LoginRequest<'_>,
+    ) -> Result<Client, ClientError> {
+        let link = request.link_code.map(parse_link_code).transpose()?;
+        Self::login_inner(
+            options,
+            file,
+            request.user,
+            request.password,
+            request.device,
+            link,
+            request.second_factor,
+        )
+        .await
     }
 
     async fn login_inner(
@@ -412,6 +478,7 @@ impl Client {
         password: &str,
         device: u32,
         link: Option<Zeroizing<[u8; 16]>>,
+        second_factor: Option<&str>,
     ) -> Result<Client, ClientError> {
         if link.is_some() && file.load()?.is_some() {
             return Err(ClientError::Usage(
@@ -424,7 +491,7 @@ impl Client {
                 username: user.to_owned(),
                 password: password.to_owned(),
                 device,
-                second_factor: None,
+                second_factor: second_factor.map(str::to_owned),
             })
             .await?;
         let ok = expect(reply, |b| match b {
@@ -1611,6 +1678,48 @@ impl Client {
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect::<Vec<_>>()
             .join("-"))
+    }
+
+    /// Starts turning on a second factor for this account
+    /// (docs/PROTOCOL.md §9.5): the secret to enter into an authenticator
+    /// app. Nothing changes until [`Client::mfa_confirm`].
+    pub async fn mfa_setup(&self) -> Result<MfaSecret, ClientError> {
+        let reply = self.conn.request(frame::MfaSetup {}).await?;
+        let s = expect(reply, |b| match b {
+            Body::MfaSecret(s) => Some(s),
+            _ => None,
+        })?;
+        Ok(MfaSecret {
+            secret: Zeroizing::new(s.secret),
+            uri: Zeroizing::new(s.uri),
+        })
+    }
+
+    /// Turns the second factor on with a code the app shows; returns the
+    /// recovery codes (shown once: the server keeps only their hashes).
+    pub async fn mfa_confirm(&self, code: &str) -> Result<Vec<Zeroizing<String>>, ClientError> {
+        let reply = self
+            .conn
+            .request(frame::MfaConfirm {
+                code: code.to_owned(),
+            })
+            .await?;
+        let e = expect(reply, |b| match b {
+            Body::MfaEnabled(e) => Some(e),
+            _ => None,
+        })?;
+        Ok(e.recovery_codes.into_iter().map(Zeroizing::new).collect())
+    }
+
+    /// Turns the second factor off, with a current code or a recovery code.
+    pub async fn mfa_disable(&self, code: &str) -> Result<(), ClientError> {
+        let reply = self
+            .conn
+            .request(frame::MfaDisable {
+                code: code.to_owned(),
+            })
+            .await?;
+        expect(reply, |b| matches!(b, Body::Ok(_)).then_some(()))
     }
 
     /// A page of the ciphertext history the server keeps of the conversation

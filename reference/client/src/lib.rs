@@ -49,8 +49,9 @@ pub mod vault;
 
 pub use client::{
     Client, ConnectOptions, DELIVERY_GRACE, DEVICE_LIST_TTL, Event, IdentityWarning, Incoming,
-    Late, MAX_KEPT_TEXT, MISSING_GRACE, OWNER_WAIT, PREKEY_TARGET, RECEIPT_DELAY, RETRY_INTERVAL,
-    SendReceipt, Timings, TraceEvent, conversation_id, parse_peer, parse_target,
+    Late, LoginRequest, MAX_KEPT_TEXT, MISSING_GRACE, MfaSecret, OWNER_WAIT, PREKEY_TARGET,
+    RECEIPT_DELAY, RETRY_INTERVAL, SendReceipt, Timings, TraceEvent, conversation_id, parse_peer,
+    parse_target,
 };
 pub use connection::{Connection, Push};
 pub use vault::{KdfCost, Passphrase};

@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chatify_client::connection::is_code;
 use chatify_client::state::StateFile;
 use chatify_client::{
-    Client, ClientError, ConnectOptions, Event, Incoming, Passphrase, parse_peer,
+    Client, ClientError, ConnectOptions, Event, Incoming, LoginRequest, Passphrase, parse_peer,
 };
+use chatify_proto::ErrorCode;
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncBufReadExt;
 
@@ -76,6 +78,16 @@ enum Command {
         /// `chatify link` printed on one of its devices (the home must be new).
         #[arg(long, value_name = "CODE")]
         link: Option<String>,
+        /// The account's second factor: the code its authenticator app
+        /// shows, or a recovery code (asked for in a terminal when needed).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
+    /// Two-factor authentication for your account (TOTP, as authenticator
+    /// apps compute it): `setup`, then `confirm CODE`; `disable CODE`.
+    Mfa {
+        #[command(subcommand)]
+        action: MfaAction,
     },
     /// Print a code that links a new device to this account's identity, so
     /// that contacts see it as you (then `chatify login USER --device N --link
@@ -133,6 +145,24 @@ enum Command {
     Passphrase,
 }
 
+#[derive(Debug, Subcommand)]
+enum MfaAction {
+    /// Make a new secret and print it (and its otpauth:// URI) for an
+    /// authenticator app; logins need no code until `confirm`.
+    Setup,
+    /// Turn two-factor authentication on with the code the app shows now;
+    /// prints ten single-use recovery codes (keep them somewhere safe).
+    Confirm {
+        /// The six-digit code.
+        code: String,
+    },
+    /// Turn it off, with a current code or a recovery code.
+    Disable {
+        /// A six-digit code or a recovery code.
+        code: String,
+    },
+}
+
 fn home_dir(cli: &Cli) -> PathBuf {
     cli.home.clone().unwrap_or_else(|| {
         std::env::var_os("HOME")
@@ -148,6 +178,22 @@ fn options(cli: &Cli, url: String) -> Result<ConnectOptions, ClientError> {
         Some(pem) => options.with_ca_cert(pem),
         None => Ok(options),
     }
+}
+
+/// The second factor, asked for in the terminal (a login that needed one
+/// and was given none).
+fn ask_second_factor() -> Result<zeroize::Zeroizing<String>, ClientError> {
+    if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
+        return Err(ClientError::Usage(
+            "this account needs a second factor: add --code CODE (from its authenticator app, or a recovery code)"
+                .into(),
+        ));
+    }
+    let io = |e: std::io::Error| ClientError::io("the terminal", e);
+    let code =
+        rpassword::prompt_password("Code from your authenticator app (or a recovery code): ")
+            .map_err(io)?;
+    Ok(zeroize::Zeroizing::new(code.trim().to_owned()))
 }
 
 fn read_password(from_stdin: bool, confirm: bool) -> Result<String, ClientError> {
@@ -363,6 +409,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             device,
             password_stdin,
             link,
+            code,
         } => {
             let password = read_password(*password_stdin, false)?;
             let home = home_dir(&cli);
@@ -372,11 +419,20 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 None => file.load()?.map(|s| s.server).unwrap_or_else(default_url),
             };
             let options = options(&cli, url)?;
-            let client = match link {
-                Some(code) => {
-                    Client::login_linked(&options, file, user, &password, *device, code).await?
+            let mut request = LoginRequest {
+                user,
+                password: &password,
+                device: *device,
+                link_code: link.as_deref(),
+                second_factor: code.as_deref(),
+            };
+            let client = match Client::login_request(&options, file.clone(), &request).await {
+                Err(e) if code.is_none() && is_code(&e, ErrorCode::SecondFactorRequired) => {
+                    let asked = ask_second_factor()?;
+                    request.second_factor = Some(&asked);
+                    Client::login_request(&options, file, &request).await?
                 }
-                None => Client::login_with(&options, file, user, &password, *device).await?,
+                other => other?,
             };
             println!(
                 "logged in as {}:{}; keys published; state in {}{}",
@@ -389,6 +445,41 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     String::new()
                 }
             );
+            client.close().await;
+        }
+        Command::Mfa { action } => {
+            let client = resume(&cli).await?;
+            let me = client.address().user;
+            match action {
+                MfaAction::Setup => {
+                    let secret = client.mfa_setup().await?;
+                    let key = secret
+                        .uri
+                        .split_once("secret=")
+                        .and_then(|(_, rest)| rest.split('&').next())
+                        .unwrap_or_default();
+                    println!(
+                        "enter this secret into your authenticator app (time-based, 6 digits, 30 s):"
+                    );
+                    println!("  {key}");
+                    println!("or open this URI with it: {}", secret.uri.as_str());
+                    println!("then: chatify mfa confirm CODE (with the code the app shows)");
+                }
+                MfaAction::Confirm { code } => {
+                    let codes = client.mfa_confirm(code).await?;
+                    println!("two-factor authentication is on for {me}; logins now need a code.");
+                    println!(
+                        "recovery codes (each works once, instead of a code; shown only now):"
+                    );
+                    for c in &codes {
+                        println!("  {}", c.as_str());
+                    }
+                }
+                MfaAction::Disable { code } => {
+                    client.mfa_disable(code).await?;
+                    println!("two-factor authentication is off for {me}");
+                }
+            }
             client.close().await;
         }
         Command::Link => {

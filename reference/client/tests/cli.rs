@@ -267,6 +267,7 @@ fn help_explains_every_command_and_option() {
         "verify",
         "logout",
         "passphrase",
+        "mfa",
         "--passphrase-file",
         "--server",
         "--home",
@@ -279,6 +280,120 @@ fn help_explains_every_command_and_option() {
         .output()
         .unwrap();
     assert!(String::from_utf8(out.stdout).unwrap().contains("--confirm"));
+}
+
+/// RFC 4648 base32 (no padding) back to bytes.
+fn unbase32(text: &str) -> Vec<u8> {
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("not base32: {text}"),
+        };
+        buffer = (buffer << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_factor_authentication_from_the_command_line() {
+    use chatify_server::mfa;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        password_cost: PasswordCost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        login_failures_per_account: 100,
+        ..Config::default()
+    };
+    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.local_addr());
+    let home = dir.path().join("alice");
+    tokio::task::spawn_blocking(move || {
+        let cmd = |args: &[&str]| {
+            let mut c = chatify(&url, &home);
+            c.args(args);
+            c
+        };
+        let text = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+        run(
+            cmd(&["register", "alice", "--password-stdin"]),
+            "alice-pw-123\n",
+        );
+        run(
+            cmd(&["login", "alice", "--password-stdin"]),
+            "alice-pw-123\n",
+        );
+
+        let out = text(&run(cmd(&["mfa", "setup"]), ""));
+        assert!(
+            out.contains("otpauth://totp/Chatify:alice?secret="),
+            "{out}"
+        );
+        let key = out
+            .lines()
+            .skip_while(|l| !l.contains("authenticator app"))
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let secret = unbase32(&key);
+        assert_eq!(secret.len(), mfa::SECRET_LEN, "{out}");
+        let step = mfa::current_step();
+        let code = |step: i64| format!("{:06}", mfa::totp(&secret, step));
+
+        let out = text(&run(cmd(&["mfa", "confirm", &code(step)]), ""));
+        assert!(out.contains("two-factor authentication is on"), "{out}");
+        let recovery: Vec<String> = out
+            .lines()
+            .filter(|l| l.starts_with("  ") && l.matches('-').count() == 3)
+            .map(|l| l.trim().to_owned())
+            .collect();
+        assert_eq!(recovery.len(), mfa::RECOVERY_CODES, "{out}");
+
+        // No code, no terminal to ask in: a clear error.
+        let out = cmd(&["login", "alice", "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(b"alice-pw-123\n")?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--code"), "{err}");
+
+        let next = code(step + 1);
+        run(
+            cmd(&["login", "alice", "--password-stdin", "--code", &next]),
+            "alice-pw-123\n",
+        );
+        run(
+            cmd(&["login", "alice", "--password-stdin", "--code", &recovery[0]]),
+            "alice-pw-123\n",
+        );
+        let out = text(&run(cmd(&["mfa", "disable", &recovery[1]]), ""));
+        assert!(out.contains("off"), "{out}");
+        run(
+            cmd(&["login", "alice", "--password-stdin"]),
+            "alice-pw-123\n",
+        );
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
 }
 
 #[test]

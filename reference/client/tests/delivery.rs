@@ -20,7 +20,7 @@ use std::time::Duration;
 use chatify_client::{Client, Event};
 use chatify_proto::frame::{Address, Deliver};
 use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
-use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
+use chatify_server::store::{MfaRecord, NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
 use common::{config, next_message, server_with, user};
 
 /// A server that misbehaves on command: it acknowledges envelopes for one
@@ -128,6 +128,30 @@ impl Store for Hostile {
     }
     fn take_link(&self, u: &str, id: &[u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner().take_link(u, id, now)
+    }
+    fn mfa(&self, u: &str) -> Result<Option<MfaRecord>, StoreError> {
+        self.inner().mfa(u)
+    }
+    fn mfa_begin(&self, u: &str, sealed: &[u8]) -> Result<bool, StoreError> {
+        self.inner().mfa_begin(u, sealed)
+    }
+    fn mfa_enable(
+        &self,
+        u: &str,
+        sealed: &[u8],
+        step: i64,
+        recovery: &[[u8; 32]],
+    ) -> Result<bool, StoreError> {
+        self.inner().mfa_enable(u, sealed, step, recovery)
+    }
+    fn mfa_use_step(&self, u: &str, step: i64) -> Result<bool, StoreError> {
+        self.inner().mfa_use_step(u, step)
+    }
+    fn mfa_use_recovery(&self, u: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.inner().mfa_use_recovery(u, hash)
+    }
+    fn mfa_disable(&self, u: &str) -> Result<(), StoreError> {
+        self.inner().mfa_disable(u)
     }
 }
 
