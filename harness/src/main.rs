@@ -275,6 +275,18 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool> 
         print!("{}", report::check_lines(&outcome.checks));
         return Ok(verdict_line(outcome.as_expected(), &out));
     }
+    if s.mfa.is_some() {
+        eprintln!("running {} ({} users)", s.name, s.users.count);
+        let outcome = rt.block_on(load::mfa::run(&s))?;
+        report::lifetimes::write(&out, &s, &outcome, &outcome.checks)?;
+        let p = outcome.login_p50_ms;
+        println!(
+            "{}: login p50 {:.1} ms with the password alone, {:.1} ms with a code, {:.1} ms with a recovery code",
+            s.name, p.password_only, p.with_code, p.with_recovery_code
+        );
+        print!("{}", report::check_lines(&outcome.checks));
+        return Ok(verdict_line(outcome.as_expected(), &out));
+    }
     if s.sweep.is_some() {
         let steps = rt.block_on(sweep::steps(&s, &out, show))?;
         let ok = report::sweep::write(&s, &out, &steps)?;

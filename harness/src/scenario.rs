@@ -37,6 +37,11 @@ pub(crate) struct Scenario {
     /// `chatify` process.
     #[serde(default)]
     pub(crate) lifetimes: Option<Lifetimes>,
+    /// Present for second-factor runs (`harness/src/load/mfa.rs`): users
+    /// turn TOTP on and log in with codes while an attacker replays and
+    /// guesses them.
+    #[serde(default)]
+    pub(crate) mfa: Option<Mfa>,
     /// Present for abuse runs: abusers work on the server while the users
     /// chat (`harness/src/load/abuse.rs`).
     #[serde(default)]
@@ -82,6 +87,36 @@ pub(crate) struct Lifetimes {
     /// together on the same home (0: never).
     #[serde(default)]
     pub(crate) concurrent_every: usize,
+}
+
+/// A second-factor run: each user turns TOTP on, then logs in with a code
+/// and with recovery codes, while an attacker who knows every password
+/// replays the codes it saw and guesses others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Mfa {
+    /// Logins with a recovery code per user (each code once).
+    #[serde(default = "default_recovery_logins")]
+    pub(crate) recovery_logins: usize,
+    /// Wrong codes the attacker tries per account, in a row.
+    #[serde(default = "default_guesses")]
+    pub(crate) guesses: usize,
+    /// Hash passwords at OWASP's Argon2id cost (19 MiB, 2 passes), as a
+    /// deployment does; else the harness's cheap cost.
+    #[serde(default = "default_true")]
+    pub(crate) owasp_cost: bool,
+}
+
+fn default_recovery_logins() -> usize {
+    2
+}
+
+fn default_guesses() -> usize {
+    12
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Where the server runs and what it stores in.
@@ -551,6 +586,15 @@ pub(crate) const ABUSE_CHECKS: &[&str] = &[
     "abuse.server-rss",
 ];
 
+/// The checks of a second-factor run.
+pub(crate) const MFA_CHECKS: &[&str] = &[
+    "mfa.code-required",
+    "mfa.honest-logins",
+    "mfa.codes-once",
+    "mfa.guesses-limited",
+    "leak.mfa-store",
+];
+
 /// Every check a run can report, in report order.
 pub(crate) const CHECKS: &[&str] = &[
     "delivery.exactly-once",
@@ -642,11 +686,15 @@ impl Scenario {
             }
         }
         for name in self.expect.checks.keys() {
-            if !CHECKS.contains(&name.as_str()) && !ABUSE_CHECKS.contains(&name.as_str()) {
+            if ![CHECKS, ABUSE_CHECKS, MFA_CHECKS]
+                .iter()
+                .any(|known| known.contains(&name.as_str()))
+            {
                 bail!(
-                    "expect.checks: unknown check {name:?} (known: {}, {})",
+                    "expect.checks: unknown check {name:?} (known: {}, {}, {})",
                     CHECKS.join(", "),
-                    ABUSE_CHECKS.join(", ")
+                    ABUSE_CHECKS.join(", "),
+                    MFA_CHECKS.join(", ")
                 );
             }
         }

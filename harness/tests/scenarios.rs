@@ -150,6 +150,7 @@ fn list_shows_every_scenario() {
         "offline-delivery",
         "restart",
         "leaky-mutant",
+        "mfa-login",
     ] {
         assert!(text.contains(&format!("{name}.toml")), "{name}: {text}");
     }

@@ -58,17 +58,17 @@ impl AbuseTally {
 const FLOOD_USER: &str = "flood";
 const FLOOD_PASSWORD: &str = "flood-harness-password";
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(addr: SocketAddr) -> Result<Ws> {
+pub(crate) async fn connect(addr: SocketAddr) -> Result<Ws> {
     Ok(tokio_tungstenite::connect_async(format!("ws://{addr}"))
         .await?
         .0)
 }
 
 /// Sends a request and waits for its answer (at most 30 s).
-async fn ask(ws: &mut Ws, id: u64, body: Body) -> Result<Body> {
+pub(crate) async fn ask(ws: &mut Ws, id: u64, body: Body) -> Result<Body> {
     ws.send(Message::binary(Frame { id, body }.encode()))
         .await?;
     let answer = async {

@@ -18,6 +18,7 @@ use std::path::Path;
 
 pub(crate) mod abuse;
 pub(crate) mod lifetimes;
+pub(crate) mod mfa;
 pub(crate) mod open_loop;
 pub(crate) mod peers;
 pub(crate) mod run;
