@@ -65,6 +65,8 @@ pub(crate) struct MfaTally {
     pub(crate) most_guesses_checked: u64,
     /// Bytes of the store's files searched, and what was found there.
     pub(crate) store_bytes: u64,
+    /// Recovery codes issued (all searched for in the store).
+    pub(crate) recovery_codes: usize,
     pub(crate) store_found: Vec<String>,
 }
 
@@ -311,6 +313,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<MfaOutcome> {
     server.shutdown().await;
     store.checkpoint()?;
     drop(store);
+    t.recovery_codes = recovery.len();
     let (bytes, found) = search_store(dir.path(), &secrets, &recovery)?;
     t.store_bytes = bytes;
     t.store_found = found;
@@ -414,8 +417,8 @@ pub(crate) fn checks(s: &Scenario, t: &MfaTally) -> Vec<Check> {
             t.store_bytes > 0 && t.store_found.is_empty(),
             if t.store_found.is_empty() {
                 format!(
-                    "{} bytes of the store searched for {} secrets (raw and base32): none found",
-                    t.store_bytes, t.users
+                    "{} bytes of the store searched for {} TOTP secrets (raw and base32) and {} recovery codes (as shown and bare): none found",
+                    t.store_bytes, t.users, t.recovery_codes
                 )
             } else {
                 format!("found in the store: {}", t.store_found.join(", "))
