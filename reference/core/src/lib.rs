@@ -59,6 +59,7 @@
 mod aead;
 mod bundle;
 mod error;
+pub mod file;
 mod fingerprint;
 #[cfg(feature = "test-support")]
 #[doc(hidden)]

@@ -276,7 +276,36 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         block(&r),
         block(&q)
     );
+    file_vectors(w);
     Ok(out)
+}
+
+/// V10: encrypted files (§15).
+fn file_vectors(w: &mut String) {
+    use crate::file::{FILE_CHUNK_LEN, FileKey, SEALED_CHUNK_LEN, seal_file};
+    let key = FileKey::from_bytes([0x55; 32]);
+    let mut small = Vec::new();
+    let Ok(f) = seal_file(&key, &b"a small photo"[..], &mut small) else {
+        return;
+    };
+    let mut whole = Vec::new();
+    let zeros = vec![0u8; FILE_CHUNK_LEN];
+    let Ok(g) = seal_file(&key, &zeros[..], &mut whole) else {
+        return;
+    };
+    let last = whole.get(SEALED_CHUNK_LEN..).unwrap_or_default();
+    let _ = writeln!(
+        w,
+        "\n### V10. Encrypted files (§15)\n\n\
+         File key `55` × 32. The 13-byte file `a small photo` seals to one (last) chunk, \
+         size 13, and the blob's SHA-256:\n\n```text\n{}\n{}\n```\n\n\
+         65 536 zero bytes seal to a whole chunk and an empty last chunk (its tag alone); \
+         the empty last chunk and the blob's SHA-256 (size 65 536):\n\n```text\n{}\n{}\n```",
+        block(&small),
+        hex(&f.digest),
+        block(last),
+        hex(&g.digest)
+    );
 }
 
 fn ad(alice: &Device, bob: &Device, env: &Envelope) -> Vec<u8> {
