@@ -148,7 +148,8 @@ struct Args {
     requests_per_second: u32,
 
     /// Requests per second all connections from one client IP address may
-    /// make together (bursts of twice that). 0: no limit.
+    /// make together (bursts of twice that), on every node of a --store
+    /// together. 0: no limit.
     #[arg(long, default_value_t = 10_000)]
     requests_per_second_per_address: u32,
 

@@ -453,12 +453,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Takes a token from this connection's bucket and its address's, or
-    /// says how long until both have one.
-    fn admit(&mut self) -> Result<(), Duration> {
+    /// says how long until both have one. With a shared store the address's
+    /// bucket is the deployment's: this node spends tokens it leased from
+    /// the store's bucket, a batch per round trip ([`rate::Leases`]).
+    async fn admit(&mut self) -> Result<(), Duration> {
         let now = Instant::now();
         let rate = f64::from(self.shared.config.requests_per_second);
         self.requests.take(rate, 2.0 * rate, now)?;
-        self.shared.address_requests.take(self.peer.ip(), now)
+        let ip = self.peer.ip();
+        let per_address = f64::from(self.shared.config.requests_per_second_per_address);
+        if self.shared.store.shared_limits().is_none() || per_address <= 0.0 {
+            return self.shared.address_requests.take(ip, now);
+        }
+        if self.shared.address_leases.spend(&ip) {
+            return Ok(());
+        }
+        let lease = rate::lease_size(per_address);
+        let key = format!("requests address {ip}");
+        let granted = blocking(&self.shared, move |s| match s.shared_limits() {
+            Some(l) => l.take_tokens(&key, lease as f64, per_address, 2.0 * per_address),
+            None => Ok(true),
+        })
+        .await;
+        match granted {
+            Ok(true) => {
+                self.shared.address_leases.add(ip, lease - 1);
+                Ok(())
+            }
+            Ok(false) => Err(Duration::from_secs_f64(lease as f64 / per_address)),
+            // The store is away: this node's own bucket meanwhile.
+            Err(_) => self.shared.address_requests.take(ip, now),
+        }
     }
 
     async fn reject(
@@ -560,7 +585,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             frame = frame.body.name(),
             "request"
         );
-        if let Err(wait) = self.admit() {
+        if let Err(wait) = self.admit().await {
             tracing::info!(conn = self.id, request = id, "request rate limited");
             self.reject(id, ErrorCode::RateLimited, "too many requests; slow down")
                 .await?;

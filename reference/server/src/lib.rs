@@ -102,7 +102,8 @@ pub struct Config {
     /// read no further until a token is due. 0: no limit.
     pub requests_per_second: u32,
     /// Requests per second all connections from one client address may make
-    /// together (bursts of twice that). 0: no limit.
+    /// together (bursts of twice that), on every node of a shared store
+    /// together. 0: no limit.
     pub requests_per_second_per_address: u32,
     /// Bundles of one device that one account may fetch at once; after
     /// that, one per `bundle_fetch_interval`. Bounds how fast an account can
@@ -208,8 +209,12 @@ pub(crate) struct Shared {
     pub(crate) password_work: PasswordWork,
     /// Open connections per client address.
     pub(crate) per_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    /// Request buckets per client address.
+    /// Request buckets per client address (this node's own, when the store
+    /// is not shared).
     pub(crate) address_requests: rate::Buckets<std::net::IpAddr>,
+    /// Per-address request tokens leased from the shared store's buckets
+    /// (several nodes: the per-address rate holds for the deployment).
+    pub(crate) address_leases: rate::Leases<std::net::IpAddr>,
     /// Bundle fetches per (requesting account, fetched device).
     pub(crate) bundle_fetches: rate::Buckets<(String, chatify_proto::frame::Address)>,
     pub(crate) config: Config,
@@ -278,6 +283,7 @@ impl Server {
                 2.0 * f64::from(config.requests_per_second_per_address),
                 RATE_KEYS,
             ),
+            address_leases: rate::Leases::new(RATE_KEYS),
             bundle_fetches: rate::Buckets::new(
                 if config.bundle_fetch_burst == 0 {
                     0.0

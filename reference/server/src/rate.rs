@@ -99,6 +99,59 @@ impl<K: Hash + Eq> Buckets<K> {
     }
 }
 
+/// A node's share of limits that hold across nodes: tokens it took from
+/// a bucket in the shared store (a *lease*), spent locally, so that one
+/// store round trip covers a batch of requests. A node holds at most one
+/// batch per key unspent, so a deployment of N nodes admits at most N
+/// batches beyond the shared bucket's burst and rate.
+pub(crate) struct Leases<K> {
+    max_keys: usize,
+    map: Mutex<HashMap<K, u64>>,
+}
+
+impl<K: Hash + Eq> Leases<K> {
+    pub(crate) fn new(max_keys: usize) -> Self {
+        Leases {
+            max_keys,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Spends one leased token of `key`; `false` when none is left (take
+    /// a new lease from the shared bucket).
+    pub(crate) fn spend(&self, key: &K) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(key) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds `tokens` newly leased for `key`. Past `max_keys`, keys with
+    /// nothing left are forgotten first; if none has, the lease is dropped
+    /// (its tokens are lost to the deployment, never over-granted).
+    pub(crate) fn add(&self, key: K, tokens: u64) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if !map.contains_key(&key) && map.len() >= self.max_keys {
+            map.retain(|_, n| *n > 0);
+            if map.len() >= self.max_keys {
+                return;
+            }
+        }
+        *map.entry(key).or_insert(0) += tokens;
+    }
+}
+
+/// How many tokens one lease takes from a shared bucket of `rate` per
+/// second: a tenth of a second's worth (at least one), so a node asks the
+/// store at most ten times a second per key.
+pub(crate) fn lease_size(rate: f64) -> u64 {
+    (rate / 10.0).floor().max(1.0) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +193,21 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         assert!(buckets.take(3, later).is_ok());
         assert!(buckets.map.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn leases_are_spent_once_and_bounded_in_number() {
+        let leases: Leases<u32> = Leases::new(2);
+        assert!(!leases.spend(&1), "nothing leased yet");
+        leases.add(1, 2);
+        assert!(leases.spend(&1) && leases.spend(&1));
+        assert!(!leases.spend(&1), "spent");
+        leases.add(2, 1);
+        leases.add(3, 5);
+        assert!(leases.spend(&3), "1 had nothing left and was forgotten");
+        leases.add(4, 5);
+        assert!(!leases.spend(&4), "no room: dropped, never over-granted");
+        assert_eq!(lease_size(10_000.0), 1000);
+        assert_eq!(lease_size(5.0), 1);
     }
 }

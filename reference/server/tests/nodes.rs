@@ -262,3 +262,49 @@ async fn failed_logins_count_across_nodes() {
             .await;
     }
 }
+
+/// The per-address request rate holds for the deployment: requests from
+/// one address alternating between two nodes run out of tokens after one
+/// burst (plus what refills meanwhile and the nodes' unspent leases), not
+/// after a burst at each node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_request_rate_holds_across_nodes() {
+    let Some(d) = Deployment::new() else { return };
+    const RATE: u32 = 20;
+    let node = || async {
+        let config = Config {
+            nats: Some(d.nats.clone()),
+            nats_prefix: d.prefix.clone(),
+            mail_poll: Some(Duration::from_secs(60)),
+            requests_per_second_per_address: RATE,
+            ..test_config()
+        };
+        let server = Server::start(config, d.store().await).await.unwrap();
+        let url = format!("ws://{}", server.local_addr());
+        (server, url)
+    };
+    let (_a, url_a) = node().await;
+    let (_b, url_b) = node().await;
+    let mut conns = [Raw::connect(&url_a).await, Raw::connect(&url_b).await];
+    let started = Instant::now();
+    let mut admitted = 0u32;
+    for i in 0.. {
+        match conns[i % 2].request(frame::Ping {}).await {
+            Body::Pong(_) => admitted += 1,
+            Body::Error(e) if e.code == chatify_proto::ErrorCode::RateLimited => break,
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            admitted <= 4 * RATE,
+            "never limited: {admitted} pings admitted"
+        );
+    }
+    let refilled = (started.elapsed().as_secs_f64() * f64::from(RATE)).ceil() as u32;
+    let burst = 2 * RATE;
+    let leases = 2 * 2;
+    assert!(
+        admitted <= burst + refilled + leases,
+        "{admitted} admitted from one address across two nodes; one burst is {burst}, \
+         {refilled} refilled meanwhile, {leases} in the nodes' leases"
+    );
+}

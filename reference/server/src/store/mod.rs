@@ -111,9 +111,20 @@ pub trait SharedLimits: Send + Sync {
     fn recent_events(&self, keys: &[String], window: Duration) -> Result<Vec<u32>, StoreError>;
     /// Records one event for each key, now.
     fn record_event(&self, keys: &[String]) -> Result<(), StoreError>;
-    /// Takes a token from the key's bucket (refilled at `per_second`, at
-    /// most `burst`, full when first used); `false` when it has none.
-    fn take_token(&self, key: &str, per_second: f64, burst: f64) -> Result<bool, StoreError>;
+    /// Takes `amount` tokens from the key's bucket (refilled at
+    /// `per_second`, at most `burst`, full when first used), all or none;
+    /// `false` when it has fewer.
+    fn take_tokens(
+        &self,
+        key: &str,
+        amount: f64,
+        per_second: f64,
+        burst: f64,
+    ) -> Result<bool, StoreError>;
+    /// Takes one token (see [`SharedLimits::take_tokens`]).
+    fn take_token(&self, key: &str, per_second: f64, burst: f64) -> Result<bool, StoreError> {
+        self.take_tokens(key, 1.0, per_second, burst)
+    }
     /// Forgets events older than `age` and buckets unused that long.
     fn prune_limits(&self, age: Duration) -> Result<u64, StoreError>;
 }

@@ -563,24 +563,33 @@ impl SharedLimits for PgStore {
         })
     }
 
-    fn take_token(&self, key: &str, per_second: f64, burst: f64) -> Result<bool, StoreError> {
+    fn take_tokens(
+        &self,
+        key: &str,
+        amount: f64,
+        per_second: f64,
+        burst: f64,
+    ) -> Result<bool, StoreError> {
         self.with(|c| {
             // One statement: the bucket is refilled for the time since its
-            // last use and a token taken only if one is there, atomically
-            // whichever node asks.
+            // last use and the tokens taken only if they are all there,
+            // atomically whichever node asks.
             let st = c.st(
                 "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS ms)
                  INSERT INTO limit_buckets AS b (key, tokens, at_ms)
-                 SELECT $1, $3::FLOAT8 - 1, now.ms FROM now WHERE $3::FLOAT8 >= 1
+                 SELECT $1, $3::FLOAT8 - $4::FLOAT8, now.ms FROM now WHERE $3::FLOAT8 >= $4::FLOAT8
                  ON CONFLICT (key) DO UPDATE SET
                      tokens = LEAST($3::FLOAT8,
-                                    b.tokens + GREATEST(0, excluded.at_ms - b.at_ms) * $2::FLOAT8 / 1000.0) - 1,
+                                    b.tokens + GREATEST(0, excluded.at_ms - b.at_ms) * $2::FLOAT8 / 1000.0) - $4::FLOAT8,
                      at_ms = excluded.at_ms
                  WHERE LEAST($3::FLOAT8,
-                             b.tokens + GREATEST(0, excluded.at_ms - b.at_ms) * $2::FLOAT8 / 1000.0) >= 1
+                             b.tokens + GREATEST(0, excluded.at_ms - b.at_ms) * $2::FLOAT8 / 1000.0) >= $4::FLOAT8
                  RETURNING tokens",
             )?;
-            Ok(c.client.query_opt(&st, &[&key, &per_second, &burst])?.is_some())
+            Ok(c
+                .client
+                .query_opt(&st, &[&key, &per_second, &burst, &amount])?
+                .is_some())
         })
     }
 
