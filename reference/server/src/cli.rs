@@ -136,8 +136,9 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     password_workers: Option<u32>,
 
-    /// Open connections allowed from one client IP address; more are closed
-    /// with 1008 right after the WebSocket handshake.
+    /// Open connections allowed from one client IP address (on every node
+    /// of a --store together, counts exchanged every second); more are
+    /// closed with 1008 right after the WebSocket handshake.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_address: u32,
 

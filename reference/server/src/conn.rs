@@ -69,9 +69,19 @@ struct AddressSlot {
 impl AddressSlot {
     /// Takes a slot for `ip`, or `None` when it has all it may have.
     fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let elsewhere = shared
+            .others_per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .copied()
+            .unwrap_or(0);
         let mut open = shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_default();
-        if *n >= shared.config.max_connections_per_address {
+        if *n + elsewhere >= shared.config.max_connections_per_address {
+            if *n == 0 {
+                open.remove(&ip);
+            }
             return None;
         }
         *n += 1;

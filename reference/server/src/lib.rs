@@ -209,6 +209,12 @@ pub(crate) struct Shared {
     pub(crate) password_work: PasswordWork,
     /// Open connections per client address.
     pub(crate) per_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// With a shared store: the other nodes' open connections per client
+    /// address, as last exchanged ([`exchange_connections`]).
+    pub(crate) others_per_address:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// This node's name in the shared store's connection counts.
+    pub(crate) node_name: String,
     /// Request buckets per client address (this node's own, when the store
     /// is not shared).
     pub(crate) address_requests: rate::Buckets<std::net::IpAddr>,
@@ -278,6 +284,8 @@ impl Server {
             ),
             password_work: PasswordWork::new(config.password_workers, config.password_queue),
             per_address: Default::default(),
+            others_per_address: Default::default(),
+            node_name: format!("{:016x}", rand::random::<u64>()),
             address_requests: rate::Buckets::new(
                 f64::from(config.requests_per_second_per_address),
                 2.0 * f64::from(config.requests_per_second_per_address),
@@ -331,6 +339,13 @@ async fn accept_loop(
 ) {
     let mut conns = JoinSet::new();
     let mut next_id = 0u64;
+    // Stopped with this loop, also when the loop is aborted (a crash).
+    let exchange = shared.store.shared_limits().is_some().then(|| {
+        AbortOnDrop(Some(tokio::spawn(exchange_connections(
+            Arc::clone(&shared),
+            shutdown.clone(),
+        ))))
+    });
     let retention = Arc::clone(&shared);
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -359,6 +374,71 @@ async fn accept_loop(
         .is_err()
     {
         conns.abort_all();
+    }
+    // The connection counts withdrawn from the shared store.
+    if let Some(handle) = exchange.and_then(|mut e| e.0.take()) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// How often a node of a shared store publishes its connection counts and
+/// reads the others'; a node not heard from for three intervals counts
+/// for nothing.
+const CONNECTION_EXCHANGE: Duration = Duration::from_secs(1);
+
+/// Keeps this node's connection counts in the shared store and the other
+/// nodes' in memory, so that the connections-per-address limit holds
+/// across nodes (within one exchange's staleness); withdraws them at
+/// shutdown.
+async fn exchange_connections(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(CONNECTION_EXCHANGE);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        let open: Vec<(String, u32)> = if stopping {
+            Vec::new()
+        } else {
+            let map = shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .map(|(ip, n)| (ip.to_string(), u32::try_from(*n).unwrap_or(u32::MAX)))
+                .collect()
+        };
+        let s = Arc::clone(&shared);
+        let others = tokio::task::spawn_blocking(move || match s.store.shared_limits() {
+            Some(l) => l.exchange_connections(&s.node_name, &open, 3 * CONNECTION_EXCHANGE),
+            None => Ok(Vec::new()),
+        })
+        .await;
+        match others {
+            Ok(Ok(rows)) => {
+                let map = rows
+                    .into_iter()
+                    .filter_map(|(a, n)| Some((a.parse().ok()?, n as usize)))
+                    .collect();
+                *shared
+                    .others_per_address
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = map;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "connection counts not exchanged"),
+            Err(_) => tracing::warn!("connection count exchange failed"),
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

@@ -308,3 +308,45 @@ async fn the_per_address_request_rate_holds_across_nodes() {
          {refilled} refilled meanwhile, {leases} in the nodes' leases"
     );
 }
+
+/// The connections-per-address limit holds across nodes once the nodes
+/// have exchanged their counts (every second): three connections on one
+/// node leave room for one on the other, of a limit of four; a closed
+/// connection gives its room back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_count_across_nodes() {
+    let Some(d) = Deployment::new() else { return };
+    let node = || async {
+        let config = Config {
+            nats: Some(d.nats.clone()),
+            nats_prefix: d.prefix.clone(),
+            mail_poll: Some(Duration::from_secs(60)),
+            max_connections_per_address: 4,
+            ..test_config()
+        };
+        let server = Server::start(config, d.store().await).await.unwrap();
+        let url = format!("ws://{}", server.local_addr());
+        (server, url)
+    };
+    let (_a, url_a) = node().await;
+    let (_b, url_b) = node().await;
+    let mut on_a = Vec::new();
+    for _ in 0..3 {
+        let mut c = Raw::connect(&url_a).await;
+        c.ping().await;
+        on_a.push(c);
+    }
+    // Two exchanges: A's count published, then read by B.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut first = Raw::connect(&url_b).await;
+    first.ping().await;
+    let mut refused = Raw::connect(&url_b).await;
+    match refused.recv().await {
+        Got::Closed(Some(1008)) => {}
+        other => panic!("a fifth connection from one address was let in: {other:?}"),
+    }
+    drop(on_a.pop());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut again = Raw::connect(&url_b).await;
+    again.ping().await;
+}

@@ -125,6 +125,16 @@ pub trait SharedLimits: Send + Sync {
     fn take_token(&self, key: &str, per_second: f64, burst: f64) -> Result<bool, StoreError> {
         self.take_tokens(key, 1.0, per_second, burst)
     }
+    /// Publishes this `node`'s open connections per client address
+    /// (replacing what it published before) and returns the other nodes'
+    /// totals per address, from nodes heard from within `fresh` (a node
+    /// that stopped publishing, killed say, counts for nothing after it).
+    fn exchange_connections(
+        &self,
+        node: &str,
+        open: &[(String, u32)],
+        fresh: Duration,
+    ) -> Result<Vec<(String, u32)>, StoreError>;
     /// Forgets events older than `age` and buckets unused that long.
     fn prune_limits(&self, age: Duration) -> Result<u64, StoreError>;
 }

@@ -120,6 +120,16 @@ pub const MIGRATIONS: &[&str] = &[
          code_hash BYTEA NOT NULL,
          PRIMARY KEY (username, code_hash)
      );",
+    // 4: each node's open connections per client address (the limit on
+    // connections per address holds across nodes).
+    "CREATE TABLE node_connections (
+         node TEXT NOT NULL,
+         address TEXT NOT NULL,
+         open INTEGER NOT NULL,
+         seen_ms BIGINT NOT NULL,
+         PRIMARY KEY (node, address)
+     );
+     CREATE INDEX node_connections_seen ON node_connections (seen_ms);",
 ];
 
 /// The advisory lock key under which migrations run (any constant; the
@@ -590,6 +600,50 @@ impl SharedLimits for PgStore {
                 .client
                 .query_opt(&st, &[&key, &per_second, &burst, &amount])?
                 .is_some())
+        })
+    }
+
+    fn exchange_connections(
+        &self,
+        node: &str,
+        open: &[(String, u32)],
+        fresh: Duration,
+    ) -> Result<Vec<(String, u32)>, StoreError> {
+        let fresh_ms = i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX);
+        let addresses: Vec<&str> = open.iter().map(|(a, _)| a.as_str()).collect();
+        let counts: Vec<i32> = open
+            .iter()
+            .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+            .collect();
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            // This node's rows replaced; rows of nodes long gone dropped.
+            tx.execute(
+                "DELETE FROM node_connections WHERE node = $1
+                 OR seen_ms < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - 10 * $2::BIGINT",
+                &[&node, &fresh_ms],
+            )?;
+            tx.execute(
+                "INSERT INTO node_connections (node, address, open, seen_ms)
+                 SELECT $1, a, n, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
+                 FROM unnest($2::TEXT[], $3::INT4[]) AS t(a, n)",
+                &[&node, &addresses, &counts],
+            )?;
+            let rows = tx.query(
+                "SELECT address, SUM(open)::BIGINT FROM node_connections
+                 WHERE node <> $1
+                   AND seen_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $2::BIGINT
+                 GROUP BY address",
+                &[&node, &fresh_ms],
+            )?;
+            tx.commit()?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let n: i64 = r.get(1);
+                    (r.get(0), u32::try_from(n).unwrap_or(u32::MAX))
+                })
+                .collect())
         })
     }
 
