@@ -133,7 +133,10 @@ pub struct Config {
     pub mail_poll: Option<Duration>,
     /// The key that seals TOTP secrets in the store ([`mfa`]); nodes that
     /// share a store share it. `None`: second factors cannot be set up, and
-    /// an account that has one cannot log in here.
+    /// an account that has one cannot log in here. The default is a random
+    /// key of this process's only: a server whose store outlives the
+    /// process sets a key it keeps ([`mfa::MfaKey::read_or_create`], as
+    /// `chatify-server` does with `mfa.key` beside its database).
     pub mfa_key: Option<Arc<mfa::MfaKey>>,
     /// **Test hook, never set in production** (the CLI cannot set it): called
     /// with every envelope the server accepts. The scenario harness uses it
