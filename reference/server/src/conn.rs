@@ -60,6 +60,14 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Bytes written to a connection's buffer before they go to its socket.
 const WRITE_BUFFER: usize = 8 * 1024;
 
+/// What an MFA request starts from ([`Conn::mfa_request`]).
+struct MfaRequest {
+    user: String,
+    ip: std::net::IpAddr,
+    now: Instant,
+    record: Option<MfaRecord>,
+}
+
 /// One of an address's open connections; released when dropped.
 struct AddressSlot {
     shared: Arc<Shared>,
@@ -1049,10 +1057,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             return blocking(&self.shared, move |s| s.mfa_use_recovery(&u, &hash)).await;
         }
-        let secret = self.mfa_key()?.open(user, &record.sealed_secret).ok_or((
-            ErrorCode::Internal,
-            "the stored second factor does not open with this server's key",
-        ))?;
+        let secret = self.open_secret(user, record)?;
         match mfa::verify_totp(&secret, code, mfa::current_step()) {
             Some(step) => blocking(&self.shared, move |s| s.mfa_use_step(&u, step)).await,
             None => Ok(false),
@@ -1082,8 +1087,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         .into())
     }
 
-    /// `MfaConfirm`: a code of the pending secret turns it on.
-    async fn mfa_confirm(&mut self, c: frame::MfaConfirm) -> Reply {
+    /// The start of `MfaConfirm` and `MfaDisable`: the caller, within the
+    /// failed-login limits (wrong codes count as failed logins), and its
+    /// second factor as stored.
+    async fn mfa_request(&self) -> Result<MfaRequest, (ErrorCode, &'static str)> {
         let me = self.device()?;
         let (ip, now) = (self.peer.ip(), Instant::now());
         if !self.login_allowed(&me.user, ip, now).await? {
@@ -1093,30 +1100,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ));
         }
         let u = me.user.clone();
-        let record = blocking(&self.shared, move |s| s.mfa(&u))
-            .await?
-            .filter(|r| !r.enabled)
-            .ok_or((
-                ErrorCode::InvalidRequest,
-                "no second factor waits for confirmation (send MfaSetup first)",
-            ))?;
-        let secret = self
-            .mfa_key()?
-            .open(&me.user, &record.sealed_secret)
-            .ok_or((
-                ErrorCode::Internal,
-                "the stored second factor does not open with this server's key",
-            ))?;
+        let record = blocking(&self.shared, move |s| s.mfa(&u)).await?;
+        Ok(MfaRequest {
+            user: me.user,
+            ip,
+            now,
+            record,
+        })
+    }
+
+    /// The TOTP secret of `record`, opened with this server's key.
+    fn open_secret(
+        &self,
+        user: &str,
+        record: &MfaRecord,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, (ErrorCode, &'static str)> {
+        self.mfa_key()?.open(user, &record.sealed_secret).ok_or((
+            ErrorCode::Internal,
+            "the stored second factor does not open with this server's key",
+        ))
+    }
+
+    /// `MfaConfirm`: a code of the pending secret turns it on.
+    async fn mfa_confirm(&mut self, c: frame::MfaConfirm) -> Reply {
+        let MfaRequest {
+            user,
+            ip,
+            now,
+            record,
+        } = self.mfa_request().await?;
+        let record = record.filter(|r| !r.enabled).ok_or((
+            ErrorCode::InvalidRequest,
+            "no second factor waits for confirmation (send MfaSetup first)",
+        ))?;
+        let secret = self.open_secret(&user, &record)?;
         let Some(step) = mfa::verify_totp(&secret, &c.code, mfa::current_step()) else {
-            self.login_failed(&me.user, ip, now).await?;
+            self.login_failed(&user, ip, now).await?;
             return Err((ErrorCode::SecondFactorRequired, "wrong code"));
         };
         let codes = mfa::new_recovery_codes();
         let hashes: Vec<[u8; 32]> = codes
             .iter()
-            .filter_map(|c| mfa::recovery_hash(&me.user, c))
+            .filter_map(|c| mfa::recovery_hash(&user, c))
             .collect();
-        let (u, sealed) = (me.user.clone(), record.sealed_secret);
+        let (u, sealed) = (user.clone(), record.sealed_secret);
         if !blocking(&self.shared, move |s| {
             s.mfa_enable(&u, &sealed, step, &hashes)
         })
@@ -1127,7 +1154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 "the pending second factor changed meanwhile; set it up again",
             ));
         }
-        tracing::info!(conn = self.id, user = %me.user, "second factor on");
+        tracing::info!(conn = self.id, user = %user, "second factor on");
         Ok(frame::MfaEnabled {
             recovery_codes: codes.iter().map(|c| c.to_string()).collect(),
         }
@@ -1137,29 +1164,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// `MfaDisable`: a current code or a recovery code turns it off (a
     /// pending, unconfirmed one is dropped without).
     async fn mfa_disable(&mut self, d: frame::MfaDisable) -> Reply {
-        let me = self.device()?;
-        let (ip, now) = (self.peer.ip(), Instant::now());
-        if !self.login_allowed(&me.user, ip, now).await? {
-            return Err((
-                ErrorCode::RateLimited,
-                "too many wrong codes; try again later",
-            ));
-        }
-        let u = me.user.clone();
-        let record = blocking(&self.shared, move |s| s.mfa(&u)).await?.ok_or((
+        let MfaRequest {
+            user,
+            ip,
+            now,
+            record,
+        } = self.mfa_request().await?;
+        let record = record.ok_or((
             ErrorCode::InvalidRequest,
             "two-factor authentication is not on",
         ))?;
-        if record.enabled && !self.use_code(&me.user, &record, &d.code).await? {
-            self.login_failed(&me.user, ip, now).await?;
+        if record.enabled && !self.use_code(&user, &record, &d.code).await? {
+            self.login_failed(&user, ip, now).await?;
             return Err((
                 ErrorCode::SecondFactorRequired,
                 "wrong or already used one-time code",
             ));
         }
-        let u = me.user.clone();
+        let u = user.clone();
         blocking(&self.shared, move |s| s.mfa_disable(&u)).await?;
-        tracing::info!(conn = self.id, user = %me.user, "second factor off");
+        tracing::info!(conn = self.id, user = %user, "second factor off");
         Ok(frame::Ok {}.into())
     }
 

@@ -225,48 +225,41 @@ async fn mfa_requests_need_an_authenticated_connection() {
 #[tokio::test]
 async fn a_server_without_the_key_refuses_setup_and_such_logins() {
     let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let with_key = Config {
-        mfa_key: Some(Arc::new(MfaKey::from_bytes([7; 32]))),
-        ..test_config()
+    let start = |key: Option<[u8; 32]>| {
+        let config = Config {
+            mfa_key: key.map(|k| Arc::new(MfaKey::from_bytes(k))),
+            ..test_config()
+        };
+        let store = store.clone();
+        async move {
+            let server = Server::start(config, store).await.unwrap();
+            let url = format!("ws://{}", server.local_addr());
+            (server, url)
+        }
     };
-    let server = Server::start(with_key, store.clone()).await.unwrap();
-    let url = format!("ws://{}", server.local_addr());
+    let (server, url) = start(Some([7; 32])).await;
     let (mut raw, _) = account(&url, "alice").await;
     let (secret, step, _) = enrol(&mut raw, "alice").await;
     drop(raw);
     server.shutdown().await;
 
-    let keyless = Config {
-        mfa_key: None,
-        ..test_config()
-    };
-    let server = Server::start(keyless, store.clone()).await.unwrap();
-    let url = format!("ws://{}", server.local_addr());
-    let mut raw = Raw::connect(&url).await;
-    raw.expect_error(
-        login("alice", Some(code(&secret, step + 1))),
-        ErrorCode::Internal,
-    )
-    .await;
-    let (mut bob, _) = account(&url, "bob").await;
-    bob.expect_error(frame::MfaSetup {}, ErrorCode::Internal)
+    // No key, then another key: alice's secret does not open.
+    for key in [None, Some([8; 32])] {
+        let (server, url) = start(key).await;
+        let mut raw = Raw::connect(&url).await;
+        raw.expect_error(
+            login("alice", Some(code(&secret, step + 1))),
+            ErrorCode::Internal,
+        )
         .await;
-    drop(bob);
-    server.shutdown().await;
-
-    let other_key = Config {
-        mfa_key: Some(Arc::new(MfaKey::from_bytes([8; 32]))),
-        ..test_config()
-    };
-    let server = Server::start(other_key, store).await.unwrap();
-    let url = format!("ws://{}", server.local_addr());
-    let mut raw = Raw::connect(&url).await;
-    raw.expect_error(
-        login("alice", Some(code(&secret, step + 1))),
-        ErrorCode::Internal,
-    )
-    .await;
-    server.shutdown().await;
+        if key.is_none() {
+            let (mut bob, _) = account(&url, "bob").await;
+            bob.expect_error(frame::MfaSetup {}, ErrorCode::Internal)
+                .await;
+        }
+        drop(raw);
+        server.shutdown().await;
+    }
 }
 
 /// What the database file holds of a second factor: neither the secret

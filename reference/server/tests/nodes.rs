@@ -81,12 +81,23 @@ impl Deployment {
     /// A node; `poll`: how often its connections read their mailbox
     /// without a notice; `nats`: its NATS URL (this deployment's by default).
     async fn node(&self, poll: Duration, nats: Option<&str>) -> (Server, String) {
-        let config = Config {
+        self.node_with(poll, nats, |_| {}).await
+    }
+
+    /// A node as [`Deployment::node`], its configuration adjusted by `tweak`.
+    async fn node_with(
+        &self,
+        poll: Duration,
+        nats: Option<&str>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> (Server, String) {
+        let mut config = Config {
             nats: Some(nats.unwrap_or(&self.nats).to_owned()),
             nats_prefix: self.prefix.clone(),
             mail_poll: Some(poll),
             ..test_config()
         };
+        tweak(&mut config);
         let server = Server::start(config, self.store().await).await.unwrap();
         let url = format!("ws://{}", server.local_addr());
         (server, url)
@@ -271,17 +282,10 @@ async fn failed_logins_count_across_nodes() {
 async fn the_per_address_request_rate_holds_across_nodes() {
     let Some(d) = Deployment::new() else { return };
     const RATE: u32 = 20;
-    let node = || async {
-        let config = Config {
-            nats: Some(d.nats.clone()),
-            nats_prefix: d.prefix.clone(),
-            mail_poll: Some(Duration::from_secs(60)),
-            requests_per_second_per_address: RATE,
-            ..test_config()
-        };
-        let server = Server::start(config, d.store().await).await.unwrap();
-        let url = format!("ws://{}", server.local_addr());
-        (server, url)
+    let node = || {
+        d.node_with(Duration::from_secs(60), None, |c| {
+            c.requests_per_second_per_address = RATE;
+        })
     };
     let (_a, url_a) = node().await;
     let (_b, url_b) = node().await;
@@ -316,17 +320,10 @@ async fn the_per_address_request_rate_holds_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_count_across_nodes() {
     let Some(d) = Deployment::new() else { return };
-    let node = || async {
-        let config = Config {
-            nats: Some(d.nats.clone()),
-            nats_prefix: d.prefix.clone(),
-            mail_poll: Some(Duration::from_secs(60)),
-            max_connections_per_address: 4,
-            ..test_config()
-        };
-        let server = Server::start(config, d.store().await).await.unwrap();
-        let url = format!("ws://{}", server.local_addr());
-        (server, url)
+    let node = || {
+        d.node_with(Duration::from_secs(60), None, |c| {
+            c.max_connections_per_address = 4;
+        })
     };
     let (_a, url_a) = node().await;
     let (_b, url_b) = node().await;
