@@ -33,7 +33,9 @@ use chatify_server::{Config, Server};
 
 use crate::load::abuse::{Ws, ask, connect};
 use crate::metrics::Check;
+use crate::plaintext::Detector;
 use crate::scenario::{Mfa, Scenario, Verdict};
+use crate::taps;
 use crate::topology::CHEAP_ARGON2;
 
 /// What a second-factor run measured and saw.
@@ -314,7 +316,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<MfaOutcome> {
     store.checkpoint()?;
     drop(store);
     t.recovery_codes = recovery.len();
-    let (bytes, found) = search_store(dir.path(), &secrets, &recovery)?;
+    let (bytes, found) = search_store(dir.path(), &secrets, &recovery);
     t.store_bytes = bytes;
     t.store_found = found;
     let checks = checks(s, &t);
@@ -329,43 +331,32 @@ pub(crate) async fn run(s: &Scenario) -> Result<MfaOutcome> {
     })
 }
 
-/// Every file of the store searched for each secret (raw and base32)
-/// and each recovery code (with and without its dashes).
-fn search_store(
-    dir: &Path,
-    secrets: &[Vec<u8>],
-    recovery: &[String],
-) -> Result<(u64, Vec<String>)> {
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        bytes.extend(std::fs::read(entry?.path())?);
-    }
-    Ok((bytes.len() as u64, find_secrets(&bytes, secrets, recovery)))
+/// Every file of the store searched, as the credential tap searches a
+/// server's memory, for each TOTP secret and its base32 and each recovery
+/// code as shown and bare: the bytes searched and what was found.
+fn search_store(dir: &Path, secrets: &[Vec<u8>], recovery: &[String]) -> (u64, Vec<String>) {
+    let r = taps::scan_dir(dir, &secrets_detector(secrets, recovery));
+    (r.bytes, r.hits.into_iter().map(|h| h.form).collect())
 }
 
-/// Which of `secrets` (raw or base32) and `recovery` codes (as shown or
-/// bare) occur in `bytes`.
-pub(crate) fn find_secrets(bytes: &[u8], secrets: &[Vec<u8>], recovery: &[String]) -> Vec<String> {
-    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
+/// The run's secrets, labelled, in every encoding a canary is searched in.
+fn secrets_detector(secrets: &[Vec<u8>], recovery: &[String]) -> Detector {
+    let mut labelled: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, s) in secrets.iter().enumerate() {
-        needles.push((format!("user {i}'s secret (raw)"), s.clone()));
-        needles.push((
-            format!("user {i}'s secret (base32)"),
+        labelled.push((format!("user {i}'s secret"), s.clone()));
+        labelled.push((
+            format!("user {i}'s secret in base32"),
             mfa::base32(s).into_bytes(),
         ));
     }
     for (i, c) in recovery.iter().enumerate() {
-        needles.push((format!("recovery code {i}"), c.clone().into_bytes()));
-        needles.push((
-            format!("recovery code {i} (bare)"),
+        labelled.push((format!("recovery code {i}"), c.clone().into_bytes()));
+        labelled.push((
+            format!("recovery code {i} bare"),
             c.replace('-', "").into_bytes(),
         ));
     }
-    needles
-        .into_iter()
-        .filter(|(_, n)| !n.is_empty() && bytes.windows(n.len()).any(|w| w == n.as_slice()))
-        .map(|(what, _)| what)
-        .collect()
+    Detector::secrets(labelled.iter().map(|(l, b)| (l.as_str(), b.as_slice())))
 }
 
 /// The run's checks, from what it saw.
@@ -417,7 +408,7 @@ pub(crate) fn checks(s: &Scenario, t: &MfaTally) -> Vec<Check> {
             t.store_bytes > 0 && t.store_found.is_empty(),
             if t.store_found.is_empty() {
                 format!(
-                    "{} bytes of the store searched for {} TOTP secrets (raw and base32) and {} recovery codes (as shown and bare): none found",
+                    "{} bytes of the store searched for {} TOTP secrets (and their base32) and {} recovery codes (as shown and bare), each in every encoding the credential tap searches: none found",
                     t.store_bytes, t.users, t.recovery_codes
                 )
             } else {
@@ -499,19 +490,28 @@ mod tests {
     #[test]
     fn the_store_search_finds_a_secret_in_either_form() {
         let secret = b"12345678901234567890".to_vec();
-        let mut file = b"some pages ".to_vec();
         let codes = vec!["ABCD-EFGH-IJKL-MNOP".to_owned()];
         let secrets = std::slice::from_ref(&secret);
-        assert!(find_secrets(&file, secrets, &codes).is_empty());
-        file.extend_from_slice(&secret);
-        file.extend_from_slice(b" and GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ and ABCDEFGHIJKLMNOP");
-        assert_eq!(
-            find_secrets(&file, secrets, &codes),
-            vec![
-                "user 0's secret (raw)",
-                "user 0's secret (base32)",
-                "recovery code 0 (bare)"
-            ]
+        let dir = tempfile::tempdir().expect("a directory");
+        let file = dir.path().join("store");
+        std::fs::write(&file, b"some pages").expect("written");
+        let (bytes, found) = search_store(dir.path(), secrets, &codes);
+        assert_eq!((bytes, found.len()), (10, 0));
+        let mut planted = b"some pages ".to_vec();
+        planted.extend_from_slice(&secret);
+        planted.extend_from_slice(b" and GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ and ABCDEFGHIJKLMNOP");
+        std::fs::write(&file, &planted).expect("written");
+        let (_, found) = search_store(dir.path(), secrets, &codes);
+        for planted in [
+            "user 0's secret/raw",
+            "user 0's secret in base32/raw",
+            "recovery code 0 bare/raw",
+        ] {
+            assert!(found.iter().any(|f| f == planted), "{planted}: {found:?}");
+        }
+        assert!(
+            !found.iter().any(|f| f.starts_with("recovery code 0/")),
+            "{found:?}"
         );
     }
 }

@@ -73,21 +73,15 @@ impl MfaKey {
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
         );
-        let hex = text.trim();
+        let bytes = Zeroizing::new(chatify_proto::hex::decode(text.trim()).unwrap_or_default());
         let mut key = Zeroizing::new([0u8; 32]);
-        let ok = hex.len() == 64
-            && key.iter_mut().enumerate().all(|(i, b)| {
-                hex.get(2 * i..2 * i + 2)
-                    .and_then(|d| u8::from_str_radix(d, 16).ok())
-                    .map(|v| *b = v)
-                    .is_some()
-            });
-        if !ok {
+        if bytes.len() != key.len() {
             return Err(format!(
                 "{}: an MFA key is 64 hexadecimal digits (`openssl rand -hex 32`)",
                 path.display()
             ));
         }
+        key.copy_from_slice(&bytes);
         Ok(MfaKey(key))
     }
 
@@ -98,10 +92,7 @@ impl MfaKey {
             return MfaKey::read(path);
         }
         let key = MfaKey::random();
-        let mut hex = Zeroizing::new(String::with_capacity(65));
-        for b in key.0.iter() {
-            hex.push_str(&format!("{b:02x}"));
-        }
+        let mut hex = Zeroizing::new(chatify_proto::hex::lower(key.0.as_ref()));
         hex.push('\n');
         write_private(path, hex.as_bytes())
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
