@@ -499,7 +499,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(())
             }
             Ok(false) => Err(Duration::from_secs_f64(lease as f64 / per_address)),
-            // The store is away: this node's own bucket meanwhile.
+            // The store is away (after its own retries, up to 10 s, during
+            // which this connection is read no further): this node's own
+            // bucket meanwhile.
             Err(_) => self.shared.address_requests.take(ip, now),
         }
     }
