@@ -248,6 +248,8 @@ struct Authed {
     device: Address,
     ticket: Ticket,
     pushes: mpsc::UnboundedReceiver<Push>,
+    /// The hub's count of envelopes waiting in `pushes`.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Conn<S> {
@@ -636,6 +638,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn on_push(&mut self, push: Push) -> Result<(), Stop> {
         match push {
             Push::Mail => self.deliver_pending().await,
+            Push::Deliver(d) => {
+                if let Some(a) = &self.auth {
+                    a.queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                // Announced in sequence order: one at or below the cursor
+                // was already read from the mailbox.
+                if d.seq <= self.last_pushed {
+                    return Ok(());
+                }
+                self.last_pushed = d.seq;
+                tracing::debug!(conn = self.id, seq = d.seq, "deliver");
+                self.send(Frame {
+                    id: 0,
+                    body: Arc::unwrap_or_clone(d).into(),
+                })
+                .await
+            }
             Push::PrekeysLow(remaining) => {
                 self.send(Frame {
                     id: 0,
@@ -1206,8 +1225,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             device: record.device,
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let at_ms = now_ms();
-        let ticket = self.shared.hub.register(device.clone(), at_ms, tx);
+        let channel = crate::hub::Channel {
+            tx,
+            queued: Arc::clone(&queued),
+        };
+        let ticket = self.shared.hub.register(device.clone(), at_ms, channel);
         if let Some(cluster) = &self.shared.cluster {
             // An older connection of this device on another node closes.
             cluster.publish(crate::cluster::Notice::Online {
@@ -1228,6 +1252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             device: device.clone(),
             ticket,
             pushes: rx,
+            queued,
         });
         self.last_pushed = 0;
         self.mailbox_checked = false;
@@ -1263,7 +1288,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             "no such device, or it has published no keys",
         ))?;
         tracing::debug!(conn = self.id, seq, len, "stored");
-        self.shared.route(&to, Push::Mail);
+        if self.shared.announced {
+            self.shared.route_elsewhere(&to);
+        } else {
+            self.shared.route(&to, Push::Mail);
+        }
         Ok(frame::SendOk {
             seq,
             message_id: s.message_id,

@@ -1,16 +1,28 @@
 //! Who is online: one push channel per connected device.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use chatify_proto::frame::Address;
+use chatify_proto::frame::{Address, Deliver};
 use tokio::sync::mpsc;
+
+use crate::store::NewEnvelope;
+
+/// Most envelopes that wait in one connection's channel: past them (a
+/// recipient slower than its senders), the hub says [`Push::Mail`] instead
+/// and the connection reads the rest from the store, so a slow reader
+/// holds no more than this many envelopes in the node's memory.
+pub(crate) const MAX_QUEUED_DELIVERIES: usize = 64;
 
 /// What the hub tells a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Push {
     /// New envelopes are waiting in the device's mailbox.
     Mail,
+    /// An envelope just committed by this node, to push without reading it
+    /// back (see [`Hub::deliver`]).
+    Deliver(Arc<Deliver>),
     /// The device's one-time prekey pool is low.
     PrekeysLow(u32),
     /// Another connection authenticated as this device: close.
@@ -31,7 +43,22 @@ struct Inner {
     next: u64,
     /// Each device's connection: its ticket, when it registered (ms since
     /// the Unix epoch) and its channel.
-    online: HashMap<Address, (Ticket, u64, mpsc::UnboundedSender<Push>)>,
+    online: HashMap<Address, (Ticket, u64, Channel)>,
+}
+
+/// A connection's push channel and how many envelopes wait in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Channel {
+    pub(crate) tx: mpsc::UnboundedSender<Push>,
+    /// [`Push::Deliver`]s sent and not yet taken by the connection (it
+    /// counts them down as it receives them).
+    pub(crate) queued: Arc<AtomicUsize>,
+}
+
+impl Channel {
+    fn send(&self, push: Push) {
+        let _ = self.tx.send(push);
+    }
 }
 
 impl Hub {
@@ -40,17 +67,12 @@ impl Hub {
     }
 
     /// Registers a connection for `device`, displacing an older one.
-    pub(crate) fn register(
-        &self,
-        device: Address,
-        at_ms: u64,
-        tx: mpsc::UnboundedSender<Push>,
-    ) -> Ticket {
+    pub(crate) fn register(&self, device: Address, at_ms: u64, tx: Channel) -> Ticket {
         let mut inner = self.lock();
         inner.next += 1;
         let ticket = Ticket(inner.next);
         if let Some((_, _, old)) = inner.online.insert(device, (ticket, at_ms, tx)) {
-            let _ = old.send(Push::Replaced);
+            old.send(Push::Replaced);
         }
         ticket
     }
@@ -72,17 +94,22 @@ impl Hub {
     pub(crate) fn notify(&self, device: &Address, push: Push) -> bool {
         match self.lock().online.get(device) {
             Some((_, _, tx)) => {
-                let _ = tx.send(push);
+                tx.send(push);
                 true
             }
             None => false,
         }
     }
 
+    /// Whether the device has a connection here.
+    pub(crate) fn is_here(&self, device: &Address) -> bool {
+        self.lock().online.contains_key(device)
+    }
+
     /// Tells every connection here.
     pub(crate) fn notify_all(&self, push: &Push) {
         for (_, _, tx) in self.lock().online.values() {
-            let _ = tx.send(push.clone());
+            tx.send(push.clone());
         }
     }
 
@@ -92,7 +119,33 @@ impl Hub {
         if let Some((_, since, tx)) = self.lock().online.get(device)
             && *since < at_ms
         {
-            let _ = tx.send(Push::Replaced);
+            tx.send(Push::Replaced);
         }
+    }
+
+    /// Hands an envelope this node just committed (sequence number `seq`)
+    /// to its recipient's connection here, if it has one. Called by the
+    /// store's commit listener in commit order, so a connection receives
+    /// them in sequence order; past [`MAX_QUEUED_DELIVERIES`] waiting, a
+    /// [`Push::Mail`] goes instead. Returns whether the device is here.
+    pub(crate) fn deliver(&self, seq: u64, e: &NewEnvelope) -> bool {
+        let inner = self.lock();
+        let Some((_, _, channel)) = inner.online.get(&e.to) else {
+            return false;
+        };
+        if channel.queued.load(Ordering::Acquire) >= MAX_QUEUED_DELIVERIES {
+            channel.send(Push::Mail);
+        } else {
+            channel.queued.fetch_add(1, Ordering::AcqRel);
+            channel.send(Push::Deliver(Arc::new(Deliver {
+                seq,
+                from: e.from.clone(),
+                conversation: e.conversation,
+                message_id: e.message_id,
+                sent_at_ms: e.sent_at_ms,
+                envelope: e.envelope.clone(),
+            })));
+        }
+        true
     }
 }

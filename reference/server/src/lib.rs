@@ -205,6 +205,9 @@ impl Default for Config {
 
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
+    /// Whether the store tells this node's hub of each envelope it commits
+    /// (then a send pushes nothing itself to a connection here).
+    pub(crate) announced: bool,
     pub(crate) hub: Arc<Hub>,
     /// The link to the other nodes, if any.
     pub(crate) cluster: Option<cluster::Cluster>,
@@ -230,6 +233,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Tells the node whose connection a device has, if not this one, that
+    /// mail waits (this node's own connections heard of it from the
+    /// store's commit listener).
+    pub(crate) fn route_elsewhere(&self, device: &Address) {
+        if self.hub.is_here(device) {
+            return;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(cluster::Notice::Mail(device.clone()));
+        }
+    }
+
     /// Tells a device's connection, here or (through NATS) on another node.
     pub(crate) fn route(&self, device: &Address, push: hub::Push) {
         if self.hub.notify(device, push.clone()) {
@@ -237,7 +252,7 @@ impl Shared {
         }
         if let Some(cluster) = &self.cluster {
             let notice = match push {
-                hub::Push::Mail => cluster::Notice::Mail(device.clone()),
+                hub::Push::Mail | hub::Push::Deliver(_) => cluster::Notice::Mail(device.clone()),
                 hub::Push::PrekeysLow(n) => cluster::Notice::PrekeysLow(device.clone(), n),
                 hub::Push::Replaced => cluster::Notice::Removed(device.clone()),
             };
@@ -276,8 +291,25 @@ impl Server {
         if config.mail_poll.is_none() && cluster.is_some() {
             config.mail_poll = Some(Duration::from_secs(2));
         }
+        // Envelopes this node commits go straight to their recipients'
+        // connections here, in commit order (see `Store::announce_commits`),
+        // when this node is the only one storing: a connection pushes an
+        // announced envelope only if it is past its cursor, and another
+        // node's envelope for the same device, committed just before and
+        // not yet read, would be passed over. With other nodes (which the
+        // mailbox timer says), each send tells its recipient's connection
+        // to read its mailbox on from the cursor instead.
+        let announced = config.mail_poll.is_none() && {
+            let hub = Arc::downgrade(&hub);
+            store.announce_commits(Arc::new(move |seq, e| {
+                if let Some(hub) = hub.upgrade() {
+                    hub.deliver(seq, e);
+                }
+            }))
+        };
         let shared = Arc::new(Shared {
             store,
+            announced,
             hub,
             cluster,
             limiter: LoginLimiter::new(

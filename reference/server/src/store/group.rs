@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use chatify_proto::frame::Address;
 
-use super::{NewEnvelope, StoreError};
+use super::{Announcers, NewEnvelope, StoreError};
 
 /// What a job does inside the shared transaction.
 pub(crate) enum Op {
@@ -65,6 +65,9 @@ pub(crate) struct GroupCommit {
     committed: Condvar,
     /// Transactions made so far.
     batches: std::sync::atomic::AtomicU64,
+    /// Told of each batch's envelopes once it is committed, before the
+    /// next batch commits.
+    pub(crate) announcers: Announcers,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,12 +116,32 @@ impl GroupCommit {
             drop(queue);
             let ops: Vec<&Op> = lead.batch.iter().map(|j| &j.op).collect();
             let outcome = commit(&ops);
+            if let Ok(results) = &outcome {
+                self.announce(&ops, results);
+            }
             fill(&lead.batch, outcome);
             self.batches
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             drop(lead);
             queue = lock(&self.queue);
         }
+    }
+}
+
+impl GroupCommit {
+    /// Tells the listeners of a committed batch's envelopes, in sequence
+    /// order (a batch inserts in its own order; the next batch waits).
+    fn announce(&self, ops: &[&Op], results: &[Result<Done, StoreError>]) {
+        let mut stored: Vec<(u64, &NewEnvelope)> = ops
+            .iter()
+            .zip(results)
+            .filter_map(|(op, r)| match (op, r) {
+                (Op::Enqueue(e), Ok(Done::Enqueued(Some(seq)))) => Some((*seq, e)),
+                _ => None,
+            })
+            .collect();
+        stored.sort_unstable_by_key(|(seq, _)| *seq);
+        self.announcers.tell(stored);
     }
 }
 

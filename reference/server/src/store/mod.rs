@@ -84,6 +84,49 @@ impl std::fmt::Debug for MfaRecord {
     }
 }
 
+/// A listener told of each envelope as it is committed: its sequence
+/// number and the envelope. Called on the committing thread, after the
+/// commit and before [`Store::enqueue`] returns for it, and in commit
+/// order: every envelope of one store object is announced after every
+/// envelope committed before it. Within one node that is sequence order,
+/// which is what lets a connection push an announced envelope without
+/// reading it back (several nodes sharing a database commit in an order of
+/// their own; a node hears of the others' envelopes through its mailbox
+/// reads). It must not block: it runs while the next commit waits.
+pub type Announce = std::sync::Arc<dyn Fn(u64, &NewEnvelope) + Send + Sync>;
+
+/// The listeners a store tells of its commits.
+#[derive(Default)]
+pub(crate) struct Announcers(std::sync::RwLock<Vec<Announce>>);
+
+impl std::fmt::Debug for Announcers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announcers").finish_non_exhaustive()
+    }
+}
+
+impl Announcers {
+    pub(crate) fn add(&self, announce: Announce) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(announce);
+    }
+
+    /// Tells every listener of `envelopes`, committed in this order.
+    pub(crate) fn tell<'a>(&self, envelopes: impl IntoIterator<Item = (u64, &'a NewEnvelope)>) {
+        let listeners = self.0.read().unwrap_or_else(|p| p.into_inner());
+        if listeners.is_empty() {
+            return;
+        }
+        for (seq, e) in envelopes {
+            for l in listeners.iter() {
+                l(seq, e);
+            }
+        }
+    }
+}
+
 /// An envelope accepted for relay.
 #[derive(Debug, Clone)]
 pub struct NewEnvelope {
@@ -196,6 +239,15 @@ pub trait Store: Send + Sync + 'static {
     /// Stores an envelope durably; returns its sequence number, or `None`
     /// (storing nothing) when the recipient device has published no keys.
     fn enqueue(&self, envelope: &NewEnvelope) -> Result<Option<u64>, StoreError>;
+    /// Has the store tell `announce` of every envelope it commits from now
+    /// on (see [`Announce`]), beside any earlier listener; returns whether
+    /// it will. A store that returns `false` (the default) leaves the server
+    /// to tell recipients to read their mailbox instead; a wrapper that
+    /// changes what [`Store::pending`] returns must keep the default, or
+    /// what it changes would be bypassed.
+    fn announce_commits(&self, _announce: Announce) -> bool {
+        false
+    }
     /// Unacknowledged envelopes for a device with `seq > after`, in order.
     fn pending(&self, device: &Address, after: u64, limit: u32)
     -> Result<Vec<Deliver>, StoreError>;

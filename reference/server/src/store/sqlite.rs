@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::group::{Done, GroupCommit, Op};
 use super::{
-    HISTORY_FRAME_OVERHEAD, HISTORY_ITEM_OVERHEAD, MfaRecord, NewEnvelope, Store, StoreError,
-    TokenRecord,
+    Announce, Announcers, HISTORY_FRAME_OVERHEAD, HISTORY_ITEM_OVERHEAD, MfaRecord, NewEnvelope,
+    Store, StoreError, TokenRecord,
 };
 
 /// How hard SQLite works to make a commit durable.
@@ -110,6 +110,8 @@ pub struct SqliteStore {
     /// Stores and acknowledgements share commits (durability `Full` on
     /// disk, where each commit waits for an fsync).
     group: Option<GroupCommit>,
+    /// Told of each envelope committed outside a group commit.
+    announcers: Announcers,
     /// A read-only connection for the mailbox reads, on disk at `Full`: in
     /// WAL mode it reads the last commit while the writer's connection is
     /// busy (a commit waiting for its fsync), so a read never waits for the
@@ -279,6 +281,7 @@ impl SqliteStore {
             wal_bound: None,
             uses: std::sync::atomic::AtomicU64::new(0),
             group: None,
+            announcers: Announcers::default(),
             reader: None,
         };
         store.migrate()?;
@@ -943,9 +946,23 @@ impl Store for SqliteStore {
         tx.commit().map_err(db)
     }
 
+    fn announce_commits(&self, announce: Announce) -> bool {
+        match &self.group {
+            Some(group) => group.announcers.add(announce),
+            None => self.announcers.add(announce),
+        }
+        true
+    }
+
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
         let Some(group) = &self.group else {
-            return insert_envelope(&self.lock(), e);
+            let conn = self.lock();
+            let seq = insert_envelope(&conn, e)?;
+            // Told before the lock is let go: the next insert waits.
+            if let Some(seq) = seq {
+                self.announcers.tell([(seq, e)]);
+            }
+            return Ok(seq);
         };
         group
             .run(Op::Enqueue(e.clone()), |ops| commit_batch(&self.conn, ops))?

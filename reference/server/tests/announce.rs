@@ -1,0 +1,311 @@
+//! Envelopes a single node commits are pushed to their recipients'
+//! connections as the store announces them, without reading them back
+//! (`Store::announce_commits`). The property: under many concurrent
+//! senders, an online recipient gets every envelope exactly once and each
+//! sender's in order, on SQLite with and without group commit and on
+//! PostgreSQL; and a node whose announcements arrive out of commit order
+//! (the mutant) is caught losing envelopes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatify_proto::frame::{self, Address, Deliver};
+use chatify_proto::{Body, ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
+use chatify_server::Server;
+use chatify_server::store::sqlite::Durability;
+use chatify_server::store::{
+    Announce, MfaRecord, NewEnvelope, PgOptions, PgStore, SqliteStore, Store, StoreError,
+    TokenRecord,
+};
+use common::{Got, Raw, account, addr, test_config};
+
+const SENDERS: usize = 12;
+const PER_SENDER: usize = 60;
+
+/// Starts a node on `store`; `SENDERS` senders each send `PER_SENDER`
+/// envelopes to one recipient at once, while the recipient acknowledges
+/// what it is pushed (or, `late`, reads nothing until every send is
+/// stored: far more than the hub queues for one connection then wait).
+/// Returns what went wrong, if anything.
+async fn fan_in(store: Arc<dyn Store>, late: bool) -> Result<(), String> {
+    let mut config = test_config();
+    config.requests_per_second = 0;
+    config.requests_per_second_per_address = 0;
+    config.max_connections_per_address = 64;
+    let server = Server::start(config, store).await.unwrap();
+    let url = format!("ws://{}", server.local_addr());
+    let (mut recipient, _) = account(&url, "recipient").await;
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        senders.push(account(&url, &format!("sender{i}")).await.0);
+    }
+    let sending = senders.into_iter().enumerate().map(|(i, mut raw)| {
+        tokio::spawn(async move {
+            for n in 0..PER_SENDER {
+                let mut message_id = [0u8; 16];
+                message_id[..8].copy_from_slice(&(n as u64).to_be_bytes());
+                let sent = raw
+                    .request(frame::Send {
+                        to: addr("recipient"),
+                        conversation: [i as u8; 16],
+                        message_id,
+                        // Late, large enough to fill the socket's buffers, so
+                        // that the node's connection stalls on its writes.
+                        envelope: vec![7; if late { 32 * 1024 } else { 64 }],
+                    })
+                    .await;
+                assert!(matches!(sent, Body::SendOk(_)), "{sent:?}");
+            }
+            raw
+        })
+    });
+    let sending: Vec<_> = sending.collect();
+    if late {
+        for s in sending {
+            s.await.unwrap();
+        }
+        return check(&receive(&mut recipient, SENDERS * PER_SENDER).await).map(|()| drop(server));
+    }
+    let got = receive(&mut recipient, SENDERS * PER_SENDER).await;
+    for s in sending {
+        s.await.unwrap();
+    }
+    server.shutdown().await;
+    check(&got)
+}
+
+/// The recipient's pushes until `want` arrived or none came for 3 s,
+/// each acknowledged as it comes.
+async fn receive(raw: &mut Raw, want: usize) -> Vec<Deliver> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let next = tokio::time::timeout(Duration::from_secs(3), raw.recv()).await;
+        let Ok(Got::Frame(f)) = next else { break };
+        if let Body::Deliver(d) = f.body {
+            let ack = frame::Frame {
+                id: 1_000_000 + d.seq,
+                body: frame::Ack { seqs: vec![d.seq] }.into(),
+            };
+            raw.send_bytes(ack.encode()).await;
+            got.push(d);
+        }
+    }
+    got
+}
+
+/// Every sender's envelopes once each, in its order.
+fn check(got: &[Deliver]) -> Result<(), String> {
+    let mut per_sender: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for d in got {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&d.message_id[..8]);
+        per_sender
+            .entry(d.from.user.clone())
+            .or_default()
+            .push(u64::from_be_bytes(n));
+    }
+    let expected: Vec<u64> = (0..PER_SENDER as u64).collect();
+    for i in 0..SENDERS {
+        let name = format!("sender{i}");
+        let seen = per_sender.get(&name).cloned().unwrap_or_default();
+        if seen != expected {
+            let missing = expected.iter().filter(|n| !seen.contains(n)).count();
+            return Err(format!(
+                "{name}: {} pushed, {missing} missing, in order: {}",
+                seen.len(),
+                seen.is_sorted()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_envelope_once_and_in_order_on_sqlite() {
+    fan_in(Arc::new(SqliteStore::in_memory().unwrap()), false)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_envelope_once_and_in_order_with_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db"), Durability::Full).unwrap();
+    fan_in(Arc::new(store), false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_envelope_once_and_in_order_on_postgres() {
+    let Ok(url) = std::env::var("CHATIFY_PG_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CHATIFY_PG_URL is not set: the PostgreSQL case cannot run"
+        );
+        eprintln!("skipped: set CHATIFY_PG_URL to run the PostgreSQL case");
+        return;
+    };
+    let schema = format!("chatify_announce_{:08x}", rand::random::<u32>());
+    let store = tokio::task::spawn_blocking(move || {
+        let options = PgOptions {
+            pool_size: 8,
+            schema: Some(schema),
+            ..PgOptions::default()
+        };
+        Arc::new(PgStore::connect(&url, options).unwrap())
+    })
+    .await
+    .unwrap();
+    let result = fan_in(Arc::clone(&store) as Arc<dyn Store>, false).await;
+    tokio::task::spawn_blocking(move || store.drop_schema().unwrap())
+        .await
+        .unwrap();
+    result.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recipient_that_reads_late_gets_everything_once() {
+    fan_in(Arc::new(SqliteStore::in_memory().unwrap()), true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn announcements_out_of_commit_order_are_caught() {
+    let store = Scrambled {
+        inner: Some(SqliteStore::in_memory().unwrap()),
+    };
+    let Err(lost) = fan_in(Arc::new(store), false).await else {
+        panic!("the mutant went unnoticed");
+    };
+    eprintln!("the mutant: {lost}");
+}
+
+/// A delay from 0 to 2 ms, from the sequence number.
+fn rand_micros(seq: u64) -> u64 {
+    seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 53
+}
+
+/// The real store, its announcements scrambled.
+struct Scrambled {
+    inner: Option<SqliteStore>,
+}
+
+impl Scrambled {
+    fn inner(&self) -> &SqliteStore {
+        self.inner.as_ref().unwrap()
+    }
+}
+
+impl Store for Scrambled {
+    fn create_user(&self, u: &str, h: &str) -> Result<(), StoreError> {
+        self.inner().create_user(u, h)
+    }
+    fn password_hash(&self, u: &str) -> Result<Option<String>, StoreError> {
+        self.inner().password_hash(u)
+    }
+    fn create_token(&self, t: &[u8; 32], r: &TokenRecord) -> Result<(), StoreError> {
+        self.inner().create_token(t, r)
+    }
+    fn token(&self, t: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner().token(t)
+    }
+    fn revoke_tokens(&self, d: &Address) -> Result<(), StoreError> {
+        self.inner().revoke_tokens(d)
+    }
+    fn prune_tokens(&self, now: u64) -> Result<u64, StoreError> {
+        self.inner().prune_tokens(now)
+    }
+    fn publish_keys(
+        &self,
+        d: &Address,
+        i: &DeviceKeys,
+        s: &SignedPrekey,
+        o: &[OneTimePrekey],
+    ) -> Result<u32, StoreError> {
+        self.inner().publish_keys(d, i, s, o)
+    }
+    fn take_bundle(&self, d: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
+        self.inner().take_bundle(d)
+    }
+    fn one_time_prekey_count(&self, d: &Address) -> Result<Option<u32>, StoreError> {
+        self.inner().one_time_prekey_count(d)
+    }
+    fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
+        self.inner().enqueue(e)
+    }
+    fn fast_commits(&self) -> bool {
+        self.inner().fast_commits()
+    }
+    fn announce_commits(&self, announce: Announce) -> bool {
+        // The mutant: each announcement reaches the server's listener
+        // after a random delay on a thread of its own, as it would if a
+        // send pushed its envelope once `enqueue` returned (after the next
+        // commit may have been announced).
+        self.inner().announce_commits(Arc::new(move |seq, e| {
+            let announce = Arc::clone(&announce);
+            let e = e.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_micros(rand_micros(seq)));
+                announce(seq, &e);
+            });
+        }))
+    }
+    fn pending(&self, d: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {
+        self.inner().pending(d, after, limit)
+    }
+    fn ack(&self, d: &Address, seqs: &[u64]) -> Result<(), StoreError> {
+        self.inner().ack(d, seqs)
+    }
+    fn history(
+        &self,
+        user: &str,
+        c: &ConversationId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Option<Vec<Deliver>>, StoreError> {
+        self.inner().history(user, c, before, limit)
+    }
+    fn prune_history(&self, before: u64) -> Result<u64, StoreError> {
+        self.inner().prune_history(before)
+    }
+    fn devices(&self, user: &str) -> Result<Vec<u32>, StoreError> {
+        self.inner().devices(user)
+    }
+    fn remove_device(&self, d: &Address) -> Result<bool, StoreError> {
+        self.inner().remove_device(d)
+    }
+    fn put_link(&self, u: &str, id: &[u8; 16], b: &[u8], exp: u64) -> Result<(), StoreError> {
+        self.inner().put_link(u, id, b, exp)
+    }
+    fn take_link(&self, u: &str, id: &[u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner().take_link(u, id, now)
+    }
+    fn mfa(&self, u: &str) -> Result<Option<MfaRecord>, StoreError> {
+        self.inner().mfa(u)
+    }
+    fn mfa_begin(&self, u: &str, sealed: &[u8]) -> Result<bool, StoreError> {
+        self.inner().mfa_begin(u, sealed)
+    }
+    fn mfa_enable(
+        &self,
+        u: &str,
+        sealed: &[u8],
+        step: i64,
+        recovery: &[[u8; 32]],
+    ) -> Result<bool, StoreError> {
+        self.inner().mfa_enable(u, sealed, step, recovery)
+    }
+    fn mfa_use_step(&self, u: &str, step: i64) -> Result<bool, StoreError> {
+        self.inner().mfa_use_step(u, step)
+    }
+    fn mfa_use_recovery(&self, u: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.inner().mfa_use_recovery(u, hash)
+    }
+    fn mfa_disable(&self, u: &str) -> Result<(), StoreError> {
+        self.inner().mfa_disable(u)
+    }
+}
