@@ -231,10 +231,10 @@ fn procfs_load() -> Option<f64> {
 }
 
 /// Pins the PostgreSQL backends serving `chatify-server` connections to
-/// CPU `cpu`; returns how many.
-async fn pin_database_sessions(cpu: usize) -> usize {
+/// CPU `cpu`; returns those pinned.
+async fn pin_database_sessions(cpu: usize) -> Vec<u32> {
     let Ok(url) = crate::topology::deployment::pg_url() else {
-        return 0;
+        return Vec::new();
     };
     let pids = tokio::task::spawn_blocking(move || {
         let mut c = postgres::Client::connect(&url, postgres::NoTls).ok()?;
@@ -251,8 +251,9 @@ async fn pin_database_sessions(cpu: usize) -> usize {
     .flatten()
     .unwrap_or_default();
     pids.into_iter()
-        .filter(|&p| u32::try_from(p).is_ok_and(|p| pin(p, cpu)))
-        .count()
+        .filter_map(|p| u32::try_from(p).ok())
+        .filter(|&p| pin(p, cpu))
+        .collect()
 }
 
 /// One system at one count: connect, then rising steps until one saturates.
@@ -283,19 +284,26 @@ async fn one(
     let setup_secs = t0.elapsed().as_secs_f64();
     // Warm-up: every connection sends once before anything is measured.
     let _ = fleet
-        .step(count as f64, 1.0, Duration::from_secs(5), Some(pid))
+        .step(count as f64, 1.0, Duration::from_secs(5), &[pid])
         .await;
+    // The processes whose CPU is the server's: its own, and on PostgreSQL
+    // the database sessions serving it (SQLite works inside the server).
+    let mut serving = vec![pid];
     if pinned && system == System::ChatifyPostgres {
         // The database's sessions for this server share its CPU: the
         // server and its store get one CPU, as SQLite (in the server's
         // process) does.
-        let n = pin_database_sessions(0).await;
-        eprintln!("  {n} PostgreSQL sessions pinned beside the server");
+        let sessions = pin_database_sessions(0).await;
+        eprintln!(
+            "  {} PostgreSQL sessions pinned beside the server",
+            sessions.len()
+        );
+        serving.extend(sessions);
     }
     let mut steps = Vec::new();
     for &rate in &opts.rates {
         let r = fleet
-            .step(rate, opts.step_secs, Duration::from_secs(3), Some(pid))
+            .step(rate, opts.step_secs, Duration::from_secs(3), &serving)
             .await;
         let step = step_of(&r);
         eprintln!(
@@ -315,7 +323,7 @@ async fn one(
     // System calls per message, counted apart from the measured steps (the
     // tracer slows the server).
     let rate = opts.rates.iter().copied().fold(f64::INFINITY, f64::min);
-    let (r, calls) = count_syscalls(pid, fleet.step(rate, 1.0, Duration::from_secs(5), None)).await;
+    let (r, calls) = count_syscalls(pid, fleet.step(rate, 1.0, Duration::from_secs(5), &[])).await;
     let syscalls_per_msg = calls
         .filter(|_| r.delivered > 0)
         .map(|c| c as f64 / r.delivered as f64);

@@ -56,7 +56,7 @@ pub(crate) async fn run(
     eprintln!("load: {rate} msg/s for {secs} s");
     let wal = WalWatch::start(dir.path().join("chatify.db-wal"));
     let step = fleet
-        .step(rate, secs, Duration::from_secs(10), Some(pid))
+        .step(rate, secs, Duration::from_secs(10), &[pid])
         .await;
     let wal_peak_bytes = wal.stop().await;
     let server_peak_rss_kib = proc_peak_rss_kib(pid);

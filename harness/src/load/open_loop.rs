@@ -197,14 +197,15 @@ impl Fleet {
     }
 
     /// One open-loop step: `rate` msg/s for `secs`, then up to `grace` for
-    /// the last deliveries. `server` is the relay's process, for its CPU
-    /// time.
+    /// the last deliveries. `server` are the relay's processes (its own and
+    /// any that serve it alone, such as its database sessions), for their
+    /// CPU time together.
     pub(crate) async fn step(
         &self,
         rate: f64,
         secs: f64,
         grace: Duration,
-        server: Option<u32>,
+        server: &[u32],
     ) -> StepResult {
         let step = self.shared.step.fetch_add(1, Ordering::AcqRel) + 1;
         self.shared.delivered.store(0, Ordering::Release);
@@ -212,7 +213,7 @@ impl Fleet {
             l.reset();
         }
         let me = std::process::id();
-        let cpu0 = server.and_then(proc_cpu_secs);
+        let cpu0 = cpu_of(server);
         let gen0 = proc_cpu_secs(me);
         let start = Instant::now() + Duration::from_millis(50);
         let planned = self.send(step, start, rate, secs).await;
@@ -233,7 +234,7 @@ impl Fleet {
                 .lock()
                 .map(|l| Percentiles::of(&l))
                 .unwrap_or_default(),
-            server_cpu_secs: diff(cpu0, server.and_then(proc_cpu_secs)),
+            server_cpu_secs: diff(cpu0, cpu_of(server)),
             generator_cpu_secs: diff(gen0, proc_cpu_secs(me)),
         };
         // Stragglers of this step are not counted in the next.
@@ -516,6 +517,15 @@ fn base64_header(event: &str) -> Option<Vec<u8>> {
     let at = event.find(KEY)? + KEY.len();
     let b64 = event.get(at..at + HEADER_B64)?;
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// The CPU time of `pids` together (`None` if there are none or one of
+/// them cannot be read).
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| proc_cpu_secs(p)).sum()
 }
 
 #[cfg(test)]

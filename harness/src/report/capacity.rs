@@ -187,7 +187,8 @@ pub(crate) fn markdown(c: &Capacity) -> String {
         c.step_secs,
         c.saturated_p99_ms,
         if c.pinned {
-            "pinned to CPU 0, generator to CPU 1"
+            "pinned to CPU 0 (on PostgreSQL with the database sessions serving it, whose CPU \
+             counts as the server's, as SQLite's work inside the server does), generator to CPU 1"
         } else {
             "and generator not pinned (fewer than two CPUs)"
         },
