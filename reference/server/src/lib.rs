@@ -7,8 +7,10 @@
 //!
 //! ```text
 //!  client ──ws/wss──▶ accept ─▶ connection task ──spawn_blocking──▶ Store (SQLite, WAL)
-//!                                   ▲   │ Send: commit, then SendOk
-//!                      Hub (online) ┘   └ notify recipient ─▶ its task pushes Deliver
+//!                                   ▲   │ Send: commit, then SendOk     │ each commit announced,
+//!                      Hub (online) ┘◀──┼───────────────────────────────┘ in commit order
+//!                                       └ recipient's task pushes Deliver (or, several
+//!                                         nodes: reads its mailbox on from its cursor)
 //! ```
 //!
 //! ```no_run
