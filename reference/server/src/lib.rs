@@ -303,10 +303,9 @@ impl Server {
         // to read its mailbox on from the cursor instead.
         let announced = config.mail_poll.is_none() && {
             let hub = Arc::downgrade(&hub);
+            // Once this node is gone, its listener asks to be forgotten.
             store.announce_commits(Arc::new(move |seq, e| {
-                if let Some(hub) = hub.upgrade() {
-                    hub.deliver(seq, e);
-                }
+                hub.upgrade().map(|hub| hub.deliver(seq, e)).is_some()
             }))
         };
         let shared = Arc::new(Shared {

@@ -252,6 +252,7 @@ impl Store for Scrambled {
                 std::thread::sleep(Duration::from_micros(rand_micros(seq)));
                 announce(seq, &e);
             });
+            true
         }))
     }
     fn pending(&self, d: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {

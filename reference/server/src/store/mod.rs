@@ -92,8 +92,10 @@ impl std::fmt::Debug for MfaRecord {
 /// which is what lets a connection push an announced envelope without
 /// reading it back (several nodes sharing a database commit in an order of
 /// their own; a node hears of the others' envelopes through its mailbox
-/// reads). It must not block: it runs while the next commit waits.
-pub type Announce = std::sync::Arc<dyn Fn(u64, &NewEnvelope) + Send + Sync>;
+/// reads). It must not block: it runs while the next commit waits. It
+/// returns whether it still listens: one that returns `false` (its node
+/// has stopped) is forgotten.
+pub type Announce = std::sync::Arc<dyn Fn(u64, &NewEnvelope) -> bool + Send + Sync>;
 
 /// The listeners a store tells of its commits.
 #[derive(Default)]
@@ -113,17 +115,77 @@ impl Announcers {
             .push(announce);
     }
 
-    /// Tells every listener of `envelopes`, committed in this order.
+    /// Tells every listener of `envelopes`, committed in this order, and
+    /// forgets those that no longer listen.
     pub(crate) fn tell<'a>(&self, envelopes: impl IntoIterator<Item = (u64, &'a NewEnvelope)>) {
-        let listeners = self.0.read().unwrap_or_else(|p| p.into_inner());
-        if listeners.is_empty() {
-            return;
-        }
-        for (seq, e) in envelopes {
-            for l in listeners.iter() {
-                l(seq, e);
+        let mut gone: Vec<Announce> = Vec::new();
+        {
+            let listeners = self.0.read().unwrap_or_else(|p| p.into_inner());
+            if listeners.is_empty() {
+                return;
+            }
+            for (seq, e) in envelopes {
+                for l in listeners.iter() {
+                    if !l(seq, e) && !gone.iter().any(|g| std::sync::Arc::ptr_eq(g, l)) {
+                        gone.push(std::sync::Arc::clone(l));
+                    }
+                }
             }
         }
+        if !gone.is_empty() {
+            self.0
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|l| !gone.iter().any(|g| std::sync::Arc::ptr_eq(g, l)));
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod announcers_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn listeners_hear_every_envelope_in_order_and_a_stopped_one_is_forgotten() {
+        let announcers = Announcers::default();
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = Arc::clone(&heard);
+        announcers.add(Arc::new(move |seq, _| {
+            h.lock().unwrap_or_else(|p| p.into_inner()).push(seq);
+            true
+        }));
+        let stopped_calls = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::clone(&stopped_calls);
+        announcers.add(Arc::new(move |_, _| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            false
+        }));
+        let a = Address {
+            user: "a".into(),
+            device: 1,
+        };
+        let e = NewEnvelope {
+            from: a.clone(),
+            to: a,
+            conversation: [1; 16],
+            message_id: [2; 16],
+            sent_at_ms: 0,
+            envelope: vec![3],
+        };
+        announcers.tell([(4, &e), (5, &e)]);
+        assert_eq!(announcers.len(), 1, "the stopped listener stays");
+        announcers.tell([(9, &e)]);
+        assert_eq!(*heard.lock().unwrap_or_else(|p| p.into_inner()), [4, 5, 9]);
+        // Told of the first batch (both envelopes), then forgotten.
+        assert_eq!(stopped_calls.load(Ordering::Relaxed), 2);
     }
 }
 
