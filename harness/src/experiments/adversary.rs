@@ -26,11 +26,9 @@ use std::time::Duration;
 
 use chatify_client::{Client, ClientError, ConnectOptions, Event};
 use chatify_core::{Device, Session, VerifiedBundle};
-use chatify_proto::frame::{Address, Deliver};
-use chatify_proto::{
-    ConversationId, DeviceKeys, Envelope, OneTimePrekey, PrekeyBundle, SignedPrekey,
-};
-use chatify_server::store::{MfaRecord, NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
+use chatify_proto::frame::Address;
+use chatify_proto::{DeviceKeys, Envelope, PrekeyBundle, SignedPrekey};
+use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError};
 use chatify_server::{Config, Server};
 
 use crate::load::home_passphrase;
@@ -426,93 +424,8 @@ impl AdversaryStore {
 }
 
 impl Store for AdversaryStore {
-    fn create_user(&self, u: &str, h: &str) -> Result<(), StoreError> {
-        self.inner.create_user(u, h)
-    }
-    fn password_hash(&self, u: &str) -> Result<Option<String>, StoreError> {
-        self.inner.password_hash(u)
-    }
-    fn create_token(&self, t: &[u8; 32], r: &TokenRecord) -> Result<(), StoreError> {
-        self.inner.create_token(t, r)
-    }
-    fn token(&self, t: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        self.inner.token(t)
-    }
-    fn revoke_tokens(&self, d: &Address) -> Result<(), StoreError> {
-        self.inner.revoke_tokens(d)
-    }
-    fn prune_tokens(&self, now: u64) -> Result<u64, StoreError> {
-        self.inner.prune_tokens(now)
-    }
-    fn publish_keys(
-        &self,
-        d: &Address,
-        i: &DeviceKeys,
-        s: &SignedPrekey,
-        o: &[OneTimePrekey],
-    ) -> Result<u32, StoreError> {
-        self.inner.publish_keys(d, i, s, o)
-    }
-    fn one_time_prekey_count(&self, d: &Address) -> Result<Option<u32>, StoreError> {
-        self.inner.one_time_prekey_count(d)
-    }
-    fn fast_commits(&self) -> bool {
-        self.inner.fast_commits()
-    }
-    fn pending(&self, d: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {
-        self.inner.pending(d, after, limit)
-    }
-    fn ack(&self, d: &Address, seqs: &[u64]) -> Result<(), StoreError> {
-        self.inner.ack(d, seqs)
-    }
-    fn history(
-        &self,
-        u: &str,
-        c: &ConversationId,
-        b: Option<u64>,
-        l: u32,
-    ) -> Result<Option<Vec<Deliver>>, StoreError> {
-        self.inner.history(u, c, b, l)
-    }
-    fn prune_history(&self, before: u64) -> Result<u64, StoreError> {
-        self.inner.prune_history(before)
-    }
-    fn devices(&self, user: &str) -> Result<Vec<u32>, StoreError> {
-        self.inner.devices(user)
-    }
-    fn remove_device(&self, d: &Address) -> Result<bool, StoreError> {
-        self.inner.remove_device(d)
-    }
-    fn put_link(&self, u: &str, id: &[u8; 16], b: &[u8], exp: u64) -> Result<(), StoreError> {
-        self.inner.put_link(u, id, b, exp)
-    }
-    fn take_link(&self, u: &str, id: &[u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.take_link(u, id, now)
-    }
-    fn mfa(&self, u: &str) -> Result<Option<MfaRecord>, StoreError> {
-        self.inner.mfa(u)
-    }
-    fn mfa_begin(&self, u: &str, sealed: &[u8]) -> Result<bool, StoreError> {
-        self.inner.mfa_begin(u, sealed)
-    }
-    fn mfa_enable(
-        &self,
-        u: &str,
-        sealed: &[u8],
-        step: i64,
-        recovery: &[[u8; 32]],
-    ) -> Result<bool, StoreError> {
-        self.inner.mfa_enable(u, sealed, step, recovery)
-    }
-    fn mfa_use_step(&self, u: &str, step: i64) -> Result<bool, StoreError> {
-        self.inner.mfa_use_step(u, step)
-    }
-    fn mfa_use_recovery(&self, u: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
-        self.inner.mfa_use_recovery(u, hash)
-    }
-    fn mfa_disable(&self, u: &str) -> Result<(), StoreError> {
-        self.inner.mfa_disable(u)
-    }
+    chatify_server::forward_store!(self => self.inner;
+        create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, one_time_prekey_count, fast_commits, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
 
     fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
         let attack = {
@@ -547,7 +460,6 @@ impl Store for AdversaryStore {
             (_, real) => real,
         })
     }
-
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
         let mut s = lock(&self.state);
         let Some(attack) = s.attack else {

@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chatify_client::{Client, Event};
-use chatify_proto::frame::{Address, Deliver};
-use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
-use chatify_server::store::{MfaRecord, NewEnvelope, SqliteStore, Store, StoreError, TokenRecord};
+use chatify_proto::PrekeyBundle;
+use chatify_proto::frame::Address;
+use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError};
 use common::{config, next_message, server_with, user};
 
 /// A server that misbehaves on command: it acknowledges envelopes for one
@@ -47,33 +47,9 @@ impl Hostile {
 }
 
 impl Store for Hostile {
-    fn create_user(&self, u: &str, h: &str) -> Result<(), StoreError> {
-        self.inner().create_user(u, h)
-    }
-    fn password_hash(&self, u: &str) -> Result<Option<String>, StoreError> {
-        self.inner().password_hash(u)
-    }
-    fn create_token(&self, t: &[u8; 32], r: &TokenRecord) -> Result<(), StoreError> {
-        self.inner().create_token(t, r)
-    }
-    fn token(&self, t: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        self.inner().token(t)
-    }
-    fn revoke_tokens(&self, d: &Address) -> Result<(), StoreError> {
-        self.inner().revoke_tokens(d)
-    }
-    fn prune_tokens(&self, now: u64) -> Result<u64, StoreError> {
-        self.inner().prune_tokens(now)
-    }
-    fn publish_keys(
-        &self,
-        d: &Address,
-        i: &DeviceKeys,
-        s: &SignedPrekey,
-        o: &[OneTimePrekey],
-    ) -> Result<u32, StoreError> {
-        self.inner().publish_keys(d, i, s, o)
-    }
+    chatify_server::forward_store!(self => self.inner();
+        create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, one_time_prekey_count, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
+
     fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
         if self.serve_twice.lock().unwrap().as_deref() == Some(&device.user) {
             let mut served = self.served.lock().unwrap();
@@ -89,69 +65,12 @@ impl Store for Hostile {
         }
         self.inner().take_bundle(device)
     }
-    fn one_time_prekey_count(&self, d: &Address) -> Result<Option<u32>, StoreError> {
-        self.inner().one_time_prekey_count(d)
-    }
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
         if self.drop_to.lock().unwrap().as_deref() == Some(&e.to.user) {
             // Told stored; nothing stored.
             return Ok(Some(u64::MAX / 2));
         }
         self.inner().enqueue(e)
-    }
-    fn pending(&self, d: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {
-        self.inner().pending(d, after, limit)
-    }
-    fn ack(&self, d: &Address, seqs: &[u64]) -> Result<(), StoreError> {
-        self.inner().ack(d, seqs)
-    }
-    fn history(
-        &self,
-        user: &str,
-        c: &ConversationId,
-        before: Option<u64>,
-        limit: u32,
-    ) -> Result<Option<Vec<Deliver>>, StoreError> {
-        self.inner().history(user, c, before, limit)
-    }
-    fn prune_history(&self, before: u64) -> Result<u64, StoreError> {
-        self.inner().prune_history(before)
-    }
-    fn devices(&self, user: &str) -> Result<Vec<u32>, StoreError> {
-        self.inner().devices(user)
-    }
-    fn remove_device(&self, d: &Address) -> Result<bool, StoreError> {
-        self.inner().remove_device(d)
-    }
-    fn put_link(&self, u: &str, id: &[u8; 16], b: &[u8], exp: u64) -> Result<(), StoreError> {
-        self.inner().put_link(u, id, b, exp)
-    }
-    fn take_link(&self, u: &str, id: &[u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner().take_link(u, id, now)
-    }
-    fn mfa(&self, u: &str) -> Result<Option<MfaRecord>, StoreError> {
-        self.inner().mfa(u)
-    }
-    fn mfa_begin(&self, u: &str, sealed: &[u8]) -> Result<bool, StoreError> {
-        self.inner().mfa_begin(u, sealed)
-    }
-    fn mfa_enable(
-        &self,
-        u: &str,
-        sealed: &[u8],
-        step: i64,
-        recovery: &[[u8; 32]],
-    ) -> Result<bool, StoreError> {
-        self.inner().mfa_enable(u, sealed, step, recovery)
-    }
-    fn mfa_use_step(&self, u: &str, step: i64) -> Result<bool, StoreError> {
-        self.inner().mfa_use_step(u, step)
-    }
-    fn mfa_use_recovery(&self, u: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
-        self.inner().mfa_use_recovery(u, hash)
-    }
-    fn mfa_disable(&self, u: &str) -> Result<(), StoreError> {
-        self.inner().mfa_disable(u)
     }
 }
 

@@ -43,6 +43,10 @@ mod hub;
 pub mod mfa;
 mod rate;
 pub mod store;
+
+#[doc(hidden)]
+/// The wire crate, for [`forward_store!`]'s paths.
+pub use chatify_proto as __proto;
 pub mod tls;
 
 use std::net::SocketAddr;

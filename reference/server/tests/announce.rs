@@ -13,14 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatify_proto::frame::{self, Address, Deliver};
-use chatify_proto::{Body, ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
+use chatify_proto::Body;
+use chatify_proto::frame::{self, Deliver};
 use chatify_server::Server;
 use chatify_server::store::sqlite::Durability;
-use chatify_server::store::{
-    Announce, MfaRecord, NewEnvelope, PgOptions, PgStore, SqliteStore, Store, StoreError,
-    TokenRecord,
-};
+use chatify_server::store::{Announce, PgOptions, PgStore, SqliteStore, Store};
 use common::{Got, Raw, account, addr, test_config};
 
 const SENDERS: usize = 12;
@@ -201,45 +198,12 @@ impl Scrambled {
 }
 
 impl Store for Scrambled {
-    fn create_user(&self, u: &str, h: &str) -> Result<(), StoreError> {
-        self.inner().create_user(u, h)
-    }
-    fn password_hash(&self, u: &str) -> Result<Option<String>, StoreError> {
-        self.inner().password_hash(u)
-    }
-    fn create_token(&self, t: &[u8; 32], r: &TokenRecord) -> Result<(), StoreError> {
-        self.inner().create_token(t, r)
-    }
-    fn token(&self, t: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        self.inner().token(t)
-    }
-    fn revoke_tokens(&self, d: &Address) -> Result<(), StoreError> {
-        self.inner().revoke_tokens(d)
-    }
-    fn prune_tokens(&self, now: u64) -> Result<u64, StoreError> {
-        self.inner().prune_tokens(now)
-    }
-    fn publish_keys(
-        &self,
-        d: &Address,
-        i: &DeviceKeys,
-        s: &SignedPrekey,
-        o: &[OneTimePrekey],
-    ) -> Result<u32, StoreError> {
-        self.inner().publish_keys(d, i, s, o)
-    }
-    fn take_bundle(&self, d: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
-        self.inner().take_bundle(d)
-    }
-    fn one_time_prekey_count(&self, d: &Address) -> Result<Option<u32>, StoreError> {
-        self.inner().one_time_prekey_count(d)
-    }
-    fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
-        self.inner().enqueue(e)
-    }
-    fn fast_commits(&self) -> bool {
-        self.inner().fast_commits()
-    }
+    chatify_server::forward_store!(self => self.inner();
+        create_user, password_hash, create_token, token, revoke_tokens, prune_tokens,
+        publish_keys, take_bundle, one_time_prekey_count, fast_commits, enqueue, pending, ack,
+        history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin,
+        mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
+
     fn announce_commits(&self, announce: Announce) -> bool {
         // The mutant: each announcement reaches the server's listener
         // after a random delay on a thread of its own, as it would if a
@@ -254,59 +218,5 @@ impl Store for Scrambled {
             });
             true
         }))
-    }
-    fn pending(&self, d: &Address, after: u64, limit: u32) -> Result<Vec<Deliver>, StoreError> {
-        self.inner().pending(d, after, limit)
-    }
-    fn ack(&self, d: &Address, seqs: &[u64]) -> Result<(), StoreError> {
-        self.inner().ack(d, seqs)
-    }
-    fn history(
-        &self,
-        user: &str,
-        c: &ConversationId,
-        before: Option<u64>,
-        limit: u32,
-    ) -> Result<Option<Vec<Deliver>>, StoreError> {
-        self.inner().history(user, c, before, limit)
-    }
-    fn prune_history(&self, before: u64) -> Result<u64, StoreError> {
-        self.inner().prune_history(before)
-    }
-    fn devices(&self, user: &str) -> Result<Vec<u32>, StoreError> {
-        self.inner().devices(user)
-    }
-    fn remove_device(&self, d: &Address) -> Result<bool, StoreError> {
-        self.inner().remove_device(d)
-    }
-    fn put_link(&self, u: &str, id: &[u8; 16], b: &[u8], exp: u64) -> Result<(), StoreError> {
-        self.inner().put_link(u, id, b, exp)
-    }
-    fn take_link(&self, u: &str, id: &[u8; 16], now: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner().take_link(u, id, now)
-    }
-    fn mfa(&self, u: &str) -> Result<Option<MfaRecord>, StoreError> {
-        self.inner().mfa(u)
-    }
-    fn mfa_begin(&self, u: &str, sealed: &[u8]) -> Result<bool, StoreError> {
-        self.inner().mfa_begin(u, sealed)
-    }
-    fn mfa_enable(
-        &self,
-        u: &str,
-        sealed: &[u8],
-        step: i64,
-        recovery: &[[u8; 32]],
-    ) -> Result<bool, StoreError> {
-        self.inner().mfa_enable(u, sealed, step, recovery)
-    }
-    fn mfa_use_step(&self, u: &str, step: i64) -> Result<bool, StoreError> {
-        self.inner().mfa_use_step(u, step)
-    }
-    fn mfa_use_recovery(&self, u: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
-        self.inner().mfa_use_recovery(u, hash)
-    }
-    fn mfa_disable(&self, u: &str) -> Result<(), StoreError> {
-        self.inner().mfa_disable(u)
     }
 }

@@ -194,10 +194,11 @@ fn fill(batch: &[Arc<Job>], outcome: Result<Vec<Result<Done, StoreError>>, Store
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn envelope() -> NewEnvelope {
+    /// An envelope whose contents do not matter.
+    pub(crate) fn envelope() -> NewEnvelope {
         let a = Address {
             user: "a".into(),
             device: 1,

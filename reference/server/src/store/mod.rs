@@ -168,18 +168,7 @@ mod announcers_tests {
             calls.fetch_add(1, Ordering::Relaxed);
             false
         }));
-        let a = Address {
-            user: "a".into(),
-            device: 1,
-        };
-        let e = NewEnvelope {
-            from: a.clone(),
-            to: a,
-            conversation: [1; 16],
-            message_id: [2; 16],
-            sent_at_ms: 0,
-            envelope: vec![3],
-        };
+        let e = super::group::tests::envelope();
         announcers.tell([(4, &e), (5, &e)]);
         assert_eq!(announcers.len(), 1, "the stopped listener stays");
         announcers.tell([(9, &e)]);
@@ -375,4 +364,174 @@ pub trait Store: Send + Sync + 'static {
     fn mfa_use_recovery(&self, user: &str, hash: &[u8; 32]) -> Result<bool, StoreError>;
     /// Removes `user`'s second factor and recovery codes.
     fn mfa_disable(&self, user: &str) -> Result<(), StoreError>;
+}
+
+/// Forwards the named [`Store`] methods to another store, for a wrapper
+/// that changes a few methods and passes the rest through (the harness's
+/// adversarial store, tests' hostile and mutant stores). Name every method
+/// the wrapper does not write itself; one left out that has no default is
+/// a compile error, so a method added to the trait is never passed over
+/// silently.
+///
+/// ```
+/// use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError};
+///
+/// /// Stores every envelope twice.
+/// struct Twice(SqliteStore);
+///
+/// impl Store for Twice {
+///     chatify_server::forward_store!(self => self.0;
+///         create_user, password_hash, create_token, token, revoke_tokens, prune_tokens,
+///         publish_keys, take_bundle, one_time_prekey_count, pending, ack, history,
+///         prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin,
+///         mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
+///
+///     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
+///         self.0.enqueue(e)?;
+///         self.0.enqueue(e)
+///     }
+/// }
+/// ```
+///
+/// Every method: create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, take_bundle, one_time_prekey_count, fast_commits, fast_reads, enqueue, announce_commits, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable.
+#[macro_export]
+macro_rules! forward_store {
+    ($s:ident => $inner:expr; $($m:ident),* $(,)?) => {
+        $( $crate::forward_store!(@ $s => $inner; $m); )*
+    };
+    (@ $s:ident => $inner:expr; create_user) => {
+        fn create_user(&$s, username: &str, password_hash: &str) -> ::core::result::Result<(), $crate::store::StoreError> {
+            $inner.create_user(username, password_hash)
+        }
+    };
+    (@ $s:ident => $inner:expr; password_hash) => {
+        fn password_hash(&$s, username: &str) -> ::core::result::Result<Option<String>, $crate::store::StoreError> {
+            $inner.password_hash(username)
+        }
+    };
+    (@ $s:ident => $inner:expr; create_token) => {
+        fn create_token(&$s, token_hash: &[u8; 32], record: &$crate::store::TokenRecord) -> ::core::result::Result<(), $crate::store::StoreError> {
+            $inner.create_token(token_hash, record)
+        }
+    };
+    (@ $s:ident => $inner:expr; token) => {
+        fn token(&$s, token_hash: &[u8; 32]) -> ::core::result::Result<Option<$crate::store::TokenRecord>, $crate::store::StoreError> {
+            $inner.token(token_hash)
+        }
+    };
+    (@ $s:ident => $inner:expr; revoke_tokens) => {
+        fn revoke_tokens(&$s, device: &$crate::__proto::frame::Address) -> ::core::result::Result<(), $crate::store::StoreError> {
+            $inner.revoke_tokens(device)
+        }
+    };
+    (@ $s:ident => $inner:expr; prune_tokens) => {
+        fn prune_tokens(&$s, now: u64) -> ::core::result::Result<u64, $crate::store::StoreError> {
+            $inner.prune_tokens(now)
+        }
+    };
+    (@ $s:ident => $inner:expr; publish_keys) => {
+        fn publish_keys(&$s, device: &$crate::__proto::frame::Address, identity: &$crate::__proto::DeviceKeys, signed_prekey: &$crate::__proto::SignedPrekey, one_time_prekeys: &[$crate::__proto::OneTimePrekey]) -> ::core::result::Result<u32, $crate::store::StoreError> {
+            $inner.publish_keys(device, identity, signed_prekey, one_time_prekeys)
+        }
+    };
+    (@ $s:ident => $inner:expr; take_bundle) => {
+        fn take_bundle(&$s, device: &$crate::__proto::frame::Address) -> ::core::result::Result<Option<($crate::__proto::PrekeyBundle, u32)>, $crate::store::StoreError> {
+            $inner.take_bundle(device)
+        }
+    };
+    (@ $s:ident => $inner:expr; one_time_prekey_count) => {
+        fn one_time_prekey_count(&$s, device: &$crate::__proto::frame::Address) -> ::core::result::Result<Option<u32>, $crate::store::StoreError> {
+            $inner.one_time_prekey_count(device)
+        }
+    };
+    (@ $s:ident => $inner:expr; fast_commits) => {
+        fn fast_commits(&$s) -> bool {
+            $inner.fast_commits()
+        }
+    };
+    (@ $s:ident => $inner:expr; fast_reads) => {
+        fn fast_reads(&$s) -> bool {
+            $inner.fast_reads()
+        }
+    };
+    (@ $s:ident => $inner:expr; enqueue) => {
+        fn enqueue(&$s, envelope: &$crate::store::NewEnvelope) -> ::core::result::Result<Option<u64>, $crate::store::StoreError> {
+            $inner.enqueue(envelope)
+        }
+    };
+    (@ $s:ident => $inner:expr; announce_commits) => {
+        fn announce_commits(&$s, announce: $crate::store::Announce) -> bool {
+            $inner.announce_commits(announce)
+        }
+    };
+    (@ $s:ident => $inner:expr; pending) => {
+        fn pending(&$s, device: &$crate::__proto::frame::Address, after: u64, limit: u32) -> ::core::result::Result<Vec<$crate::__proto::frame::Deliver>, $crate::store::StoreError> {
+            $inner.pending(device, after, limit)
+        }
+    };
+    (@ $s:ident => $inner:expr; ack) => {
+        fn ack(&$s, device: &$crate::__proto::frame::Address, seqs: &[u64]) -> ::core::result::Result<(), $crate::store::StoreError> {
+            $inner.ack(device, seqs)
+        }
+    };
+    (@ $s:ident => $inner:expr; history) => {
+        fn history(&$s, user: &str, conversation: &$crate::__proto::ConversationId, before: Option<u64>, limit: u32) -> ::core::result::Result<Option<Vec<$crate::__proto::frame::Deliver>>, $crate::store::StoreError> {
+            $inner.history(user, conversation, before, limit)
+        }
+    };
+    (@ $s:ident => $inner:expr; prune_history) => {
+        fn prune_history(&$s, before_ms: u64) -> ::core::result::Result<u64, $crate::store::StoreError> {
+            $inner.prune_history(before_ms)
+        }
+    };
+    (@ $s:ident => $inner:expr; devices) => {
+        fn devices(&$s, user: &str) -> ::core::result::Result<Vec<u32>, $crate::store::StoreError> {
+            $inner.devices(user)
+        }
+    };
+    (@ $s:ident => $inner:expr; remove_device) => {
+        fn remove_device(&$s, device: &$crate::__proto::frame::Address) -> ::core::result::Result<bool, $crate::store::StoreError> {
+            $inner.remove_device(device)
+        }
+    };
+    (@ $s:ident => $inner:expr; put_link) => {
+        fn put_link(&$s, user: &str, link_id: &[u8; 16], blob: &[u8], expires_ms: u64) -> ::core::result::Result<(), $crate::store::StoreError> {
+            $inner.put_link(user, link_id, blob, expires_ms)
+        }
+    };
+    (@ $s:ident => $inner:expr; take_link) => {
+        fn take_link(&$s, user: &str, link_id: &[u8; 16], now_ms: u64) -> ::core::result::Result<Option<Vec<u8>>, $crate::store::StoreError> {
+            $inner.take_link(user, link_id, now_ms)
+        }
+    };
+    (@ $s:ident => $inner:expr; mfa) => {
+        fn mfa(&$s, user: &str) -> ::core::result::Result<Option<$crate::store::MfaRecord>, $crate::store::StoreError> {
+            $inner.mfa(user)
+        }
+    };
+    (@ $s:ident => $inner:expr; mfa_begin) => {
+        fn mfa_begin(&$s, user: &str, sealed_secret: &[u8]) -> ::core::result::Result<bool, $crate::store::StoreError> {
+            $inner.mfa_begin(user, sealed_secret)
+        }
+    };
+    (@ $s:ident => $inner:expr; mfa_enable) => {
+        fn mfa_enable(&$s, user: &str, sealed_secret: &[u8], step: i64, recovery: &[[u8; 32]]) -> ::core::result::Result<bool, $crate::store::StoreError> {
+            $inner.mfa_enable(user, sealed_secret, step, recovery)
+        }
+    };
+    (@ $s:ident => $inner:expr; mfa_use_step) => {
+        fn mfa_use_step(&$s, user: &str, step: i64) -> ::core::result::Result<bool, $crate::store::StoreError> {
+            $inner.mfa_use_step(user, step)
+        }
+    };
+    (@ $s:ident => $inner:expr; mfa_use_recovery) => {
+        fn mfa_use_recovery(&$s, user: &str, hash: &[u8; 32]) -> ::core::result::Result<bool, $crate::store::StoreError> {
+            $inner.mfa_use_recovery(user, hash)
+        }
+    };
+    (@ $s:ident => $inner:expr; mfa_disable) => {
+        fn mfa_disable(&$s, user: &str) -> ::core::result::Result<(), $crate::store::StoreError> {
+            $inner.mfa_disable(user)
+        }
+    };
 }
