@@ -1288,9 +1288,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             "no such device, or it has published no keys",
         ))?;
         tracing::debug!(conn = self.id, seq, len, "stored");
-        if self.shared.announced {
-            self.shared.route_elsewhere(&to);
-        } else {
+        // Announced by the store, when it announces: this node is then
+        // alone (`Shared::announced`), so no other node needs telling.
+        if !self.shared.announced {
             self.shared.route(&to, Push::Mail);
         }
         Ok(frame::SendOk {

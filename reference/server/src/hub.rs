@@ -101,11 +101,6 @@ impl Hub {
         }
     }
 
-    /// Whether the device has a connection here.
-    pub(crate) fn is_here(&self, device: &Address) -> bool {
-        self.lock().online.contains_key(device)
-    }
-
     /// Tells every connection here.
     pub(crate) fn notify_all(&self, push: &Push) {
         for (_, _, tx) in self.lock().online.values() {
@@ -127,25 +122,26 @@ impl Hub {
     /// to its recipient's connection here, if it has one. Called by the
     /// store's commit listener in commit order, so a connection receives
     /// them in sequence order; past [`MAX_QUEUED_DELIVERIES`] waiting, a
-    /// [`Push::Mail`] goes instead. Returns whether the device is here.
-    pub(crate) fn deliver(&self, seq: u64, e: &NewEnvelope) -> bool {
-        let inner = self.lock();
-        let Some((_, _, channel)) = inner.online.get(&e.to) else {
-            return false;
+    /// [`Push::Mail`] goes instead. The envelope is copied after the hub's
+    /// lock is let go (other connections register and look up meanwhile);
+    /// the order holds because the store's listener runs one commit at a
+    /// time.
+    pub(crate) fn deliver(&self, seq: u64, e: &NewEnvelope) {
+        let Some(channel) = self.lock().online.get(&e.to).map(|(_, _, c)| c.clone()) else {
+            return;
         };
-        if channel.queued.load(Ordering::Acquire) >= MAX_QUEUED_DELIVERIES {
+        if channel.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_DELIVERIES {
+            channel.queued.fetch_sub(1, Ordering::AcqRel);
             channel.send(Push::Mail);
-        } else {
-            channel.queued.fetch_add(1, Ordering::AcqRel);
-            channel.send(Push::Deliver(Arc::new(Deliver {
-                seq,
-                from: e.from.clone(),
-                conversation: e.conversation,
-                message_id: e.message_id,
-                sent_at_ms: e.sent_at_ms,
-                envelope: e.envelope.clone(),
-            })));
+            return;
         }
-        true
+        channel.send(Push::Deliver(Arc::new(Deliver {
+            seq,
+            from: e.from.clone(),
+            conversation: e.conversation,
+            message_id: e.message_id,
+            sent_at_ms: e.sent_at_ms,
+            envelope: e.envelope.clone(),
+        })));
     }
 }

@@ -212,7 +212,8 @@ impl Default for Config {
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     /// Whether the store tells this node's hub of each envelope it commits
-    /// (then a send pushes nothing itself to a connection here).
+    /// (then a send pushes nothing itself). Only ever with no other node:
+    /// a node with a cluster has a mailbox timer and never asks.
     pub(crate) announced: bool,
     pub(crate) hub: Arc<Hub>,
     /// The link to the other nodes, if any.
@@ -239,18 +240,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Tells the node whose connection a device has, if not this one, that
-    /// mail waits (this node's own connections heard of it from the
-    /// store's commit listener).
-    pub(crate) fn route_elsewhere(&self, device: &Address) {
-        if self.hub.is_here(device) {
-            return;
-        }
-        if let Some(cluster) = &self.cluster {
-            cluster.publish(cluster::Notice::Mail(device.clone()));
-        }
-    }
-
     /// Tells a device's connection, here or (through NATS) on another node.
     pub(crate) fn route(&self, device: &Address, push: hub::Push) {
         if self.hub.notify(device, push.clone()) {
