@@ -181,7 +181,9 @@ struct Args {
     password_queue: u32,
 
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `chatify_server=trace`).
-    /// Logs never contain message bodies, passwords, tokens or keys.
+    /// Logs never contain message bodies, passwords, tokens or keys: the
+    /// libraries that would trace what they carry (NATS messages, WebSocket
+    /// frames, SQL parameters) log at `debug` at most, whatever the filter.
     #[arg(long, default_value = "info", env = "CHATIFY_LOG")]
     log: String,
 }
@@ -223,7 +225,7 @@ pub fn run_customized<I: IntoIterator<Item = OsString>>(
             };
         }
     };
-    let filter = match EnvFilter::try_new(&args.log) {
+    let filter = match log_filter(&args.log) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("chatify-server: invalid --log filter: {e}");
@@ -459,5 +461,81 @@ async fn wait_for_signal() -> std::io::Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r,
         _ = term.recv() => Ok(()),
+    }
+}
+
+/// Libraries whose `trace` level prints what they carry: a NATS message's
+/// payload (an envelope, between nodes), a WebSocket frame, a statement's
+/// parameters. Held at `debug` whatever the filter asks.
+const CARRIERS: [&str; 5] = [
+    "async_nats",
+    "tungstenite",
+    "tokio_tungstenite",
+    "tokio_postgres",
+    "postgres",
+];
+
+/// The operator's filter, with [`CARRIERS`] held at `debug`.
+fn log_filter(spec: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let mut filter = EnvFilter::try_new(spec)?;
+    for target in CARRIERS {
+        filter = filter.add_directive(format!("{target}=debug").parse()?);
+    }
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What a `trace` filter lets through of one event per target.
+    fn traced(filter: EnvFilter) -> String {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "async_nats::connection", "payload-of-a-notice");
+            tracing::trace!(target: "tungstenite::protocol", "payload-of-a-frame");
+            tracing::trace!(target: "tokio_postgres::query", "parameters-of-a-statement");
+            tracing::trace!(target: "chatify_server::conn", "our-own-trace");
+        });
+        let bytes = buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn libraries_never_trace_what_they_carry() {
+        let held = traced(log_filter("trace").unwrap());
+        assert!(held.contains("our-own-trace"), "{held}");
+        for carried in ["payload-of", "parameters-of"] {
+            assert!(!held.contains(carried), "{held}");
+        }
+        // The mutant: the operator's filter as given lets them all through.
+        let raw = traced(EnvFilter::try_new("trace").unwrap());
+        assert!(
+            raw.contains("payload-of-a-notice") && raw.contains("parameters-of"),
+            "{raw}"
+        );
     }
 }
