@@ -431,7 +431,13 @@ const CONNECTION_EXCHANGE: Duration = Duration::from_secs(1);
 /// across nodes (within one exchange's staleness); withdraws them at
 /// shutdown.
 async fn exchange_connections(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(CONNECTION_EXCHANGE);
+    // At a random phase: nodes started together would otherwise all
+    // exchange at the same instant, every second, and their transactions
+    // would meet there (the tail of every store made in that instant).
+    let phase = CONNECTION_EXCHANGE.mul_f64(rand::random::<f64>());
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + phase, CONNECTION_EXCHANGE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,

@@ -623,27 +623,10 @@ impl SharedLimits for PgStore {
             .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
             .collect();
         self.with(|c| {
-            let mut tx = c.client.transaction()?;
-            // This node's rows replaced; rows of nodes long gone dropped.
-            tx.execute(
-                "DELETE FROM node_connections WHERE node = $1
-                 OR seen_ms < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - 10 * $2::BIGINT",
-                &[&node, &fresh_ms],
-            )?;
-            tx.execute(
-                "INSERT INTO node_connections (node, address, open, seen_ms)
-                 SELECT $1, a, n, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
-                 FROM unnest($2::TEXT[], $3::INT4[]) AS t(a, n)",
-                &[&node, &addresses, &counts],
-            )?;
-            let rows = tx.query(
-                "SELECT address, SUM(open)::BIGINT FROM node_connections
-                 WHERE node <> $1
-                   AND seen_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $2::BIGINT
-                 GROUP BY address",
-                &[&node, &fresh_ms],
-            )?;
-            tx.commit()?;
+            let st = c.st(EXCHANGE_CONNECTIONS)?;
+            let rows = c
+                .client
+                .query(&st, &[&node, &fresh_ms, &addresses, &counts])?;
             Ok(rows
                 .iter()
                 .map(|r| {
@@ -671,6 +654,27 @@ impl SharedLimits for PgStore {
         })
     }
 }
+
+/// A node's connection counts: its rows for addresses it no longer has
+/// removed and the others' rows of nodes long gone (disjoint from the
+/// rows this statement writes), its counts written, and the other nodes'
+/// fresh counts read (as they were before this statement). One round trip,
+/// autocommitted, prepared once per connection: every node runs it every
+/// second.
+const EXCHANGE_CONNECTIONS: &str = "WITH now AS (
+         SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS ms
+     ), gone AS (
+         DELETE FROM node_connections
+         WHERE (node = $1 AND address <> ALL($3::TEXT[]))
+            OR (node <> $1 AND seen_ms < (SELECT ms FROM now) - 10 * $2::BIGINT)
+     ), mine AS (
+         INSERT INTO node_connections (node, address, open, seen_ms)
+         SELECT $1, a, n, (SELECT ms FROM now) FROM unnest($3::TEXT[], $4::INT4[]) AS t(a, n)
+         ON CONFLICT (node, address) DO UPDATE SET open = excluded.open, seen_ms = excluded.seen_ms
+     )
+     SELECT address, SUM(open)::BIGINT FROM node_connections
+     WHERE node <> $1 AND seen_ms >= (SELECT ms FROM now) - $2::BIGINT
+     GROUP BY address";
 
 /// One job alone, in one autocommitted statement: the recipient's device
 /// row locked, then the envelope stored (so that stores for one device
