@@ -1,33 +1,45 @@
 //! Several nodes: notices between them through NATS.
 //!
 //! ```text
-//!   node A: Send ─▶ store (PostgreSQL, committed) ─▶ recipient here? push : publish Mail
-//!                                                                              │
-//!   NATS  {prefix}.notice ◀────────────────────────────────────────────────────┘
+//!   node A: Send ─▶ store (PostgreSQL, committed: seq, and prev = the device's envelope before)
+//!                     └─▶ recipient here? push : publish Deliver(seq, prev, envelope)
+//!                                                             │
+//!   NATS  {prefix}.notice ◀───────────────────────────────────┘
 //!     │
-//!   node B: Mail(device) ─▶ its connection reads the mailbox on from its cursor ─▶ Deliver
+//!   node B: its connection has pushed prev? push it : read the mailbox on from its cursor
 //! ```
 //!
-//! A notice only says "look at the mailbox"; the envelope itself is read
-//! from the shared store, so a notice lost (NATS restarted, a partition)
-//! delays a delivery but loses nothing: every authenticated connection also
-//! reads its mailbox on a timer ([`crate::Config::mail_poll`]), and every
-//! connection of a node reads it when the node's link to NATS comes back.
-//! A connection pushes each sequence number once (it reads on from the last
-//! one it pushed), so nothing reaches the application twice on one
-//! connection; across reconnects the client drops what it has seen.
+//! A notice carries the envelope (ciphertext, as PostgreSQL holds it) with
+//! the sequence number of the envelope stored for the same device before it
+//! ([`crate::store::Stored::prev`]), so the receiving node pushes it without
+//! reading it back — unless its connection has not pushed that one yet (the
+//! notices of two nodes can cross on the bus), and then it reads the
+//! mailbox, which holds both, on from its cursor. An envelope larger than
+//! [`NOTICE_ENVELOPE_MAX`] goes as a notice that only says "look at the
+//! mailbox".
+//!
+//! A notice lost (NATS restarted, a partition) delays a delivery but loses
+//! nothing: the envelope is durable in the shared store before its notice
+//! leaves, every authenticated connection also reads its mailbox on a timer
+//! ([`crate::Config::mail_poll`]), and every connection of a node reads it
+//! when the node's link to NATS comes back. A connection pushes each
+//! sequence number once (never one at or below the last it pushed), so
+//! nothing reaches the application twice on one connection; across
+//! reconnects the client drops what it has seen.
 //!
 //! A send never waits for NATS: notices go through a bounded outbox, and
 //! one that finds it full (NATS away for long under load) is dropped and
 //! left to the timer.
 //!
-//! Notices carry addresses and counts, never an envelope: they are what the
-//! server already knows (who is sent to), and the harness's NATS tap checks
-//! that no plaintext crosses the bus.
+//! Notices go to one subject that every node reads: each envelope crosses
+//! the bus once per node (a subject per device would save that at the cost
+//! of a subscription per connection). What crosses is what the server
+//! already holds (addresses, counts, ciphertext); the harness's NATS tap
+//! checks that no plaintext does.
 
 use std::sync::Arc;
 
-use chatify_proto::frame::Address;
+use chatify_proto::frame::{Address, Body, Deliver, Frame};
 use futures_util::StreamExt;
 
 use crate::hub::{Hub, Push};
@@ -48,13 +60,35 @@ pub(crate) enum Notice {
     },
     /// The device was removed: its connection, wherever it is, closes.
     Removed(Address),
+    /// An envelope stored for `to`, after the one numbered `prev`.
+    Deliver {
+        to: Address,
+        prev: u64,
+        deliver: Arc<Deliver>,
+    },
 }
 
+/// Envelopes up to this size travel in their notice; a larger one is read
+/// from the store by the recipient's node.
+pub(crate) const NOTICE_ENVELOPE_MAX: usize = 16 * 1024;
+
 impl Notice {
-    /// `kind device [node at_ms | remaining] user`, space-separated (a user
-    /// name has no spaces), last so that it may be anything else.
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        match self {
+    /// `kind device [node at_ms | remaining | prev] user`, space-separated
+    /// (a user name has no spaces), last so that it may be anything else;
+    /// for `deliver`, a newline and the envelope as a `Deliver` frame.
+    pub(crate) fn encode(self) -> Vec<u8> {
+        if let Notice::Deliver { to, prev, deliver } = self {
+            let mut bytes = format!("deliver {} {prev} {}\n", to.device, to.user).into_bytes();
+            bytes.extend(
+                Frame {
+                    id: 0,
+                    body: Arc::unwrap_or_clone(deliver).into(),
+                }
+                .encode(),
+            );
+            return bytes;
+        }
+        match &self {
             Notice::Mail(d) => format!("mail {} {}", d.device, d.user),
             Notice::PrekeysLow(d, n) => format!("low {} {n} {}", d.device, d.user),
             Notice::Online {
@@ -63,19 +97,28 @@ impl Notice {
                 at_ms,
             } => format!("online {} {node} {at_ms} {}", device.device, device.user),
             Notice::Removed(d) => format!("removed {} {}", d.device, d.user),
+            Notice::Deliver { .. } => unreachable!("encoded above"),
         }
         .into_bytes()
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<Notice> {
-        let text = std::str::from_utf8(bytes).ok()?;
+        let (head, frame) = match bytes.iter().position(|&b| b == b'\n') {
+            Some(i) => (bytes.get(..i)?, Some(bytes.get(i + 1..)?)),
+            None => (bytes, None),
+        };
+        let text = std::str::from_utf8(head).ok()?;
         let (kind, rest) = text.split_once(' ')?;
         let fields = match kind {
             "mail" | "removed" => 1,
-            "low" => 2,
+            "low" | "deliver" => 2,
             "online" => 3,
             _ => return None,
         };
+        // A frame follows the head of a `deliver`, and only of one.
+        if (kind == "deliver") != frame.is_some() {
+            return None;
+        }
         let mut it = rest.splitn(fields + 1, ' ');
         let mut numbers = [0u64; 3];
         for n in numbers.iter_mut().take(fields) {
@@ -90,6 +133,17 @@ impl Notice {
             "mail" => Notice::Mail(device),
             "removed" => Notice::Removed(device),
             "low" => Notice::PrekeysLow(device, u32::try_from(numbers[1]).ok()?),
+            "deliver" => match Frame::decode(frame?).ok()? {
+                Frame {
+                    id: 0,
+                    body: Body::Deliver(deliver),
+                } => Notice::Deliver {
+                    to: device,
+                    prev: numbers[1],
+                    deliver: Arc::new(deliver),
+                },
+                _ => return None,
+            },
             _ => Notice::Online {
                 device,
                 node: numbers[1],
@@ -224,6 +278,9 @@ fn apply(hub: &Hub, me: u64, notice: Notice) {
         Notice::Removed(d) => {
             hub.notify(&d, Push::Replaced);
         }
+        Notice::Deliver { to, prev, deliver } => {
+            hub.deliver_after(&to, deliver, prev);
+        }
     }
 }
 
@@ -246,8 +303,23 @@ mod tests {
                 at_ms: 12,
             },
             Notice::Removed(d.clone()),
+            Notice::Deliver {
+                to: d.clone(),
+                prev: 41,
+                deliver: Arc::new(Deliver {
+                    seq: 42,
+                    from: Address {
+                        user: "alice".into(),
+                        device: 1,
+                    },
+                    conversation: [1; 16],
+                    message_id: [2; 16],
+                    sent_at_ms: 3,
+                    envelope: b"ciphertext\nwith a newline".to_vec(),
+                }),
+            },
         ] {
-            assert_eq!(Notice::decode(&n.encode()), Some(n));
+            assert_eq!(Notice::decode(&n.clone().encode()), Some(n));
         }
         for junk in [
             &b""[..],
@@ -260,6 +332,10 @@ mod tests {
             b"online 7 1 bob",
             b"other 7 bob",
             b"mail 7 bob carol",
+            b"mail 7 bob\n",
+            b"deliver 7 41 bob",
+            b"deliver 7 41 bob\n",
+            b"deliver 7 41 bob\n\x84\x01",
             b"\xff\xfe",
         ] {
             assert_eq!(Notice::decode(junk), None, "{junk:?}");

@@ -638,14 +638,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn on_push(&mut self, push: Push) -> Result<(), Stop> {
         match push {
             Push::Mail => self.deliver_pending().await,
-            Push::Deliver(d) => {
+            Push::Deliver(d, after) => {
                 if let Some(a) = &self.auth {
                     a.queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 }
-                // Announced in sequence order: one at or below the cursor
-                // was already read from the mailbox.
+                // One at or below the cursor was already read from the
+                // mailbox.
                 if d.seq <= self.last_pushed {
                     return Ok(());
+                }
+                // Out of commit order, and an envelope this connection has
+                // not pushed comes before it: read the mailbox, which holds
+                // both, on from the cursor.
+                if after.is_some_and(|prev| prev > self.last_pushed) {
+                    return self.deliver_pending().await;
                 }
                 self.last_pushed = d.seq;
                 tracing::debug!(conn = self.id, seq = d.seq, "deliver");
@@ -1266,7 +1272,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn relay(&mut self, s: frame::Send) -> Reply {
         let from = self.device()?;
-        let to = s.to.clone();
         let envelope = NewEnvelope {
             from,
             to: s.to,
@@ -1279,22 +1284,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(observer) = &self.shared.config.envelope_observer {
             (observer.0)(&envelope.envelope);
         }
-        let seq = hot(&self.shared, self.shared.store.fast_commits(), move |st| {
-            st.enqueue(&envelope)
+        let (stored, envelope) = hot(&self.shared, self.shared.store.fast_commits(), move |st| {
+            Ok((st.enqueue_linked(&envelope)?, envelope))
         })
-        .await?
-        .ok_or((
+        .await?;
+        let stored = stored.ok_or((
             ErrorCode::NoSuchUser,
             "no such device, or it has published no keys",
         ))?;
-        tracing::debug!(conn = self.id, seq, len, "stored");
+        tracing::debug!(conn = self.id, seq = stored.seq, len, "stored");
         // Announced by the store, when it announces: this node is then
         // alone (`Shared::announced`), so no other node needs telling.
         if !self.shared.announced {
-            self.shared.route(&to, Push::Mail);
+            self.shared.route_envelope(stored, envelope);
         }
         Ok(frame::SendOk {
-            seq,
+            seq: stored.seq,
             message_id: s.message_id,
         }
         .into())

@@ -20,9 +20,14 @@ pub(crate) const MAX_QUEUED_DELIVERIES: usize = 64;
 pub(crate) enum Push {
     /// New envelopes are waiting in the device's mailbox.
     Mail,
-    /// An envelope just committed by this node, to push without reading it
-    /// back (see [`Hub::deliver`]).
-    Deliver(Arc<Deliver>),
+    /// An envelope to push without reading it back. The second field says
+    /// where it goes in the mailbox when it did not come in commit order
+    /// (several nodes store): the envelope of the device's stored before it
+    /// ([`crate::store::Stored::prev`]). The connection pushes it only if it
+    /// has pushed that one, and otherwise reads its mailbox on from its
+    /// cursor. `None`: announced by the store in commit order (see
+    /// [`Hub::deliver`]).
+    Deliver(Arc<Deliver>, Option<u64>),
     /// The device's one-time prekey pool is low.
     PrekeysLow(u32),
     /// Another connection authenticated as this device: close.
@@ -127,21 +132,42 @@ impl Hub {
     /// the order holds because the store's listener runs one commit at a
     /// time.
     pub(crate) fn deliver(&self, seq: u64, e: &NewEnvelope) {
-        let Some(channel) = self.lock().online.get(&e.to).map(|(_, _, c)| c.clone()) else {
-            return;
+        self.hand(&e.to, || {
+            Push::Deliver(
+                Arc::new(Deliver {
+                    seq,
+                    from: e.from.clone(),
+                    conversation: e.conversation,
+                    message_id: e.message_id,
+                    sent_at_ms: e.sent_at_ms,
+                    envelope: e.envelope.clone(),
+                }),
+                None,
+            )
+        });
+    }
+
+    /// Hands an envelope that did not come in commit order (stored by this
+    /// node or another while several nodes store) to `to`'s connection
+    /// here, if it has one, with the sequence number of the envelope stored
+    /// for `to` before it; returns whether it had one.
+    pub(crate) fn deliver_after(&self, to: &Address, d: Arc<Deliver>, prev: u64) -> bool {
+        self.hand(to, move || Push::Deliver(d, Some(prev)))
+    }
+
+    /// Sends the push `make` builds (outside the hub's lock) to `to`'s
+    /// connection here, or [`Push::Mail`] past [`MAX_QUEUED_DELIVERIES`]
+    /// waiting; returns whether `to` has a connection here.
+    fn hand(&self, to: &Address, make: impl FnOnce() -> Push) -> bool {
+        let Some(channel) = self.lock().online.get(to).map(|(_, _, c)| c.clone()) else {
+            return false;
         };
         if channel.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_DELIVERIES {
             channel.queued.fetch_sub(1, Ordering::AcqRel);
             channel.send(Push::Mail);
-            return;
+        } else {
+            channel.send(make());
         }
-        channel.send(Push::Deliver(Arc::new(Deliver {
-            seq,
-            from: e.from.clone(),
-            conversation: e.conversation,
-            message_id: e.message_id,
-            sent_at_ms: e.sent_at_ms,
-            envelope: e.envelope.clone(),
-        })));
+        true
     }
 }

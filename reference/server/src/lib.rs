@@ -247,11 +247,46 @@ impl Shared {
         }
         if let Some(cluster) = &self.cluster {
             let notice = match push {
-                hub::Push::Mail | hub::Push::Deliver(_) => cluster::Notice::Mail(device.clone()),
+                hub::Push::Mail | hub::Push::Deliver(..) => cluster::Notice::Mail(device.clone()),
                 hub::Push::PrekeysLow(n) => cluster::Notice::PrekeysLow(device.clone(), n),
                 hub::Push::Replaced => cluster::Notice::Removed(device.clone()),
             };
             cluster.publish(notice);
+        }
+    }
+}
+
+impl Shared {
+    /// Tells an envelope's recipient of it, here or on another node, once
+    /// it is stored: with the envelope itself when the store linked it to
+    /// the one before ([`store::Stored::prev`]) and it is small enough for
+    /// a notice, else by telling the connection to read its mailbox.
+    pub(crate) fn route_envelope(&self, stored: store::Stored, e: store::NewEnvelope) {
+        let Some(prev) = stored.prev else {
+            return self.route(&e.to, hub::Push::Mail);
+        };
+        let to = e.to;
+        let d = Arc::new(chatify_proto::frame::Deliver {
+            seq: stored.seq,
+            from: e.from,
+            conversation: e.conversation,
+            message_id: e.message_id,
+            sent_at_ms: e.sent_at_ms,
+            envelope: e.envelope,
+        });
+        if self.hub.deliver_after(&to, Arc::clone(&d), prev) {
+            return;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(if d.envelope.len() <= cluster::NOTICE_ENVELOPE_MAX {
+                cluster::Notice::Deliver {
+                    to,
+                    prev,
+                    deliver: d,
+                }
+            } else {
+                cluster::Notice::Mail(to)
+            });
         }
     }
 }

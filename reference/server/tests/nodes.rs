@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use chatify_proto::frame;
 use chatify_proto::{Body, Frame};
-use chatify_server::store::{PgOptions, PgStore};
+use chatify_server::store::{NewEnvelope, PgOptions, PgStore, Store, StoreError, Stored};
 use chatify_server::{Config, Server};
 use common::{Got, Raw, account, addr, test_config};
 
@@ -99,6 +99,28 @@ impl Deployment {
         };
         tweak(&mut config);
         let server = Server::start(config, self.store().await).await.unwrap();
+        let url = format!("ws://{}", server.local_addr());
+        (server, url)
+    }
+
+    /// A node whose mailbox timer is a minute, on this deployment's store
+    /// as `wrap` makes it.
+    async fn node_wrapped(
+        &self,
+        wrap: impl FnOnce(Arc<PgStore>) -> Arc<dyn Store>,
+    ) -> (Server, String) {
+        let mut config = Config {
+            nats: Some(self.nats.clone()),
+            nats_prefix: self.prefix.clone(),
+            mail_poll: Some(Duration::from_secs(60)),
+            ..test_config()
+        };
+        config.requests_per_second = 0;
+        config.requests_per_second_per_address = 0;
+        config.max_connections_per_address = 64;
+        let server = Server::start(config, wrap(self.store().await))
+            .await
+            .unwrap();
         let url = format!("ws://{}", server.local_addr());
         (server, url)
     }
@@ -346,4 +368,128 @@ async fn connections_per_address_count_across_nodes() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut again = Raw::connect(&url_b).await;
     again.ping().await;
+}
+
+const SENDERS: usize = 9;
+const PER_SENDER: usize = 40;
+
+/// Three nodes, their mailbox timers at a minute: senders on every node
+/// (the recipient's included) send at once to one recipient on node C,
+/// which acknowledges what it is pushed. Each envelope must arrive once,
+/// each sender's in order, carried by its notice or read from the mailbox
+/// when notices crossed; none may wait for the timer. Returns what went
+/// wrong, if anything.
+async fn cross_fan_in(
+    d: &Deployment,
+    wrap: fn(Arc<PgStore>) -> Arc<dyn Store>,
+) -> Result<(), String> {
+    let mut urls = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let (server, url) = d.node_wrapped(wrap).await;
+        nodes.push(server);
+        urls.push(url);
+    }
+    let (mut recipient, _) = account(&urls[2], "recipient").await;
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        senders.push(account(&urls[i % 3], &format!("sender{i}")).await.0);
+    }
+    let sending: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut raw)| {
+            tokio::spawn(async move {
+                for n in 0..PER_SENDER {
+                    let mut message_id = [0u8; 16];
+                    message_id[..8].copy_from_slice(&(n as u64).to_be_bytes());
+                    let sent = raw
+                        .request(frame::Send {
+                            to: addr("recipient"),
+                            conversation: [i as u8; 16],
+                            message_id,
+                            envelope: vec![7; 64],
+                        })
+                        .await;
+                    assert!(matches!(sent, Body::SendOk(_)), "{sent:?}");
+                }
+            })
+        })
+        .collect();
+    let mut got: Vec<frame::Deliver> = Vec::new();
+    while got.len() < SENDERS * PER_SENDER {
+        let next = tokio::time::timeout(Duration::from_secs(5), recipient.recv()).await;
+        let Ok(Got::Frame(f)) = next else { break };
+        if let Body::Deliver(d) = f.body {
+            let ack = Frame {
+                id: 1_000_000 + d.seq,
+                body: frame::Ack { seqs: vec![d.seq] }.into(),
+            };
+            recipient.send_bytes(ack.encode()).await;
+            got.push(d);
+        }
+    }
+    for s in sending {
+        s.await.unwrap();
+    }
+    let mut per_sender: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for d in &got {
+        let n = u64::from_be_bytes(d.message_id[..8].try_into().unwrap());
+        per_sender.entry(d.from.user.clone()).or_default().push(n);
+    }
+    let expected: Vec<u64> = (0..PER_SENDER as u64).collect();
+    let mut wrong = Vec::new();
+    for i in 0..SENDERS {
+        let name = format!("sender{i}");
+        let seen = per_sender.remove(&name).unwrap_or_default();
+        if seen != expected {
+            let missing = expected.iter().filter(|n| !seen.contains(n)).count();
+            wrong.push(format!(
+                "{name}: {} pushed, {missing} missing, in order: {}",
+                seen.len(),
+                seen.is_sorted()
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envelopes_from_every_node_arrive_once_and_in_order() {
+    let Some(d) = Deployment::new() else { return };
+    cross_fan_in(&d, |s| s).await.unwrap();
+}
+
+/// The mutant: a store that says each envelope has none before it (as one
+/// would that read the device's newest envelope without holding its row's
+/// lock). Connections then push envelopes past ones they have not pushed
+/// yet, and those are never pushed: the test must see them missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_misnames_the_envelope_before_is_caught() {
+    let Some(d) = Deployment::new() else { return };
+    let Err(lost) = cross_fan_in(&d, |s| Arc::new(Unlinked(s))).await else {
+        panic!("the mutant went unnoticed");
+    };
+    eprintln!("the mutant: {lost}");
+}
+
+struct Unlinked(Arc<PgStore>);
+
+impl Store for Unlinked {
+    chatify_server::forward_store!(self => self.0;
+        create_user, password_hash, create_token, token, revoke_tokens, prune_tokens,
+        publish_keys, take_bundle, one_time_prekey_count, fast_commits, fast_reads, enqueue,
+        pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa,
+        mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
+
+    fn enqueue_linked(&self, e: &NewEnvelope) -> Result<Option<Stored>, StoreError> {
+        Ok(self
+            .0
+            .enqueue_linked(e)?
+            .map(|s| Stored { prev: Some(0), ..s }))
+    }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use chatify_proto::frame::Address;
 
-use super::{Announcers, NewEnvelope, StoreError};
+use super::{Announcers, NewEnvelope, StoreError, Stored};
 
 /// What a job does inside the shared transaction.
 pub(crate) enum Op {
@@ -31,15 +31,15 @@ pub(crate) enum Op {
 
 /// What a job produced.
 pub(crate) enum Done {
-    Enqueued(Option<u64>),
+    Enqueued(Option<Stored>),
     Acked,
 }
 
 impl Done {
     /// A store's result (its sequence number, if stored).
-    pub(crate) fn enqueued(self) -> Result<Option<u64>, StoreError> {
+    pub(crate) fn enqueued(self) -> Result<Option<Stored>, StoreError> {
         match self {
-            Done::Enqueued(seq) => Ok(seq),
+            Done::Enqueued(stored) => Ok(stored),
             Done::Acked => Err(StoreError::Database(
                 "group commit mixed up a result".into(),
             )),
@@ -136,7 +136,7 @@ impl GroupCommit {
             .iter()
             .zip(results)
             .filter_map(|(op, r)| match (op, r) {
-                (Op::Enqueue(e), Ok(Done::Enqueued(Some(seq)))) => Some((*seq, e)),
+                (Op::Enqueue(e), Ok(Done::Enqueued(Some(s)))) => Some((s.seq, e)),
                 _ => None,
             })
             .collect();
@@ -226,9 +226,13 @@ pub(crate) mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 let r = group.run(Op::Enqueue(envelope()), |ops| {
-                    Ok(ops.iter().map(|_| Ok(Done::Enqueued(Some(7)))).collect())
+                    let stored = Stored { seq: 7, prev: None };
+                    Ok(ops
+                        .iter()
+                        .map(|_| Ok(Done::Enqueued(Some(stored))))
+                        .collect())
                 });
-                let _ = tx.send(matches!(r, Ok(Done::Enqueued(Some(7)))));
+                let _ = tx.send(matches!(r, Ok(Done::Enqueued(Some(Stored { seq: 7, .. })))));
             });
             assert_eq!(
                 rx.recv_timeout(std::time::Duration::from_secs(10)),

@@ -195,6 +195,18 @@ pub struct NewEnvelope {
     pub envelope: Vec<u8>,
 }
 
+/// Where [`Store::enqueue_linked`] stored an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The sequence number of the envelope stored for the same device just
+    /// before it (acknowledged or not; 0 when there was none), if the store
+    /// knows it for certain: no envelope of that device lies between the
+    /// two, now or later.
+    pub prev: Option<u64>,
+}
+
 /// Rate-limit state every node sees: a store shared by several nodes
 /// keeps the limits that must hold across them (failed logins, bundle
 /// fetches), so that a client cannot multiply its budget by the number of
@@ -290,6 +302,19 @@ pub trait Store: Send + Sync + 'static {
     /// Stores an envelope durably; returns its sequence number, or `None`
     /// (storing nothing) when the recipient device has published no keys.
     fn enqueue(&self, envelope: &NewEnvelope) -> Result<Option<u64>, StoreError>;
+    /// [`Store::enqueue`], also telling which envelope came before this one
+    /// in the recipient's mailbox ([`Stored::prev`]), when the store knows
+    /// it for certain. Several nodes push another node's envelope straight
+    /// to its recipient only when the connection has pushed that one;
+    /// otherwise the connection reads its mailbox. The default knows
+    /// nothing (`prev: None`) and goes through [`Store::enqueue`], so a
+    /// wrapper that changes what that stores, or what [`Store::pending`]
+    /// returns, is never bypassed.
+    fn enqueue_linked(&self, envelope: &NewEnvelope) -> Result<Option<Stored>, StoreError> {
+        Ok(self
+            .enqueue(envelope)?
+            .map(|seq| Stored { seq, prev: None }))
+    }
     /// Has the store tell `announce` of every envelope it commits from now
     /// on (see [`Announce`]), beside any earlier listener; returns whether
     /// it will. A store that returns `false` (the default) leaves the server

@@ -20,7 +20,10 @@
 //!   then seq 10 commit would never push 10 (a connection reads from its
 //!   last pushed seq on). An envelope's insert first locks its recipient's
 //!   device row, so that stores for one device draw their numbers in commit
-//!   order.
+//!   order; under that lock it also moves the row's `last_seq` on, so that
+//!   each store names the envelope stored for the device just before
+//!   ([`Store::enqueue_linked`]) and a node may push another node's
+//!   envelope without reading it back.
 //! - **A one-time prekey is served once.** A bundle fetch deletes the key
 //!   it serves, choosing among keys no other transaction holds (`FOR UPDATE
 //!   SKIP LOCKED`): two fetches on two nodes at once get two keys.
@@ -41,7 +44,9 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
 use super::group::{Done, GroupCommit, Op};
-use super::{Announce, MfaRecord, NewEnvelope, SharedLimits, Store, StoreError, TokenRecord};
+use super::{
+    Announce, MfaRecord, NewEnvelope, SharedLimits, Store, StoreError, Stored, TokenRecord,
+};
 
 /// Schema migrations, applied in order; `schema_migrations` records each.
 pub const MIGRATIONS: &[&str] = &[
@@ -130,6 +135,15 @@ pub const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (node, address)
      );
      CREATE INDEX node_connections_seen ON node_connections (seen_ms);",
+    // 5: each device's newest envelope, kept under the device row's lock,
+    // so that a store tells which envelope came before the one it stores
+    // (see `Store::enqueue_linked`). Nodes of an older version must be
+    // stopped while it is applied: they would store without keeping it.
+    "ALTER TABLE devices ADD COLUMN last_seq BIGINT NOT NULL DEFAULT 0;
+     UPDATE devices d SET last_seq = m.seq
+     FROM (SELECT recipient, recipient_device, max(seq) AS seq FROM envelopes
+           GROUP BY recipient, recipient_device) m
+     WHERE d.username = m.recipient AND d.device = m.recipient_device;",
 ];
 
 /// The advisory lock key under which migrations run (any constant; the
@@ -677,15 +691,29 @@ const EXCHANGE_CONNECTIONS: &str = "WITH now AS (
      GROUP BY address";
 
 /// One job alone, in one autocommitted statement: the recipient's device
-/// row locked, then the envelope stored (so that stores for one device
-/// draw sequence numbers in the order they commit).
+/// row locked (so that stores for one device draw sequence numbers in the
+/// order they commit), the envelope stored, and the device's newest
+/// envelope moved on to it. Returns the new seq and the one before it: the
+/// locked row is read as its newest version (PostgreSQL re-reads a row it
+/// had to wait for), so the previous store for the device, committed while
+/// this one waited, is the one named.
 const ENQUEUE_ONE: &str = "WITH d AS (
-         SELECT 1 FROM devices WHERE username = $4 AND device = $5 FOR UPDATE
+         SELECT last_seq FROM devices WHERE username = $4 AND device = $5 FOR UPDATE
+     ), e AS (
+         INSERT INTO envelopes (conversation, sender, sender_device, recipient,
+                                recipient_device, message_id, sent_at_ms, envelope)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM d
+         RETURNING seq
+     ), moved AS (
+         UPDATE devices SET last_seq = e.seq FROM e WHERE username = $4 AND device = $5
      )
-     INSERT INTO envelopes (conversation, sender, sender_device, recipient, recipient_device,
-                            message_id, sent_at_ms, envelope)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM d
-     RETURNING seq";
+     SELECT e.seq, d.last_seq FROM e, d";
+
+/// Moves a batch's devices' newest envelopes on (their rows locked by
+/// [`LOCK_RECIPIENTS`]).
+const MOVE_LAST: &str = "UPDATE devices d SET last_seq = m.seq
+     FROM unnest($1::TEXT[], $2::BIGINT[], $3::BIGINT[]) AS m(u, dv, seq)
+     WHERE d.username = m.u AND d.device = m.dv";
 
 /// Whether any of one acknowledgement's envelopes is another device's (a
 /// recipient never changes, so the check needs no lock).
@@ -698,9 +726,9 @@ const MARK_ONE: &str = "UPDATE envelopes SET acked = TRUE
 
 /// Locks the recipients' device rows of a batch, in one order for every
 /// node (no deadlock between two nodes' batches), and lists those that
-/// exist: stores for one device then draw sequence numbers in the order
-/// they commit.
-const LOCK_RECIPIENTS: &str = "SELECT d.username, d.device FROM devices d
+/// exist, with their newest envelopes: stores for one device then draw
+/// sequence numbers in the order they commit.
+const LOCK_RECIPIENTS: &str = "SELECT d.username, d.device, d.last_seq FROM devices d
      JOIN (SELECT DISTINCT u, dv FROM unnest($1::TEXT[], $2::BIGINT[]) AS r(u, dv)) r
        ON d.username = r.u AND d.device = r.dv
      ORDER BY d.username, d.device
@@ -766,19 +794,21 @@ impl PgStore {
             let insert = c.st(INSERT_BATCH)?;
             let foreign = c.st(FOREIGN_ACKS)?;
             let mark = c.st(MARK_BATCH)?;
+            let move_last = c.st(MOVE_LAST)?;
             let mut tx = c.client.transaction()?;
-            let mut existing = std::collections::HashSet::new();
-            let mut seqs: Vec<i64> = Vec::new();
+            // The devices locked, each with its newest envelope.
+            let mut existing: HashMap<(String, i64), i64> = HashMap::new();
+            let mut stored: Vec<Option<Stored>> = vec![None; ops.len()];
             if !recipients.0.is_empty() {
                 for row in tx.query(&lock, &[&recipients.0, &recipients.1])? {
-                    existing.insert((row.get::<_, String>(0), row.get::<_, i64>(1)));
+                    existing.insert((row.get(0), row.get(1)), row.get(2));
                 }
                 // Only envelopes for the devices locked: one seq per job
                 // stored, whatever else changes meanwhile.
                 let mut env = EnvelopeColumns::default();
                 for op in ops {
                     if let Op::Enqueue(e) = op
-                        && existing.contains(&(e.to.user.clone(), i64::from(e.to.device)))
+                        && existing.contains_key(&(e.to.user.clone(), i64::from(e.to.device)))
                     {
                         env.push(e);
                     }
@@ -796,9 +826,34 @@ impl PgStore {
                         &env.envelope,
                     ],
                 )?;
-                seqs = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+                let mut seqs: Vec<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
                 // Drawn in the batch's order: ascending is the jobs' order.
                 seqs.sort_unstable();
+                let mut next = seqs.into_iter();
+                let mut moved = HashMap::new();
+                for (op, slot) in ops.iter().zip(stored.iter_mut()) {
+                    let Op::Enqueue(e) = op else { continue };
+                    let key = (e.to.user.clone(), i64::from(e.to.device));
+                    let Some(last) = existing.get_mut(&key) else {
+                        continue;
+                    };
+                    let seq = next.next().ok_or_else(|| {
+                        StoreError::Database("fewer envelopes stored than expected".into())
+                    })?;
+                    *slot = Some(Stored {
+                        seq: u64_of(seq),
+                        prev: Some(u64_of(*last)),
+                    });
+                    *last = seq;
+                    moved.insert(key, seq);
+                }
+                let mut columns: (Vec<String>, Vec<i64>, Vec<i64>) = Default::default();
+                for ((user, device), seq) in moved {
+                    columns.0.push(user);
+                    columns.1.push(device);
+                    columns.2.push(seq);
+                }
+                tx.execute(&move_last, &[&columns.0, &columns.1, &columns.2])?;
             }
             let mut refused = std::collections::HashSet::new();
             if !acks.0.is_empty() {
@@ -818,24 +873,12 @@ impl PgStore {
                 tx.execute(&mark, &[&pick(&acks.0), &users, &pick(&acks.3)])?;
             }
             tx.commit()?;
-            let mut next = seqs.into_iter();
             let results = ops
                 .iter()
+                .zip(stored)
                 .enumerate()
-                .map(|(i, op)| match op {
-                    Op::Enqueue(e) => {
-                        let key = (e.to.user.clone(), i64::from(e.to.device));
-                        if existing.contains(&key) {
-                            match next.next() {
-                                Some(seq) => Ok(Done::Enqueued(Some(u64_of(seq)))),
-                                None => Err(StoreError::Database(
-                                    "fewer envelopes stored than expected".into(),
-                                )),
-                            }
-                        } else {
-                            Ok(Done::Enqueued(None))
-                        }
-                    }
+                .map(|(i, (op, stored))| match op {
+                    Op::Enqueue(_) => Ok(Done::Enqueued(stored)),
                     Op::Ack(..) => {
                         if refused.contains(&i64::try_from(i).unwrap_or(i64::MAX)) {
                             Err(StoreError::NotYours)
@@ -921,7 +964,7 @@ impl JobStatements {
     ) -> Result<Result<Done, StoreError>, postgres::Error> {
         match op {
             Op::Enqueue(e) => {
-                let seq = client
+                let stored = client
                     .query_opt(
                         &self.enqueue,
                         &[
@@ -935,8 +978,11 @@ impl JobStatements {
                             &e.envelope,
                         ],
                     )?
-                    .map(|r| u64_of(r.get(0)));
-                Ok(Ok(Done::Enqueued(seq)))
+                    .map(|r| Stored {
+                        seq: u64_of(r.get(0)),
+                        prev: Some(u64_of(r.get(1))),
+                    });
+                Ok(Ok(Done::Enqueued(stored)))
             }
             Op::Ack(device, seqs) => {
                 let seqs: Vec<i64> = seqs.iter().map(|&s| i64_of(s)).collect();
@@ -1217,6 +1263,10 @@ impl Store for PgStore {
     }
 
     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
+        Ok(self.enqueue_linked(e)?.map(|s| s.seq))
+    }
+
+    fn enqueue_linked(&self, e: &NewEnvelope) -> Result<Option<Stored>, StoreError> {
         self.group
             .run(Op::Enqueue(e.clone()), |ops| self.commit_batch(ops))?
             .enqueued()

@@ -411,7 +411,8 @@ const MAILBOX_QUERY: &str =
 /// One job of a group commit, inside its transaction.
 fn apply(conn: &Connection, op: &Op) -> Result<Done, StoreError> {
     match op {
-        Op::Enqueue(e) => insert_envelope(conn, e).map(Done::Enqueued),
+        Op::Enqueue(e) => insert_envelope(conn, e)
+            .map(|seq| Done::Enqueued(seq.map(|seq| super::Stored { seq, prev: None }))),
         Op::Ack(device, seqs) => mark_acked(conn, device, seqs).map(|()| Done::Acked),
     }
 }
@@ -967,6 +968,7 @@ impl Store for SqliteStore {
         group
             .run(Op::Enqueue(e.clone()), |ops| commit_batch(&self.conn, ops))?
             .enqueued()
+            .map(|stored| stored.map(|s| s.seq))
     }
 
     fn pending(

@@ -458,6 +458,69 @@ pub(super) fn concurrent_jobs_each_get_their_own_result(nodes: Vec<Arc<dyn Store
     assert_eq!(first(&nodes).pending(&carol, 0, 10).unwrap().len(), 1);
 }
 
+/// A store that links its envelopes ([`Store::enqueue_linked`] names the
+/// one before) names, for each device, exactly the envelope stored for it
+/// just before, however many stores race on however many nodes: the
+/// chains have no gap and no fork. A store that does not link says so for
+/// every envelope.
+pub(super) fn linked_envelopes_chain_each_devices_mailbox(nodes: Vec<Arc<dyn Store>>) {
+    const THREADS: usize = 30;
+    const EACH: usize = 20;
+    let devices: Vec<Address> = ["bob", "carol", "dave"]
+        .iter()
+        .map(|u| account(first(&nodes), u, 0))
+        .collect();
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let store = Arc::clone(node(&nodes, i));
+            let start = Arc::clone(&start);
+            let devices = devices.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                (0..EACH)
+                    .map(|k| {
+                        let to = &devices[(i + k) % devices.len()];
+                        let stored = store.enqueue_linked(&envelope_to(to, 1)).unwrap();
+                        (to.clone(), stored.expect("the device has keys"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<(Address, super::Stored)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let linked = all.iter().filter(|(_, s)| s.prev.is_some()).count();
+    if linked == 0 {
+        return;
+    }
+    assert_eq!(linked, all.len(), "a store links every envelope or none");
+    for device in &devices {
+        let mut chain: Vec<super::Stored> = all
+            .iter()
+            .filter(|(to, _)| to == device)
+            .map(|(_, s)| *s)
+            .collect();
+        chain.sort_unstable_by_key(|s| s.seq);
+        let mut before = 0;
+        for s in &chain {
+            assert_eq!(s.prev, Some(before), "{device:?}: {s:?} after {before}");
+            before = s.seq;
+        }
+        let mailbox = seqs(&first(&nodes).pending(device, 0, 1000).unwrap());
+        let stored: Vec<u64> = chain.iter().map(|s| s.seq).collect();
+        assert_eq!(mailbox, stored);
+    }
+    // A device removed and published again starts a new chain.
+    let bob = &devices[0];
+    first(&nodes).remove_device(bob).unwrap();
+    account(first(&nodes), "bob", 0);
+    let fresh = first(&nodes).enqueue_linked(&envelope_to(bob, 1)).unwrap();
+    assert_eq!(fresh.and_then(|s| s.prev), Some(0));
+}
+
 /// An acknowledgement that names another device's envelope marks none of
 /// its envelopes; acknowledging twice, or an unknown seq, is harmless.
 pub(super) fn a_refused_acknowledgement_marks_nothing(store: &dyn Store) {
@@ -678,6 +741,7 @@ cases!(
         concurrent_fetches_never_share_a_one_time_prekey,
         a_reader_following_the_mailbox_misses_nothing,
         concurrent_jobs_each_get_their_own_result,
+        linked_envelopes_chain_each_devices_mailbox,
         a_code_presented_at_several_nodes_at_once_is_accepted_once,
     ]
 );
