@@ -1526,6 +1526,73 @@ mod tests {
     use crate::store::suite::postgres_store;
     use std::sync::Arc;
 
+    /// The message path's statements, each with arguments to plan it for.
+    const HOT: [(&str, &str, &str); 6] = [
+        ("mailbox", MAILBOX, "'u', 1, 0, 10"),
+        ("foreign_one", FOREIGN_ONE, "'{1,2}', 'u', 1"),
+        ("mark_one", MARK_ONE, "'{1,2}', 'u', 1"),
+        ("foreign_acks", FOREIGN_ACKS, "'{1}', '{0}', '{u}', '{1}'"),
+        ("mark_batch", MARK_BATCH, "'{1}', '{u}', '{1}'"),
+        (
+            "enqueue_one",
+            ENQUEUE_ONE,
+            "'\\x00', 'a', 1, 'u', 1, '\\x00', 0, '\\x00'",
+        ),
+    ];
+
+    /// The hot statements whose plan, generic (as a prepared statement's
+    /// becomes after a few runs) and made on an empty table, reads the
+    /// whole of `envelopes`, on connection `c`.
+    fn sequential_scans(c: &mut Conn) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        c.client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .unwrap();
+        for (name, sql, args) in HOT {
+            c.client
+                .batch_execute(&format!("PREPARE hot_{name} AS {sql}"))
+                .unwrap();
+            let plan: Vec<String> = c
+                .client
+                .query(&format!("EXPLAIN EXECUTE hot_{name}({args})"), &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            c.client
+                .batch_execute(&format!("DEALLOCATE hot_{name}"))
+                .unwrap();
+            if plan.iter().any(|l| l.contains("Seq Scan on envelopes")) {
+                found.push(name);
+            }
+        }
+        c.client.batch_execute("RESET plan_cache_mode").unwrap();
+        found
+    }
+
+    /// On a young table the planner's generic plans for the message path
+    /// read the whole of `envelopes` (the store's connections forbid it, as
+    /// `PgStore::open` says); the mutant, the same connection with
+    /// sequential scans allowed again, shows that the search sees them.
+    #[test]
+    fn the_message_path_never_plans_a_sequential_scan_of_envelopes() {
+        let Some(store) = postgres_store(1) else {
+            return;
+        };
+        store
+            .0
+            .with(|c| {
+                assert_eq!(sequential_scans(c), Vec::<&str>::new());
+                c.client.batch_execute("SET enable_seqscan = on")?;
+                let mutant = sequential_scans(c);
+                c.client.batch_execute("SET enable_seqscan = off")?;
+                assert!(!mutant.is_empty(), "the mutant's plans were not seen");
+                eprintln!("with sequential scans allowed: {mutant:?}");
+                Ok(())
+            })
+            .unwrap();
+    }
+
     /// Nodes that start together migrate once between them; a schema newer
     /// than the server is refused.
     #[test]
