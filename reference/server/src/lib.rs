@@ -9,8 +9,9 @@
 //!  client ──ws/wss──▶ accept ─▶ connection task ──spawn_blocking──▶ Store (SQLite, WAL)
 //!                                   ▲   │ Send: commit, then SendOk     │ each commit announced,
 //!                      Hub (online) ┘◀──┼───────────────────────────────┘ in commit order
-//!                                       └ recipient's task pushes Deliver (or, several
-//!                                         nodes: reads its mailbox on from its cursor)
+//!                                       └ recipient's task pushes Deliver (several nodes:
+//!                                         from the notice, when it has pushed the envelope
+//!                                         before; else it reads its mailbox on from its cursor)
 //! ```
 //!
 //! ```no_run
