@@ -9,16 +9,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatify_proto::Body;
-use chatify_proto::frame::{self, Deliver};
+use chatify_proto::frame::Deliver;
 use chatify_server::Server;
 use chatify_server::store::sqlite::Durability;
 use chatify_server::store::{Announce, PgOptions, PgStore, SqliteStore, Store};
-use common::{Got, Raw, account, addr, test_config};
+use common::{Raw, account, numbered_streams_complete, receive_acking, send_numbered, test_config};
 
 const SENDERS: usize = 12;
 const PER_SENDER: usize = 60;
@@ -42,20 +40,11 @@ async fn fan_in(store: Arc<dyn Store>, late: bool) -> Result<(), String> {
     }
     let sending = senders.into_iter().enumerate().map(|(i, mut raw)| {
         tokio::spawn(async move {
-            for n in 0..PER_SENDER {
-                let mut message_id = [0u8; 16];
-                message_id[..8].copy_from_slice(&(n as u64).to_be_bytes());
-                let sent = raw
-                    .request(frame::Send {
-                        to: addr("recipient"),
-                        conversation: [i as u8; 16],
-                        message_id,
-                        // Late, large enough to fill the socket's buffers, so
-                        // that the node's connection stalls on its writes.
-                        envelope: vec![7; if late { 32 * 1024 } else { 64 }],
-                    })
-                    .await;
-                assert!(matches!(sent, Body::SendOk(_)), "{sent:?}");
+            for n in 0..PER_SENDER as u64 {
+                // Late, large enough to fill the socket's buffers, so that
+                // the node's connection stalls on its writes.
+                let len = if late { 32 * 1024 } else { 64 };
+                send_numbered(&mut raw, "recipient", i as u8, n, len).await;
             }
             raw
         })
@@ -78,47 +67,12 @@ async fn fan_in(store: Arc<dyn Store>, late: bool) -> Result<(), String> {
 /// The recipient's pushes until `want` arrived or none came for 3 s,
 /// each acknowledged as it comes.
 async fn receive(raw: &mut Raw, want: usize) -> Vec<Deliver> {
-    let mut got = Vec::new();
-    while got.len() < want {
-        let next = tokio::time::timeout(Duration::from_secs(3), raw.recv()).await;
-        let Ok(Got::Frame(f)) = next else { break };
-        if let Body::Deliver(d) = f.body {
-            let ack = frame::Frame {
-                id: 1_000_000 + d.seq,
-                body: frame::Ack { seqs: vec![d.seq] }.into(),
-            };
-            raw.send_bytes(ack.encode()).await;
-            got.push(d);
-        }
-    }
-    got
+    receive_acking(raw, want, Duration::from_secs(3)).await
 }
 
 /// Every sender's envelopes once each, in its order.
 fn check(got: &[Deliver]) -> Result<(), String> {
-    let mut per_sender: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for d in got {
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&d.message_id[..8]);
-        per_sender
-            .entry(d.from.user.clone())
-            .or_default()
-            .push(u64::from_be_bytes(n));
-    }
-    let expected: Vec<u64> = (0..PER_SENDER as u64).collect();
-    for i in 0..SENDERS {
-        let name = format!("sender{i}");
-        let seen = per_sender.get(&name).cloned().unwrap_or_default();
-        if seen != expected {
-            let missing = expected.iter().filter(|n| !seen.contains(n)).count();
-            return Err(format!(
-                "{name}: {} pushed, {missing} missing, in order: {}",
-                seen.len(),
-                seen.is_sorted()
-            ));
-        }
-    }
-    Ok(())
+    numbered_streams_complete(got, SENDERS, PER_SENDER as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

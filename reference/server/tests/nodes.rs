@@ -22,7 +22,9 @@ use chatify_proto::frame;
 use chatify_proto::{Body, Frame};
 use chatify_server::store::{NewEnvelope, PgOptions, PgStore, Store, StoreError, Stored};
 use chatify_server::{Config, Server};
-use common::{Got, Raw, account, addr, test_config};
+use common::{
+    Got, Raw, account, addr, numbered_streams_complete, receive_acking, send_numbered, test_config,
+};
 
 fn env(name: &str) -> Option<String> {
     match std::env::var(name) {
@@ -400,62 +402,17 @@ async fn cross_fan_in(
         .enumerate()
         .map(|(i, mut raw)| {
             tokio::spawn(async move {
-                for n in 0..PER_SENDER {
-                    let mut message_id = [0u8; 16];
-                    message_id[..8].copy_from_slice(&(n as u64).to_be_bytes());
-                    let sent = raw
-                        .request(frame::Send {
-                            to: addr("recipient"),
-                            conversation: [i as u8; 16],
-                            message_id,
-                            envelope: vec![7; 64],
-                        })
-                        .await;
-                    assert!(matches!(sent, Body::SendOk(_)), "{sent:?}");
+                for n in 0..PER_SENDER as u64 {
+                    send_numbered(&mut raw, "recipient", i as u8, n, 64).await;
                 }
             })
         })
         .collect();
-    let mut got: Vec<frame::Deliver> = Vec::new();
-    while got.len() < SENDERS * PER_SENDER {
-        let next = tokio::time::timeout(Duration::from_secs(5), recipient.recv()).await;
-        let Ok(Got::Frame(f)) = next else { break };
-        if let Body::Deliver(d) = f.body {
-            let ack = Frame {
-                id: 1_000_000 + d.seq,
-                body: frame::Ack { seqs: vec![d.seq] }.into(),
-            };
-            recipient.send_bytes(ack.encode()).await;
-            got.push(d);
-        }
-    }
+    let got = receive_acking(&mut recipient, SENDERS * PER_SENDER, Duration::from_secs(5)).await;
     for s in sending {
         s.await.unwrap();
     }
-    let mut per_sender: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
-    for d in &got {
-        let n = u64::from_be_bytes(d.message_id[..8].try_into().unwrap());
-        per_sender.entry(d.from.user.clone()).or_default().push(n);
-    }
-    let expected: Vec<u64> = (0..PER_SENDER as u64).collect();
-    let mut wrong = Vec::new();
-    for i in 0..SENDERS {
-        let name = format!("sender{i}");
-        let seen = per_sender.remove(&name).unwrap_or_default();
-        if seen != expected {
-            let missing = expected.iter().filter(|n| !seen.contains(n)).count();
-            wrong.push(format!(
-                "{name}: {} pushed, {missing} missing, in order: {}",
-                seen.len(),
-                seen.is_sorted()
-            ));
-        }
-    }
-    if wrong.is_empty() {
-        Ok(())
-    } else {
-        Err(wrong.join("; "))
-    }
+    numbered_streams_complete(&got, SENDERS, PER_SENDER as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

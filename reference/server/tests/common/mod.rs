@@ -179,3 +179,76 @@ pub fn publish_keys(
             .collect(),
     }
 }
+
+/// Sends the `n`th envelope of a numbered stream to `to`: its message id
+/// carries `n` (big-endian, first eight bytes), its conversation `tag`.
+pub async fn send_numbered(raw: &mut Raw, to: &str, tag: u8, n: u64, len: usize) {
+    let mut message_id = [0u8; 16];
+    message_id[..8].copy_from_slice(&n.to_be_bytes());
+    let sent = raw
+        .request(frame::Send {
+            to: addr(to),
+            conversation: [tag; 16],
+            message_id,
+            envelope: vec![7; len],
+        })
+        .await;
+    assert!(matches!(sent, Body::SendOk(_)), "{sent:?}");
+}
+
+/// The pushes `raw` receives until `want` arrived or none came for
+/// `quiet`, each acknowledged as it comes.
+pub async fn receive_acking(raw: &mut Raw, want: usize, quiet: Duration) -> Vec<frame::Deliver> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        let next = tokio::time::timeout(quiet, raw.recv()).await;
+        let Ok(Got::Frame(f)) = next else { break };
+        if let Body::Deliver(d) = f.body {
+            let ack = Frame {
+                id: 1_000_000 + d.seq,
+                body: frame::Ack { seqs: vec![d.seq] }.into(),
+            };
+            raw.send_bytes(ack.encode()).await;
+            got.push(d);
+        }
+    }
+    got
+}
+
+/// Whether `got` holds the numbered streams of users `sender0..senders`,
+/// `each` envelopes long, every envelope once and each stream in order;
+/// what is wrong otherwise, stream by stream.
+pub fn numbered_streams_complete(
+    got: &[frame::Deliver],
+    senders: usize,
+    each: u64,
+) -> Result<(), String> {
+    let mut per_sender: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for d in got {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&d.message_id[..8]);
+        per_sender
+            .entry(d.from.user.clone())
+            .or_default()
+            .push(u64::from_be_bytes(n));
+    }
+    let expected: Vec<u64> = (0..each).collect();
+    let mut wrong = Vec::new();
+    for i in 0..senders {
+        let name = format!("sender{i}");
+        let seen = per_sender.remove(&name).unwrap_or_default();
+        if seen != expected {
+            let missing = expected.iter().filter(|n| !seen.contains(n)).count();
+            wrong.push(format!(
+                "{name}: {} pushed, {missing} missing, in order: {}",
+                seen.len(),
+                seen.is_sorted()
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("; "))
+    }
+}
