@@ -182,8 +182,9 @@ struct Args {
 
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `chatify_server=trace`).
     /// Logs never contain message bodies, passwords, tokens or keys: the
-    /// libraries that would trace what they carry (NATS messages, WebSocket
-    /// frames, SQL parameters) log at `debug` at most, whatever the filter.
+    /// libraries that would log what they carry or connect with (NATS
+    /// messages and server URLs, WebSocket frames, SQL parameters) log at
+    /// `info` at most, whatever the filter.
     #[arg(long, default_value = "info", env = "CHATIFY_LOG")]
     log: String,
 }
@@ -464,9 +465,11 @@ async fn wait_for_signal() -> std::io::Result<()> {
     }
 }
 
-/// Libraries whose `trace` level prints what they carry: a NATS message's
-/// payload (an envelope, between nodes), a WebSocket frame, a statement's
-/// parameters. Held at `debug` whatever the filter asks.
+/// Libraries whose `debug` or `trace` level prints what they carry or
+/// connect with: a NATS message's payload (an envelope, between nodes) and
+/// the NATS server's URL (with any password in it), a WebSocket frame, a
+/// statement's parameters (through the `log` crate, should a bridge to
+/// `tracing` ever be linked). Held at `info` whatever the filter asks.
 const CARRIERS: [&str; 5] = [
     "async_nats",
     "tungstenite",
@@ -475,11 +478,11 @@ const CARRIERS: [&str; 5] = [
     "postgres",
 ];
 
-/// The operator's filter, with [`CARRIERS`] held at `debug`.
+/// The operator's filter, with [`CARRIERS`] held at `info`.
 fn log_filter(spec: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     let mut filter = EnvFilter::try_new(spec)?;
     for target in CARRIERS {
-        filter = filter.add_directive(format!("{target}=debug").parse()?);
+        filter = filter.add_directive(format!("{target}=info").parse()?);
     }
     Ok(filter)
 }
@@ -516,8 +519,10 @@ mod log_tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             tracing::trace!(target: "async_nats::connection", "payload-of-a-notice");
+            tracing::debug!(target: "async_nats::connector", "password-of-a-url");
+            tracing::info!(target: "async_nats::connector", "connected-to-nats");
             tracing::trace!(target: "tungstenite::protocol", "payload-of-a-frame");
-            tracing::trace!(target: "tokio_postgres::query", "parameters-of-a-statement");
+            tracing::debug!(target: "tokio_postgres::query", "parameters-of-a-statement");
             tracing::trace!(target: "chatify_server::conn", "our-own-trace");
         });
         let bytes = buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -528,7 +533,8 @@ mod log_tests {
     fn libraries_never_trace_what_they_carry() {
         let held = traced(log_filter("trace").unwrap());
         assert!(held.contains("our-own-trace"), "{held}");
-        for carried in ["payload-of", "parameters-of"] {
+        assert!(held.contains("connected-to-nats"), "{held}");
+        for carried in ["payload-of", "parameters-of", "password-of"] {
             assert!(!held.contains(carried), "{held}");
         }
         // The mutant: the operator's filter as given lets them all through.

@@ -202,7 +202,7 @@ impl Cluster {
             .await
             .is_err()
         {
-            tracing::warn!(%url, "NATS not reachable yet; serving, and connecting in the background");
+            tracing::warn!(url = %without_credentials(url), "NATS not reachable yet; serving, and connecting in the background");
         }
         tokio::spawn(async move {
             loop {
@@ -257,6 +257,20 @@ impl Cluster {
     }
 }
 
+/// `url` with any user name, password or token in it replaced by `***`
+/// (`nats://user:secret@host:4222` → `nats://***@host:4222`), for logs
+/// and error messages.
+pub(crate) fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
+        Some(at) => format!("{scheme}://***{}", rest.get(at..).unwrap_or_default()),
+        None => url.to_owned(),
+    }
+}
+
 /// Applies another node's notice to this node's connections.
 fn apply(hub: &Hub, me: u64, notice: Notice) {
     match notice {
@@ -287,6 +301,23 @@ fn apply(hub: &Hub, me: u64, notice: Notice) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_leave_a_url_in_a_message() {
+        for (url, shown) in [
+            (
+                "nats://user:secret@10.0.0.1:4222",
+                "nats://***@10.0.0.1:4222",
+            ),
+            ("nats://s3cr3t-token@host", "nats://***@host"),
+            ("nats://u:p@w@host:1/x?y", "nats://***@host:1/x?y"),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("tls://host/a@b", "tls://host/a@b"),
+            ("host:4222", "host:4222"),
+        ] {
+            assert_eq!(without_credentials(url), shown);
+        }
+    }
 
     #[test]
     fn notices_round_trip_and_junk_is_refused() {

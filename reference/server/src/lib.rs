@@ -314,7 +314,10 @@ impl Server {
             Some(url) => Some(
                 cluster::Cluster::start(url, &config.nats_prefix, Arc::clone(&hub))
                     .await
-                    .map_err(|e| std::io::Error::other(format!("NATS at {url}: {e}")))?,
+                    .map_err(|e| {
+                        let url = cluster::without_credentials(url);
+                        std::io::Error::other(format!("NATS at {url}: {e}"))
+                    })?,
             ),
             None => None,
         };
