@@ -27,7 +27,9 @@
 //! nothing reaches the application twice on one connection; across
 //! reconnects the client drops what it has seen.
 //!
-//! A send never waits for NATS: notices go through a bounded outbox, and
+//! A send never waits for NATS: notices go through an outbox bounded in
+//! count and in envelope bytes (past 4 MiB of envelopes, a notice leaves
+//! without its envelope and the recipient's node reads the mailbox), and
 //! one that finds it full (NATS away for long under load) is dropped and
 //! left to the timer.
 //!
@@ -38,6 +40,7 @@
 //! checks that no plaintext does.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use chatify_proto::frame::{Address, Body, Deliver, Frame};
 use futures_util::StreamExt;
@@ -158,12 +161,69 @@ impl Notice {
 /// dropped notice, and a send must never wait for the bus.
 const OUTBOX: usize = 4096;
 
+/// Envelope bytes the outbox may hold: past them, a stored envelope's
+/// notice leaves without it (a `mail` notice, and the recipient's node
+/// reads the mailbox). NATS away under load then holds this much of the
+/// node's memory in envelopes, not [`OUTBOX`] × [`NOTICE_ENVELOPE_MAX`].
+const OUTBOX_ENVELOPE_BYTES: usize = 4 << 20;
+
+/// Notices on their way to NATS, bounded in count and in envelope bytes.
+#[derive(Debug)]
+struct Outbox {
+    tx: tokio::sync::mpsc::Sender<Notice>,
+    /// Bytes of the envelopes it holds (counted down as they are taken).
+    bytes: Arc<AtomicUsize>,
+    /// Notices dropped because it was full.
+    dropped: AtomicU64,
+}
+
+impl Outbox {
+    fn new(count: usize) -> (Outbox, tokio::sync::mpsc::Receiver<Notice>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(count);
+        let outbox = Outbox {
+            tx,
+            bytes: Arc::default(),
+            dropped: AtomicU64::new(0),
+        };
+        (outbox, rx)
+    }
+
+    /// Queues `notice` without waiting: without its envelope past
+    /// [`OUTBOX_ENVELOPE_BYTES`], dropped when the outbox is full.
+    fn push(&self, notice: Notice) {
+        let notice = match notice {
+            Notice::Deliver { to, prev, deliver } => {
+                let len = deliver.envelope.len();
+                if self.bytes.fetch_add(len, Ordering::AcqRel) + len > OUTBOX_ENVELOPE_BYTES {
+                    self.bytes.fetch_sub(len, Ordering::AcqRel);
+                    Notice::Mail(to)
+                } else {
+                    Notice::Deliver { to, prev, deliver }
+                }
+            }
+            other => other,
+        };
+        if let Err(e) = self.tx.try_send(notice) {
+            taken(&self.bytes, &e.into_inner());
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n + 1, "NATS outbox full; notices dropped");
+            }
+        }
+    }
+}
+
+/// Counts a notice's envelope out of the outbox's bytes.
+fn taken(bytes: &AtomicUsize, notice: &Notice) {
+    if let Notice::Deliver { deliver, .. } = notice {
+        bytes.fetch_sub(deliver.envelope.len(), Ordering::AcqRel);
+    }
+}
+
 /// This node's link to the others.
 #[derive(Debug)]
 pub(crate) struct Cluster {
-    outbox: tokio::sync::mpsc::Sender<Notice>,
-    /// Notices dropped because the outbox was full.
-    dropped: std::sync::atomic::AtomicU64,
+    outbox: Outbox,
     /// This node's random id (tells its own `Online` notices apart).
     pub(crate) node: u64,
 }
@@ -225,9 +285,11 @@ impl Cluster {
                 }
             }
         });
-        let (outbox, mut queued) = tokio::sync::mpsc::channel::<Notice>(OUTBOX);
+        let (outbox, mut queued) = Outbox::new(OUTBOX);
+        let bytes = Arc::clone(&outbox.bytes);
         tokio::spawn(async move {
             while let Some(notice) = queued.recv().await {
+                taken(&bytes, &notice);
                 if let Err(e) = client
                     .publish(subject.clone(), notice.encode().into())
                     .await
@@ -236,24 +298,13 @@ impl Cluster {
                 }
             }
         });
-        Ok(Cluster {
-            outbox,
-            dropped: std::sync::atomic::AtomicU64::new(0),
-            node,
-        })
+        Ok(Cluster { outbox, node })
     }
 
     /// Tells the other nodes, without waiting (best effort: a lost or
     /// dropped notice is caught up by the mailbox timer).
     pub(crate) fn publish(&self, notice: Notice) {
-        if self.outbox.try_send(notice).is_err() {
-            let n = self
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n + 1, "NATS outbox full; notices dropped");
-            }
-        }
+        self.outbox.push(notice);
     }
 }
 
@@ -301,6 +352,57 @@ fn apply(hub: &Hub, me: u64, notice: Notice) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deliver_notice(len: usize) -> Notice {
+        Notice::Deliver {
+            to: Address {
+                user: "bob".into(),
+                device: 1,
+            },
+            prev: 0,
+            deliver: Arc::new(Deliver {
+                seq: 1,
+                from: Address {
+                    user: "alice".into(),
+                    device: 1,
+                },
+                conversation: [0; 16],
+                message_id: [0; 16],
+                sent_at_ms: 0,
+                envelope: vec![0; len],
+            }),
+        }
+    }
+
+    /// With nothing taking notices out (NATS away), the outbox holds at
+    /// most its budget of envelope bytes: the rest leave as `mail`
+    /// notices, and its count bounds them; taking envelopes out makes room.
+    #[test]
+    fn an_outbox_nobody_empties_holds_a_bounded_number_of_envelope_bytes() {
+        let (outbox, mut rx) = Outbox::new(OUTBOX);
+        for _ in 0..2 * OUTBOX {
+            outbox.push(deliver_notice(NOTICE_ENVELOPE_MAX));
+        }
+        let mut held = 0;
+        let mut mail = 0;
+        while let Ok(n) = rx.try_recv() {
+            // Taken out as the task that publishes takes them.
+            taken(&outbox.bytes, &n);
+            match n {
+                Notice::Deliver { deliver, .. } => held += deliver.envelope.len(),
+                Notice::Mail(_) => mail += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(held, OUTBOX_ENVELOPE_BYTES, "envelope bytes queued");
+        assert_eq!(mail, OUTBOX - OUTBOX_ENVELOPE_BYTES / NOTICE_ENVELOPE_MAX);
+        assert_eq!(outbox.dropped.load(Ordering::Relaxed), OUTBOX as u64);
+        // Emptied, it carries envelopes again (an outbox whose bytes were
+        // never counted down would send `mail` from now on).
+        assert_eq!(outbox.bytes.load(Ordering::Acquire), 0);
+        outbox.push(deliver_notice(10));
+        assert!(matches!(rx.try_recv(), Ok(Notice::Deliver { .. })));
+    }
 
     #[test]
     fn credentials_never_leave_a_url_in_a_message() {
