@@ -353,23 +353,24 @@ fn apply(hub: &Hub, me: u64, notice: Notice) {
 mod tests {
     use super::*;
 
-    fn deliver_notice(len: usize) -> Notice {
+    /// A notice carrying `envelope` to bob's device 1, after seq 41.
+    fn deliver_notice(envelope: Vec<u8>) -> Notice {
         Notice::Deliver {
             to: Address {
                 user: "bob".into(),
                 device: 1,
             },
-            prev: 0,
+            prev: 41,
             deliver: Arc::new(Deliver {
-                seq: 1,
+                seq: 42,
                 from: Address {
                     user: "alice".into(),
                     device: 1,
                 },
-                conversation: [0; 16],
-                message_id: [0; 16],
-                sent_at_ms: 0,
-                envelope: vec![0; len],
+                conversation: [1; 16],
+                message_id: [2; 16],
+                sent_at_ms: 3,
+                envelope,
             }),
         }
     }
@@ -381,7 +382,7 @@ mod tests {
     fn an_outbox_nobody_empties_holds_a_bounded_number_of_envelope_bytes() {
         let (outbox, mut rx) = Outbox::new(OUTBOX);
         for _ in 0..2 * OUTBOX {
-            outbox.push(deliver_notice(NOTICE_ENVELOPE_MAX));
+            outbox.push(deliver_notice(vec![0; NOTICE_ENVELOPE_MAX]));
         }
         let mut held = 0;
         let mut mail = 0;
@@ -400,7 +401,7 @@ mod tests {
         // Emptied, it carries envelopes again (an outbox whose bytes were
         // never counted down would send `mail` from now on).
         assert_eq!(outbox.bytes.load(Ordering::Acquire), 0);
-        outbox.push(deliver_notice(10));
+        outbox.push(deliver_notice(vec![0; 10]));
         assert!(matches!(rx.try_recv(), Ok(Notice::Deliver { .. })));
     }
 
@@ -436,21 +437,7 @@ mod tests {
                 at_ms: 12,
             },
             Notice::Removed(d.clone()),
-            Notice::Deliver {
-                to: d.clone(),
-                prev: 41,
-                deliver: Arc::new(Deliver {
-                    seq: 42,
-                    from: Address {
-                        user: "alice".into(),
-                        device: 1,
-                    },
-                    conversation: [1; 16],
-                    message_id: [2; 16],
-                    sent_at_ms: 3,
-                    envelope: b"ciphertext\nwith a newline".to_vec(),
-                }),
-            },
+            deliver_notice(b"ciphertext\nwith a newline".to_vec()),
         ] {
             assert_eq!(Notice::decode(&n.clone().encode()), Some(n));
         }
