@@ -447,6 +447,40 @@ pub fn sample_frames(bundle: &PrekeyBundle, env: &Envelope) -> Vec<Frame> {
             recovery_codes: vec!["ABCD-EFGH-IJKL-MNOP".into(), "QRST-UVWX-YZ23-4567".into()],
         }
         .into(),
+        frame::BlobCreate { size: 131_088 }.into(),
+        frame::BlobPut {
+            blob: [0x5A; 16],
+            part: 1,
+            data: vec![0xEE; 16],
+        }
+        .into(),
+        frame::BlobStatus { blob: [0x5A; 16] }.into(),
+        frame::BlobGrant {
+            blob: [0x5A; 16],
+            to: vec![Address {
+                user: "bob".into(),
+                device: 1,
+            }],
+        }
+        .into(),
+        frame::BlobGet {
+            blob: [0x5A; 16],
+            part: 0,
+        }
+        .into(),
+        frame::BlobRelease { blob: [0x5A; 16] }.into(),
+        frame::BlobState {
+            blob: [0x5A; 16],
+            size: 131_088,
+            received: 131_072,
+        }
+        .into(),
+        frame::BlobPart {
+            blob: [0x5A; 16],
+            part: 1,
+            data: vec![0xEE; 16],
+        }
+        .into(),
     ];
     bodies
         .into_iter()

@@ -18,7 +18,7 @@ use core::fmt;
 
 use minicbor::{Decode, Encode, Encoder};
 
-use crate::limits::MAX_PLAINTEXT_LEN;
+use crate::limits::{MAX_FILE_NAME_LEN, MAX_PLAINTEXT_LEN};
 use crate::{DecodeError, MessageId};
 
 /// Bytes the content's fields other than the body take at most.
@@ -94,6 +94,63 @@ pub struct Content<'a> {
     /// A request to send these messages again (a control content).
     #[n(6)]
     pub retry: Option<Retry>,
+    /// An encrypted file the message carries (PROTOCOL §15); the body is
+    /// then its caption, possibly empty.
+    #[n(7)]
+    pub file: Option<FileRef>,
+}
+
+/// What a recipient needs to fetch and open an encrypted file (PROTOCOL
+/// §15): the blob's name on the server, the file's key, its plaintext size
+/// and the blob's SHA-256 digest, which name exactly one blob, and the
+/// file's name. `Debug` shows only the size.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct FileRef {
+    /// The blob on the server.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: crate::frame::BlobId,
+    /// The file key.
+    #[n(1)]
+    #[cbor(with = "minicbor::bytes")]
+    pub key: [u8; 32],
+    /// The plaintext's size in bytes.
+    #[n(2)]
+    pub size: u64,
+    /// SHA-256 of the whole blob.
+    #[n(3)]
+    #[cbor(with = "minicbor::bytes")]
+    pub digest: [u8; 32],
+    /// The file's name (UTF-8, no path), at most [`MAX_FILE_NAME_LEN`] bytes.
+    #[n(4)]
+    pub name: String,
+}
+
+impl fmt::Debug for FileRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileRef")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileRef {
+    /// Bytes its encoding takes at most.
+    pub const ENCODED_LEN_MAX: usize = 16 + 32 + 32 + MAX_FILE_NAME_LEN + 32;
+
+    /// Whether its name is one a recipient may save under: 1 to
+    /// [`MAX_FILE_NAME_LEN`] bytes, no path separator, no control
+    /// character, not `.` or `..`.
+    pub fn name_is_valid(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= MAX_FILE_NAME_LEN
+            && name != "."
+            && name != ".."
+            && !name
+                .chars()
+                .any(|c| c == '/' || c == '\\' || c.is_control())
+    }
 }
 
 impl fmt::Debug for Content<'_> {
@@ -106,6 +163,7 @@ impl fmt::Debug for Content<'_> {
             .field("body_len", &self.body.len())
             .field("receipt", &self.receipt)
             .field("retry", &self.retry.as_ref().map(|r| r.message_ids.len()))
+            .field("file", &self.file)
             .finish()
     }
 }
@@ -127,6 +185,7 @@ impl<'a> Content<'a> {
             body,
             receipt: None,
             retry: None,
+            file: None,
         }
     }
 
@@ -154,7 +213,8 @@ impl<'a> Content<'a> {
             .retry
             .as_ref()
             .map_or(0, |r| 8 + 18 * r.message_ids.len());
-        self.body.len() + CONTENT_OVERHEAD + receipt + retry
+        let file = self.file.as_ref().map_or(0, |_| FileRef::ENCODED_LEN_MAX);
+        self.body.len() + CONTENT_OVERHEAD + receipt + retry + file
     }
 
     /// Decodes content borrowing its body from `bytes`, accepting only the
@@ -178,6 +238,11 @@ impl<'a> Content<'a> {
         };
         if content.encode(&mut same).is_err() || same.at != bytes.len() {
             return Err(DecodeError::NonCanonical);
+        }
+        if let Some(file) = &content.file {
+            if content.is_control() || !FileRef::name_is_valid(&file.name) {
+                return Err(DecodeError::Invalid("malformed file reference"));
+            }
         }
         let control_ok = match (&content.receipt, &content.retry) {
             (None, None) => true,
@@ -271,6 +336,66 @@ mod tests {
         long.extend_from_slice(&buf[at + 1..]);
         assert!(Content::decode(&long).is_err());
         assert!(Content::decode(&buf[..buf.len() - 1]).is_err());
+    }
+
+    fn file(name: &str) -> FileRef {
+        FileRef {
+            blob: [1; 16],
+            key: [2; 32],
+            size: u64::MAX,
+            digest: [3; 32],
+            name: name.into(),
+        }
+    }
+
+    /// A message carrying a file round-trips at its largest, and shows
+    /// neither its key nor its name in `Debug`; a file on a control
+    /// content, or a name that is a path, is empty or too long, is refused.
+    #[test]
+    fn file_references_round_trip_and_their_names_are_plain() {
+        let longest = "é".repeat(MAX_FILE_NAME_LEN / 2);
+        let body = vec![b'c'; MAX_BODY_LEN - FileRef::ENCODED_LEN_MAX];
+        let c = Content {
+            file: Some(file(&longest)),
+            ..Content::message([7; 16], u64::MAX, u64::MAX, u64::MAX, &body)
+        };
+        assert!(round_trips(&c));
+        let mut buf = Vec::new();
+        c.encode(&mut buf).unwrap();
+        assert!(buf.len() <= MAX_PLAINTEXT_LEN);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains('é') && !shown.contains("[2, 2") && !shown.contains("2, 2, 2"));
+        for name in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "..\\x",
+            "a\nb",
+            &"x".repeat(MAX_FILE_NAME_LEN + 1),
+        ] {
+            let mut buf = Vec::new();
+            Content {
+                file: Some(file(name)),
+                ..Content::message([7; 16], 0, 0, 0, b"")
+            }
+            .encode(&mut buf)
+            .unwrap();
+            assert!(Content::decode(&buf).is_err(), "{name:?}");
+        }
+        let receipt = Receipt {
+            received_below: 1,
+            missing: vec![],
+            known_from: 0,
+        };
+        let mut buf = Vec::new();
+        Content {
+            file: Some(file("a.png")),
+            ..control(Some(receipt), None)
+        }
+        .encode(&mut buf)
+        .unwrap();
+        assert!(Content::decode(&buf).is_err());
     }
 
     fn control(receipt: Option<Receipt>, retry: Option<Retry>) -> Content<'static> {

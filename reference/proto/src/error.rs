@@ -127,6 +127,12 @@ pub enum ErrorCode {
     Internal,
     /// A second factor is required or the one given is wrong.
     SecondFactorRequired,
+    /// The blob is larger than the server accepts.
+    TooLarge,
+    /// The account's blobs would take more than its quota.
+    QuotaExceeded,
+    /// No such blob, or the caller may not touch it (the two are not told apart).
+    NotFound,
 }
 
 impl ErrorCode {
@@ -146,6 +152,9 @@ impl ErrorCode {
             ErrorCode::NoSuchUser => 20,
             ErrorCode::Forbidden => 21,
             ErrorCode::InvalidRequest => 22,
+            ErrorCode::TooLarge => 23,
+            ErrorCode::QuotaExceeded => 24,
+            ErrorCode::NotFound => 25,
             ErrorCode::Internal => 50,
         }
     }
@@ -166,12 +175,15 @@ impl ErrorCode {
             20 => ErrorCode::NoSuchUser,
             21 => ErrorCode::Forbidden,
             22 => ErrorCode::InvalidRequest,
+            23 => ErrorCode::TooLarge,
+            24 => ErrorCode::QuotaExceeded,
+            25 => ErrorCode::NotFound,
             _ => ErrorCode::Internal,
         }
     }
 
     /// Every code, in wire order (for docs and tests).
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -185,6 +197,9 @@ impl ErrorCode {
         ErrorCode::NoSuchUser,
         ErrorCode::Forbidden,
         ErrorCode::InvalidRequest,
+        ErrorCode::TooLarge,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::NotFound,
         ErrorCode::Internal,
     ];
 }

@@ -13,7 +13,7 @@ use minicbor::{Decode, Decoder, Encode, Encoder};
 pub(crate) use crate::hex::Hex;
 use crate::keys::{DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
 use crate::limits::{
-    MAX_ENVELOPE_LEN, MAX_FRAME_LEN, MAX_LINK_BLOB_LEN, MAX_LIST_LEN,
+    BLOB_PART_LEN, MAX_ENVELOPE_LEN, MAX_FRAME_LEN, MAX_LINK_BLOB_LEN, MAX_LIST_LEN,
     MAX_ONE_TIME_PREKEYS_PER_PUBLISH, MAX_PASSWORD_LEN, MAX_TEXT_LEN, MAX_TOKEN_LEN,
     MAX_USERNAME_LEN,
 };
@@ -214,6 +214,18 @@ bodies! {
     16 => MfaConfirm,
     /// Client: turn MFA off, with a current code or a recovery code.
     17 => MfaDisable,
+    /// Client: start uploading a blob (an encrypted file) of a given size.
+    18 => BlobCreate,
+    /// Client: upload the next part of one of the caller's blobs.
+    19 => BlobPut,
+    /// Client: how much of a blob the server holds (to resume).
+    20 => BlobStatus,
+    /// Client: let these devices download one of the caller's complete blobs.
+    21 => BlobGrant,
+    /// Client: download one part of a complete blob the caller may read.
+    22 => BlobGet,
+    /// Client: drop the caller's hold on a blob (deleted when none is left).
+    23 => BlobRelease,
     /// Server: the request succeeded and has nothing to return.
     64 => Ok,
     /// Server: the request failed.
@@ -242,6 +254,10 @@ bodies! {
     76 => MfaSecret,
     /// Server: reply to [`MfaConfirm`].
     77 => MfaEnabled,
+    /// Server: reply to [`BlobCreate`], [`BlobPut`] and [`BlobStatus`].
+    78 => BlobState,
+    /// Server: reply to [`BlobGet`].
+    79 => BlobPart,
 }
 
 impl Body {
@@ -301,11 +317,22 @@ impl Body {
                     .iter()
                     .try_for_each(|c| check_len("recovery code", c.len(), MAX_TEXT_LEN))
             }
+            Body::BlobPut(b) => check_len("data", b.data.len(), BLOB_PART_LEN),
+            Body::BlobPart(b) => check_len("data", b.data.len(), BLOB_PART_LEN),
+            Body::BlobGrant(b) => {
+                check_len("to", b.to.len(), MAX_LIST_LEN)?;
+                b.to.iter().try_for_each(Address::check_limits)
+            }
             Body::Devices(b) => {
                 check_len("user", b.user.len(), MAX_USERNAME_LEN)?;
                 check_len("devices", b.devices.len(), MAX_LIST_LEN)
             }
-            Body::RemoveDevice(_)
+            Body::BlobCreate(_)
+            | Body::BlobStatus(_)
+            | Body::BlobGet(_)
+            | Body::BlobRelease(_)
+            | Body::BlobState(_)
+            | Body::RemoveDevice(_)
             | Body::TakeLink(_)
             | Body::MfaSetup(_)
             | Body::Logout(_)
@@ -578,6 +605,149 @@ pub struct MfaDisable {
     /// A current six-digit code, or an unused recovery code.
     #[n(0)]
     pub code: String,
+}
+
+/// A blob's name: 16 random bytes the server chooses.
+pub type BlobId = [u8; 16];
+
+/// `18 BlobCreate`: reserve room for a blob of `size` bytes (within the
+/// server's largest blob and the account's quota); answered with
+/// [`BlobState`], which names the new blob. Blobs are opaque to the server:
+/// a client uploads only ciphertext (PROTOCOL §15).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BlobCreate {
+    /// The blob's exact size in bytes, at least 1.
+    #[n(0)]
+    pub size: u64,
+}
+
+/// `19 BlobPut`: part `part` of a blob the calling device created. Part
+/// `i` covers bytes `i × BLOB_PART_LEN` onwards and is exactly
+/// [`BLOB_PART_LEN`] bytes long except the last. Parts are accepted in
+/// order: the next one the server lacks; one it already holds is answered
+/// as a success without being written again (a retry after a lost reply).
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BlobPut {
+    /// The blob.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: BlobId,
+    /// The part's index.
+    #[n(1)]
+    pub part: u32,
+    /// The part's bytes.
+    #[n(2)]
+    #[cbor(with = "minicbor::bytes")]
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for BlobPut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobPut")
+            .field("blob", &Hex(&self.blob))
+            .field("part", &self.part)
+            .field("data", &Redacted(self.data.len()))
+            .finish()
+    }
+}
+
+/// `20 BlobStatus`: how much of a blob the server holds; for its creator
+/// (to resume an upload) and the devices it was granted to.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BlobStatus {
+    /// The blob.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: BlobId,
+}
+
+/// `21 BlobGrant`: let these devices download a complete blob the calling
+/// device created; each holds the blob until it releases it (or the
+/// server's retention passes).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BlobGrant {
+    /// The blob.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: BlobId,
+    /// The devices.
+    #[n(1)]
+    pub to: Vec<Address>,
+}
+
+/// `22 BlobGet`: one part of a complete blob the calling device created or
+/// was granted; answered with [`BlobPart`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BlobGet {
+    /// The blob.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: BlobId,
+    /// The part's index.
+    #[n(1)]
+    pub part: u32,
+}
+
+/// `23 BlobRelease`: the calling device is done with the blob (its creator
+/// once it has granted it, a recipient once it has saved the file). The
+/// server deletes a blob that nobody holds.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BlobRelease {
+    /// The blob.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: BlobId,
+}
+
+/// `78 BlobState`: a blob's size and how many of its bytes the server
+/// holds (all of them: the blob is complete).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BlobState {
+    /// The blob.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: BlobId,
+    /// Its size in bytes.
+    #[n(1)]
+    pub size: u64,
+    /// Bytes held, from the start: the next part to upload is
+    /// `received / BLOB_PART_LEN`.
+    #[n(2)]
+    pub received: u64,
+}
+
+/// `79 BlobPart`: one part of a blob.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct BlobPart {
+    /// The blob.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub blob: BlobId,
+    /// The part's index.
+    #[n(1)]
+    pub part: u32,
+    /// Its bytes.
+    #[n(2)]
+    #[cbor(with = "minicbor::bytes")]
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for BlobPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobPart")
+            .field("blob", &Hex(&self.blob))
+            .field("part", &self.part)
+            .field("data", &Redacted(self.data.len()))
+            .finish()
+    }
 }
 
 /// `76 MfaSecret`: the TOTP secret for the authenticator app.

@@ -34,3 +34,10 @@ pub const MAX_TOKEN_LEN: usize = 64;
 
 /// Longest sealed identity left for linking a device (`PutLink`), in bytes.
 pub const MAX_LINK_BLOB_LEN: usize = 1024;
+
+/// Bytes of every part of a blob but the last (`BlobPut`, `BlobPart`); the
+/// last holds what remains, 1 to this many bytes.
+pub const BLOB_PART_LEN: usize = 128 * 1024;
+
+/// Longest file name carried in a message's file reference, in bytes.
+pub const MAX_FILE_NAME_LEN: usize = 255;

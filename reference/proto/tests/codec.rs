@@ -137,6 +137,26 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         Just(frame::Pong {}.into()),
         Just(frame::Ok {}.into()),
         Just(frame::Logout {}.into()),
+        any::<u64>().prop_map(|size| frame::BlobCreate { size }.into()),
+        (
+            any::<[u8; 16]>(),
+            any::<u32>(),
+            prop::collection::vec(any::<u8>(), 0..512)
+        )
+            .prop_map(|(blob, part, data)| frame::BlobPut { blob, part, data }.into()),
+        (
+            any::<[u8; 16]>(),
+            prop::collection::vec(arb_address(), 0..8)
+        )
+            .prop_map(|(blob, to)| frame::BlobGrant { blob, to }.into()),
+        (any::<[u8; 16]>(), any::<u64>(), any::<u64>()).prop_map(|(blob, size, received)| {
+            frame::BlobState {
+                blob,
+                size,
+                received,
+            }
+            .into()
+        }),
     ];
     (any::<u64>(), body).prop_map(|(id, body)| Frame { id, body })
 }

@@ -152,7 +152,7 @@ impl Scrambled {
 }
 
 impl Store for Scrambled {
-    chatify_server::forward_store!(self => self.inner();
+    chatify_server::forward_store!(self => self.inner(, blobs);
         create_user, password_hash, create_token, token, revoke_tokens, prune_tokens,
         publish_keys, take_bundle, one_time_prekey_count, fast_commits, enqueue, pending, ack,
         history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin,

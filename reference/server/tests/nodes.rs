@@ -441,7 +441,7 @@ impl Store for Unlinked {
         create_user, password_hash, create_token, token, revoke_tokens, prune_tokens,
         publish_keys, take_bundle, one_time_prekey_count, fast_commits, fast_reads, enqueue,
         pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa,
-        mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
+        mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable, blobs);
 
     fn enqueue_linked(&self, e: &NewEnvelope) -> Result<Option<Stored>, StoreError> {
         Ok(self

@@ -7,12 +7,14 @@
 //! async worker; a method returns only after its effect is committed, so a
 //! reply sent after it describes durable state.
 
+pub mod blob;
 mod group;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
+pub use blob::{BlobExpiry, BlobGrantOutcome, BlobInfo, BlobPutOutcome, Blobs};
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
@@ -253,6 +255,9 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The blob store (encrypted files).
+    fn blobs(&self) -> &dyn Blobs;
+
     /// Creates an account.
     fn create_user(&self, username: &str, password_hash: &str) -> Result<(), StoreError>;
     /// The stored password hash of an account.
@@ -409,7 +414,7 @@ pub trait Store: Send + Sync + 'static {
 ///         create_user, password_hash, create_token, token, revoke_tokens, prune_tokens,
 ///         publish_keys, take_bundle, one_time_prekey_count, pending, ack, history,
 ///         prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin,
-///         mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
+///         mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable, blobs);
 ///
 ///     fn enqueue(&self, e: &NewEnvelope) -> Result<Option<u64>, StoreError> {
 ///         self.0.enqueue(e)?;
@@ -418,11 +423,16 @@ pub trait Store: Send + Sync + 'static {
 /// }
 /// ```
 ///
-/// Every method: create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, take_bundle, one_time_prekey_count, fast_commits, fast_reads, enqueue, announce_commits, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable.
+/// Every method: blobs, create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, take_bundle, one_time_prekey_count, fast_commits, fast_reads, enqueue, announce_commits, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable.
 #[macro_export]
 macro_rules! forward_store {
     ($s:ident => $inner:expr; $($m:ident),* $(,)?) => {
         $( $crate::forward_store!(@ $s => $inner; $m); )*
+    };
+    (@ $s:ident => $inner:expr; blobs) => {
+        fn blobs(&$s) -> &dyn $crate::store::Blobs {
+            $inner.blobs()
+        }
     };
     (@ $s:ident => $inner:expr; create_user) => {
         fn create_user(&$s, username: &str, password_hash: &str) -> ::core::result::Result<(), $crate::store::StoreError> {

@@ -38,14 +38,16 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use chatify_proto::frame::{Address, Deliver};
+use chatify_proto::frame::{Address, BlobId, Deliver};
 use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
+use super::blob::PutPlan;
 use super::group::{Done, GroupCommit, Op};
 use super::{
-    Announce, MfaRecord, NewEnvelope, SharedLimits, Store, StoreError, Stored, TokenRecord,
+    Announce, BlobExpiry, BlobGrantOutcome, BlobInfo, BlobPutOutcome, Blobs, MfaRecord,
+    NewEnvelope, SharedLimits, Store, StoreError, Stored, TokenRecord,
 };
 
 /// Schema migrations, applied in order; `schema_migrations` records each.
@@ -144,6 +146,31 @@ pub const MIGRATIONS: &[&str] = &[
      FROM (SELECT recipient, recipient_device, max(seq) AS seq FROM envelopes
            GROUP BY recipient, recipient_device) m
      WHERE d.username = m.recipient AND d.device = m.recipient_device;",
+    // 6: blobs (encrypted files) in parts, and the devices they were
+    // granted to (see `store::blob`).
+    "CREATE TABLE blobs (
+         id BYTEA PRIMARY KEY,
+         owner TEXT NOT NULL,
+         owner_device BIGINT NOT NULL,
+         owner_holds BOOLEAN NOT NULL,
+         size BIGINT NOT NULL,
+         received BIGINT NOT NULL,
+         expires_ms BIGINT NOT NULL
+     );
+     CREATE INDEX blobs_owner ON blobs (owner);
+     CREATE INDEX blobs_expiry ON blobs (expires_ms);
+     CREATE TABLE blob_parts (
+         blob BYTEA NOT NULL,
+         part BIGINT NOT NULL,
+         data BYTEA NOT NULL,
+         PRIMARY KEY (blob, part)
+     );
+     CREATE TABLE blob_grants (
+         blob BYTEA NOT NULL,
+         username TEXT NOT NULL,
+         device BIGINT NOT NULL,
+         PRIMARY KEY (blob, username, device)
+     );",
 ];
 
 /// The advisory lock key under which migrations run (any constant; the
@@ -1032,7 +1059,250 @@ const RECENT_EVENTS: &str = "SELECT key, COUNT(*) FROM limit_events
        AND at_ms > (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $2
      GROUP BY key";
 
+const HELD_BLOB: &str = "SELECT size, received FROM blobs b WHERE id = $1 AND (
+         (owner = $2 AND owner_device = $3 AND owner_holds)
+         OR EXISTS (SELECT 1 FROM blob_grants g
+                    WHERE g.blob = b.id AND g.username = $2 AND g.device = $3))";
+const OWNED_BLOB: &str = "SELECT size, received FROM blobs
+     WHERE id = $1 AND owner = $2 AND owner_device = $3 AND owner_holds FOR UPDATE";
+
+fn blob_info(row: &postgres::Row) -> BlobInfo {
+    BlobInfo {
+        size: u64_of(row.get(0)),
+        received: u64_of(row.get(1)),
+    }
+}
+
+impl Blobs for PgStore {
+    fn blob_create(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        size: u64,
+        quota: u64,
+        expires_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            // Creations by one account wait for each other, so that two
+            // nodes cannot both fit a blob into the last of a quota.
+            tx.execute(
+                "SELECT 1 FROM users WHERE name = $1 FOR UPDATE",
+                &[&owner.user],
+            )?;
+            let used: i64 = tx
+                .query_one(
+                    "SELECT COALESCE(SUM(size), 0)::BIGINT FROM blobs WHERE owner = $1",
+                    &[&owner.user],
+                )?
+                .get(0);
+            if u64_of(used).saturating_add(size) > quota {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO blobs (id, owner, owner_device, owner_holds, size, received, expires_ms)
+                 VALUES ($1, $2, $3, TRUE, $4, 0, $5)",
+                &[
+                    &&id[..],
+                    &owner.user,
+                    &i64::from(owner.device),
+                    &i64_of(size),
+                    &i64_of(expires_ms),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn blob_put(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        part: u32,
+        data: &[u8],
+        expiry: BlobExpiry,
+    ) -> Result<BlobPutOutcome, StoreError> {
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            let Some(info) = tx
+                .query_opt(
+                    OWNED_BLOB,
+                    &[&&id[..], &owner.user, &i64::from(owner.device)],
+                )?
+                .as_ref()
+                .map(blob_info)
+            else {
+                return Ok(BlobPutOutcome::NotFound);
+            };
+            match info.put(part, data.len()) {
+                PutPlan::Held => return Ok(BlobPutOutcome::Stored(info)),
+                PutPlan::Refuse => return Ok(BlobPutOutcome::Refused(info)),
+                PutPlan::Write => {}
+            }
+            let after = BlobInfo {
+                received: info.received + data.len() as u64,
+                ..info
+            };
+            tx.execute(
+                "INSERT INTO blob_parts (blob, part, data) VALUES ($1, $2, $3)",
+                &[&&id[..], &i64::from(part), &data],
+            )?;
+            tx.execute(
+                "UPDATE blobs SET received = $2, expires_ms = $3 WHERE id = $1",
+                &[
+                    &&id[..],
+                    &i64_of(after.received),
+                    &i64_of(expiry.of(&after)),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(BlobPutOutcome::Stored(after))
+        })
+    }
+
+    fn blob_state(&self, device: &Address, id: &BlobId) -> Result<Option<BlobInfo>, StoreError> {
+        self.with(|c| {
+            Ok(c.client
+                .query_opt(
+                    HELD_BLOB,
+                    &[&&id[..], &device.user, &i64::from(device.device)],
+                )?
+                .as_ref()
+                .map(blob_info))
+        })
+    }
+
+    fn blob_grant(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        to: &[Address],
+    ) -> Result<BlobGrantOutcome, StoreError> {
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            match tx
+                .query_opt(
+                    OWNED_BLOB,
+                    &[&&id[..], &owner.user, &i64::from(owner.device)],
+                )?
+                .as_ref()
+                .map(blob_info)
+            {
+                None => return Ok(BlobGrantOutcome::NotFound),
+                Some(info) if !info.complete() => return Ok(BlobGrantOutcome::Incomplete),
+                Some(_) => {}
+            }
+            let users: Vec<&str> = to.iter().map(|a| a.user.as_str()).collect();
+            let devices: Vec<i64> = to.iter().map(|a| i64::from(a.device)).collect();
+            tx.execute(
+                "INSERT INTO blob_grants (blob, username, device)
+                 SELECT $1, u, d FROM unnest($2::TEXT[], $3::BIGINT[]) AS t(u, d)
+                 ON CONFLICT DO NOTHING",
+                &[&&id[..], &users, &devices],
+            )?;
+            tx.commit()?;
+            Ok(BlobGrantOutcome::Granted)
+        })
+    }
+
+    fn blob_part(
+        &self,
+        device: &Address,
+        id: &BlobId,
+        part: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            let held = c
+                .client
+                .query_opt(
+                    HELD_BLOB,
+                    &[&&id[..], &device.user, &i64::from(device.device)],
+                )?
+                .as_ref()
+                .map(blob_info);
+            if !held.is_some_and(|i| i.complete()) {
+                return Ok(None);
+            }
+            Ok(c.client
+                .query_opt(
+                    "SELECT data FROM blob_parts WHERE blob = $1 AND part = $2",
+                    &[&&id[..], &i64::from(part)],
+                )?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn blob_release(&self, device: &Address, id: &BlobId) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            // The blob's row is locked first, so that two releases cannot
+            // each see the other's hold and leave the blob behind.
+            let exists = tx
+                .query_opt("SELECT 1 FROM blobs WHERE id = $1 FOR UPDATE", &[&&id[..]])?
+                .is_some();
+            if !exists {
+                return Ok(false);
+            }
+            let owned = tx.execute(
+                "UPDATE blobs SET owner_holds = FALSE
+                 WHERE id = $1 AND owner = $2 AND owner_device = $3 AND owner_holds",
+                &[&&id[..], &device.user, &i64::from(device.device)],
+            )?;
+            let granted = tx.execute(
+                "DELETE FROM blob_grants WHERE blob = $1 AND username = $2 AND device = $3",
+                &[&&id[..], &device.user, &i64::from(device.device)],
+            )?;
+            let unheld = tx.execute(
+                "DELETE FROM blobs b WHERE id = $1 AND NOT owner_holds
+                 AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.blob = b.id)",
+                &[&&id[..]],
+            )?;
+            if unheld > 0 {
+                tx.execute("DELETE FROM blob_parts WHERE blob = $1", &[&&id[..]])?;
+            }
+            tx.commit()?;
+            Ok(owned + granted > 0)
+        })
+    }
+
+    fn blob_usage(&self, user: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let used: i64 = c
+                .client
+                .query_one(
+                    "SELECT COALESCE(SUM(size), 0)::BIGINT FROM blobs WHERE owner = $1",
+                    &[&user],
+                )?
+                .get(0);
+            Ok(u64_of(used))
+        })
+    }
+
+    fn prune_blobs(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            let now = i64_of(now_ms);
+            tx.execute(
+                "DELETE FROM blob_parts WHERE blob IN (SELECT id FROM blobs WHERE expires_ms < $1)",
+                &[&now],
+            )?;
+            tx.execute(
+                "DELETE FROM blob_grants WHERE blob IN (SELECT id FROM blobs WHERE expires_ms < $1)",
+                &[&now],
+            )?;
+            let n = tx.execute("DELETE FROM blobs WHERE expires_ms < $1", &[&now])?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+}
+
 impl Store for PgStore {
+    fn blobs(&self) -> &dyn Blobs {
+        self
+    }
+
     fn shared_limits(&self) -> Option<&dyn SharedLimits> {
         Some(self)
     }

@@ -6,14 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chatify_proto::frame::{Address, Deliver};
+use chatify_proto::frame::{Address, BlobId, Deliver};
 use chatify_proto::{ConversationId, DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::blob::PutPlan;
 use super::group::{Done, GroupCommit, Op};
 use super::{
-    Announce, Announcers, HISTORY_FRAME_OVERHEAD, HISTORY_ITEM_OVERHEAD, MfaRecord, NewEnvelope,
-    Store, StoreError, TokenRecord,
+    Announce, Announcers, BlobExpiry, BlobGrantOutcome, BlobInfo, BlobPutOutcome, Blobs,
+    HISTORY_FRAME_OVERHEAD, HISTORY_ITEM_OVERHEAD, MfaRecord, NewEnvelope, Store, StoreError,
+    TokenRecord,
 };
 
 /// How hard SQLite works to make a commit durable.
@@ -90,6 +92,31 @@ const MIGRATIONS: &[&str] = &[
          user TEXT NOT NULL REFERENCES users(name),
          code_hash BLOB NOT NULL,
          PRIMARY KEY (user, code_hash)
+     );",
+    // 4: blobs (encrypted files) in parts, and the devices they were
+    // granted to (see `store::blob`).
+    "CREATE TABLE blobs (
+         id BLOB PRIMARY KEY,
+         owner TEXT NOT NULL,
+         owner_device INTEGER NOT NULL,
+         owner_holds INTEGER NOT NULL,
+         size INTEGER NOT NULL,
+         received INTEGER NOT NULL,
+         expires_ms INTEGER NOT NULL
+     );
+     CREATE INDEX blobs_owner ON blobs (owner);
+     CREATE INDEX blobs_expiry ON blobs (expires_ms);
+     CREATE TABLE blob_parts (
+         blob BLOB NOT NULL,
+         part INTEGER NOT NULL,
+         data BLOB NOT NULL,
+         PRIMARY KEY (blob, part)
+     );
+     CREATE TABLE blob_grants (
+         blob BLOB NOT NULL,
+         user TEXT NOT NULL,
+         device INTEGER NOT NULL,
+         PRIMARY KEY (blob, user, device)
      );",
 ];
 
@@ -519,7 +546,246 @@ fn mark_acked(conn: &Connection, device: &Address, seqs: &[u64]) -> Result<(), S
     Ok(())
 }
 
+/// The blob's state if `device` holds it (as owner, or by a grant).
+fn held_blob(
+    conn: &Connection,
+    device: &Address,
+    id: &BlobId,
+) -> Result<Option<BlobInfo>, StoreError> {
+    conn.query_row(
+        "SELECT size, received FROM blobs b WHERE id = ?1 AND (
+             (owner = ?2 AND owner_device = ?3 AND owner_holds = 1)
+             OR EXISTS (SELECT 1 FROM blob_grants g
+                        WHERE g.blob = b.id AND g.user = ?2 AND g.device = ?3))",
+        params![&id[..], device.user, device.device],
+        |r| {
+            Ok(BlobInfo {
+                size: u64_of(r.get(0)?),
+                received: u64_of(r.get(1)?),
+            })
+        },
+    )
+    .optional()
+    .map_err(db)
+}
+
+/// The blob's state if `owner` created it and still holds it.
+fn owned_blob(
+    conn: &Connection,
+    owner: &Address,
+    id: &BlobId,
+) -> Result<Option<BlobInfo>, StoreError> {
+    conn.query_row(
+        "SELECT size, received FROM blobs
+         WHERE id = ?1 AND owner = ?2 AND owner_device = ?3 AND owner_holds = 1",
+        params![&id[..], owner.user, owner.device],
+        |r| {
+            Ok(BlobInfo {
+                size: u64_of(r.get(0)?),
+                received: u64_of(r.get(1)?),
+            })
+        },
+    )
+    .optional()
+    .map_err(db)
+}
+
+fn delete_blobs_where(conn: &Connection, condition: &str, param: i64) -> Result<u64, StoreError> {
+    for table in ["blob_parts", "blob_grants"] {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE blob IN (SELECT id FROM blobs WHERE {condition})"),
+            [param],
+        )
+        .map_err(db)?;
+    }
+    let n = conn
+        .execute(&format!("DELETE FROM blobs WHERE {condition}"), [param])
+        .map_err(db)?;
+    Ok(n as u64)
+}
+
+impl Blobs for SqliteStore {
+    fn blob_create(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        size: u64,
+        quota: u64,
+        expires_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let used: i64 = tx
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE owner = ?1",
+                [&owner.user],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if u64_of(used).saturating_add(size) > quota {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO blobs (id, owner, owner_device, owner_holds, size, received, expires_ms)
+             VALUES (?1, ?2, ?3, 1, ?4, 0, ?5)",
+            params![
+                &id[..],
+                owner.user,
+                owner.device,
+                i64_of(size),
+                i64_of(expires_ms)
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    fn blob_put(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        part: u32,
+        data: &[u8],
+        expiry: BlobExpiry,
+    ) -> Result<BlobPutOutcome, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let Some(info) = owned_blob(&tx, owner, id)? else {
+            return Ok(BlobPutOutcome::NotFound);
+        };
+        match info.put(part, data.len()) {
+            PutPlan::Held => return Ok(BlobPutOutcome::Stored(info)),
+            PutPlan::Refuse => return Ok(BlobPutOutcome::Refused(info)),
+            PutPlan::Write => {}
+        }
+        let after = BlobInfo {
+            received: info.received + data.len() as u64,
+            ..info
+        };
+        tx.execute(
+            "INSERT INTO blob_parts (blob, part, data) VALUES (?1, ?2, ?3)",
+            params![&id[..], part, data],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE blobs SET received = ?2, expires_ms = ?3 WHERE id = ?1",
+            params![&id[..], i64_of(after.received), i64_of(expiry.of(&after))],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(BlobPutOutcome::Stored(after))
+    }
+
+    fn blob_state(&self, device: &Address, id: &BlobId) -> Result<Option<BlobInfo>, StoreError> {
+        held_blob(&self.read(), device, id)
+    }
+
+    fn blob_grant(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        to: &[Address],
+    ) -> Result<BlobGrantOutcome, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        match owned_blob(&tx, owner, id)? {
+            None => return Ok(BlobGrantOutcome::NotFound),
+            Some(info) if !info.complete() => return Ok(BlobGrantOutcome::Incomplete),
+            Some(_) => {}
+        }
+        for device in to {
+            tx.execute(
+                "INSERT OR IGNORE INTO blob_grants (blob, user, device) VALUES (?1, ?2, ?3)",
+                params![&id[..], device.user, device.device],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(BlobGrantOutcome::Granted)
+    }
+
+    fn blob_part(
+        &self,
+        device: &Address,
+        id: &BlobId,
+        part: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.read();
+        match held_blob(&conn, device, id)? {
+            Some(info) if info.complete() => {}
+            _ => return Ok(None),
+        }
+        conn.query_row(
+            "SELECT data FROM blob_parts WHERE blob = ?1 AND part = ?2",
+            params![&id[..], part],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)
+    }
+
+    fn blob_release(&self, device: &Address, id: &BlobId) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let owned = tx
+            .execute(
+                "UPDATE blobs SET owner_holds = 0
+                 WHERE id = ?1 AND owner = ?2 AND owner_device = ?3 AND owner_holds = 1",
+                params![&id[..], device.user, device.device],
+            )
+            .map_err(db)?;
+        let granted = tx
+            .execute(
+                "DELETE FROM blob_grants WHERE blob = ?1 AND user = ?2 AND device = ?3",
+                params![&id[..], device.user, device.device],
+            )
+            .map_err(db)?;
+        let unheld: bool = tx
+            .query_row(
+                "SELECT owner_holds = 0 AND NOT EXISTS (SELECT 1 FROM blob_grants WHERE blob = ?1)
+                 FROM blobs WHERE id = ?1",
+                [&id[..]],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?
+            .unwrap_or(false);
+        if unheld {
+            tx.execute("DELETE FROM blob_parts WHERE blob = ?1", [&id[..]])
+                .map_err(db)?;
+            tx.execute("DELETE FROM blobs WHERE id = ?1", [&id[..]])
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(owned + granted > 0)
+    }
+
+    fn blob_usage(&self, user: &str) -> Result<u64, StoreError> {
+        self.read()
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE owner = ?1",
+                [user],
+                |r| r.get(0),
+            )
+            .map(u64_of)
+            .map_err(db)
+    }
+
+    fn prune_blobs(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let n = delete_blobs_where(&tx, "expires_ms < ?1", i64_of(now_ms))?;
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+}
+
 impl Store for SqliteStore {
+    fn blobs(&self) -> &dyn Blobs {
+        self
+    }
+
     fn fast_commits(&self) -> bool {
         self.fast_commits
     }

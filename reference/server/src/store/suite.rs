@@ -316,6 +316,195 @@ pub(super) fn a_code_presented_at_several_nodes_at_once_is_accepted_once(
     }
 }
 
+const PART: usize = chatify_proto::limits::BLOB_PART_LEN;
+
+fn expiry(at: u64) -> crate::store::BlobExpiry {
+    crate::store::BlobExpiry {
+        idle_ms: at,
+        complete_ms: at + 1000,
+    }
+}
+
+/// A blob is written by its creator part by part in order only, read only
+/// whole and only by its creator and the devices it was granted to, counts
+/// against its account's quota until it is deleted, and is deleted when
+/// the last hold is released or when it expires.
+pub(super) fn blobs_are_written_in_order_read_when_granted_and_deleted_unheld(store: &dyn Store) {
+    use crate::store::{BlobGrantOutcome as G, BlobInfo, BlobPutOutcome as P};
+    let alice = account(store, "alice", 1);
+    let bob = account(store, "bob", 2);
+    let eve = account(store, "eve", 3);
+    let alice2 = addr("alice", 2);
+    let blobs = store.blobs();
+    let size = (2 * PART + 7) as u64;
+    assert!(
+        blobs
+            .blob_create(&alice, &[1; 16], size, 3 * size, 50)
+            .unwrap()
+    );
+    assert!(
+        blobs
+            .blob_create(&alice2, &[2; 16], size, 3 * size, 50)
+            .unwrap()
+    );
+    assert!(
+        !blobs
+            .blob_create(&alice, &[3; 16], size + 1, 3 * size, 50)
+            .unwrap(),
+        "the account's quota counts both devices' blobs"
+    );
+    assert_eq!(blobs.blob_usage("alice").unwrap(), 2 * size);
+    let part = |i: u8, len: usize| vec![i; len];
+    let at = |received: usize| BlobInfo {
+        size,
+        received: received as u64,
+    };
+    assert_eq!(
+        blobs
+            .blob_put(&alice, &[1; 16], 1, &part(1, PART), expiry(60))
+            .unwrap(),
+        P::Refused(at(0)),
+        "not the next part"
+    );
+    assert_eq!(
+        blobs
+            .blob_put(&alice, &[1; 16], 0, &part(0, 7), expiry(60))
+            .unwrap(),
+        P::Refused(at(0)),
+        "not the part's length"
+    );
+    assert_eq!(
+        blobs
+            .blob_put(&alice2, &[1; 16], 0, &part(0, PART), expiry(60))
+            .unwrap(),
+        P::NotFound,
+        "another device of the same account"
+    );
+    assert_eq!(
+        blobs
+            .blob_put(&alice, &[1; 16], 0, &part(0, PART), expiry(60))
+            .unwrap(),
+        P::Stored(at(PART))
+    );
+    assert_eq!(
+        blobs
+            .blob_put(&alice, &[1; 16], 0, &part(9, PART), expiry(60))
+            .unwrap(),
+        P::Stored(at(PART)),
+        "a part held already is acknowledged, not rewritten"
+    );
+    assert_eq!(
+        blobs.blob_grant(&alice, &[1; 16], &[bob.clone()]).unwrap(),
+        G::Incomplete
+    );
+    assert_eq!(
+        blobs.blob_part(&alice, &[1; 16], 0).unwrap(),
+        None,
+        "incomplete"
+    );
+    blobs
+        .blob_put(&alice, &[1; 16], 1, &part(1, PART), expiry(60))
+        .unwrap();
+    assert_eq!(
+        blobs
+            .blob_put(&alice, &[1; 16], 2, &part(2, 7), expiry(60))
+            .unwrap(),
+        P::Stored(at(2 * PART + 7))
+    );
+    assert_eq!(blobs.blob_state(&bob, &[1; 16]).unwrap(), None);
+    assert_eq!(
+        blobs.blob_grant(&bob, &[1; 16], &[bob.clone()]).unwrap(),
+        G::NotFound
+    );
+    assert_eq!(
+        blobs
+            .blob_grant(&alice, &[1; 16], &[bob.clone(), bob.clone()])
+            .unwrap(),
+        G::Granted
+    );
+    assert_eq!(
+        blobs.blob_state(&bob, &[1; 16]).unwrap(),
+        Some(at(2 * PART + 7))
+    );
+    assert_eq!(
+        blobs.blob_part(&bob, &[1; 16], 0).unwrap(),
+        Some(part(0, PART))
+    );
+    assert_eq!(
+        blobs.blob_part(&bob, &[1; 16], 2).unwrap(),
+        Some(part(2, 7))
+    );
+    assert_eq!(blobs.blob_part(&bob, &[1; 16], 3).unwrap(), None);
+    assert_eq!(
+        blobs.blob_part(&eve, &[1; 16], 0).unwrap(),
+        None,
+        "not granted"
+    );
+    assert!(!blobs.blob_release(&eve, &[1; 16]).unwrap());
+    assert!(blobs.blob_release(&alice, &[1; 16]).unwrap());
+    assert_eq!(
+        blobs.blob_part(&alice, &[1; 16], 0).unwrap(),
+        None,
+        "released"
+    );
+    assert_eq!(
+        blobs.blob_part(&bob, &[1; 16], 0).unwrap(),
+        Some(part(0, PART))
+    );
+    assert_eq!(blobs.blob_usage("alice").unwrap(), 2 * size, "held by bob");
+    assert!(blobs.blob_release(&bob, &[1; 16]).unwrap());
+    assert_eq!(
+        blobs.blob_usage("alice").unwrap(),
+        size,
+        "deleted once unheld"
+    );
+    assert_eq!(blobs.blob_state(&bob, &[1; 16]).unwrap(), None);
+    assert!(!blobs.blob_release(&bob, &[1; 16]).unwrap());
+    // Expiry: the idle upload (expiring at 50) goes, a complete one stays
+    // until its retention.
+    assert!(blobs.blob_create(&bob, &[4; 16], 1, size, 50).unwrap());
+    blobs.blob_put(&bob, &[4; 16], 0, &[4], expiry(60)).unwrap();
+    assert_eq!(blobs.prune_blobs(51).unwrap(), 1);
+    assert_eq!(blobs.blob_usage("alice").unwrap(), 0);
+    assert_eq!(
+        blobs.blob_state(&bob, &[4; 16]).unwrap(),
+        Some(BlobInfo {
+            size: 1,
+            received: 1
+        })
+    );
+    assert_eq!(blobs.prune_blobs(1061).unwrap(), 1);
+    assert_eq!(blobs.blob_state(&bob, &[4; 16]).unwrap(), None);
+}
+
+/// Nodes creating blobs for one account at once never take it past its quota.
+pub(super) fn concurrent_blob_creations_keep_the_quota(nodes: Vec<Arc<dyn Store>>) {
+    const THREADS: usize = 8;
+    account(first(&nodes), "alice", 1);
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let store = Arc::clone(node(&nodes, i));
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                (0..5u8)
+                    .filter(|j| {
+                        let id = [i as u8 * 8 + j; 16];
+                        store
+                            .blobs()
+                            .blob_create(&addr("alice", 1), &id, 10, 100, 50)
+                            .unwrap()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let made: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(made, 10);
+    assert_eq!(first(&nodes).blobs().blob_usage("alice").unwrap(), 100);
+}
+
 pub(super) fn envelopes_for_a_device_without_keys_are_not_stored(store: &dyn Store) {
     let bob = addr("bob", 1);
     assert_eq!(store.enqueue(&envelope_to(&bob, 1_000)).unwrap(), None);
@@ -736,6 +925,7 @@ cases!(
         links_are_single_use_per_user_and_expire,
         a_removed_device_is_gone_with_its_mailbox_and_tokens,
         second_factors_are_confirmed_once_and_codes_used_once,
+        blobs_are_written_in_order_read_when_granted_and_deleted_unheld,
     ],
     shared: [
         concurrent_fetches_never_share_a_one_time_prekey,
@@ -743,5 +933,6 @@ cases!(
         concurrent_jobs_each_get_their_own_result,
         linked_envelopes_chain_each_devices_mailbox,
         a_code_presented_at_several_nodes_at_once_is_accepted_once,
+        concurrent_blob_creations_keep_the_quota,
     ]
 );
