@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use chatify_core::{Device, MAX_RESERVED_SENDS, SafetyNumber, SecretBuf, Session, VerifiedBundle};
 use chatify_proto::content::MAX_BODY_LEN;
-use chatify_proto::content::{MAX_RETRY_IDS, Receipt, Retry};
+use chatify_proto::content::{FileRef, MAX_RETRY_IDS, Receipt, Retry};
 use chatify_proto::frame::{self, Address, Deliver};
 use chatify_proto::{Body, Content, ConversationId, Envelope, MessageId};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+pub(crate) mod files;
 
 use crate::ClientError;
 use crate::connection::{Connection, Push, expect, tls_config};
@@ -72,8 +74,11 @@ pub struct Incoming {
     /// Set when later messages from the same device arrived first: the
     /// server held this one back (or the network reordered it).
     pub late: Option<Late>,
-    /// The plaintext.
+    /// The plaintext (a file's caption, if it carries one).
     pub text: Vec<u8>,
+    /// The encrypted file the message carries: fetch it with
+    /// [`Client::save_file`].
+    pub file: Option<Box<FileRef>>,
     /// Why the sender device is not trusted as the user it claims to be, if
     /// it is not: warn on this message, as on every message until the user
     /// confirms; sending to the user is blocked until then.
@@ -693,6 +698,13 @@ impl Client {
     }
 
     /// Whether sending to `user` is blocked: a device of theirs presented
+    /// an identity the user has not confirmed (`chatify verify --confirm`
+    /// lifts it).
+    pub fn is_blocked(&self, user: &str) -> bool {
+        self.blocked(user)
+    }
+
+    /// Whether sending to `user` is blocked: a device of theirs presented
     /// an identity the user has not confirmed.
     fn blocked(&self, user: &str) -> bool {
         self.state
@@ -744,32 +756,53 @@ impl Client {
         text: &[u8],
         message_id: MessageId,
     ) -> Result<SendReceipt, ClientError> {
-        let (user, device) = parse_target(peer)?;
-        if text.len() > MAX_BODY_LEN {
-            return Err(chatify_core::Error::PlaintextTooLong(text.len()).into());
-        }
-        if self.blocked(&user) {
-            return Err(ClientError::IdentityChanged { peer: user });
-        }
-        let targets: Vec<Address> = match device {
+        self.send_content(peer, text, None, message_id).await
+    }
+
+    /// The devices a message to `user` (or `user:device`) goes to.
+    async fn targets(
+        &mut self,
+        user: &str,
+        device: Option<u32>,
+    ) -> Result<Vec<Address>, ClientError> {
+        Ok(match device {
             Some(device) => vec![Address {
-                user: user.clone(),
+                user: user.to_owned(),
                 device,
             }],
             None => {
-                let mut list = self.devices_of(&user).await?;
+                let mut list = self.devices_of(user).await?;
                 // A user with no keys published answers as one device would.
                 if list.is_empty() {
                     list.push(1);
                 }
                 list.into_iter()
                     .map(|device| Address {
-                        user: user.clone(),
+                        user: user.to_owned(),
                         device,
                     })
                     .collect()
             }
-        };
+        })
+    }
+
+    /// Sends `text` (with `file`, if any) to `peer` under `message_id`.
+    async fn send_content(
+        &mut self,
+        peer: &str,
+        text: &[u8],
+        file: Option<&FileRef>,
+        message_id: MessageId,
+    ) -> Result<SendReceipt, ClientError> {
+        let (user, device) = parse_target(peer)?;
+        let room = MAX_BODY_LEN - file.map_or(0, |_| FileRef::ENCODED_LEN_MAX);
+        if text.len() > room {
+            return Err(chatify_core::Error::PlaintextTooLong(text.len()).into());
+        }
+        if self.blocked(&user) {
+            return Err(ClientError::IdentityChanged { peer: user });
+        }
+        let targets = self.targets(&user, device).await?;
         // Every session first: a device that presents an identity the user
         // has not confirmed stops the send before anything leaves.
         for to in &targets {
@@ -797,7 +830,10 @@ impl Client {
                 }
             };
             let sealed_at_ms = now_ms();
-            let content = Content::message(message_id, seq, floor, sealed_at_ms, text);
+            let content = Content {
+                file: file.cloned(),
+                ..Content::message(message_id, seq, floor, sealed_at_ms, text)
+            };
             // Only a session-setup message can be asked for again (§7.3):
             // its text is kept until the receipt; later ones are tracked
             // without it, which keeps every save small.
@@ -809,7 +845,9 @@ impl Client {
             first.get_or_insert(ok.seq);
             // Tracked until the device's receipt covers it (saved with the
             // next save, and by `close`); its text is kept within a budget.
-            let keep = setup && self.kept_text() + text.len() <= MAX_KEPT_TEXT;
+            // (A file's reference is not kept: asked for again, it is
+            // reported not resent, and the user sends the file again.)
+            let keep = setup && file.is_none() && self.kept_text() + text.len() <= MAX_KEPT_TEXT;
             self.state
                 .outbox
                 .entry((conversation, to.clone()))
@@ -1358,6 +1396,7 @@ impl Client {
             sent_at_ms: d.sent_at_ms,
             message_id: d.message_id,
             text: text.clone(),
+            file: content.file.clone(),
         });
         self.state.mark_seen(d.message_id);
         let due = now_ms() + self.receipt_delay.as_millis() as u64;
@@ -1373,6 +1412,7 @@ impl Client {
             seq: content.seq,
             late,
             text,
+            file: content.file.map(Box::new),
             warning,
             decrypted_at: Instant::now(),
             decrypt_time: self.timings.decrypt.unwrap_or_default(),

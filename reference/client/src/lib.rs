@@ -47,6 +47,7 @@ pub mod state;
 pub mod storage;
 pub mod vault;
 
+pub use client::files::{FileProgress, SavedFile};
 pub use client::{
     Client, ConnectOptions, DELIVERY_GRACE, DEVICE_LIST_TTL, Event, IdentityWarning, Incoming,
     Late, LoginRequest, MAX_KEPT_TEXT, MISSING_GRACE, MfaSecret, OWNER_WAIT, PREKEY_TARGET,
@@ -168,4 +169,8 @@ pub enum ClientError {
     /// The E2EE core refused.
     #[error("encryption: {0}")]
     Crypto(#[from] chatify_core::Error),
+    /// An encrypted file did not open as the message named it (altered,
+    /// cut, reordered or swapped on the server), or could not be read.
+    #[error("file: {0}")]
+    File(#[from] chatify_core::file::FileError),
 }

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chatify_client::connection::is_code;
-use chatify_client::state::StateFile;
+use chatify_client::state::{StateFile, StoredMessage};
 use chatify_client::{
-    Client, ClientError, ConnectOptions, Event, Incoming, LoginRequest, Passphrase, parse_peer,
+    Client, ClientError, ConnectOptions, Event, FileProgress, Incoming, LoginRequest, Passphrase,
+    parse_peer,
 };
 use chatify_proto::ErrorCode;
 use clap::{Parser, Subcommand};
@@ -44,6 +45,11 @@ struct Cli {
     /// PEM file of the CA that signed a wss:// server's certificate.
     #[arg(long, global = true, env = "CHATIFY_CA_CERT")]
     ca_cert: Option<PathBuf>,
+
+    /// Directory where received files are saved [default: downloads in
+    /// --home].
+    #[arg(long, global = true, env = "CHATIFY_DOWNLOADS")]
+    downloads: Option<PathBuf>,
 
     /// File whose first line is the passphrase that encrypts --home (else
     /// the CHATIFY_PASSPHRASE variable, else a prompt in the terminal).
@@ -115,6 +121,20 @@ enum Command {
         /// ("delivered to bob"); 0 exits once the server stored it.
         #[arg(long, default_value_t = 0)]
         wait: u64,
+    },
+    /// Send a file, end-to-end encrypted: it is sealed on this device in
+    /// 64 KiB chunks under a fresh key and uploaded as ciphertext; the key
+    /// travels in an encrypted message. Interrupted, run the same command
+    /// again: it resumes. The recipient's `inbox` or `chat` saves it in
+    /// their --downloads directory.
+    SendFile {
+        /// Recipient: `user` or `user:device`.
+        peer: String,
+        /// The file.
+        path: PathBuf,
+        /// A caption sent with it.
+        #[arg(long, default_value = "")]
+        caption: String,
     },
     /// Chat interactively: type lines to send them; the peer's lines appear as they arrive.
     Chat {
@@ -290,8 +310,118 @@ fn print_message(m: &Incoming) {
             late.waited_ms as f64 / 1000.0
         );
     }
-    let _ = writeln!(out, "{user}: {}", String::from_utf8_lossy(&m.text));
+    match &m.file {
+        Some(f) => {
+            let _ = writeln!(
+                out,
+                "{user}: [file {:?}, {} bytes] {}",
+                f.name,
+                f.size,
+                String::from_utf8_lossy(&m.text)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "{user}: {}", String::from_utf8_lossy(&m.text));
+        }
+    }
     let _ = out.flush();
+}
+
+/// Prints a transfer's progress on standard error, once per percent.
+fn progress_line(what: &str) -> impl FnMut(FileProgress) + '_ {
+    let mut shown = None;
+    move |p: FileProgress| {
+        let percent = (p.done * 100).checked_div(p.total).unwrap_or(100);
+        if shown != Some(percent) {
+            shown = Some(percent);
+            eprint!("\r{what}: {percent}% of {} bytes", p.total);
+            if p.done == p.total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+/// Saves the file a message carries into --downloads, unless its sender is
+/// not trusted (then it waits in the log until the user verifies them).
+async fn save_file(client: &mut Client, cli: &Cli, m: &StoredMessage) -> Result<(), ClientError> {
+    let Some(file) = &m.file else {
+        return Ok(());
+    };
+    if client.is_blocked(&m.from.user) {
+        eprintln!(
+            "(not saving {:?} from {}: verify them first, then run `chatify inbox`)",
+            file.name, m.from.user
+        );
+        return Ok(());
+    }
+    let dir = downloads_dir(cli);
+    let what = format!("receiving {:?} from {}", file.name, m.from.user);
+    match client
+        .save_file(&m.message_id, file, &dir, &mut progress_line(&what))
+        .await
+    {
+        Ok(saved) => {
+            println!(
+                "saved {:?} from {} ({} bytes) as {}",
+                file.name,
+                m.from.user,
+                saved.size,
+                saved.path.display()
+            );
+            Ok(())
+        }
+        Err(e @ ClientError::File(_)) => {
+            println!(
+                "!! the file {:?} from {} was not saved: {e}",
+                file.name, m.from.user
+            );
+            Ok(())
+        }
+        Err(e) if is_code(&e, ErrorCode::NotFound) => {
+            println!(
+                "!! the file {:?} from {} is no longer on the server",
+                file.name, m.from.user
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Saves the files of these events' messages.
+async fn save_files(client: &mut Client, cli: &Cli, events: &[Event]) -> Result<(), ClientError> {
+    for event in events {
+        if let Event::Message(m) = event
+            && m.file.is_some()
+            && m.warning.is_none()
+        {
+            let stored = StoredMessage {
+                from: m.from.clone(),
+                sent_at_ms: m.sent_at_ms,
+                message_id: m.message_id,
+                text: Vec::new(),
+                file: m.file.as_deref().cloned(),
+            };
+            save_file(client, cli, &stored).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Saves the files of earlier messages that were not saved (a download
+/// interrupted, or a sender verified since).
+async fn save_earlier_files(client: &mut Client, cli: &Cli) -> Result<(), ClientError> {
+    for m in client.unsaved_files()? {
+        save_file(client, cli, &m).await?;
+    }
+    Ok(())
+}
+
+fn downloads_dir(cli: &Cli) -> PathBuf {
+    cli.downloads
+        .clone()
+        .unwrap_or_else(|| home_dir(cli).join("downloads"))
 }
 
 fn print_event(event: &Event) -> bool {
@@ -547,6 +677,23 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
             client.close().await;
         }
+        Command::SendFile {
+            peer,
+            path,
+            caption,
+        } => {
+            let mut client = resume(&cli).await?;
+            let what = format!("sending {}", path.display());
+            let receipt = client
+                .send_file(peer, path, caption, &mut progress_line(&what))
+                .await?;
+            println!(
+                "sent {} to {peer} (stored for {} device(s))",
+                path.display(),
+                receipt.devices
+            );
+            client.close().await;
+        }
         Command::Inbox { wait, all } => {
             let mut client = resume(&cli).await?;
             if *all {
@@ -554,6 +701,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     println!("{}: {}", m.from.user, String::from_utf8_lossy(&m.text));
                 }
             }
+            save_earlier_files(&mut client, &cli).await?;
             let mut received = 0usize;
             loop {
                 // Only the wait for a push is timed (it is cancel-safe); the
@@ -569,12 +717,14 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     Ok(Some(push)) => push,
                 };
                 let mut open = true;
-                for event in client.handle(push).await? {
+                let events = client.handle(push).await?;
+                for event in &events {
                     if matches!(event, Event::Message(_)) {
                         received += 1;
                     }
-                    open &= print_event(&event);
+                    open &= print_event(event);
                 }
+                save_files(&mut client, &cli, &events).await?;
                 if !open {
                     break;
                 }
@@ -597,6 +747,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 "chatting with {} — type a line and press Enter; Ctrl-D to quit",
                 target.user
             );
+            save_earlier_files(&mut client, &cli).await?;
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
             // Receipts go out, and gaps and undelivered messages are
             // reported when they outlive their grace period, even while
@@ -620,9 +771,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     push = client.next_push() => match push {
                         Some(push) => {
                             let mut open = true;
-                            for event in client.handle(push).await? {
-                                open &= print_event(&event);
+                            let events = client.handle(push).await?;
+                            for event in &events {
+                                open &= print_event(event);
                             }
+                            save_files(&mut client, &cli, &events).await?;
                             if !open {
                                 break;
                             }

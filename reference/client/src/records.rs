@@ -235,6 +235,11 @@ pub(crate) struct MessageRecord<'a> {
     pub(crate) message_id: &'a ByteSlice,
     #[b(4)]
     pub(crate) text: &'a ByteSlice,
+    /// Absent in records written before files, and for messages without
+    /// one (a trailing absent field is left out, so such records keep
+    /// their bytes).
+    #[n(5)]
+    pub(crate) file: Option<chatify_proto::content::FileRef>,
 }
 
 #[cfg(test)]

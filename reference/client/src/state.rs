@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatify_core::{Device, PublicIdentity, SavedAt, SecretBuf, Session};
+use chatify_proto::content::FileRef;
 use chatify_proto::frame::Address;
 use chatify_proto::{ConversationId, MessageId};
 use minicbor::Decoder;
@@ -88,8 +89,11 @@ pub struct StoredMessage {
     pub sent_at_ms: u64,
     /// The message id.
     pub message_id: MessageId,
-    /// The plaintext.
+    /// The plaintext (a file's caption, if it carries one).
     pub text: Vec<u8>,
+    /// The encrypted file the message carries (its key included: the log
+    /// is sealed).
+    pub file: Option<FileRef>,
 }
 
 /// The whole local state.
@@ -1029,6 +1033,26 @@ impl StateFile {
         Ok(())
     }
 
+    /// The file transfers' record (`transfers.cbor`, sealed like the
+    /// state): uploads under way, downloads done. Empty if there is none.
+    pub(crate) fn transfers(&self) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let path = self.dir.join("transfers.cbor");
+        match self.storage.read(&path) {
+            Ok(sealed) => self
+                .vault()?
+                .open(Purpose::Transfers, &sealed)
+                .ok_or_else(|| ClientError::State(format!("{} is damaged", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Zeroizing::new(Vec::new())),
+            Err(e) => Err(ClientError::io(&path, e)),
+        }
+    }
+
+    /// Replaces the file transfers' record atomically and durably.
+    pub(crate) fn save_transfers(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        let sealed = self.vault()?.seal(Purpose::Transfers, bytes);
+        self.write_atomic(&self.dir.join("transfers.cbor"), &sealed)
+    }
+
     /// Replaces `path` atomically and durably: a temporary file of its own,
     /// `fsync`, rename, `fsync` of the directory; any failure is a failure.
     fn write_atomic(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), ClientError> {
@@ -1084,6 +1108,7 @@ fn encode_message<W: minicbor::encode::Write>(m: &StoredMessage, w: W) {
         sent_at_ms: m.sent_at_ms,
         message_id: m.message_id.as_slice().into(),
         text: m.text.as_slice().into(),
+        file: m.file.clone(),
     };
     let result = minicbor::encode(&record, w);
     debug_assert!(result.is_ok());
@@ -1099,6 +1124,7 @@ fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
         sent_at_ms: record.sent_at_ms,
         message_id: fixed(record.message_id, "message id")?,
         text: record.text.to_vec(),
+        file: record.file,
     })
 }
 
@@ -1370,6 +1396,7 @@ mod tests {
             sent_at_ms: 1,
             message_id: [id; 16],
             text: text.to_vec(),
+            file: None,
         }
     }
 

@@ -139,6 +139,7 @@ impl std::fmt::Debug for Vault {
 pub(crate) enum Purpose {
     State,
     LogRecord,
+    Transfers,
 }
 
 impl Purpose {
@@ -146,6 +147,7 @@ impl Purpose {
         match self {
             Purpose::State => b"chatify state v1",
             Purpose::LogRecord => b"chatify log record v1",
+            Purpose::Transfers => b"chatify transfers v1",
         }
     }
 }

@@ -47,8 +47,8 @@ impl Hostile {
 }
 
 impl Store for Hostile {
-    chatify_server::forward_store!(self => self.inner(, blobs);
-        create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, one_time_prekey_count, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
+    chatify_server::forward_store!(self => self.inner();
+        create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, one_time_prekey_count, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable, blobs);
 
     fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
         if self.serve_twice.lock().unwrap().as_deref() == Some(&device.user) {

@@ -281,8 +281,16 @@ impl FileOpener {
     }
 }
 
+/// The blob's size for a file of `size` bytes: every chunk gains a tag,
+/// and a file always ends with a chunk shorter than a whole one (empty if
+/// `size` is a multiple of [`FILE_CHUNK_LEN`]).
+pub const fn sealed_len(size: u64) -> u64 {
+    let chunks = size / FILE_CHUNK_LEN as u64 + 1;
+    size + chunks * TAG_LEN as u64
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(buf.get_mut(n..).unwrap_or_default()) {

@@ -306,6 +306,25 @@ fn file_vectors(w: &mut String) {
         block(last),
         hex(&g.digest)
     );
+    let message = chatify_proto::Content {
+        file: Some(chatify_proto::content::FileRef {
+            blob: [0x5A; 16],
+            key: *key.as_bytes(),
+            size: f.size,
+            digest: f.digest,
+            name: "photo.jpg".into(),
+        }),
+        ..chatify_proto::Content::message([0x44; 16], 4, 2, 1_767_225_603_000, b"")
+    };
+    let mut content = Vec::new();
+    let _ = message.encode(&mut content);
+    let _ = writeln!(
+        w,
+        "\nThe content of the message that sends the small file (message id `44` × 16, \
+         sequence 4, floor 2, sealed at 1767225603000 ms, no caption; blob `5a` × 16, \
+         name `photo.jpg`):\n\n```text\n{}\n```",
+        block(&content)
+    );
 }
 
 fn ad(alice: &Device, bob: &Device, env: &Envelope) -> Vec<u8> {

@@ -239,10 +239,10 @@ impl<'a> Content<'a> {
         if content.encode(&mut same).is_err() || same.at != bytes.len() {
             return Err(DecodeError::NonCanonical);
         }
-        if let Some(file) = &content.file {
-            if content.is_control() || !FileRef::name_is_valid(&file.name) {
-                return Err(DecodeError::Invalid("malformed file reference"));
-            }
+        if let Some(file) = &content.file
+            && (content.is_control() || !FileRef::name_is_valid(&file.name))
+        {
+            return Err(DecodeError::Invalid("malformed file reference"));
         }
         let control_ok = match (&content.receipt, &content.retry) {
             (None, None) => true,

@@ -118,6 +118,16 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     history_retention_days: u64,
 
+    /// The largest encrypted file (blob) the server accepts, in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_blob_mib: u64,
+
+    /// MiB of encrypted files an account may keep on the server at once
+    /// (uploaded and not yet deleted: a file is deleted once every
+    /// recipient device has fetched it, or after --history-retention-days).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    blob_quota_mib: u64,
+
     /// Days a session token stays valid.
     #[arg(long, default_value_t = 30)]
     token_ttl_days: u64,
@@ -404,6 +414,8 @@ async fn run(
         nats: args.nats.clone(),
         nats_prefix: args.nats_prefix.clone(),
         mail_poll: args.mail_poll_ms.map(Duration::from_millis),
+        max_blob_size: args.max_blob_mib << 20,
+        blob_quota: args.blob_quota_mib << 20,
         mfa_key,
         ..Config::default()
     };

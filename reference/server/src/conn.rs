@@ -28,6 +28,8 @@ use crate::rate;
 use crate::store::{MfaRecord, NewEnvelope, Store, StoreError, TokenRecord};
 use crate::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_REPLACED, CLOSE_TOO_BIG, Shared};
 
+mod blobs;
+
 /// Deliveries fetched from the store per round.
 const DELIVERY_BATCH: u32 = 256;
 
@@ -922,6 +924,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     "no such link: wrong code, already used, or expired",
                 ))?;
                 Ok(frame::Link { blob }.into())
+            }
+            blob @ (Body::BlobCreate(_)
+            | Body::BlobPut(_)
+            | Body::BlobStatus(_)
+            | Body::BlobGrant(_)
+            | Body::BlobGet(_)
+            | Body::BlobRelease(_)) => {
+                let me = self.device()?;
+                blobs::request(&self.shared, me, blob).await
             }
             _ => Err((
                 ErrorCode::InvalidRequest,

@@ -145,6 +145,16 @@ pub struct Config {
     /// process sets a key it keeps ([`mfa::MfaKey::read_or_create`], as
     /// `chatify-server` does with `mfa.key` beside its database).
     pub mfa_key: Option<Arc<mfa::MfaKey>>,
+    /// The largest blob (encrypted file) the server accepts, in bytes;
+    /// larger ones are refused `TooLarge` before any byte is uploaded.
+    pub max_blob_size: u64,
+    /// Bytes of blobs an account's devices may have created and not yet
+    /// seen deleted; past it a new blob is refused `QuotaExceeded`.
+    pub blob_quota: u64,
+    /// An upload with no part for this long is deleted (a complete blob is
+    /// kept for `history_retention` after its last part, unless every
+    /// device holding it releases it first).
+    pub blob_idle_timeout: Duration,
     /// **Test hook, never set in production** (the CLI cannot set it): called
     /// with every envelope the server accepts. The scenario harness uses it
     /// to make a deliberately leaky server and prove that its log tap
@@ -202,6 +212,9 @@ impl Default for Config {
             nats: None,
             nats_prefix: "chatify".into(),
             mail_poll: None,
+            max_blob_size: 256 * 1024 * 1024,
+            blob_quota: 1024 * 1024 * 1024,
+            blob_idle_timeout: Duration::from_secs(24 * 3600),
             mfa_key: Some(Arc::new(mfa::MfaKey::random())),
             envelope_observer: None,
             credential_observer: None,
@@ -535,14 +548,15 @@ async fn prune_once(shared: &Arc<Shared>) {
     let result = tokio::task::spawn_blocking(move || {
         let tokens = store.prune_tokens(now / 1000)?;
         let envelopes = store.prune_history(cutoff)?;
+        let blobs = store.blobs().prune_blobs(now)?;
         if let Some(limits) = store.shared_limits() {
             limits.prune_limits(limit_age)?;
         }
-        Ok::<_, store::StoreError>((tokens, envelopes))
+        Ok::<_, store::StoreError>((tokens, envelopes, blobs))
     })
     .await;
     match result {
-        Ok(Ok((tokens, envelopes))) => tracing::debug!(tokens, envelopes, "pruned"),
+        Ok(Ok((tokens, envelopes, blobs))) => tracing::debug!(tokens, envelopes, blobs, "pruned"),
         Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed"),
         Err(e) => tracing::warn!(error = %e, "pruning task failed"),
     }

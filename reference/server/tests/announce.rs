@@ -152,11 +152,11 @@ impl Scrambled {
 }
 
 impl Store for Scrambled {
-    chatify_server::forward_store!(self => self.inner(, blobs);
+    chatify_server::forward_store!(self => self.inner();
         create_user, password_hash, create_token, token, revoke_tokens, prune_tokens,
         publish_keys, take_bundle, one_time_prekey_count, fast_commits, enqueue, pending, ack,
         history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin,
-        mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
+        mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable, blobs);
 
     fn announce_commits(&self, announce: Announce) -> bool {
         // The mutant: each announcement reaches the server's listener

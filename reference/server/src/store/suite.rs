@@ -394,7 +394,9 @@ pub(super) fn blobs_are_written_in_order_read_when_granted_and_deleted_unheld(st
         "a part held already is acknowledged, not rewritten"
     );
     assert_eq!(
-        blobs.blob_grant(&alice, &[1; 16], &[bob.clone()]).unwrap(),
+        blobs
+            .blob_grant(&alice, &[1; 16], std::slice::from_ref(&bob))
+            .unwrap(),
         G::Incomplete
     );
     assert_eq!(
@@ -413,7 +415,9 @@ pub(super) fn blobs_are_written_in_order_read_when_granted_and_deleted_unheld(st
     );
     assert_eq!(blobs.blob_state(&bob, &[1; 16]).unwrap(), None);
     assert_eq!(
-        blobs.blob_grant(&bob, &[1; 16], &[bob.clone()]).unwrap(),
+        blobs
+            .blob_grant(&bob, &[1; 16], std::slice::from_ref(&bob))
+            .unwrap(),
         G::NotFound
     );
     assert_eq!(
