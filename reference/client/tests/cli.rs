@@ -251,6 +251,72 @@ async fn two_people_chat_in_two_terminals() {
     server.shutdown().await;
 }
 
+/// `chatify send-file` in one terminal; `chatify inbox` in the other
+/// saves it under its name in --downloads, byte for byte, and a second
+/// copy under a new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_from_one_terminal_is_saved_by_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        password_cost: PasswordCost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        ..Config::default()
+    };
+    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.local_addr());
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (alice, bob) = (d.join("alice"), d.join("bob"));
+        for (home, name) in [(&alice, "alice"), (&bob, "bob")] {
+            let mut c = chatify(&url, home);
+            c.args(["register", name, "--password-stdin"]);
+            run(c, &format!("{name}-secret-pw\n"));
+            let mut c = chatify(&url, home);
+            c.args(["login", name, "--password-stdin"]);
+            run(c, &format!("{name}-secret-pw\n"));
+        }
+        let photo = d.join("holiday photo.jpg");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&photo, &bytes).unwrap();
+        for _ in 0..2 {
+            let mut c = chatify(&url, &alice);
+            c.args(["send-file", "bob"]).arg(&photo).args(["--caption", "the beach"]);
+            let out = run(c, "");
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains("sent") && said.contains("holiday photo.jpg"), "{said}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("100%"));
+        }
+        let downloads = d.join("saved");
+        let mut c = chatify(&url, &bob);
+        c.arg("--downloads").arg(&downloads).args(["inbox", "--wait", "2"]);
+        let out = run(c, "");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains(r#"alice: [file "holiday photo.jpg", 300000 bytes] the beach"#),
+            "{said}"
+        );
+        assert_eq!(said.matches("saved \"holiday photo.jpg\" from alice").count(), 2, "{said}");
+        assert_eq!(std::fs::read(downloads.join("holiday photo.jpg")).unwrap(), bytes);
+        assert_eq!(std::fs::read(downloads.join("holiday photo (2).jpg")).unwrap(), bytes);
+        assert_eq!(std::fs::read_dir(&downloads).unwrap().count(), 2, "nothing else left");
+        // A missing file is a clear error, and nothing is sent.
+        let out = chatify(&url, &alice)
+            .args(["send-file", "bob"])
+            .arg(d.join("nope.jpg"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nope.jpg"));
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
 #[test]
 fn help_explains_every_command_and_option() {
     let out = Command::new(env!("CARGO_BIN_EXE_chatify"))
@@ -272,6 +338,8 @@ fn help_explains_every_command_and_option() {
         "--server",
         "--home",
         "--ca-cert",
+        "send-file",
+        "--downloads",
     ] {
         assert!(help.contains(word), "{word} missing from --help");
     }
