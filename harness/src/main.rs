@@ -278,6 +278,9 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool> 
     if s.mfa.is_some() {
         return run_mfa(&rt, &s, &out);
     }
+    if s.files.is_some() {
+        return run_files(&rt, &s, &out);
+    }
     if s.sweep.is_some() {
         let steps = rt.block_on(sweep::steps(&s, &out, show))?;
         let ok = report::sweep::write(&s, &out, &steps)?;
@@ -320,6 +323,18 @@ fn run_mfa(rt: &tokio::runtime::Runtime, s: &scenario::Scenario, out: &Path) -> 
         "{}: login p50 {:.1} ms with the password alone, {:.1} ms with a code, {:.1} ms with a recovery code",
         s.name, p.password_only, p.with_code, p.with_recovery_code
     );
+    print!("{}", report::check_lines(&outcome.checks));
+    Ok(verdict_line(outcome.as_expected(), out))
+}
+
+/// A file-transfer run (`[files]`): its report with each size's times,
+/// throughput and peak memory.
+fn run_files(rt: &tokio::runtime::Runtime, s: &scenario::Scenario, out: &Path) -> Result<bool> {
+    eprintln!("running {}", s.name);
+    let outcome = rt.block_on(load::files::run(s))?;
+    let figures = report::files::table(&outcome);
+    report::lifetimes::write(out, s, &outcome, &figures, &outcome.checks)?;
+    print!("{figures}");
     print!("{}", report::check_lines(&outcome.checks));
     Ok(verdict_line(outcome.as_expected(), out))
 }

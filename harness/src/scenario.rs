@@ -46,6 +46,48 @@ pub(crate) struct Scenario {
     /// chat (`harness/src/load/abuse.rs`).
     #[serde(default)]
     pub(crate) abuse: Option<Abuse>,
+    /// Present for file-transfer runs (`harness/src/load/files.rs`): one
+    /// user sends files of each size to another through `chatify`.
+    #[serde(default)]
+    pub(crate) files: Option<Files>,
+}
+
+/// A file-transfer run: `chatify send-file` and `chatify inbox` processes
+/// move a file of each size; memory bounds for those processes and the
+/// server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Files {
+    /// The files' sizes, in KiB, in the order they are sent.
+    pub(crate) sizes_kib: Vec<u64>,
+    /// Files of each size up to `repeat_below_kib` sent this many times
+    /// (larger ones once).
+    #[serde(default = "default_file_repeats")]
+    pub(crate) repeats: usize,
+    /// See `repeats`.
+    #[serde(default = "default_repeat_below_kib")]
+    pub(crate) repeat_below_kib: u64,
+    /// A sending or receiving `chatify`'s peak resident memory may pass an
+    /// idle `chatify`'s (start-up and unlocking the home, whose key
+    /// derivation alone takes 64 MiB) by at most this (MiB).
+    pub(crate) max_client_extra_mib: f64,
+    /// A sending or receiving `chatify`'s resident memory while the file
+    /// moves (sampled from its first progress report) must stay at or
+    /// under this (MiB).
+    pub(crate) max_client_moving_mib: f64,
+    /// The server's peak resident memory must stay at or under this (MiB).
+    pub(crate) max_server_rss_mib: f64,
+    /// The mutant: the sender uploads each file's plaintext as its blob.
+    #[serde(default)]
+    pub(crate) leaky: bool,
+}
+
+fn default_file_repeats() -> usize {
+    3
+}
+
+fn default_repeat_below_kib() -> u64 {
+    1024
 }
 
 /// What abusers do during the workload, from the same address as the
@@ -595,6 +637,10 @@ pub(crate) const MFA_CHECKS: &[&str] = &[
     "leak.mfa-store",
 ];
 
+/// The checks of a file-transfer run (the leak taps' names are shared).
+pub(crate) const FILE_CHECKS: &[&str] =
+    &["files.intact", "files.client-memory", "files.server-memory"];
+
 /// Every check a run can report, in report order.
 pub(crate) const CHECKS: &[&str] = &[
     "delivery.exactly-once",
@@ -686,15 +732,12 @@ impl Scenario {
             }
         }
         for name in self.expect.checks.keys() {
-            if ![CHECKS, ABUSE_CHECKS, MFA_CHECKS]
-                .iter()
-                .any(|known| known.contains(&name.as_str()))
-            {
+            let lists = [CHECKS, ABUSE_CHECKS, MFA_CHECKS, FILE_CHECKS];
+            if !lists.iter().any(|known| known.contains(&name.as_str())) {
+                let known: Vec<String> = lists.iter().map(|l| l.join(", ")).collect();
                 bail!(
-                    "expect.checks: unknown check {name:?} (known: {}, {}, {})",
-                    CHECKS.join(", "),
-                    ABUSE_CHECKS.join(", "),
-                    MFA_CHECKS.join(", ")
+                    "expect.checks: unknown check {name:?} (known: {})",
+                    known.join(", ")
                 );
             }
         }

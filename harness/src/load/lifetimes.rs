@@ -89,7 +89,7 @@ fn user_name(i: usize) -> String {
 }
 
 /// The `chatify` binary built beside this one.
-fn chatify_binary() -> Result<PathBuf> {
+pub(crate) fn chatify_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("chatify");
     if bin.is_file() {

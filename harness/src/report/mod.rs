@@ -22,6 +22,7 @@ pub(crate) mod capacity;
 pub(crate) mod compare;
 pub(crate) mod connections;
 pub(crate) mod figures;
+pub(crate) mod files;
 pub(crate) mod lifetimes;
 pub(crate) mod nodes;
 pub(crate) mod paper;

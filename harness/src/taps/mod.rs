@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use crate::plaintext::{Detector, Hit};
 use crate::scenario::Network;
 
-/// Most bytes the wire tap keeps (older bytes are scanned, then dropped).
+/// Most bytes the wire tap records by default; past it, nothing more is
+/// recorded (a tap's result says how many bytes it searched).
 const WIRE_KEEP: usize = 64 * 1024 * 1024;
 
 /// What one tap found.
@@ -45,7 +46,8 @@ pub(crate) struct WireTap {
     /// Open connections through this relay to each target.
     open: Arc<Mutex<Vec<usize>>>,
     recorded: Arc<Mutex<Vec<u8>>>,
-    record: bool,
+    /// Most bytes recorded (0: none).
+    keep: usize,
     /// Faults for connections accepted from now on.
     network: Arc<Mutex<Option<Network>>>,
     pub(crate) addr: SocketAddr,
@@ -58,12 +60,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl WireTap {
     /// A relay on a loopback port forwarding to `target`; records when `record`.
     pub(crate) async fn start(target: SocketAddr, record: bool) -> std::io::Result<WireTap> {
+        Self::keeping(target, if record { WIRE_KEEP } else { 0 }).await
+    }
+
+    /// A relay that records at most `keep` bytes.
+    pub(crate) async fn keeping(target: SocketAddr, keep: usize) -> std::io::Result<WireTap> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let tap = WireTap {
             targets: Arc::new(Mutex::new(vec![target])),
             open: Arc::new(Mutex::new(vec![0])),
             recorded: Arc::default(),
-            record,
+            keep,
             network: Arc::default(),
             addr: listener.local_addr()?,
         };
@@ -98,7 +105,7 @@ impl WireTap {
                 }
             }
             let open = Arc::clone(&self.open);
-            let recorded = self.record.then(|| Arc::clone(&self.recorded));
+            let recorded = (self.keep > 0).then(|| (Arc::clone(&self.recorded), self.keep));
             let shape = lock(&self.network)
                 .as_ref()
                 .map(|net| Shape::new(net, net.seed.wrapping_mul(1_000_003).wrapping_add(n)));
@@ -150,6 +157,20 @@ impl WireTap {
         lock(&self.recorded).clone()
     }
 
+    /// Searches everything recorded, and forgets it (runs that move more
+    /// than the tap should hold scan as they go).
+    pub(crate) fn drain_scan(&self, detector: &Detector) -> TapResult {
+        let mut data = lock(&self.recorded);
+        let mut r = TapResult {
+            bytes: data.len() as u64,
+            ..TapResult::default()
+        };
+        detector.scan("wire", 0, &data, 20, &mut r.hits, &mut r.matches);
+        data.clear();
+        data.shrink_to_fit();
+        r
+    }
+
     /// Searches everything recorded.
     pub(crate) fn scan(&self, detector: &Detector) -> TapResult {
         let data = lock(&self.recorded);
@@ -165,7 +186,7 @@ impl WireTap {
 async fn relay(
     mut client: TcpStream,
     mut server: TcpStream,
-    recorded: Option<Arc<Mutex<Vec<u8>>>>,
+    recorded: Option<(Arc<Mutex<Vec<u8>>>, usize)>,
 ) {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
@@ -178,9 +199,9 @@ async fn relay(
                 Ok(n) => n,
             };
             let chunk = buf.get(..n).unwrap_or_default();
-            if let Some(recorded) = &recorded {
+            if let Some((recorded, keep)) = &recorded {
                 let mut rec = lock(recorded);
-                if rec.len() < WIRE_KEEP {
+                if rec.len() < *keep {
                     unmasker.feed(chunk, &mut rec);
                 }
             }
@@ -288,7 +309,7 @@ async fn shaped_copy<R, W>(
 async fn faulty_relay(
     mut client: TcpStream,
     mut server: TcpStream,
-    recorded: Option<Arc<Mutex<Vec<u8>>>>,
+    recorded: Option<(Arc<Mutex<Vec<u8>>>, usize)>,
     mut shape: Shape,
 ) {
     // Precomputed jitter draws (the copy loops are not Send-friendly with a
@@ -301,9 +322,9 @@ async fn faulty_relay(
         let (sr, sw) = server.split();
         let mut unmasker = Unmasker::default();
         let up = shaped_copy(cr, sw, shape.delay, up_jitter, shape.bandwidth, |chunk| {
-            if let Some(recorded) = &recorded {
+            if let Some((recorded, keep)) = &recorded {
                 let mut rec = lock(recorded);
-                if rec.len() < WIRE_KEEP {
+                if rec.len() < *keep {
                     unmasker.feed(chunk, &mut rec);
                 }
             }

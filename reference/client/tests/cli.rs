@@ -284,25 +284,47 @@ async fn a_file_sent_from_one_terminal_is_saved_by_the_other() {
         std::fs::write(&photo, &bytes).unwrap();
         for _ in 0..2 {
             let mut c = chatify(&url, &alice);
-            c.args(["send-file", "bob"]).arg(&photo).args(["--caption", "the beach"]);
+            c.args(["send-file", "bob"])
+                .arg(&photo)
+                .args(["--caption", "the beach"]);
             let out = run(c, "");
             let said = String::from_utf8_lossy(&out.stdout);
-            assert!(said.contains("sent") && said.contains("holiday photo.jpg"), "{said}");
+            assert!(
+                said.contains("sent") && said.contains("holiday photo.jpg"),
+                "{said}"
+            );
             assert!(String::from_utf8_lossy(&out.stderr).contains("100%"));
         }
         let downloads = d.join("saved");
         let mut c = chatify(&url, &bob);
-        c.arg("--downloads").arg(&downloads).args(["inbox", "--wait", "2"]);
+        c.arg("--downloads")
+            .arg(&downloads)
+            .args(["inbox", "--wait", "2"]);
         let out = run(c, "");
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(
             said.contains(r#"alice: [file "holiday photo.jpg", 300000 bytes] the beach"#),
             "{said}"
         );
-        assert_eq!(said.matches("saved \"holiday photo.jpg\" from alice").count(), 2, "{said}");
-        assert_eq!(std::fs::read(downloads.join("holiday photo.jpg")).unwrap(), bytes);
-        assert_eq!(std::fs::read(downloads.join("holiday photo (2).jpg")).unwrap(), bytes);
-        assert_eq!(std::fs::read_dir(&downloads).unwrap().count(), 2, "nothing else left");
+        assert_eq!(
+            said.matches("saved \"holiday photo.jpg\" from alice")
+                .count(),
+            2,
+            "{said}"
+        );
+        assert_eq!(
+            std::fs::read(downloads.join("holiday photo.jpg")).unwrap(),
+            bytes
+        );
+        assert_eq!(
+            std::fs::read(downloads.join("holiday photo (2).jpg")).unwrap(),
+            bytes
+        );
+        assert_eq!(
+            std::fs::read_dir(&downloads).unwrap().count(),
+            2,
+            "nothing else left"
+        );
         // A missing file is a clear error, and nothing is sent.
         let out = chatify(&url, &alice)
             .args(["send-file", "bob"])
