@@ -26,9 +26,13 @@ use std::time::Duration;
 
 use chatify_client::{Client, ClientError, ConnectOptions, Event};
 use chatify_core::{Device, Session, VerifiedBundle};
-use chatify_proto::frame::Address;
+use chatify_proto::frame::{Address, BlobId};
+use chatify_proto::limits::BLOB_PART_LEN;
 use chatify_proto::{DeviceKeys, Envelope, PrekeyBundle, SignedPrekey};
-use chatify_server::store::{NewEnvelope, SqliteStore, Store, StoreError};
+use chatify_server::store::{
+    BlobExpiry, BlobGrantOutcome, BlobInfo, BlobPutOutcome, Blobs, NewEnvelope, SqliteStore, Store,
+    StoreError,
+};
 use chatify_server::{Config, Server};
 
 use crate::load::home_passphrase;
@@ -65,6 +69,11 @@ pub(crate) enum Attack {
     WithheldThenReleased,
     PrekeyServedTwice,
     DatabaseRollback,
+    FileChunkFlipped,
+    FilePartsReordered,
+    FileChunkDropped,
+    FileTruncated,
+    FileBlobSwapped,
 }
 
 pub(crate) const ALL: &[Attack] = &[
@@ -93,6 +102,11 @@ pub(crate) const ALL: &[Attack] = &[
     Attack::WithheldThenReleased,
     Attack::PrekeyServedTwice,
     Attack::DatabaseRollback,
+    Attack::FileChunkFlipped,
+    Attack::FilePartsReordered,
+    Attack::FileChunkDropped,
+    Attack::FileTruncated,
+    Attack::FileBlobSwapped,
 ];
 
 /// What the client is expected to do.
@@ -119,6 +133,9 @@ pub(crate) enum Expect {
     /// The message is shown flagged as from a changed identity, and sending
     /// to that peer is blocked until the user confirms the new number.
     KeyChangeAlert,
+    /// The message that sends a file is shown (it is genuine), but the file
+    /// is not saved: saving it fails, and nothing appears under its name.
+    FileRefused,
 }
 
 impl Attack {
@@ -149,6 +166,11 @@ impl Attack {
             Attack::WithheldThenReleased => "withheld-then-released",
             Attack::PrekeyServedTwice => "prekey-served-twice",
             Attack::DatabaseRollback => "database-rollback",
+            Attack::FileChunkFlipped => "file-chunk-flipped",
+            Attack::FilePartsReordered => "file-parts-reordered",
+            Attack::FileChunkDropped => "file-chunk-dropped",
+            Attack::FileTruncated => "file-truncated",
+            Attack::FileBlobSwapped => "file-blob-swapped",
         }
     }
 
@@ -204,6 +226,15 @@ impl Attack {
                 "the database restored from a copy older than one acknowledged envelope: \
                  it is lost, and one already delivered comes back"
             }
+            Attack::FileChunkFlipped => "one bit of an encrypted file's blob flipped",
+            Attack::FilePartsReordered => "an encrypted file's first two blob parts swapped",
+            Attack::FileChunkDropped => {
+                "an encrypted file's second chunk cut out of its blob, the rest served in place"
+            }
+            Attack::FileTruncated => "an encrypted file's blob served up to its last part only",
+            Attack::FileBlobSwapped => {
+                "another file's blob, of the same size and also granted to Bob, served in its place"
+            }
         }
     }
 
@@ -229,12 +260,29 @@ impl Attack {
             Attack::IdReuse => Some("message id does not match"),
             Attack::PrekeyServedTwice => Some("unknown prekey"),
             Attack::WithheldThenReleased | Attack::DatabaseRollback => None,
+            Attack::FileChunkFlipped
+            | Attack::FilePartsReordered
+            | Attack::FileChunkDropped
+            | Attack::FileTruncated
+            | Attack::FileBlobSwapped => None,
             Attack::Drop
             | Attack::Reorder
             | Attack::KeySubstitution
             | Attack::PersistentKeySubstitution
             | Attack::GhostDevice => None,
         }
+    }
+
+    /// Whether the attack is on an encrypted file's blob.
+    pub(crate) fn on_files(self) -> bool {
+        matches!(
+            self,
+            Attack::FileChunkFlipped
+                | Attack::FilePartsReordered
+                | Attack::FileChunkDropped
+                | Attack::FileTruncated
+                | Attack::FileBlobSwapped
+        )
     }
 
     pub(crate) fn expect(self) -> Expect {
@@ -249,6 +297,7 @@ impl Attack {
             Attack::KeySubstitution | Attack::PersistentKeySubstitution | Attack::GhostDevice => {
                 Expect::KeyChangeAlert
             }
+            a if a.on_files() => Expect::FileRefused,
             _ => Expect::Rejected,
         }
     }
@@ -271,6 +320,8 @@ struct AdvState {
     bundles: usize,
     /// Bob's bundle as first handed out while armed (to hand it out again).
     served: Option<(PrekeyBundle, u32)>,
+    /// Blobs created while armed, in order (the last is the target).
+    blobs: Vec<BlobId>,
 }
 
 /// The real SQLite store, with an adversary in front of it.
@@ -425,7 +476,7 @@ impl AdversaryStore {
 
 impl Store for AdversaryStore {
     chatify_server::forward_store!(self => self.inner;
-        create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, one_time_prekey_count, fast_commits, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable, blobs);
+        create_user, password_hash, create_token, token, revoke_tokens, prune_tokens, publish_keys, one_time_prekey_count, fast_commits, pending, ack, history, prune_history, devices, remove_device, put_link, take_link, mfa, mfa_begin, mfa_enable, mfa_use_step, mfa_use_recovery, mfa_disable);
 
     fn take_bundle(&self, device: &Address) -> Result<Option<(PrekeyBundle, u32)>, StoreError> {
         let attack = {
@@ -562,10 +613,158 @@ impl Store for AdversaryStore {
             | Attack::WithheldPrekeyReplayedSetup
             | Attack::Downgrade
             | Attack::IdReuse
-            | Attack::PrekeyServedTwice => {}
+            | Attack::PrekeyServedTwice
+            | Attack::FileChunkFlipped
+            | Attack::FilePartsReordered
+            | Attack::FileChunkDropped
+            | Attack::FileTruncated
+            | Attack::FileBlobSwapped => {}
         }
         drop(s);
         self.inner.enqueue(&out)
+    }
+
+    fn blobs(&self) -> &dyn Blobs {
+        self
+    }
+}
+
+impl AdversaryStore {
+    /// The target blob's whole content as stored, read part by part.
+    fn whole_blob(&self, device: &Address, id: &BlobId) -> Result<Vec<u8>, StoreError> {
+        let mut blob = Vec::new();
+        for part in 0.. {
+            match self.inner.blob_part(device, id, part)? {
+                Some(data) => blob.extend_from_slice(&data),
+                None => break,
+            }
+        }
+        Ok(blob)
+    }
+
+    /// Part `part` of the target blob as the armed attack serves it.
+    fn tampered_part(
+        &self,
+        attack: Attack,
+        device: &Address,
+        id: &BlobId,
+        decoy: Option<BlobId>,
+        part: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let real = |p: u32| self.inner.blob_part(device, id, p);
+        Ok(match attack {
+            Attack::FileChunkFlipped => real(part)?.map(|mut d| {
+                if part == 1
+                    && let Some(b) = d.get_mut(1000)
+                {
+                    *b ^= 0x01;
+                }
+                d
+            }),
+            Attack::FilePartsReordered => real(match part {
+                0 => 1,
+                1 => 0,
+                p => p,
+            })?,
+            Attack::FileChunkDropped => {
+                let mut blob = self.whole_blob(device, id)?;
+                let chunk = chatify_core::file::SEALED_CHUNK_LEN;
+                blob.drain(chunk..(2 * chunk).min(blob.len()));
+                blob.chunks(BLOB_PART_LEN)
+                    .nth(part as usize)
+                    .map(<[u8]>::to_vec)
+            }
+            Attack::FileTruncated => {
+                let parts = self.whole_blob(device, id)?.len().div_ceil(BLOB_PART_LEN);
+                if part as usize + 1 >= parts {
+                    None
+                } else {
+                    real(part)?
+                }
+            }
+            Attack::FileBlobSwapped => match decoy {
+                Some(other) => self.inner.blob_part(device, &other, part)?,
+                None => real(part)?,
+            },
+            _ => real(part)?,
+        })
+    }
+}
+
+impl Blobs for AdversaryStore {
+    fn blob_create(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        size: u64,
+        quota: u64,
+        expires_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let made = self.inner.blob_create(owner, id, size, quota, expires_ms)?;
+        let mut s = lock(&self.state);
+        if made && s.attack.is_some() && owner.user == s.from {
+            s.blobs.push(*id);
+        }
+        Ok(made)
+    }
+
+    fn blob_put(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        part: u32,
+        data: &[u8],
+        expiry: BlobExpiry,
+    ) -> Result<BlobPutOutcome, StoreError> {
+        self.inner.blob_put(owner, id, part, data, expiry)
+    }
+
+    fn blob_state(&self, device: &Address, id: &BlobId) -> Result<Option<BlobInfo>, StoreError> {
+        self.inner.blob_state(device, id)
+    }
+
+    fn blob_grant(
+        &self,
+        owner: &Address,
+        id: &BlobId,
+        to: &[Address],
+    ) -> Result<BlobGrantOutcome, StoreError> {
+        self.inner.blob_grant(owner, id, to)
+    }
+
+    fn blob_part(
+        &self,
+        device: &Address,
+        id: &BlobId,
+        part: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (attack, target, decoy) = {
+            let s = lock(&self.state);
+            let n = s.blobs.len();
+            (
+                s.attack,
+                s.blobs.last().copied(),
+                n.checked_sub(2).and_then(|i| s.blobs.get(i).copied()),
+            )
+        };
+        match attack {
+            Some(a) if a.on_files() && target == Some(*id) && device.user == "bob" => {
+                self.tampered_part(a, device, id, decoy, part)
+            }
+            _ => self.inner.blob_part(device, id, part),
+        }
+    }
+
+    fn blob_release(&self, device: &Address, id: &BlobId) -> Result<bool, StoreError> {
+        self.inner.blob_release(device, id)
+    }
+
+    fn blob_usage(&self, user: &str) -> Result<u64, StoreError> {
+        self.inner.blob_usage(user)
+    }
+
+    fn prune_blobs(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.inner.prune_blobs(now_ms)
     }
 }
 
@@ -598,6 +797,12 @@ pub(crate) struct Observed {
     pub(crate) left_sender: usize,
     /// Sending back to the attacked peer was blocked (key-change alert).
     pub(crate) reply_blocked: bool,
+    /// (recipient, message id, caption, file) of every message that sent a file.
+    #[serde(skip)]
+    pub(crate) files: Vec<(String, [u8; 16], String, chatify_proto::content::FileRef)>,
+    /// Files saved, and why saving the others failed.
+    pub(crate) files_saved: usize,
+    pub(crate) files_refused: Vec<String>,
     /// The next honest message after the attack was shown.
     pub(crate) next_honest_delivered: bool,
 }
@@ -739,6 +944,15 @@ pub(crate) fn reaction(
                 o.left_sender
             ),
         ),
+        Expect::FileRefused => (
+            shown(target) == 1 && o.files_saved == 0 && !o.files_refused.is_empty(),
+            format!(
+                "its message shown {} time(s); files saved: {}; refused: {}",
+                shown(target),
+                o.files_saved,
+                o.files_refused.first().map_or("none", String::as_str)
+            ),
+        ),
         Expect::KeyChangeAlert => {
             let flagged = o.shown.iter().filter(|s| s.3).count();
             (
@@ -813,6 +1027,10 @@ async fn drain(u: &mut User, o: &mut Observed) -> Result<()> {
                         o.late.push(text.clone());
                     }
                     let flagged = m.identity_changed();
+                    if let Some(file) = m.file {
+                        o.files
+                            .push((u.name.clone(), m.message_id, text.clone(), *file));
+                    }
                     o.shown.push((u.name.clone(), m.from.user, text, flagged));
                 }
                 Event::Missing { from, count } => {
@@ -1114,6 +1332,7 @@ async fn play(attack: Attack, b: &mut Bench, o: &mut Observed, target: &str) -> 
             b.drain("bob", o).await?;
             b.push_injected("carol", o).await?;
         }
+        a if a.on_files() => b.file_attack(a, target, o).await?,
         _ => {
             b.send("alice", "bob", target, o).await?;
             b.send("alice", "bob", "attack-2", o).await?;
@@ -1127,6 +1346,60 @@ async fn play(attack: Attack, b: &mut Bench, o: &mut Observed, target: &str) -> 
 }
 
 impl Bench {
+    /// Alice sends Bob a file (a decoy first, for the swap) with `target`
+    /// as its caption; Bob tries to save it.
+    async fn file_attack(&mut self, attack: Attack, target: &str, o: &mut Observed) -> Result<()> {
+        let size = 5 * 65_536 + 1000;
+        let mut captions = vec![target];
+        if attack == Attack::FileBlobSwapped {
+            captions.insert(0, "decoy");
+        }
+        for (i, caption) in captions.into_iter().enumerate() {
+            let path = self.dir.path().join(format!("file-{i}.bin"));
+            let bytes: Vec<u8> = (0..size).map(|n| (n * 31 + i * 7) as u8).collect();
+            std::fs::write(&path, bytes)?;
+            self.genuine
+                .push(("alice".into(), "bob".into(), caption.into()));
+            let u = self.user("alice")?;
+            match u.client.send_file("bob", &path, caption, &mut |_| {}).await {
+                Ok(receipt) => {
+                    o.sent.insert(receipt.message_id, caption.to_owned());
+                }
+                Err(e) => o.send_errors.push(e.to_string()),
+            }
+        }
+        self.drain("bob", o).await?;
+        let downloads = self.dir.path().join("downloads");
+        let targets: Vec<_> = o
+            .files
+            .iter()
+            .filter(|f| f.0 == "bob" && f.2 == target)
+            .cloned()
+            .collect();
+        for (_, id, _, file) in targets {
+            let bob = self.user("bob")?;
+            match bob
+                .client
+                .save_file(&id, &file, &downloads, &mut |_| {})
+                .await
+            {
+                Ok(_) => o.files_saved += 1,
+                Err(e) => o.files_refused.push(e.to_string()),
+            }
+        }
+        // Whatever the client said, nothing may be under the file's name.
+        if downloads
+            .join(format!(
+                "file-{}.bin",
+                usize::from(attack == Attack::FileBlobSwapped)
+            ))
+            .exists()
+        {
+            o.files_saved = o.files_saved.max(1);
+        }
+        Ok(())
+    }
+
     /// Erin's genuine setup message is accepted; then the server replays it.
     async fn replayed_setup(&mut self, target: &str, o: &mut Observed) -> Result<()> {
         self.send("erin", "bob", target, o).await?;
@@ -1420,6 +1693,28 @@ mod tests {
             ..Observed::default()
         };
         assert!(!reaction(Expect::SendRefused, None, &leaked, "t", "bob").pass);
+        let refused = Observed {
+            shown: vec![("bob".into(), "alice".into(), "t".into(), false)],
+            files_refused: vec!["chunk 0 of the file did not authenticate".into()],
+            ..Observed::default()
+        };
+        assert!(reaction(Expect::FileRefused, None, &refused, "t", "bob").pass);
+        let saved = Observed {
+            files_saved: 1,
+            ..refused.clone()
+        };
+        assert!(
+            !reaction(Expect::FileRefused, None, &saved, "t", "bob").pass,
+            "a tampered file saved"
+        );
+        let silent = Observed {
+            files_refused: Vec::new(),
+            ..refused
+        };
+        assert!(
+            !reaction(Expect::FileRefused, None, &silent, "t", "bob").pass,
+            "nothing refused: the attack was not tried"
+        );
     }
 
     /// Every attack against the real server and clients (in process).

@@ -135,7 +135,7 @@ impl Client {
         peer: &str,
         path: &Path,
         caption: &str,
-        progress: &mut dyn FnMut(FileProgress),
+        progress: &mut (dyn FnMut(FileProgress) + Send),
     ) -> Result<SendReceipt, ClientError> {
         let (user, device) = parse_target(peer)?;
         if self.blocked(&user) {
@@ -260,7 +260,7 @@ impl Client {
         path: &Path,
         held: u64,
         total: u64,
-        progress: &mut dyn FnMut(FileProgress),
+        progress: &mut (dyn FnMut(FileProgress) + Send),
     ) -> Result<SealedFile, ClientError> {
         let mut input =
             BufReader::with_capacity(FILE_CHUNK_LEN, File::open(path).map_err(io(path))?);
@@ -352,7 +352,7 @@ impl Client {
         message_id: &MessageId,
         file: &FileRef,
         dir: &Path,
-        progress: &mut dyn FnMut(FileProgress),
+        progress: &mut (dyn FnMut(FileProgress) + Send),
     ) -> Result<SavedFile, ClientError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tag = chatify_proto::hex::lower(message_id);
@@ -390,7 +390,7 @@ impl Client {
         &self,
         file: &FileRef,
         part_path: &Path,
-        progress: &mut dyn FnMut(FileProgress),
+        progress: &mut (dyn FnMut(FileProgress) + Send),
     ) -> Result<(), ClientError> {
         let total = sealed_len(file.size);
         let part_len = BLOB_PART_LEN as u64;
