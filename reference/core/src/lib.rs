@@ -60,6 +60,7 @@ mod aead;
 mod bundle;
 mod error;
 pub mod file;
+pub mod group;
 mod fingerprint;
 #[cfg(feature = "test-support")]
 #[doc(hidden)]
