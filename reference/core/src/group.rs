@@ -183,6 +183,23 @@ impl SenderKey {
         key
     }
 
+    /// A chain from its secrets, at iteration 0 (test vectors, and a
+    /// second implementation checking itself against them).
+    pub fn from_secrets(
+        group: GroupId,
+        key_id: u32,
+        chain_key: &[u8; 32],
+        signing_seed: &[u8; 32],
+    ) -> SenderKey {
+        SenderKey {
+            group,
+            key_id,
+            iteration: 0,
+            chain: Key32::new(*chain_key),
+            signing: SigningKey::from_bytes(signing_seed),
+        }
+    }
+
     /// The group.
     pub fn group(&self) -> GroupId {
         self.group
@@ -214,9 +231,10 @@ impl SenderKey {
         if plaintext.len() > chatify_proto::limits::MAX_PLAINTEXT_LEN {
             return Err(Error::PlaintextTooLong(plaintext.len()));
         }
-        let next_iteration = self.iteration.checked_add(1).ok_or(Error::State(
-            "sender key exhausted; start a new one",
-        ))?;
+        let next_iteration = self
+            .iteration
+            .checked_add(1)
+            .ok_or(Error::State("sender key exhausted; start a new one"))?;
         let (mk, next) = kdf::chain_step(&self.chain);
         let h = header(&self.group, self.key_id, self.iteration);
         let mut out = h.to_vec();
@@ -231,6 +249,7 @@ impl SenderKey {
 
 /// A member's copy of another member's chain: reads that member's group
 /// messages from the distribution's iteration on, each once.
+#[derive(Clone)]
 pub struct ReceiverKey {
     group: GroupId,
     key_id: u32,
@@ -428,10 +447,7 @@ mod tests {
             Err(Error::TooManySkipped { .. })
         ));
         let d = s.distribution();
-        assert_eq!(
-            SenderKeyDistribution::from_bytes(&d.to_bytes()).unwrap(),
-            d
-        );
+        assert_eq!(SenderKeyDistribution::from_bytes(&d.to_bytes()).unwrap(), d);
         assert!(!format!("{d:?}").contains("chain_key") && !format!("{s:?}").contains("chain"));
     }
 }

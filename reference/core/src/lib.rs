@@ -60,11 +60,11 @@ mod aead;
 mod bundle;
 mod error;
 pub mod file;
-pub mod group;
 mod fingerprint;
 #[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod group;
 mod identity;
 pub mod kdf;
 pub mod padding;

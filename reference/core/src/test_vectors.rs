@@ -277,10 +277,31 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
         block(&q)
     );
     file_vectors(w);
+    group_vectors(w);
     Ok(out)
 }
 
 /// V10: encrypted files (§15).
+fn group_vectors(w: &mut String) {
+    use crate::group::SenderKey;
+    let mut sender = SenderKey::from_secrets([0x61; 16], 1, &[0x66; 32], &[0x77; 32]);
+    let distribution = sender.distribution().to_bytes();
+    let (Ok(first), Ok(second)) = (sender.encrypt(b"hello, group"), sender.encrypt(b"")) else {
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "\n### V11. Group messages (§16)\n\n\
+         Group `61` × 16, key id 1, chain key `66` × 32, Ed25519 signing seed `77` × 32. \
+         The distribution a member receives (at iteration 0):\n\n```text\n{}\n```\n\n\
+         The group message of `hello, group` (iteration 0):\n\n```text\n{}\n```\n\n\
+         The next, of the empty text (iteration 1):\n\n```text\n{}\n```",
+        block(&distribution),
+        block(&first),
+        block(&second)
+    );
+}
+
 fn file_vectors(w: &mut String) {
     use crate::file::{FILE_CHUNK_LEN, FileKey, SEALED_CHUNK_LEN, seal_file};
     let key = FileKey::from_bytes([0x55; 32]);
