@@ -1,7 +1,9 @@
 //! The Chatify reference server.
 //!
-//! Accounts, a key directory, a real-time relay with a durable mailbox, and
-//! ciphertext history, over WebSocket (optionally TLS). It depends on the
+//! Accounts, a key directory, a real-time relay with a durable mailbox,
+//! ciphertext history, and blobs (encrypted files, stored in parts and
+//! read only by the devices their uploader granted), over WebSocket
+//! (optionally TLS). It depends on the
 //! wire crate only: it cannot decrypt what it relays, and a test checks that
 //! no E2EE or AEAD crate is in its dependency closure.
 //!
