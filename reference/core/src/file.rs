@@ -286,7 +286,7 @@ impl FileOpener {
 /// `size` is a multiple of [`FILE_CHUNK_LEN`]).
 pub const fn sealed_len(size: u64) -> u64 {
     let chunks = size / FILE_CHUNK_LEN as u64 + 1;
-    size + chunks * TAG_LEN as u64
+    size.saturating_add(chunks * TAG_LEN as u64)
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.

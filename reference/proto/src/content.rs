@@ -135,6 +135,9 @@ impl fmt::Debug for FileRef {
     }
 }
 
+/// The largest file a FileRef may name: 2²⁴ chunks of 64 KiB (PROTOCOL §15).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
 impl FileRef {
     /// Bytes its encoding takes at most.
     pub const ENCODED_LEN_MAX: usize = 16 + 32 + 32 + MAX_FILE_NAME_LEN + 32;
@@ -240,7 +243,9 @@ impl<'a> Content<'a> {
             return Err(DecodeError::NonCanonical);
         }
         if let Some(file) = &content.file
-            && (content.is_control() || !FileRef::name_is_valid(&file.name))
+            && (content.is_control()
+                || !FileRef::name_is_valid(&file.name)
+                || file.size > MAX_FILE_SIZE)
         {
             return Err(DecodeError::Invalid("malformed file reference"));
         }
@@ -342,7 +347,7 @@ mod tests {
         FileRef {
             blob: [1; 16],
             key: [2; 32],
-            size: u64::MAX,
+            size: MAX_FILE_SIZE,
             digest: [3; 32],
             name: name.into(),
         }
@@ -365,6 +370,17 @@ mod tests {
         assert!(buf.len() <= MAX_PLAINTEXT_LEN);
         let shown = format!("{c:?}");
         assert!(!shown.contains('é') && !shown.contains("[2, 2") && !shown.contains("2, 2, 2"));
+        let mut huge = Vec::new();
+        Content {
+            file: Some(FileRef {
+                size: MAX_FILE_SIZE + 1,
+                ..file("a.png")
+            }),
+            ..Content::message([7; 16], 0, 0, 0, b"")
+        }
+        .encode(&mut huge)
+        .unwrap();
+        assert!(Content::decode(&huge).is_err(), "a size past 2^40");
         for name in [
             "",
             ".",
