@@ -77,6 +77,11 @@ pub(crate) struct Files {
     pub(crate) max_client_moving_mib: f64,
     /// The server's peak resident memory must stay at or under this (MiB).
     pub(crate) max_server_rss_mib: f64,
+    /// A chat on the same server (a message every 50 ms) must keep its p99
+    /// latency at or under this (ms) while files move; absent: reported,
+    /// not checked.
+    #[serde(default)]
+    pub(crate) max_chat_p99_ms: Option<f64>,
     /// The mutant: the sender uploads each file's plaintext as its blob.
     #[serde(default)]
     pub(crate) leaky: bool,
@@ -638,8 +643,12 @@ pub(crate) const MFA_CHECKS: &[&str] = &[
 ];
 
 /// The checks of a file-transfer run (the leak taps' names are shared).
-pub(crate) const FILE_CHECKS: &[&str] =
-    &["files.intact", "files.client-memory", "files.server-memory"];
+pub(crate) const FILE_CHECKS: &[&str] = &[
+    "files.intact",
+    "files.client-memory",
+    "files.server-memory",
+    "files.chat-latency",
+];
 
 /// Every check a run can report, in report order.
 pub(crate) const CHECKS: &[&str] = &[

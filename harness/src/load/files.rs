@@ -52,6 +52,18 @@ pub(crate) struct Transfer {
     pub(crate) intact: bool,
 }
 
+/// The latency of a chat (a message every 50 ms, send to decrypted) on the
+/// same server, without files moving and while they move.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub(crate) struct ChatLatency {
+    pub(crate) quiet: usize,
+    pub(crate) quiet_p50_ms: f64,
+    pub(crate) quiet_p99_ms: f64,
+    pub(crate) moving: usize,
+    pub(crate) moving_p50_ms: f64,
+    pub(crate) moving_p99_ms: f64,
+}
+
 /// What a file-transfer run measured and found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct FilesOutcome {
@@ -62,6 +74,8 @@ pub(crate) struct FilesOutcome {
     pub(crate) idle_ms: f64,
     pub(crate) idle_peak_kib: u64,
     pub(crate) server_peak_kib: u64,
+    /// Chat beside the transfers.
+    pub(crate) chat: ChatLatency,
     pub(crate) taps: Vec<(String, TapResult)>,
     pub(crate) checks: Vec<Check>,
 }
@@ -209,6 +223,74 @@ pub(crate) struct Peaks {
     pub(crate) moving: u64,
 }
 
+/// Two in-process users, carol and dave, chatting beside the transfers:
+/// carol sends a message every 50 ms and dave's client receives it; the
+/// latency of each (send to decrypted) is kept, with whether a file was
+/// moving at the time.
+struct Chatter {
+    stop: Arc<AtomicBool>,
+    moving: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<(Vec<u64>, Vec<u64>)>>,
+}
+
+impl Chatter {
+    async fn start(url: &str, dir: &Path) -> Result<Chatter> {
+        let options = chatify_client::ConnectOptions::new(url);
+        let pass = crate::load::home_passphrase();
+        let mut users = Vec::new();
+        for name in ["carol", "dave"] {
+            let password = format!("{name}-files-password");
+            Client::register(&options, name, &password).await?;
+            users.push(Client::login(&options, &dir.join(name), &pass, name, &password, 1).await?);
+        }
+        let (mut dave, mut carol) = (users.pop().context("dave")?, users.pop().context("carol")?);
+        carol.set_send_reservation(chatify_core::MAX_RESERVED_SENDS);
+        let stop = Arc::new(AtomicBool::new(false));
+        let moving = Arc::new(AtomicBool::new(false));
+        let (s, m) = (Arc::clone(&stop), Arc::clone(&moving));
+        let task = tokio::spawn(async move {
+            let (mut quiet, mut busy) = (Vec::new(), Vec::new());
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let during = m.load(Ordering::Relaxed);
+                let sent = Instant::now();
+                carol.send("dave", b"while files move").await?;
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(10), dave.next_event()).await {
+                        Ok(Ok(Some(chatify_client::Event::Message(_)))) => break,
+                        Ok(Ok(Some(_))) => {}
+                        other => bail!("dave received nothing: {other:?}"),
+                    }
+                }
+                let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if during && m.load(Ordering::Relaxed) {
+                    busy.push(us);
+                } else if !during {
+                    quiet.push(us);
+                }
+            }
+            carol.close().await;
+            dave.close().await;
+            Ok((quiet, busy))
+        });
+        Ok(Chatter { stop, moving, task })
+    }
+
+    async fn finish(self) -> Result<(Vec<u64>, Vec<u64>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await?
+    }
+}
+
+/// The `q` quantile of `v` (µs) in ms.
+fn quantile_ms(v: &[u64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).map_or(f64::NAN, |&us| us as f64 / 1000.0)
+}
+
 /// Registers and logs in `name` on `home` through the CLI.
 async fn account(url: &str, home: &Path, name: &str) -> Result<()> {
     for args in [["register", name], ["login", name]] {
@@ -292,6 +374,9 @@ pub(crate) async fn run(s: &Scenario) -> Result<FilesOutcome> {
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
     account(&url, &alice, "alice").await?;
     account(&url, &bob, "bob").await?;
+    let chatter = Chatter::start(&url, dir.path()).await?;
+    // A quiet second of chat first, for the latency without files.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (idle, idle_peak, _) = chatify(
         &url,
         &bob,
@@ -315,7 +400,10 @@ pub(crate) async fn run(s: &Scenario) -> Result<FilesOutcome> {
             let path = dir.path().join(format!("file-{i}-{r}.bin"));
             let (file_blocks, digest) = write_file(&path, i * 100 + r, size)?;
             let detector = Detector::new(file_blocks.iter());
-            let t = transfer(&url, &alice, &bob, &path, digest, f.leaky, dir.path()).await?;
+            chatter.moving.store(true, Ordering::Relaxed);
+            let t = transfer(&url, &alice, &bob, &path, digest, f.leaky, dir.path()).await;
+            chatter.moving.store(false, Ordering::Relaxed);
+            let t = t?;
             add(&mut store, taps::scan_dir(&node.data_dir, &detector));
             add(&mut wire, tap.drain_scan(&detector));
             blocks.extend(file_blocks);
@@ -325,6 +413,7 @@ pub(crate) async fn run(s: &Scenario) -> Result<FilesOutcome> {
             std::fs::remove_file(&path)?;
         }
     }
+    let (quiet, busy) = chatter.finish().await?;
     let detector = Detector::new(blocks.iter());
     let memory = taps::scan_memory(pid, &[&detector])?
         .pop()
@@ -343,6 +432,14 @@ pub(crate) async fn run(s: &Scenario) -> Result<FilesOutcome> {
         idle_ms: idle.as_secs_f64() * 1000.0,
         idle_peak_kib: idle_peak.whole,
         server_peak_kib,
+        chat: ChatLatency {
+            quiet: quiet.len(),
+            quiet_p50_ms: quantile_ms(&quiet, 0.5),
+            quiet_p99_ms: quantile_ms(&quiet, 0.99),
+            moving: busy.len(),
+            moving_p50_ms: quantile_ms(&busy, 0.5),
+            moving_p99_ms: quantile_ms(&busy, 0.99),
+        },
         taps,
         checks: Vec::new(),
     };
@@ -463,6 +560,17 @@ pub(crate) fn checks(s: &Scenario, f: &Files, o: &FilesOutcome) -> Vec<Check> {
             ),
         ));
     }
+    if let Some(max) = f.max_chat_p99_ms {
+        let c = &o.chat;
+        out.push(check(
+            "files.chat-latency",
+            pass(c.moving > 0 && c.moving_p99_ms <= max),
+            format!(
+                "a chat on the same server, a message every 50 ms: p50 {:.1} ms, p99 {:.1} ms over {} messages while files moved (bound {max} ms); p50 {:.1} ms, p99 {:.1} ms over {} without",
+                c.moving_p50_ms, c.moving_p99_ms, c.moving, c.quiet_p50_ms, c.quiet_p99_ms, c.quiet
+            ),
+        ));
+    }
     out.push(check(
         "files.server-memory",
         pass(o.server_peak_kib > 0 && mib(o.server_peak_kib) <= f.max_server_rss_mib),
@@ -507,7 +615,7 @@ mod tests {
     fn scenario(leaky: bool) -> (Scenario, Files) {
         let text = format!(
             "name = \"t\"\ndescription = \"t\"\n[users]\ncount = 2\n[workload]\nmessages = 1\nrate = 1.0\n\
-             [files]\nsizes_kib = [1]\nmax_client_extra_mib = 16\nmax_client_moving_mib = 32\nmax_server_rss_mib = 96\nleaky = {leaky}\n"
+             [files]\nsizes_kib = [1]\nmax_client_extra_mib = 16\nmax_client_moving_mib = 32\nmax_server_rss_mib = 96\nmax_chat_p99_ms = 250.0\nleaky = {leaky}\n"
         );
         let s: Scenario = toml::from_str(&text).expect("a scenario");
         let f = s.files.clone().expect("files");
@@ -536,6 +644,14 @@ mod tests {
             idle_ms: 100.0,
             idle_peak_kib: 69_000,
             server_peak_kib: 18_000,
+            chat: ChatLatency {
+                quiet: 20,
+                quiet_p50_ms: 2.0,
+                quiet_p99_ms: 4.0,
+                moving: 40,
+                moving_p50_ms: 3.0,
+                moving_p99_ms: 20.0,
+            },
             taps: ["wire", "store", "logs", "memory"]
                 .into_iter()
                 .map(|t| (t.to_owned(), clean.clone()))
@@ -565,7 +681,9 @@ mod tests {
         assert_eq!(failed(&honest(), false), Vec::<&str>::new());
         type Mutant = (&'static str, fn(&mut FilesOutcome));
 
-        let mutants: [Mutant; 8] = [
+        let mutants: [Mutant; 10] = [
+            ("files.chat-latency", |o| o.chat.moving_p99_ms = 900.0),
+            ("files.chat-latency", |o| o.chat.moving = 0),
             ("files.intact", |o| o.transfers[0].intact = false),
             ("files.intact", |o| o.transfers.clear()),
             // A client that holds the whole file while it moves.
