@@ -238,6 +238,11 @@ impl Device {
         out
     }
 
+    /// The identity's signing key (group changes are signed with it).
+    pub(crate) fn identity_signing_key(&self) -> &SigningKey {
+        &self.identity.signing
+    }
+
     /// The device's public identity.
     pub fn public_identity(&self) -> PublicIdentity {
         self.identity.public

@@ -278,10 +278,37 @@ pub fn protocol_vectors() -> Result<String, crate::Error> {
     );
     file_vectors(w);
     group_vectors(w);
+    roster_vectors(w);
     Ok(out)
 }
 
 /// V10: encrypted files (§15).
+fn roster_vectors(w: &mut String) {
+    use crate::group::roster::{Change, Member, Roster};
+    let mut rng = VectorRng::new([0x42; 32]);
+    let mut secrets = [0x88u8; 64];
+    secrets[32..].fill(0x99);
+    let alice = Device::with_identity(&secrets, &mut rng);
+    secrets[..32].fill(0xAA);
+    let bob = Device::with_identity(&secrets, &mut rng);
+    let (roster, create) = Roster::create(
+        [0x61; 16],
+        "alice",
+        &alice,
+        vec![Member::of("bob", &bob, false)],
+    );
+    let remove = roster.propose("alice", &alice, Change::Remove { user: "bob".into() });
+    let _ = writeln!(
+        w,
+        "\n### V12. Group membership changes (§16.1)\n\n\
+         Alice's Ed25519 identity seed `88` × 32, Bob's `aa` × 32; group `61` × 16. \
+         Alice creates the group with Bob (epoch 0):\n\n```text\n{}\n```\n\n\
+         Then removes him (epoch 1, `prev` the SHA-256 of the creation's encoding):\n\n```text\n{}\n```",
+        block(&create.to_bytes()),
+        block(&remove.to_bytes())
+    );
+}
+
 fn group_vectors(w: &mut String) {
     use crate::group::SenderKey;
     let mut sender = SenderKey::from_secrets([0x61; 16], 1, &[0x66; 32], &[0x77; 32]);

@@ -35,6 +35,8 @@
 //! assert!(at_bob.decrypt(&message).is_err(), "a replay");
 //! ```
 
+pub mod roster;
+
 use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
