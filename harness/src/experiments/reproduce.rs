@@ -594,10 +594,10 @@ fn future_scope(
         Scope {
             item: "Secure group messaging",
             status: "partial",
-            evidence:
-                "sender-key message layer built (chatify_core::group; cargo bench --bench groups \
-                       beside Megolm); signed membership and the server's fan-out not yet"
-                    .into(),
+            evidence: "sender keys and signed membership built in the core \
+                       (chatify_core::group; cargo bench --bench groups beside Megolm); \
+                       the client's groups and the server's fan-out not yet"
+                .into(),
         },
         multimedia(files),
         multi_factor(mfa),
