@@ -944,15 +944,7 @@ pub(crate) fn reaction(
                 o.left_sender
             ),
         ),
-        Expect::FileRefused => (
-            shown(target) == 1 && o.files_saved == 0 && !o.files_refused.is_empty(),
-            format!(
-                "its message shown {} time(s); files saved: {}; refused: {}",
-                shown(target),
-                o.files_saved,
-                o.files_refused.first().map_or("none", String::as_str)
-            ),
-        ),
+        Expect::FileRefused => file_refused(o, shown(target)),
         Expect::KeyChangeAlert => {
             let flagged = o.shown.iter().filter(|s| s.3).count();
             (
@@ -969,6 +961,18 @@ pub(crate) fn reaction(
         pass,
         evidence,
     }
+}
+
+/// The file message was shown once, and its file was refused, not saved.
+fn file_refused(o: &Observed, shown: usize) -> (bool, String) {
+    (
+        shown == 1 && o.files_saved == 0 && !o.files_refused.is_empty(),
+        format!(
+            "its message shown {shown} time(s); files saved: {}; refused: {}",
+            o.files_saved,
+            o.files_refused.first().map_or("none", String::as_str)
+        ),
+    )
 }
 
 fn next_honest(o: &Observed) -> CheckResult {
@@ -1693,6 +1697,10 @@ mod tests {
             ..Observed::default()
         };
         assert!(!reaction(Expect::SendRefused, None, &leaked, "t", "bob").pass);
+    }
+
+    #[test]
+    fn the_file_reaction_check_fails_on_a_saved_file_or_an_untried_attack() {
         let refused = Observed {
             shown: vec![("bob".into(), "alice".into(), "t".into(), false)],
             files_refused: vec!["chunk 0 of the file did not authenticate".into()],

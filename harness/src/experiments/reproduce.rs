@@ -10,13 +10,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::load::files::FilesOutcome;
 use crate::load::mfa::MfaOutcome;
 use crate::load::{home_passphrase, run, sweep};
 use crate::metrics::stats::Spread;
 use crate::metrics::{Metrics, Outcome};
 use crate::plaintext::{self, Detector};
 use crate::report;
+use crate::report::files::FilesOutcome;
 use crate::report::paper::{Claim, Paper, Process, Quantile, Repeat, Scope, TimelineEvent};
 use crate::scenario::{self, Mode, Scenario, Verdict};
 use crate::taps::WireTap;

@@ -32,59 +32,13 @@ use sha2::{Digest, Sha256};
 
 use crate::metrics::Check;
 use crate::plaintext::{self, Detector, Plaintext};
+use crate::report::files::{ChatLatency, FilesOutcome, Peaks, Transfer};
 use crate::scenario::{Files, Scenario, Verdict};
 use crate::taps::{self, TapResult, WireTap};
 use crate::topology::{Topology, proc_peak_rss_kib};
 
 const PASSPHRASE: &str = "harness home";
 const BLOCK: usize = 64 * 1024;
-
-/// One file moved.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct Transfer {
-    pub(crate) size: u64,
-    /// `chatify send-file`, start to exit (ms).
-    pub(crate) send_ms: f64,
-    /// `chatify inbox`, start to the line saying the file was saved (ms).
-    pub(crate) receive_ms: f64,
-    pub(crate) sender: Peaks,
-    pub(crate) receiver: Peaks,
-    pub(crate) intact: bool,
-}
-
-/// The latency of a chat (a message every 50 ms, send to decrypted) on the
-/// same server, without files moving and while they move.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub(crate) struct ChatLatency {
-    pub(crate) quiet: usize,
-    pub(crate) quiet_p50_ms: f64,
-    pub(crate) quiet_p99_ms: f64,
-    pub(crate) moving: usize,
-    pub(crate) moving_p50_ms: f64,
-    pub(crate) moving_p99_ms: f64,
-}
-
-/// What a file-transfer run measured and found.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct FilesOutcome {
-    pub(crate) transfers: Vec<Transfer>,
-    /// The same for the smallest process that does nothing (`chatify
-    /// inbox` with nothing waiting): what start-up and unlocking the home
-    /// cost every transfer above (ms and KiB).
-    pub(crate) idle_ms: f64,
-    pub(crate) idle_peak_kib: u64,
-    pub(crate) server_peak_kib: u64,
-    /// Chat beside the transfers.
-    pub(crate) chat: ChatLatency,
-    pub(crate) taps: Vec<(String, TapResult)>,
-    pub(crate) checks: Vec<Check>,
-}
-
-impl FilesOutcome {
-    pub(crate) fn as_expected(&self) -> bool {
-        self.checks.iter().all(Check::as_expected)
-    }
-}
 
 /// Writes a file of `size` bytes: blocks of 64 KiB, each opening with its
 /// own canary. Returns the blocks' canaries (with each block's first KiB)
@@ -213,14 +167,6 @@ async fn chatify(
         bail!("chatify {:?} failed: {}", args, err.trim());
     }
     Ok((took, peak, said))
-}
-
-/// A process's peak resident memory (KiB): over its whole life, and
-/// sampled while the file moves (from its first progress report).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub(crate) struct Peaks {
-    pub(crate) whole: u64,
-    pub(crate) moving: u64,
 }
 
 /// Two in-process users, carol and dave, chatting beside the transfers:

@@ -1656,9 +1656,18 @@ impl Store for PgStore {
                 "DELETE FROM tokens WHERE username = $1 AND device = $2",
                 "UPDATE envelopes SET acked = TRUE
                  WHERE recipient = $1 AND recipient_device = $2 AND NOT acked",
+                // Its holds on blobs go; blobs nobody holds any more, with them.
+                "DELETE FROM blob_grants WHERE username = $1 AND device = $2",
+                "UPDATE blobs SET owner_holds = FALSE WHERE owner = $1 AND owner_device = $2",
             ] {
                 tx.execute(sql, &[&device.user, &dev])?;
             }
+            tx.batch_execute(
+                "DELETE FROM blob_parts WHERE blob IN (SELECT id FROM blobs b WHERE NOT owner_holds
+                     AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.blob = b.id));
+                 DELETE FROM blobs b WHERE NOT owner_holds
+                     AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.blob = b.id);",
+            )?;
             tx.commit()?;
             Ok(existed)
         })

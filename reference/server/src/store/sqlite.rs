@@ -1067,8 +1067,19 @@ impl Store for SqliteStore {
             "DELETE FROM one_time_prekeys WHERE user = ?1 AND device = ?2",
             "DELETE FROM tokens WHERE user = ?1 AND device = ?2",
             "UPDATE envelopes SET acked = 1 WHERE recipient = ?1 AND recipient_device = ?2 AND acked = 0",
+            // Its holds on blobs go; blobs nobody holds any more, with them.
+            "DELETE FROM blob_grants WHERE user = ?1 AND device = ?2",
+            "UPDATE blobs SET owner_holds = 0 WHERE owner = ?1 AND owner_device = ?2",
         ] {
             tx.execute(sql, p).map_err(db)?;
+        }
+        for sql in [
+            "DELETE FROM blob_parts WHERE blob IN (SELECT id FROM blobs b WHERE owner_holds = 0
+                 AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.blob = b.id))",
+            "DELETE FROM blobs WHERE owner_holds = 0
+                 AND NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.blob = blobs.id)",
+        ] {
+            tx.execute(sql, []).map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(existed)

@@ -481,6 +481,35 @@ pub(super) fn blobs_are_written_in_order_read_when_granted_and_deleted_unheld(st
     assert_eq!(blobs.blob_state(&bob, &[4; 16]).unwrap(), None);
 }
 
+/// A removed device's holds on blobs go with it: a blob only it held is
+/// deleted, one another device holds stays.
+pub(super) fn a_removed_device_releases_its_blobs(store: &dyn Store) {
+    let alice = account(store, "alice", 1);
+    let bob = account(store, "bob", 1);
+    let carol = account(store, "carol", 1);
+    let blobs = store.blobs();
+    for id in [[1u8; 16], [2; 16]] {
+        assert!(blobs.blob_create(&alice, &id, 1, 100, 50).unwrap());
+        blobs.blob_put(&alice, &id, 0, &[7], expiry(60)).unwrap();
+    }
+    blobs
+        .blob_grant(&alice, &[1; 16], std::slice::from_ref(&bob))
+        .unwrap();
+    blobs
+        .blob_grant(&alice, &[2; 16], &[bob.clone(), carol.clone()])
+        .unwrap();
+    assert!(blobs.blob_release(&alice, &[1; 16]).unwrap());
+    assert!(blobs.blob_release(&alice, &[2; 16]).unwrap());
+    assert!(store.remove_device(&bob).unwrap());
+    assert_eq!(blobs.blob_state(&bob, &[1; 16]).unwrap(), None);
+    assert_eq!(
+        blobs.blob_usage("alice").unwrap(),
+        1,
+        "only the one carol holds"
+    );
+    assert_eq!(blobs.blob_part(&carol, &[2; 16], 0).unwrap(), Some(vec![7]));
+}
+
 /// Nodes creating blobs for one account at once never take it past its quota.
 pub(super) fn concurrent_blob_creations_keep_the_quota(nodes: Vec<Arc<dyn Store>>) {
     const THREADS: usize = 8;
@@ -930,6 +959,7 @@ cases!(
         a_removed_device_is_gone_with_its_mailbox_and_tokens,
         second_factors_are_confirmed_once_and_codes_used_once,
         blobs_are_written_in_order_read_when_granted_and_deleted_unheld,
+        a_removed_device_releases_its_blobs,
     ],
     shared: [
         concurrent_fetches_never_share_a_one_time_prekey,
