@@ -420,12 +420,15 @@ async fn run(
         ..Config::default()
     };
     customize(&mut config);
+    // The handlers are in place before the first connection is accepted:
+    // a SIGTERM that arrives right after start shuts down gracefully too.
+    let signals = Signals::install()?;
     let server = Server::start(config, store)
         .await
         .map_err(|e| format!("cannot start on {}: {e}", args.listen))?;
     println!("listening on {scheme}://{}", server.local_addr());
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("signal received; shutting down");
     server.shutdown().await;
     finish(opened).await?;
@@ -468,12 +471,26 @@ enum Action {
     Migrate,
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -119,6 +119,20 @@ async fn sigterm_closes_connections_and_exits_cleanly() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// A SIGTERM the moment the server says it listens (as a service manager
+/// stopping a server it just started) still shuts it down gracefully: the
+/// handlers are installed before it accepts anything.
+#[test]
+fn a_sigterm_right_after_start_exits_cleanly() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, _url) = spawn(&dir.path().join("chatify.db"));
+        sigterm(&child);
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "{exit:?}");
+    }
+}
+
 #[test]
 fn help_explains_every_option() {
     let out = Command::new(env!("CARGO_BIN_EXE_chatify-server"))
