@@ -88,10 +88,30 @@ fn user_name(i: usize) -> String {
     format!("u{i}")
 }
 
-/// The `chatify` binary built beside this one.
+/// The `chatify` binary built beside this one; built first (with the
+/// same profile) when the harness runs under `cargo run` and it is not
+/// there yet, as on a fresh clone.
 pub(crate) fn chatify_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("chatify");
+    if !bin.is_file()
+        && let Some(cargo) = std::env::var_os("CARGO")
+    {
+        let release = exe
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "release");
+        eprintln!("building the chatify client (it is not beside the harness yet)");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "-p", "chatify-client", "--bin", "chatify"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status()?;
+        if !status.success() {
+            return Err(anyhow!("building the chatify client failed ({status})"));
+        }
+    }
     if bin.is_file() {
         Ok(bin)
     } else {
