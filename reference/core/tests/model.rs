@@ -89,6 +89,9 @@ struct Net<const REPLAY_MUTANT: bool> {
     mutant_cache: std::collections::HashMap<Vec<u8>, Vec<u8>>,
     in_flight: Vec<Packet>,
     sent: Vec<Vec<u8>>,
+    /// Every genuine envelope's bytes: a tampered copy tampered again can
+    /// turn back into one, and is then that genuine envelope.
+    genuine_bytes: std::collections::HashMap<Vec<u8>, u64>,
     accepted: HashSet<u64>,
 }
 
@@ -108,6 +111,7 @@ impl<const REPLAY_MUTANT: bool> StateMachineTest for Net<REPLAY_MUTANT> {
             mutant_cache: std::collections::HashMap::new(),
             in_flight: Vec::new(),
             sent: Vec::new(),
+            genuine_bytes: std::collections::HashMap::new(),
             accepted: HashSet::new(),
         }
     }
@@ -121,8 +125,10 @@ impl<const REPLAY_MUTANT: bool> StateMachineTest for Net<REPLAY_MUTANT> {
                 let sender: &mut Session = if from_alice { &mut p.alice } else { &mut p.bob };
                 let env = sender.encrypt(CONVERSATION, &m, &mut p.rng).unwrap();
                 net.sent.push(m);
+                let bytes = env.encode();
+                net.genuine_bytes.insert(bytes.clone(), id);
                 net.in_flight.push(Packet {
-                    bytes: env.encode(),
+                    bytes,
                     to_alice: !from_alice,
                     genuine: Some(id),
                 });
@@ -145,10 +151,12 @@ impl<const REPLAY_MUTANT: bool> StateMachineTest for Net<REPLAY_MUTANT> {
                 let b = bit.index(bytes.len() * 8);
                 bytes[b / 8] ^= 1 << (b % 8);
                 let to_alice = net.in_flight[k].to_alice;
+                // Flipping back a bit flipped before restores the original.
+                let genuine = net.genuine_bytes.get(&bytes).copied();
                 net.in_flight.push(Packet {
                     bytes,
                     to_alice,
-                    genuine: None,
+                    genuine,
                 });
             }
             Step::Deliver(i) => {
