@@ -368,20 +368,20 @@ impl Client {
             Err(_) => return result, // resumed on the next call
             Ok(_) => {}
         }
-        let _ = std::fs::remove_file(&part_path);
-        match self
-            .conn
-            .request(frame::BlobRelease { blob: file.blob })
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_code(&e, ErrorCode::NotFound) => {}
-            Err(e) if result.is_ok() => return Err(e),
-            Err(_) => {}
-        }
+        // Recorded as done first: a crash after this point leaves at most a
+        // partial file and a hold that the server's retention ends; a crash
+        // before it resumes the download (the file, if named, is named again
+        // under a new name only if the blob is still there).
         let mut book = self.book()?;
         book.saved.push((*message_id).into());
         self.save_book(&book)?;
+        let _ = std::fs::remove_file(&part_path);
+        // Releasing is a courtesy to the server's disk: a hold not released
+        // (the connection gone) ends with the server's retention.
+        let _ = self
+            .conn
+            .request(frame::BlobRelease { blob: file.blob })
+            .await;
         result
     }
 
