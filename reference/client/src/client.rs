@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 pub(crate) mod files;
+pub(crate) mod groups;
 
 use crate::ClientError;
 use crate::connection::{Connection, Push, expect, tls_config};
@@ -220,6 +221,17 @@ pub enum Event {
         /// The message.
         message_id: MessageId,
     },
+    /// A group changed, or a member device gave this device its key for
+    /// the group (`changes` empty): told by `from` over its session, and
+    /// checked (PROTOCOL §16.2). Each change names who made it.
+    GroupChanged {
+        /// The group.
+        group: chatify_core::group::GroupId,
+        /// The device that sent it.
+        from: Address,
+        /// The changes, oldest first.
+        changes: Vec<groups::GroupChange>,
+    },
     /// The server asked for prekeys and this many were published.
     KeysReplenished(u32),
     /// The server closed the connection (code and reason if it gave them).
@@ -379,6 +391,10 @@ pub struct Client {
     outbox_dirty: bool,
     /// Device lists of users, and when they were fetched.
     device_lists: std::collections::HashMap<String, (Vec<u32>, Instant)>,
+    /// The groups, once loaded from the home (PROTOCOL §16).
+    groups: Option<BTreeMap<chatify_core::group::GroupId, groups::Group>>,
+    /// The groups changed since they were last saved.
+    groups_dirty: bool,
 }
 
 async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), ClientError> {
@@ -583,6 +599,8 @@ impl Client {
             resends: Vec::new(),
             outbox_dirty: false,
             device_lists: std::collections::HashMap::new(),
+            groups: None,
+            groups_dirty: false,
         }
     }
 
@@ -1324,6 +1342,9 @@ impl Client {
         logged: &mut Vec<StoredMessage>,
         changed: &mut bool,
     ) -> Event {
+        if groups::is_group_message(&d.envelope) {
+            return self.receive_group(d, logged, changed);
+        }
         let rejected = |d: &Deliver, reason: String| Event::Rejected {
             from: d.from.clone(),
             seq: d.seq,
@@ -1370,6 +1391,18 @@ impl Client {
                 message_id: d.message_id,
             };
         }
+        if let Some(group) = &content.group {
+            self.state.mark_control(d.message_id);
+            if content.receipt.is_some()
+                || content.retry.is_some()
+                || content.file.is_some()
+                || !content.body.is_empty()
+                || content.seq != 0
+            {
+                return rejected(&d, "a group control with other content beside it".into());
+            }
+            return self.group_control(&d, group, warning.is_none());
+        }
         if content.is_control() {
             self.state.mark_control(d.message_id);
             return self.control(&d, &content, warning);
@@ -1397,6 +1430,7 @@ impl Client {
             message_id: d.message_id,
             text: text.clone(),
             file: content.file.clone(),
+            group: None,
         });
         self.state.mark_seen(d.message_id);
         let due = now_ms() + self.receipt_delay.as_millis() as u64;
@@ -1522,6 +1556,9 @@ impl Client {
             let batch = std::mem::take(logged);
             let file = self.file.clone();
             tokio::task::spawn_blocking(move || file.append_messages(&batch)).await??;
+        }
+        if self.groups_dirty {
+            self.save_groups().await?;
         }
         if std::mem::take(changed) {
             self.persist(None).await?;

@@ -48,6 +48,7 @@ pub mod storage;
 pub mod vault;
 
 pub use client::files::{FileProgress, SavedFile};
+pub use client::groups::{GroupChange, GroupInfo};
 pub use client::{
     Client, ConnectOptions, DELIVERY_GRACE, DEVICE_LIST_TTL, Event, IdentityWarning, Incoming,
     Late, LoginRequest, MAX_KEPT_TEXT, MISSING_GRACE, MfaSecret, OWNER_WAIT, PREKEY_TARGET,

@@ -402,6 +402,7 @@ async fn save_files(client: &mut Client, cli: &Cli, events: &[Event]) -> Result<
                 message_id: m.message_id,
                 text: Vec::new(),
                 file: m.file.as_deref().cloned(),
+                group: None,
             };
             save_file(client, cli, &stored).await?;
         }

@@ -240,6 +240,10 @@ pub(crate) struct MessageRecord<'a> {
     /// their bytes).
     #[n(5)]
     pub(crate) file: Option<chatify_proto::content::FileRef>,
+    /// The group of a group message (absent in older records and for
+    /// pairwise messages).
+    #[n(6)]
+    pub(crate) group: Option<minicbor::bytes::ByteArray<16>>,
 }
 
 #[cfg(test)]

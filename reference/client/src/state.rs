@@ -94,6 +94,8 @@ pub struct StoredMessage {
     /// The encrypted file the message carries (its key included: the log
     /// is sealed).
     pub file: Option<FileRef>,
+    /// The group the message was sent to, if it was a group message.
+    pub group: Option<[u8; 16]>,
 }
 
 /// The whole local state.
@@ -1053,6 +1055,26 @@ impl StateFile {
         self.write_atomic(&self.dir.join("transfers.cbor"), &sealed)
     }
 
+    /// The groups' record (`groups.cbor`, sealed like the state): each
+    /// group's chain of changes and keys. Empty if there is none.
+    pub(crate) fn groups(&self) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let path = self.dir.join("groups.cbor");
+        match self.storage.read(&path) {
+            Ok(sealed) => self
+                .vault()?
+                .open(Purpose::Groups, &sealed)
+                .ok_or_else(|| ClientError::State(format!("{} is damaged", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Zeroizing::new(Vec::new())),
+            Err(e) => Err(ClientError::io(&path, e)),
+        }
+    }
+
+    /// Replaces the groups' record atomically and durably.
+    pub(crate) fn save_groups(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        let sealed = self.vault()?.seal(Purpose::Groups, bytes);
+        self.write_atomic(&self.dir.join("groups.cbor"), &sealed)
+    }
+
     /// Replaces `path` atomically and durably: a temporary file of its own,
     /// `fsync`, rename, `fsync` of the directory; any failure is a failure.
     fn write_atomic(&self, path: &std::path::Path, bytes: &[u8]) -> Result<(), ClientError> {
@@ -1109,6 +1131,7 @@ fn encode_message<W: minicbor::encode::Write>(m: &StoredMessage, w: W) {
         message_id: m.message_id.as_slice().into(),
         text: m.text.as_slice().into(),
         file: m.file.clone(),
+        group: m.group.map(Into::into),
     };
     let result = minicbor::encode(&record, w);
     debug_assert!(result.is_ok());
@@ -1125,6 +1148,7 @@ fn decode_message(d: &mut Decoder<'_>) -> Result<StoredMessage, ClientError> {
         message_id: fixed(record.message_id, "message id")?,
         text: record.text.to_vec(),
         file: record.file,
+        group: record.group.map(|g| *g),
     })
 }
 
@@ -1397,6 +1421,7 @@ mod tests {
             message_id: [id; 16],
             text: text.to_vec(),
             file: None,
+            group: None,
         }
     }
 

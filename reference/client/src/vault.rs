@@ -140,6 +140,7 @@ pub(crate) enum Purpose {
     State,
     LogRecord,
     Transfers,
+    Groups,
 }
 
 impl Purpose {
@@ -148,6 +149,7 @@ impl Purpose {
             Purpose::State => b"chatify state v1",
             Purpose::LogRecord => b"chatify log record v1",
             Purpose::Transfers => b"chatify transfers v1",
+            Purpose::Groups => b"chatify groups v1",
         }
     }
 }

@@ -307,6 +307,29 @@ fn roster_vectors(w: &mut String) {
         block(&create.to_bytes()),
         block(&remove.to_bytes())
     );
+    let creation = create.to_bytes();
+    let distribution =
+        crate::group::SenderKey::from_secrets([0x61; 16], 1, &[0x66; 32], &[0x77; 32])
+            .distribution()
+            .to_bytes();
+    let control = chatify_proto::Content {
+        group: Some(chatify_proto::content::GroupControl {
+            group: [0x61; 16],
+            changes: vec![creation.as_slice().into()],
+            sender_key: Some(&distribution),
+        }),
+        ..chatify_proto::Content::message([0x44; 16], 0, 0, 1_767_225_603_000, b"")
+    };
+    let mut c = Vec::new();
+    let _ = control.encode(&mut c);
+    let _ = writeln!(
+        w,
+        "\n### V13. Group control content (§16.2)\n\n\
+         What Alice sends Bob over their pairwise session (message id `44` × 16, sealed at \
+         1767225603000 ms): the group's creation above and her distribution of V11.\n\n\
+         ```text\n{}\n```",
+        block(&c)
+    );
 }
 
 fn group_vectors(w: &mut String) {
@@ -536,6 +559,22 @@ pub fn sample_frames(bundle: &PrekeyBundle, env: &Envelope) -> Vec<Frame> {
         }
         .into(),
         frame::BlobRelease { blob: [0x5A; 16] }.into(),
+        frame::SendGroup {
+            to: vec![
+                Address {
+                    user: "bob".into(),
+                    device: 1,
+                },
+                Address {
+                    user: "carol".into(),
+                    device: 2,
+                },
+            ],
+            conversation: [0x61; 16],
+            message_id: [0x11; 16],
+            envelope: vec![0x01, 0x61, 0x61],
+        }
+        .into(),
         frame::BlobState {
             blob: [0x5A; 16],
             size: 131_088,

@@ -10,8 +10,8 @@
 //! Encoding: a canonical CBOR map with keys `0` message id (bstr 16), `1`
 //! sequence (uint), `2` floor (uint), `3` the sender's clock in ms since
 //! the Unix epoch (uint), `4` body (bstr), and at most one of `5` a
-//! delivery receipt and `6` a retry request (PROTOCOL §7.2, §7.3), which
-//! make it a *control* content: empty body, `seq` and `floor` 0, not shown
+//! delivery receipt, `6` a retry request (PROTOCOL §7.2, §7.3) and `8` a
+//! group control (§16.2), which make it a *control* content: empty body, `seq` and `floor` 0, not shown
 //! and outside the sequence. Decoding accepts only the canonical encoding.
 
 use core::fmt;
@@ -98,6 +98,49 @@ pub struct Content<'a> {
     /// then its caption, possibly empty.
     #[n(7)]
     pub file: Option<FileRef>,
+    /// A group's membership changes and the sender's key for it (PROTOCOL
+    /// §16.2), sent over the pairwise session (a control content).
+    #[b(8)]
+    pub group: Option<GroupControl<'a>>,
+}
+
+/// What members send each other over their pairwise sessions about a group
+/// (PROTOCOL §16.2): signed membership changes, oldest first (the whole
+/// chain from the creation for a member who has none of it), and the
+/// sending device's sender key distribution (secret: borrowed from the
+/// decrypted plaintext, never copied here). `Debug` shows only counts.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct GroupControl<'a> {
+    /// The group.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub group: [u8; 16],
+    /// Signed changes (each a `SignedChange` encoding), oldest first.
+    #[b(1)]
+    pub changes: Vec<&'a minicbor::bytes::ByteSlice>,
+    /// The sender's key distribution for the group, if it sends one.
+    #[b(2)]
+    #[cbor(with = "minicbor::bytes")]
+    pub sender_key: Option<&'a [u8]>,
+}
+
+impl fmt::Debug for GroupControl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupControl")
+            .field("group", &crate::frame::Hex(&self.group))
+            .field("changes", &self.changes.len())
+            .field("sender_key", &self.sender_key.is_some())
+            .finish()
+    }
+}
+
+impl GroupControl<'_> {
+    /// Bytes its encoding takes at most.
+    pub fn encoded_len_max(&self) -> usize {
+        let changes: usize = self.changes.iter().map(|c| c.len() + 9).sum();
+        32 + changes + self.sender_key.map_or(0, |k| k.len() + 9)
+    }
 }
 
 /// What a recipient needs to fetch and open an encrypted file (PROTOCOL
@@ -167,6 +210,7 @@ impl fmt::Debug for Content<'_> {
             .field("receipt", &self.receipt)
             .field("retry", &self.retry.as_ref().map(|r| r.message_ids.len()))
             .field("file", &self.file)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -189,12 +233,14 @@ impl<'a> Content<'a> {
             receipt: None,
             retry: None,
             file: None,
+            group: None,
         }
     }
 
-    /// Whether this is a control content (a receipt or a retry request).
+    /// Whether this is a control content (a receipt, a retry request, or a
+    /// group control).
     pub fn is_control(&self) -> bool {
-        self.receipt.is_some() || self.retry.is_some()
+        self.receipt.is_some() || self.retry.is_some() || self.group.is_some()
     }
 
     /// Writes the canonical encoding to `w` (a zeroizing buffer: the body is
@@ -217,7 +263,8 @@ impl<'a> Content<'a> {
             .as_ref()
             .map_or(0, |r| 8 + 18 * r.message_ids.len());
         let file = self.file.as_ref().map_or(0, |_| FileRef::ENCODED_LEN_MAX);
-        self.body.len() + CONTENT_OVERHEAD + receipt + retry + file
+        let group = self.group.as_ref().map_or(0, GroupControl::encoded_len_max);
+        self.body.len() + CONTENT_OVERHEAD + receipt + retry + file + group
     }
 
     /// Decodes content borrowing its body from `bytes`, accepting only the

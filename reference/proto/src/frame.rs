@@ -13,8 +13,8 @@ use minicbor::{Decode, Decoder, Encode, Encoder};
 pub(crate) use crate::hex::Hex;
 use crate::keys::{DeviceKeys, OneTimePrekey, PrekeyBundle, SignedPrekey};
 use crate::limits::{
-    BLOB_PART_LEN, MAX_ENVELOPE_LEN, MAX_FRAME_LEN, MAX_LINK_BLOB_LEN, MAX_LIST_LEN,
-    MAX_ONE_TIME_PREKEYS_PER_PUBLISH, MAX_PASSWORD_LEN, MAX_TEXT_LEN, MAX_TOKEN_LEN,
+    BLOB_PART_LEN, MAX_ENVELOPE_LEN, MAX_FRAME_LEN, MAX_GROUP_DEVICES, MAX_LINK_BLOB_LEN,
+    MAX_LIST_LEN, MAX_ONE_TIME_PREKEYS_PER_PUBLISH, MAX_PASSWORD_LEN, MAX_TEXT_LEN, MAX_TOKEN_LEN,
     MAX_USERNAME_LEN,
 };
 use crate::{ConversationId, DecodeError, ErrorCode, MessageId, PROTOCOL_VERSION};
@@ -226,6 +226,8 @@ bodies! {
     22 => BlobGet,
     /// Client: drop the caller's hold on a blob (deleted when none is left).
     23 => BlobRelease,
+    /// Client: relay one group message to each of these devices.
+    24 => SendGroup,
     /// Server: the request succeeded and has nothing to return.
     64 => Ok,
     /// Server: the request failed.
@@ -316,6 +318,11 @@ impl Body {
                 b.recovery_codes
                     .iter()
                     .try_for_each(|c| check_len("recovery code", c.len(), MAX_TEXT_LEN))
+            }
+            Body::SendGroup(b) => {
+                check_len("to", b.to.len(), MAX_GROUP_DEVICES)?;
+                b.to.iter().try_for_each(Address::check_limits)?;
+                check_len("envelope", b.envelope.len(), MAX_ENVELOPE_LEN)
             }
             Body::BlobPut(b) => check_len("data", b.data.len(), BLOB_PART_LEN),
             Body::BlobPart(b) => check_len("data", b.data.len(), BLOB_PART_LEN),
@@ -703,6 +710,42 @@ pub struct BlobRelease {
     #[n(0)]
     #[cbor(with = "minicbor::bytes")]
     pub blob: BlobId,
+}
+
+/// `24 SendGroup`: relay one group message (PROTOCOL §16.3) to each of
+/// these devices. The server stores one copy per device, as if each had
+/// been sent with [`Send`], and answers [`SendOk`] once all are durable
+/// (with the last one's sequence number); a device that does not exist or
+/// has published no keys fails the whole request and nothing is stored.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct SendGroup {
+    /// The recipient devices: at least one, none twice, not the sender.
+    #[n(0)]
+    pub to: Vec<Address>,
+    /// The group (its id, which is the conversation its messages are in).
+    #[n(1)]
+    #[cbor(with = "minicbor::bytes")]
+    pub conversation: ConversationId,
+    /// The sender's message id.
+    #[n(2)]
+    #[cbor(with = "minicbor::bytes")]
+    pub message_id: MessageId,
+    /// The group message: opaque to the server.
+    #[n(3)]
+    #[cbor(with = "minicbor::bytes")]
+    pub envelope: Vec<u8>,
+}
+
+impl fmt::Debug for SendGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendGroup")
+            .field("to", &self.to.len())
+            .field("conversation", &Hex(&self.conversation))
+            .field("message_id", &Hex(&self.message_id))
+            .field("envelope", &Redacted(self.envelope.len()))
+            .finish()
+    }
 }
 
 /// `78 BlobState`: a blob's size and how many of its bytes the server

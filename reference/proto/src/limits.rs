@@ -29,6 +29,9 @@ pub const MAX_TEXT_LEN: usize = 1024;
 /// Most items in any list carried by a frame (acks, history pages).
 pub const MAX_LIST_LEN: usize = 1000;
 
+/// Most recipient devices of one group message (a [`SendGroup`](crate::frame::SendGroup)).
+pub const MAX_GROUP_DEVICES: usize = 1000;
+
 /// Longest session token, in bytes.
 pub const MAX_TOKEN_LEN: usize = 64;
 

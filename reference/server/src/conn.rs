@@ -854,6 +854,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(frame::Bundle { bundle }.into())
             }
             Body::Send(s) => self.relay(s).await,
+            Body::SendGroup(g) => self.relay_group(g).await,
             Body::Ack(a) => {
                 let device = self.device()?;
                 hot(&self.shared, self.shared.store.fast_commits(), move |s| {
@@ -1312,6 +1313,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(frame::SendOk {
             seq: stored.seq,
             message_id: s.message_id,
+        }
+        .into())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// `SendGroup` (PROTOCOL §16.3): one group message stored for each
+    /// recipient device, all durable before `SendOk`. Each stored copy costs
+    /// a request token, as the `Send` it replaces would have: fanning out
+    /// saves the sender bandwidth, not the server's limits.
+    async fn relay_group(&mut self, g: frame::SendGroup) -> Reply {
+        let from = self.device()?;
+        if g.to.is_empty() {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "a group message needs recipients",
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(g.to.len());
+        if g.to.iter().any(|a| *a == from || !seen.insert(a)) {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "recipients must be distinct devices other than the sender",
+            ));
+        }
+        let rate = f64::from(self.shared.config.requests_per_second);
+        let extra = (g.to.len() - 1) as f64;
+        if self
+            .requests
+            .take_n(extra, rate, 2.0 * rate, Instant::now())
+            .is_err()
+        {
+            return Err((
+                ErrorCode::RateLimited,
+                "too many group messages for the group's size; slow down",
+            ));
+        }
+        let sent_at_ms = now_ms();
+        let envelopes: Vec<NewEnvelope> =
+            g.to.into_iter()
+                .map(|to| NewEnvelope {
+                    from: from.clone(),
+                    to,
+                    conversation: g.conversation,
+                    message_id: g.message_id,
+                    sent_at_ms,
+                    envelope: g.envelope.clone(),
+                })
+                .collect();
+        if let Some(observer) = &self.shared.config.envelope_observer {
+            (observer.0)(&g.envelope);
+        }
+        let (stored, envelopes) = blocking(&self.shared, move |st| {
+            for e in &envelopes {
+                if st.one_time_prekey_count(&e.to)?.is_none() {
+                    return Ok((None, envelopes));
+                }
+            }
+            Ok((Some(st.enqueue_many(&envelopes)?), envelopes))
+        })
+        .await?;
+        let stored = stored.ok_or((
+            ErrorCode::NoSuchUser,
+            "no such device, or it has published no keys",
+        ))?;
+        let mut last = 0;
+        for (s, e) in stored.into_iter().zip(envelopes) {
+            // A device removed between the check and the store.
+            let Some(s) = s else { continue };
+            last = s.seq;
+            if !self.shared.announced {
+                self.shared.route_envelope(s, e);
+            }
+        }
+        tracing::debug!(conn = self.id, seq = last, "group message stored");
+        Ok(frame::SendOk {
+            seq: last,
+            message_id: g.message_id,
         }
         .into())
     }

@@ -40,17 +40,29 @@ impl Bucket {
 
     /// Takes a token, or says how long until one is due.
     pub(crate) fn take(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
-        if rate <= 0.0 {
+        self.take_n(1.0, rate, burst, now)
+    }
+
+    /// Takes `n` more tokens at once (a request that costs more than one),
+    /// or none if the bucket holds fewer; says how long until it would.
+    pub(crate) fn take_n(
+        &mut self,
+        n: f64,
+        rate: f64,
+        burst: f64,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        if rate <= 0.0 || n <= 0.0 {
             return Ok(());
         }
         let gained = now.saturating_duration_since(self.last).as_secs_f64() * rate;
         self.tokens = (self.tokens + gained).min(burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+            Err(Duration::from_secs_f64((n - self.tokens) / rate))
         }
     }
 

@@ -228,6 +228,34 @@ impl SenderKey {
         }
     }
 
+    /// The chain's whole state, to be kept sealed on this device: its
+    /// distribution ([`DISTRIBUTION_LEN`] bytes) followed by the 32-byte
+    /// signing seed.
+    pub fn to_state(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = self.distribution().to_bytes();
+        out.extend_from_slice(self.signing.as_bytes());
+        out
+    }
+
+    /// A chain from [`SenderKey::to_state`]'s bytes.
+    pub fn from_state(bytes: &[u8]) -> Result<SenderKey, Error> {
+        const BAD: Error = Error::State("malformed sender key state");
+        let (d, seed) = bytes.split_at_checked(DISTRIBUTION_LEN).ok_or(BAD)?;
+        let d = SenderKeyDistribution::from_bytes(d)?;
+        let seed: &[u8; 32] = seed.try_into().map_err(|_| BAD)?;
+        let signing = SigningKey::from_bytes(seed);
+        if signing.verifying_key().to_bytes() != d.signing_key {
+            return Err(BAD);
+        }
+        Ok(SenderKey {
+            group: d.group,
+            key_id: d.key_id,
+            iteration: d.iteration,
+            chain: Key32::new(*d.chain_key),
+            signing,
+        })
+    }
+
     /// Encrypts and signs one group message; the chain moves on.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
         if plaintext.len() > chatify_proto::limits::MAX_PLAINTEXT_LEN {
@@ -328,6 +356,49 @@ impl ReceiverKey {
     /// The chain's id.
     pub fn key_id(&self) -> u32 {
         self.key_id
+    }
+
+    /// The chain's state, to be kept sealed on this device: the
+    /// distribution at the current iteration, then the number of skipped
+    /// message keys (u32 BE) and each as its iteration (u32 BE) and key.
+    pub fn to_state(&self) -> Zeroizing<Vec<u8>> {
+        let d = SenderKeyDistribution {
+            group: self.group,
+            key_id: self.key_id,
+            iteration: self.iteration,
+            chain_key: Zeroizing::new(*self.chain.as_bytes()),
+            signing_key: self.verifying.to_bytes(),
+        };
+        let mut out = d.to_bytes();
+        out.reserve(4 + self.skipped.len() * 36);
+        out.extend_from_slice(&(self.skipped.len() as u32).to_be_bytes());
+        for (i, key) in &self.skipped {
+            out.extend_from_slice(&i.to_be_bytes());
+            out.extend_from_slice(key.as_bytes());
+        }
+        out
+    }
+
+    /// A chain from [`ReceiverKey::to_state`]'s bytes.
+    pub fn from_state(bytes: &[u8]) -> Result<ReceiverKey, Error> {
+        const BAD: Error = Error::State("malformed receiver key state");
+        let (d, rest) = bytes.split_at_checked(DISTRIBUTION_LEN).ok_or(BAD)?;
+        let mut key = Self::from_distribution_bytes(d)?;
+        let (count, mut rest) = rest.split_first_chunk::<4>().ok_or(BAD)?;
+        let count = u32::from_be_bytes(*count) as usize;
+        if count > MAX_GROUP_SKIPPED || rest.len() != count * 36 {
+            return Err(BAD);
+        }
+        while let Some((i, tail)) = rest.split_first_chunk::<4>() {
+            let (k, tail) = tail.split_at_checked(32).ok_or(BAD)?;
+            let i = u32::from_be_bytes(*i);
+            if i >= key.iteration {
+                return Err(BAD);
+            }
+            key.skipped.insert(i, Key32::from_slice(k).ok_or(BAD)?);
+            rest = tail;
+        }
+        Ok(key)
     }
 
     /// The sender's public signing key.
@@ -431,6 +502,42 @@ mod tests {
         }
         assert!(r.decrypt(&good[..good.len() - 1]).is_err());
         assert_eq!(&r.decrypt(&good).unwrap()[..], b"hello");
+    }
+
+    /// Both halves survive a restart: the sender goes on where it was, and
+    /// the receiver keeps its skipped keys and still opens each message once.
+    #[test]
+    fn states_round_trip_and_malformed_states_are_refused() {
+        let (mut s, mut r) = pair();
+        let m: Vec<Vec<u8>> = (0..4).map(|i| s.encrypt(&[i]).unwrap()).collect();
+        assert_eq!(&r.decrypt(&m[3]).unwrap()[..], &[3]);
+        let mut s2 = SenderKey::from_state(&s.to_state()).unwrap();
+        let mut r2 = ReceiverKey::from_state(&r.to_state()).unwrap();
+        assert_eq!(r2.skipped.len(), 3);
+        assert_eq!(&r2.decrypt(&m[1]).unwrap()[..], &[1]);
+        assert_eq!(r2.decrypt(&m[3]).unwrap_err(), Error::Duplicate);
+        let next = s2.encrypt(b"after").unwrap();
+        assert_eq!(&r2.decrypt(&next).unwrap()[..], b"after");
+        assert!(
+            r.decrypt(&s.encrypt(b"x").unwrap()).is_ok(),
+            "the old copy is unchanged"
+        );
+        let state = s.to_state();
+        let mut other_seed = state.to_vec();
+        other_seed[DISTRIBUTION_LEN] ^= 1;
+        assert!(
+            SenderKey::from_state(&other_seed).is_err(),
+            "seed not the key's"
+        );
+        assert!(SenderKey::from_state(&state[..state.len() - 1]).is_err());
+        let rs = r.to_state();
+        assert!(ReceiverKey::from_state(&rs[..rs.len() - 1]).is_err());
+        let mut future = rs.to_vec();
+        future[DISTRIBUTION_LEN + 4..DISTRIBUTION_LEN + 8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(
+            ReceiverKey::from_state(&future).is_err(),
+            "a skipped key ahead of the chain"
+        );
     }
 
     #[test]

@@ -196,6 +196,11 @@ impl SignedChange {
         Ok(c)
     }
 
+    /// The group it is a change of.
+    pub fn group(&self) -> GroupId {
+        self.body.group
+    }
+
     /// Who made the change.
     pub fn by(&self) -> &str {
         &self.body.by

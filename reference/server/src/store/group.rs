@@ -90,15 +90,40 @@ impl GroupCommit {
         op: Op,
         commit: impl Fn(&[&Op]) -> Result<Vec<Result<Done, StoreError>>, StoreError>,
     ) -> Result<Done, StoreError> {
-        let job = Arc::new(Job {
-            op,
-            result: Mutex::new(None),
-        });
+        let mut results = self.run_many(vec![op], commit);
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Database("group commit lost a result".into())))
+    }
+
+    /// [`GroupCommit::run`] for several jobs queued together, so that they
+    /// go into the same transaction: each job's result, in order.
+    pub(crate) fn run_many(
+        &self,
+        ops: Vec<Op>,
+        commit: impl Fn(&[&Op]) -> Result<Vec<Result<Done, StoreError>>, StoreError>,
+    ) -> Vec<Result<Done, StoreError>> {
+        let jobs: Vec<Arc<Job>> = ops
+            .into_iter()
+            .map(|op| {
+                Arc::new(Job {
+                    op,
+                    result: Mutex::new(None),
+                })
+            })
+            .collect();
         let mut queue = lock(&self.queue);
-        queue.jobs.push(Arc::clone(&job));
+        queue.jobs.extend(jobs.iter().cloned());
         loop {
-            if let Some(result) = lock(&job.result).take() {
-                return result;
+            if jobs.iter().all(|j| lock(&j.result).is_some()) {
+                return jobs
+                    .iter()
+                    .map(|j| {
+                        lock(&j.result).take().unwrap_or_else(|| {
+                            Err(StoreError::Database("group commit lost a result".into()))
+                        })
+                    })
+                    .collect();
             }
             if queue.committing {
                 queue = self

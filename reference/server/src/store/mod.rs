@@ -320,6 +320,13 @@ pub trait Store: Send + Sync + 'static {
             .enqueue(envelope)?
             .map(|seq| Stored { seq, prev: None }))
     }
+    /// [`Store::enqueue_linked`] for each envelope of one group message
+    /// (PROTOCOL §16.3), in order. A store with group commit makes them
+    /// durable together (one transaction, one fsync); the default stores
+    /// them one by one. The caller has checked that every recipient exists.
+    fn enqueue_many(&self, envelopes: &[NewEnvelope]) -> Result<Vec<Option<Stored>>, StoreError> {
+        envelopes.iter().map(|e| self.enqueue_linked(e)).collect()
+    }
     /// Has the store tell `announce` of every envelope it commits from now
     /// on (see [`Announce`]), beside any earlier listener; returns whether
     /// it will. A store that returns `false` (the default) leaves the server

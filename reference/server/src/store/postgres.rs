@@ -1542,6 +1542,15 @@ impl Store for PgStore {
             .enqueued()
     }
 
+    fn enqueue_many(&self, envelopes: &[NewEnvelope]) -> Result<Vec<Option<Stored>>, StoreError> {
+        let ops = envelopes.iter().cloned().map(Op::Enqueue).collect();
+        self.group
+            .run_many(ops, |ops| self.commit_batch(ops))
+            .into_iter()
+            .map(|done| done?.enqueued())
+            .collect()
+    }
+
     fn pending(
         &self,
         device: &Address,

@@ -1248,6 +1248,21 @@ impl Store for SqliteStore {
             .map(|stored| stored.map(|s| s.seq))
     }
 
+    fn enqueue_many(
+        &self,
+        envelopes: &[NewEnvelope],
+    ) -> Result<Vec<Option<super::Stored>>, StoreError> {
+        let Some(group) = &self.group else {
+            return envelopes.iter().map(|e| self.enqueue_linked(e)).collect();
+        };
+        let ops = envelopes.iter().cloned().map(Op::Enqueue).collect();
+        group
+            .run_many(ops, |ops| commit_batch(&self.conn, ops))
+            .into_iter()
+            .map(|done| done?.enqueued())
+            .collect()
+    }
+
     fn pending(
         &self,
         device: &Address,
