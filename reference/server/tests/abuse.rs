@@ -461,3 +461,75 @@ async fn one_account_cannot_drain_a_devices_prekeys() {
     }
     server.shutdown().await;
 }
+
+/// `SendGroup` (PROTOCOL §16.3): one request stores a copy for each listed
+/// device, all or nothing, and each copy costs a request token. Refused:
+/// no recipient, a device twice, the sender itself, and a device that does
+/// not exist (nothing stored for the others). A flood of group messages to
+/// many devices meets the rate limit as the same number of `Send`s would.
+#[tokio::test]
+async fn a_group_message_is_stored_for_each_device_and_costs_a_token_per_copy() {
+    let config = Config {
+        requests_per_second: 50,
+        ..test_config()
+    };
+    let (_server, url) = start(config).await;
+    let (mut alice, _) = account(&url, "alice").await;
+    let (mut bob, _) = account(&url, "bob").await;
+    let (mut carol, _) = account(&url, "carol").await;
+    let group = |to: Vec<frame::Address>, id: u8| frame::SendGroup {
+        to,
+        conversation: [9; 16],
+        message_id: [id; 16],
+        envelope: vec![1; 100],
+    };
+    let both = vec![common::addr("bob"), common::addr("carol")];
+    for (to, code) in [
+        (vec![], ErrorCode::InvalidRequest),
+        (
+            vec![common::addr("bob"), common::addr("bob")],
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            vec![common::addr("bob"), common::addr("alice")],
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            vec![common::addr("bob"), common::addr("nobody")],
+            ErrorCode::NoSuchUser,
+        ),
+    ] {
+        alice.expect_error(group(to, 1), code).await;
+    }
+    let ok = alice.request(group(both.clone(), 2)).await;
+    assert!(matches!(ok, Body::SendOk(_)), "{ok:?}");
+    // Bob and Carol each get exactly the one message that was stored.
+    for raw in [&mut bob, &mut carol] {
+        let got = common::receive_acking(raw, 2, Duration::from_millis(300)).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].message_id, got[0].conversation), ([2; 16], [9; 16]));
+        assert_eq!(got[0].from, common::addr("alice"));
+    }
+    // Each copy costs a token: with 50 a second (a burst of 100), a
+    // message to 40 devices goes twice, not a hundred times.
+    for i in 0..40 {
+        let name = format!("member{i}");
+        let (raw, _) = account(&url, &name).await;
+        drop(raw);
+    }
+    let many: Vec<frame::Address> = (0..40)
+        .map(|i| common::addr(&format!("member{i}")))
+        .collect();
+    let mut stored = 0;
+    for i in 0..10u8 {
+        match alice.request(group(many.clone(), 10 + i)).await {
+            Body::SendOk(_) => stored += 1,
+            Body::Error(e) => assert_eq!(e.code, ErrorCode::RateLimited, "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        (1..=3).contains(&stored),
+        "{stored} group messages to 40 devices went through"
+    );
+}

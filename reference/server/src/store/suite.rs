@@ -546,6 +546,28 @@ pub(super) fn envelopes_for_a_device_without_keys_are_not_stored(store: &dyn Sto
     assert_eq!(store.pending(&bob, 0, 10).unwrap().len(), 1);
 }
 
+/// A group message's copies (PROTOCOL §16.3): one per device, in the
+/// order given, each in its device's mailbox, none for a device with no
+/// keys.
+pub(super) fn a_group_messages_copies_land_in_each_mailbox(store: &dyn Store) {
+    let devices: Vec<Address> = ["bob", "carol", "dave"]
+        .iter()
+        .map(|u| account(store, u, 0))
+        .collect();
+    let mut copies: Vec<NewEnvelope> = devices.iter().map(|d| envelope_to(d, 5)).collect();
+    copies.push(envelope_to(&addr("nobody", 1), 5));
+    let stored = store.enqueue_many(&copies).unwrap();
+    assert_eq!(stored.len(), 4);
+    assert!(stored[3].is_none());
+    let seqs: Vec<u64> = stored[..3].iter().map(|s| s.unwrap().seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    for (d, seq) in devices.iter().zip(&seqs) {
+        let mail = store.pending(d, 0, 10).unwrap();
+        assert_eq!(mail.len(), 1);
+        assert_eq!((mail[0].seq, mail[0].envelope.clone()), (*seq, vec![3; 10]));
+    }
+}
+
 pub(super) fn the_mailbox_reads_in_order_after_a_cursor(store: &dyn Store) {
     let bob = account(store, "bob", 0);
     let carol = account(store, "carol", 0);
@@ -951,6 +973,7 @@ cases!(
         publishing_keys_follows_the_directory_rules,
         bundles_serve_each_one_time_prekey_once,
         envelopes_for_a_device_without_keys_are_not_stored,
+        a_group_messages_copies_land_in_each_mailbox,
         the_mailbox_reads_in_order_after_a_cursor,
         a_refused_acknowledgement_marks_nothing,
         history_pages_newest_first_for_participants_only,
