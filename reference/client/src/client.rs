@@ -62,8 +62,10 @@ impl ConnectOptions {
 pub struct Incoming {
     /// The sender device (as the server says; the session authenticates it).
     pub from: Address,
-    /// The conversation.
+    /// The conversation (the group's id for a group message).
     pub conversation: ConversationId,
+    /// The group, if it is a group message (PROTOCOL §16.3).
+    pub group: Option<chatify_core::group::GroupId>,
     /// The sender's message id.
     pub message_id: MessageId,
     /// The server's acceptance time, ms since the Unix epoch.
@@ -1440,6 +1442,7 @@ impl Client {
         Event::Message(Incoming {
             from: d.from,
             conversation: d.conversation,
+            group: None,
             message_id: d.message_id,
             sent_at_ms: d.sent_at_ms,
             sealed_at_ms: content.sent_at_ms,

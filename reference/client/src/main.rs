@@ -150,6 +150,15 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Group chats: `create USER...`, `send GROUP TEXT`, `add GROUP USER`,
+    /// `remove GROUP USER`, `leave GROUP`, `list`. GROUP is the start of the
+    /// group's id as `list` prints it. Membership is signed by members and
+    /// checked by every member's client; messages are read with `inbox` or
+    /// `chat`.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
     /// Show the safety numbers with a user's devices; --confirm after comparing them in person.
     Verify {
         /// The user (`user`, or `user:device`: every device of the user is shown).
@@ -163,6 +172,46 @@ enum Command {
     /// Change the passphrase that encrypts --home (asks for the new one twice,
     /// or reads it from the CHATIFY_NEW_PASSPHRASE variable).
     Passphrase,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupAction {
+    /// Make a group of you and these users (each must have published keys);
+    /// prints its id.
+    Create {
+        /// The other members.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Send one message to every member's devices.
+    Send {
+        /// The group (the start of its id).
+        group: String,
+        /// The message.
+        text: String,
+    },
+    /// Add a user (admins only).
+    Add {
+        /// The group (the start of its id).
+        group: String,
+        /// The user.
+        user: String,
+    },
+    /// Remove a member (admins only); the others start new keys, so the
+    /// member reads nothing sent after.
+    Remove {
+        /// The group (the start of its id).
+        group: String,
+        /// The member.
+        user: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group (the start of its id).
+        group: String,
+    },
+    /// List your groups and their members (`*` marks admins).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +344,10 @@ fn open_home(cli: &Cli) -> Result<StateFile, ClientError> {
 fn print_message(m: &Incoming) {
     let mut out = std::io::stdout().lock();
     let user = &m.from.user;
+    let user = &match m.group {
+        Some(g) => format!("[group {}] {user}", &chatify_proto::hex::lower(&g)[..8]),
+        None => user.clone(),
+    };
     if m.warning.is_some() {
         let _ = writeln!(
             out,
@@ -325,6 +378,68 @@ fn print_message(m: &Incoming) {
         }
     }
     let _ = out.flush();
+}
+
+/// Handles what is waiting (printing it) until nothing arrives for 300 ms.
+async fn drain(client: &mut Client) -> Result<(), ClientError> {
+    let quiet = Duration::from_millis(300);
+    while let Ok(Some(push)) = tokio::time::timeout(quiet, client.next_push()).await {
+        for event in client.handle(push).await? {
+            print_event(&event);
+        }
+    }
+    Ok(())
+}
+
+async fn group_command(client: &mut Client, action: &GroupAction) -> Result<(), ClientError> {
+    let short = |g: &[u8; 16]| chatify_proto::hex::lower(g)[..8].to_owned();
+    match action {
+        GroupAction::Create { members } => {
+            let names: Vec<&str> = members.iter().map(String::as_str).collect();
+            let id = client.create_group(&names).await?;
+            println!("created group {} with {}", short(&id), members.join(", "));
+        }
+        GroupAction::Send { group, text } => {
+            let id = client.find_group(group)?;
+            let receipt = client.send_group(&id, text.as_bytes()).await?;
+            println!(
+                "sent to group {} (stored for {} device(s))",
+                short(&id),
+                receipt.devices
+            );
+        }
+        GroupAction::Add { group, user } => {
+            let id = client.find_group(group)?;
+            client.add_to_group(&id, user).await?;
+            println!("added {user} to group {}", short(&id));
+        }
+        GroupAction::Remove { group, user } => {
+            let id = client.find_group(group)?;
+            client.remove_from_group(&id, user).await?;
+            println!("removed {user} from group {}", short(&id));
+        }
+        GroupAction::Leave { group } => {
+            let id = client.find_group(group)?;
+            client.leave_group(&id).await?;
+            println!("left group {}", short(&id));
+        }
+        GroupAction::List => {
+            for g in client.groups()? {
+                let members: Vec<String> = g
+                    .members
+                    .iter()
+                    .map(|(u, admin)| if *admin { format!("{u}*") } else { u.clone() })
+                    .collect();
+                let left = if g.left {
+                    " (you are no longer a member)"
+                } else {
+                    ""
+                };
+                println!("{}  {}{left}", short(&g.id), members.join(", "));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prints a transfer's progress on standard error, once per percent.
@@ -479,6 +594,14 @@ fn print_event(event: &Event) -> bool {
                 "!! {}:{} could not open a message of yours and it can no longer be sent again: send it again",
                 to.user, to.device
             );
+            let _ = out.flush();
+        }
+        Event::GroupChanged { group, changes, .. } => {
+            let mut out = std::io::stdout().lock();
+            let id = &chatify_proto::hex::lower(group)[..8];
+            for change in changes {
+                let _ = writeln!(out, "[group {id}] {change}");
+            }
             let _ = out.flush();
         }
         Event::Duplicate { .. }
@@ -676,6 +799,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     receipt.seq
                 );
             }
+            client.close().await;
+        }
+        Command::Group { action } => {
+            let mut client = resume(&cli).await?;
+            // Changes and keys other members sent come first.
+            drain(&mut client).await?;
+            group_command(&mut client, action).await?;
             client.close().await;
         }
         Command::SendFile {

@@ -362,6 +362,7 @@ fn help_explains_every_command_and_option() {
         "--ca-cert",
         "send-file",
         "--downloads",
+        "group",
     ] {
         assert!(help.contains(word), "{word} missing from --help");
     }
@@ -499,4 +500,91 @@ fn commands_without_login_fail_clearly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Three people in three terminals: Alice makes a group, everyone reads
+/// her message, Bob answers, and when Alice removes Carol every terminal
+/// says who did what; Carol can no longer send.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_chat_across_three_terminals() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        password_cost: PasswordCost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        ..Config::default()
+    };
+    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.local_addr());
+    let d = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let homes: Vec<(std::path::PathBuf, &str)> = ["alice", "bob", "carol"]
+            .iter()
+            .map(|n| (d.join(n), *n))
+            .collect();
+        for (home, name) in &homes {
+            let mut c = chatify(&url, home);
+            c.args(["register", name, "--password-stdin"]);
+            run(c, &format!("{name}-secret-pw\n"));
+            let mut c = chatify(&url, home);
+            c.args(["login", name, "--password-stdin"]);
+            run(c, &format!("{name}-secret-pw\n"));
+        }
+        let said = |home: &Path, args: &[&str]| {
+            let mut c = chatify(&url, home);
+            c.args(args);
+            String::from_utf8_lossy(&run(c, "").stdout).into_owned()
+        };
+        let (alice, bob, carol) = (&homes[0].0, &homes[1].0, &homes[2].0);
+        let created = said(alice, &["group", "create", "bob", "carol"]);
+        assert!(created.starts_with("created group "), "{created}");
+        let id = created["created group ".len()..][..8].to_owned();
+        let sent = said(alice, &["group", "send", &id, "hello, group"]);
+        assert!(sent.contains("stored for 2 device(s)"), "{sent}");
+        for home in [bob, carol] {
+            let inbox = said(home, &["inbox", "--wait", "1"]);
+            assert!(
+                inbox.contains(&format!(
+                    "[group {id}] alice created the group with alice, bob, carol"
+                )),
+                "{inbox}"
+            );
+            assert!(
+                inbox.contains(&format!("[group {id}] alice: hello, group")),
+                "{inbox}"
+            );
+        }
+        said(bob, &["group", "send", &id, "hi all"]);
+        let listed = said(bob, &["group", "list"]);
+        assert!(
+            listed.contains(&format!("{id}  alice*, bob, carol")),
+            "{listed}"
+        );
+        let removed = said(alice, &["group", "remove", &id, "carol"]);
+        assert!(removed.contains("removed carol"), "{removed}");
+        let inbox = said(carol, &["inbox", "--wait", "1"]);
+        assert!(
+            inbox.contains(&format!("[group {id}] bob: hi all")),
+            "{inbox}"
+        );
+        assert!(
+            inbox.contains(&format!("[group {id}] alice removed carol")),
+            "{inbox}"
+        );
+        let mut c = chatify(&url, carol);
+        c.args(["group", "send", &id, "am I still here?"]);
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no longer in the group"));
+        let inbox = said(bob, &["inbox", "--wait", "1"]);
+        assert!(
+            inbox.contains(&format!("[group {id}] alice removed carol")),
+            "{inbox}"
+        );
+    })
+    .await
+    .unwrap();
 }

@@ -825,6 +825,7 @@ impl Client {
         Event::Message(Incoming {
             from: d.from,
             conversation: d.conversation,
+            group: Some(d.conversation),
             message_id: d.message_id,
             sent_at_ms: d.sent_at_ms,
             sealed_at_ms: content.sent_at_ms,
