@@ -281,6 +281,9 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool> 
     if s.files.is_some() {
         return run_files(&rt, &s, &out);
     }
+    if s.groups.is_some() {
+        return run_groups(&rt, &s, &out, show);
+    }
     if s.sweep.is_some() {
         let steps = rt.block_on(sweep::steps(&s, &out, show))?;
         let ok = report::sweep::write(&s, &out, &steps)?;
@@ -299,6 +302,51 @@ fn run_scenario(path: &Path, out: Option<PathBuf>, quiet: bool) -> Result<bool> 
         println!("expected failures: {reason}");
     }
     Ok(verdict_line(outcome.as_expected(), &out))
+}
+
+/// A group-chat run (`[groups]`): its report with latency per recipient
+/// and the fan-out's cost at each size.
+fn run_groups(
+    rt: &tokio::runtime::Runtime,
+    s: &scenario::Scenario,
+    out: &Path,
+    show: bool,
+) -> Result<bool> {
+    eprintln!("running {}", s.name);
+    let outcome = rt.block_on(load::groups::run(s, show))?;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut figures = String::from(
+        "| members | messages | copies read | latency p50 ms | p99 ms | max ms | send p50 ms (to SendOk) | first send p50 ms (key to every device) | bytes up per message (pairwise) |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for t in &outcome.sizes {
+        figures.push_str(&format!(
+            "| {} | {} | {} of {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} ({}) |\n",
+            t.members,
+            t.sent,
+            t.received,
+            t.expected,
+            ms(t.latency_us.p50),
+            ms(t.latency_us.p99),
+            ms(t.latency_us.max),
+            ms(t.send_us.p50),
+            ms(t.first_send_us.p50),
+            t.upload_bytes,
+            t.pairwise_bytes
+        ));
+        println!(
+            "{}: group of {}: latency per recipient p50 {:.1} ms, p99 {:.1} ms; send {:.1} ms; first send {:.1} ms",
+            s.name,
+            t.members,
+            ms(t.latency_us.p50),
+            ms(t.latency_us.p99),
+            ms(t.send_us.p50),
+            ms(t.first_send_us.p50)
+        );
+    }
+    figures.push('\n');
+    report::lifetimes::write(out, s, &outcome, &figures, &outcome.checks)?;
+    print!("{}", report::check_lines(&outcome.checks));
+    Ok(verdict_line(outcome.as_expected(), out))
 }
 
 /// A second-factor run (`[mfa]`): its report with the login times.

@@ -50,6 +50,67 @@ pub(crate) struct Scenario {
     /// user sends files of each size to another through `chatify`.
     #[serde(default)]
     pub(crate) files: Option<Files>,
+    /// Present for group-chat runs (`harness/src/load/groups.rs`): groups
+    /// of each size made and used by real clients.
+    #[serde(default)]
+    pub(crate) groups: Option<Groups>,
+}
+
+/// A group-chat run: for each size, a group of that many users; each
+/// member sends once (its key goes out), then `messages` more in turn at
+/// `rate` a second; latency per recipient.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Groups {
+    /// Group sizes (members, the creator included), each at least 2.
+    pub(crate) sizes: Vec<usize>,
+    /// Measured messages per group, after every member's first.
+    #[serde(default = "default_group_messages")]
+    pub(crate) messages: usize,
+    /// Measured messages per second (open loop).
+    #[serde(default = "default_group_rate")]
+    pub(crate) rate: f64,
+    /// Bytes of each message's text.
+    #[serde(default = "default_group_message_bytes")]
+    pub(crate) message_bytes: usize,
+    /// Bound of the p99 latency per recipient at every size, ms.
+    #[serde(default = "default_group_p99")]
+    pub(crate) max_p99_ms: f64,
+    /// The leaky mutant: a member also sends one message's plaintext to
+    /// the group unencrypted (the taps must catch it).
+    #[serde(default)]
+    pub(crate) leak_plaintext: bool,
+}
+
+impl Groups {
+    fn validate(&self) -> Result<()> {
+        if self.sizes.is_empty()
+            || self.sizes.iter().any(|n| *n < 2 || *n > 500)
+            || !(self.rate.is_finite() && self.rate > 0.0)
+            || !(64..=4096).contains(&self.message_bytes)
+        {
+            bail!(
+                "groups needs sizes of 2 to 500 members, rate > 0 and message_bytes of 64 to 4096"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_group_messages() -> usize {
+    200
+}
+
+fn default_group_rate() -> f64 {
+    20.0
+}
+
+fn default_group_message_bytes() -> usize {
+    100
+}
+
+fn default_group_p99() -> f64 {
+    250.0
 }
 
 /// A file-transfer run: `chatify send-file` and `chatify inbox` processes
@@ -650,6 +711,9 @@ pub(crate) const FILE_CHECKS: &[&str] = &[
     "files.chat-latency",
 ];
 
+/// The checks of a group-chat run (the leak taps' names are shared).
+pub(crate) const GROUP_CHECKS: &[&str] = &["groups.every-member", "groups.latency"];
+
 /// Every check a run can report, in report order.
 pub(crate) const CHECKS: &[&str] = &[
     "delivery.exactly-once",
@@ -741,7 +805,7 @@ impl Scenario {
             }
         }
         for name in self.expect.checks.keys() {
-            let lists = [CHECKS, ABUSE_CHECKS, MFA_CHECKS, FILE_CHECKS];
+            let lists = [CHECKS, ABUSE_CHECKS, MFA_CHECKS, FILE_CHECKS, GROUP_CHECKS];
             if !lists.iter().any(|known| known.contains(&name.as_str())) {
                 let known: Vec<String> = lists.iter().map(|l| l.join(", ")).collect();
                 bail!(
@@ -749,6 +813,9 @@ impl Scenario {
                     known.join(", ")
                 );
             }
+        }
+        if let Some(g) = &self.groups {
+            g.validate()?;
         }
         if self.expect.checks.values().any(|v| *v == Verdict::Fail) && self.expect.reason.is_none()
         {

@@ -18,6 +18,7 @@ use std::path::Path;
 
 pub(crate) mod abuse;
 pub(crate) mod files;
+pub(crate) mod groups;
 pub(crate) mod lifetimes;
 pub(crate) mod mfa;
 pub(crate) mod open_loop;
