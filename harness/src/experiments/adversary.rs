@@ -40,6 +40,8 @@ use crate::report;
 use crate::report::adversary::AttackRow;
 use crate::topology::CHEAP_ARGON2;
 
+mod groups;
+
 /// One attack of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -74,6 +76,11 @@ pub(crate) enum Attack {
     FileChunkDropped,
     FileTruncated,
     FileBlobSwapped,
+    GroupForgedSender,
+    GroupReplayed,
+    GroupToRemovedMember,
+    GroupGhostDevice,
+    GroupChangeForged,
 }
 
 pub(crate) const ALL: &[Attack] = &[
@@ -107,6 +114,11 @@ pub(crate) const ALL: &[Attack] = &[
     Attack::FileChunkDropped,
     Attack::FileTruncated,
     Attack::FileBlobSwapped,
+    Attack::GroupForgedSender,
+    Attack::GroupReplayed,
+    Attack::GroupToRemovedMember,
+    Attack::GroupGhostDevice,
+    Attack::GroupChangeForged,
 ];
 
 /// What the client is expected to do.
@@ -136,6 +148,9 @@ pub(crate) enum Expect {
     /// The message that sends a file is shown (it is genuine), but the file
     /// is not saved: saving it fails, and nothing appears under its name.
     FileRefused,
+    /// The group message is shown to the genuine member, and nothing (no
+    /// key, no copy) is sent to the device the server made.
+    NothingToGhost,
 }
 
 impl Attack {
@@ -171,6 +186,11 @@ impl Attack {
             Attack::FileChunkDropped => "file-chunk-dropped",
             Attack::FileTruncated => "file-truncated",
             Attack::FileBlobSwapped => "file-blob-swapped",
+            Attack::GroupForgedSender => "group-forged-sender",
+            Attack::GroupReplayed => "group-replayed",
+            Attack::GroupToRemovedMember => "group-to-removed-member",
+            Attack::GroupGhostDevice => "group-ghost-device",
+            Attack::GroupChangeForged => "group-change-forged",
         }
     }
 
@@ -235,6 +255,19 @@ impl Attack {
             Attack::FileBlobSwapped => {
                 "another file's blob, of the same size and also granted to Bob, served in its place"
             }
+            Attack::GroupForgedSender => {
+                "Carol's group message delivered to Bob as from Alice (a member whose key Bob holds)"
+            }
+            Attack::GroupReplayed => "a group message relayed again under a fresh message id",
+            Attack::GroupToRemovedMember => {
+                "a group message sent after Carol's removal delivered to her anyway"
+            }
+            Attack::GroupGhostDevice => {
+                "a device of the server's own published for Bob before Alice sends to the group"
+            }
+            Attack::GroupChangeForged => {
+                "the server adds Erin to the group: a signed Add pushed to Bob from a device of Alice's it made"
+            }
         }
     }
 
@@ -260,6 +293,11 @@ impl Attack {
             Attack::IdReuse => Some("message id does not match"),
             Attack::PrekeyServedTwice => Some("unknown prekey"),
             Attack::WithheldThenReleased | Attack::DatabaseRollback => None,
+            Attack::GroupForgedSender => Some("decryption failed"),
+            Attack::GroupReplayed => Some("duplicate or replayed"),
+            Attack::GroupToRemovedMember => Some("no longer in"),
+            Attack::GroupChangeForged => Some("not confirmed"),
+            Attack::GroupGhostDevice => None,
             Attack::FileChunkFlipped
             | Attack::FilePartsReordered
             | Attack::FileChunkDropped
@@ -285,6 +323,18 @@ impl Attack {
         )
     }
 
+    /// Whether the attack is on a group.
+    pub(crate) fn on_groups(self) -> bool {
+        matches!(
+            self,
+            Attack::GroupForgedSender
+                | Attack::GroupReplayed
+                | Attack::GroupToRemovedMember
+                | Attack::GroupGhostDevice
+                | Attack::GroupChangeForged
+        )
+    }
+
     pub(crate) fn expect(self) -> Expect {
         match self {
             Attack::Drop | Attack::DatabaseRollback => Expect::ReportedBothWays,
@@ -298,6 +348,7 @@ impl Attack {
                 Expect::KeyChangeAlert
             }
             a if a.on_files() => Expect::FileRefused,
+            Attack::GroupGhostDevice => Expect::NothingToGhost,
             _ => Expect::Rejected,
         }
     }
@@ -411,18 +462,32 @@ impl AdversaryStore {
     /// (from `to`'s real bundle) carrying `texts`, delivered as from
     /// `claimed`.
     fn forge_session_from(&self, claimed: &Address, to: &str, texts: &[&str]) -> Result<()> {
+        self.forge_contents(claimed, to, texts.len(), |seq, message_id| {
+            let text = texts.get(seq as usize).copied().unwrap_or_default();
+            chatify_proto::Content::message(message_id, seq, 0, 0, text.as_bytes())
+        })
+    }
+
+    /// As [`AdversaryStore::forge_session_from`], with `count` contents
+    /// made by `content(seq, message_id)`.
+    fn forge_contents<'a>(
+        &self,
+        claimed: &Address,
+        to: &str,
+        count: usize,
+        content: impl Fn(u64, [u8; 16]) -> chatify_proto::Content<'a>,
+    ) -> Result<()> {
         let (bundle, _) = self.inner.take_bundle(&addr(to))?.context("no bundle")?;
         let verified = VerifiedBundle::verify(&bundle)?;
         let conversation = chatify_client::conversation_id(&claimed.user, to);
         let mallory = lock(&self.mallory);
         let mut session = Session::initiate(&mallory, verified, &mut rand::rng())?;
-        for (seq, text) in (0u64..).zip(texts) {
+        for seq in 0..count as u64 {
             let mut message_id = [0u8; 16];
             rand::Rng::fill_bytes(&mut rand::rng(), &mut message_id);
             // Sealed as any client seals a message (PROTOCOL §7.1).
-            let content = chatify_proto::Content::message(message_id, seq, 0, 0, text.as_bytes());
             let mut plaintext = Vec::new();
-            content.encode(&mut plaintext)?;
+            content(seq, message_id).encode(&mut plaintext)?;
             let env = session.encrypt(conversation, &plaintext, &mut rand::rng())?;
             self.inner.enqueue(&NewEnvelope {
                 from: claimed.clone(),
@@ -517,6 +582,10 @@ impl Store for AdversaryStore {
             drop(s);
             return self.inner.enqueue(e);
         };
+        if attack.on_groups() {
+            drop(s);
+            return self.group_enqueue(attack, e);
+        }
         // The attacks target one sender's messages to Bob.
         if e.from.user != s.from || e.to.user != "bob" {
             drop(s);
@@ -619,6 +688,8 @@ impl Store for AdversaryStore {
             | Attack::FileChunkDropped
             | Attack::FileTruncated
             | Attack::FileBlobSwapped => {}
+            // Played by `group_enqueue`, above.
+            _ => {}
         }
         drop(s);
         self.inner.enqueue(&out)
@@ -805,6 +876,8 @@ pub(crate) struct Observed {
     pub(crate) files_refused: Vec<String>,
     /// The next honest message after the attack was shown.
     pub(crate) next_honest_delivered: bool,
+    /// Users a member's client lists in a group though no member added them.
+    pub(crate) members_added: Vec<String>,
 }
 
 /// (sender, recipient, text) of every genuine message.
@@ -859,25 +932,7 @@ pub(crate) fn reaction(
     let shown = |text: &str| o.shown.iter().filter(|s| s.2 == text && !s.3).count();
     let says = |r: &str| reason.is_none_or(|want| r.contains(want));
     let (pass, evidence) = match expect {
-        Expect::Rejected => {
-            let rejected: Vec<&(String, String)> = o
-                .rejected
-                .iter()
-                .filter(|(to, r)| to == recipient && says(r))
-                .collect();
-            (
-                !rejected.is_empty() && shown(target) == 0,
-                format!(
-                    "{} rejection(s) at {recipient}{}; target shown {} time(s)",
-                    rejected.len(),
-                    rejected
-                        .first()
-                        .map(|(_, r)| format!(" ({r})"))
-                        .unwrap_or_default(),
-                    shown(target)
-                ),
-            )
-        }
+        Expect::Rejected => rejected_at(o, reason, target, recipient),
         Expect::ReportedBothWays => {
             let reports: u64 = o
                 .missing
@@ -945,6 +1000,14 @@ pub(crate) fn reaction(
             ),
         ),
         Expect::FileRefused => file_refused(o, shown(target)),
+        Expect::NothingToGhost => (
+            shown(target) >= 1 && o.left_sender == 0,
+            format!(
+                "target shown {} time(s) to the genuine members; envelopes addressed to the server's device: {}",
+                shown(target),
+                o.left_sender
+            ),
+        ),
         Expect::KeyChangeAlert => {
             let flagged = o.shown.iter().filter(|s| s.3).count();
             (
@@ -961,6 +1024,47 @@ pub(crate) fn reaction(
         pass,
         evidence,
     }
+}
+
+/// The envelope was rejected at `recipient` (saying `reason`), the target
+/// was not shown there, and no member appeared that nobody added.
+fn rejected_at(
+    o: &Observed,
+    reason: Option<&str>,
+    target: &str,
+    recipient: &str,
+) -> (bool, String) {
+    let says = |r: &str| reason.is_none_or(|want| r.contains(want));
+    // At the recipient: another member of a group may read the same
+    // message genuinely (no_forgery judges those).
+    let shown_at = |text: &str| {
+        o.shown
+            .iter()
+            .filter(|s| s.0 == recipient && s.2 == text && !s.3)
+            .count()
+    };
+    let rejected: Vec<&(String, String)> = o
+        .rejected
+        .iter()
+        .filter(|(to, r)| to == recipient && says(r))
+        .collect();
+    (
+        !rejected.is_empty() && shown_at(target) == 0 && o.members_added.is_empty(),
+        format!(
+            "{} rejection(s) at {recipient}{}; target shown there {} time(s); members nobody added: {}",
+            rejected.len(),
+            rejected
+                .first()
+                .map(|(_, r)| format!(" ({r})"))
+                .unwrap_or_default(),
+            shown_at(target),
+            if o.members_added.is_empty() {
+                "none".into()
+            } else {
+                o.members_added.join(", ")
+            }
+        ),
+    )
 }
 
 /// The file message was shown once, and its file was refused, not saved.
@@ -1233,6 +1337,9 @@ pub(crate) async fn run_attack(attack: Attack) -> Result<Verdict> {
         | Attack::Downgrade
         | Attack::WithheldPrekeyReplayedSetup => ("erin-1", "bob", "erin"),
         Attack::RedirectRecipient => ("attack-1", "carol", "alice"),
+        Attack::GroupForgedSender => ("attack-1", "bob", "carol"),
+        Attack::GroupToRemovedMember => ("attack-1", "carol", "alice"),
+        Attack::GroupChangeForged => ("attack-1", "bob", "carol"),
         Attack::PrekeyServedTwice => ("frank-1", "bob", "frank"),
         Attack::IdReuse => ("attack-2", "bob", "alice"),
         _ => ("attack-1", "bob", "alice"),
@@ -1337,6 +1444,7 @@ async fn play(attack: Attack, b: &mut Bench, o: &mut Observed, target: &str) -> 
             b.push_injected("carol", o).await?;
         }
         a if a.on_files() => b.file_attack(a, target, o).await?,
+        a if a.on_groups() => b.group_attack(a, target, o).await?,
         _ => {
             b.send("alice", "bob", target, o).await?;
             b.send("alice", "bob", "attack-2", o).await?;
@@ -1723,6 +1831,39 @@ mod tests {
             !reaction(Expect::FileRefused, None, &silent, "t", "bob").pass,
             "nothing refused: the attack was not tried"
         );
+    }
+
+    #[test]
+    fn the_group_reaction_checks_fail_on_a_ghost_sent_to_a_member_added_or_a_read_at_the_recipient()
+    {
+        let ghost = Observed {
+            shown: vec![("bob".into(), "alice".into(), "t".into(), false)],
+            ..Observed::default()
+        };
+        assert!(reaction(Expect::NothingToGhost, None, &ghost, "t", "bob").pass);
+        let sent = Observed {
+            left_sender: 1,
+            ..ghost.clone()
+        };
+        assert!(!reaction(Expect::NothingToGhost, None, &sent, "t", "bob").pass);
+        let unseen = Observed::default();
+        assert!(!reaction(Expect::NothingToGhost, None, &unseen, "t", "bob").pass);
+        // Rejected at Carol while Bob reads it genuinely: as expected.
+        let removed = Observed {
+            rejected: vec![("carol".into(), "no longer in the group".into())],
+            ..ghost
+        };
+        assert!(reaction(Expect::Rejected, Some("no longer"), &removed, "t", "carol").pass);
+        let read_too = Observed {
+            shown: vec![("carol".into(), "alice".into(), "t".into(), false)],
+            ..removed.clone()
+        };
+        assert!(!reaction(Expect::Rejected, Some("no longer"), &read_too, "t", "carol").pass);
+        let added = Observed {
+            members_added: vec!["erin".into()],
+            ..removed
+        };
+        assert!(!reaction(Expect::Rejected, Some("no longer"), &added, "t", "carol").pass);
     }
 
     /// Every attack against the real server and clients (in process).
