@@ -8,11 +8,15 @@
 //!     │    state.cbor: device keys, sessions, pins, sequence numbers ── saved
 //!     │      before a key or sequence number it does not cover is used
 //!     │    messages.cbor: the log, appended before an acknowledgement
+//!     │    transfers.cbor, groups.cbor: files under way; groups' chains and keys
 //!     │    (both files' records are minicbor-derived types, in `records`)
 //!     ├─ delivery: sealed message ids and sequences → late, missing, duplicate;
 //!     │    encrypted receipts → delivered / undelivered; retry → sent again
 //!     ├─ trust: one identity per user, shared by the devices it links;
 //!     │    a device presenting another is flagged; sends fan out to all
+//!     ├─ groups (§16): signed changes checked here; sender keys given over
+//!     │    sessions to member devices presenting the member's identity;
+//!     │    one SendGroup per message, fanned out by the server
 //!     └─ chatify-core: VerifiedBundle → Session::initiate / Device::accept,
 //!        Session::encrypt / decrypt
 //! ```
