@@ -617,8 +617,9 @@ fn group_messaging(g: Option<&GroupsOutcome>) -> Scope {
         return Scope {
             item,
             status: "built",
-            evidence: "sender keys, signed membership, server fan-out; run scenarios/group-chat.toml"
-                .into(),
+            evidence:
+                "sender keys, signed membership, server fan-out; run scenarios/group-chat.toml"
+                    .into(),
         };
     };
     let sizes: Vec<String> = g

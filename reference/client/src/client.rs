@@ -1409,6 +1409,21 @@ impl Client {
             self.state.mark_control(d.message_id);
             return self.control(&d, &content, warning);
         }
+        self.accept(d, content, (identity, warning), None, logged)
+    }
+
+    /// A message that opened, judged by its sequence number (§7.1): a
+    /// duplicate is dropped; otherwise it is logged and becomes the
+    /// event. A pairwise message is receipted; a group message (`group`)
+    /// is not (§16.3).
+    fn accept(
+        &mut self,
+        d: Deliver,
+        content: Content<'_>,
+        (identity, warning): ([u8; 32], Option<IdentityWarning>),
+        group: Option<chatify_core::group::GroupId>,
+        logged: &mut Vec<StoredMessage>,
+    ) -> Event {
         let arrival = self
             .state
             .recv_seqs
@@ -1432,17 +1447,19 @@ impl Client {
             message_id: d.message_id,
             text: text.clone(),
             file: content.file.clone(),
-            group: None,
+            group,
         });
         self.state.mark_seen(d.message_id);
-        let due = now_ms() + self.receipt_delay.as_millis() as u64;
-        self.receipts_due
-            .entry((d.conversation, d.from.clone(), identity))
-            .or_insert(due);
+        if group.is_none() {
+            let due = now_ms() + self.receipt_delay.as_millis() as u64;
+            self.receipts_due
+                .entry((d.conversation, d.from.clone(), identity))
+                .or_insert(due);
+        }
         Event::Message(Incoming {
             from: d.from,
             conversation: d.conversation,
-            group: None,
+            group,
             message_id: d.message_id,
             sent_at_ms: d.sent_at_ms,
             sealed_at_ms: content.sent_at_ms,

@@ -1038,41 +1038,53 @@ impl StateFile {
     /// The file transfers' record (`transfers.cbor`, sealed like the
     /// state): uploads under way, downloads done. Empty if there is none.
     pub(crate) fn transfers(&self) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-        let path = self.dir.join("transfers.cbor");
-        match self.storage.read(&path) {
-            Ok(sealed) => self
-                .vault()?
-                .open(Purpose::Transfers, &sealed)
-                .ok_or_else(|| ClientError::State(format!("{} is damaged", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Zeroizing::new(Vec::new())),
-            Err(e) => Err(ClientError::io(&path, e)),
-        }
+        self.sealed_record("transfers.cbor", Purpose::Transfers)
     }
 
     /// Replaces the file transfers' record atomically and durably.
     pub(crate) fn save_transfers(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        let sealed = self.vault()?.seal(Purpose::Transfers, bytes);
-        self.write_atomic(&self.dir.join("transfers.cbor"), &sealed)
+        self.save_sealed_record("transfers.cbor", Purpose::Transfers, bytes)
     }
 
     /// The groups' record (`groups.cbor`, sealed like the state): each
     /// group's chain of changes and keys. Empty if there is none.
     pub(crate) fn groups(&self) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-        let path = self.dir.join("groups.cbor");
+        self.sealed_record("groups.cbor", Purpose::Groups)
+    }
+
+    /// Replaces the groups' record atomically and durably.
+    pub(crate) fn save_groups(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.save_sealed_record("groups.cbor", Purpose::Groups, bytes)
+    }
+
+    /// The plaintext of the home's file `name`, sealed for `purpose`;
+    /// empty if there is none.
+    fn sealed_record(
+        &self,
+        name: &str,
+        purpose: Purpose,
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let path = self.dir.join(name);
         match self.storage.read(&path) {
             Ok(sealed) => self
                 .vault()?
-                .open(Purpose::Groups, &sealed)
+                .open(purpose, &sealed)
                 .ok_or_else(|| ClientError::State(format!("{} is damaged", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Zeroizing::new(Vec::new())),
             Err(e) => Err(ClientError::io(&path, e)),
         }
     }
 
-    /// Replaces the groups' record atomically and durably.
-    pub(crate) fn save_groups(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        let sealed = self.vault()?.seal(Purpose::Groups, bytes);
-        self.write_atomic(&self.dir.join("groups.cbor"), &sealed)
+    /// Replaces the home's file `name` with `bytes` sealed for `purpose`,
+    /// atomically and durably.
+    fn save_sealed_record(
+        &self,
+        name: &str,
+        purpose: Purpose,
+        bytes: &[u8],
+    ) -> Result<(), ClientError> {
+        let sealed = self.vault()?.seal(purpose, bytes);
+        self.write_atomic(&self.dir.join(name), &sealed)
     }
 
     /// Replaces `path` atomically and durably: a temporary file of its own,

@@ -37,10 +37,9 @@ use minicbor::{Decode, Encode};
 use rand::Rng;
 use zeroize::Zeroize;
 
-use super::{Client, Event, Incoming, Late, SendReceipt, conversation_id, now_ms};
+use super::{Client, Event, SendReceipt, conversation_id, now_ms};
 use crate::ClientError;
 use crate::connection::expect;
-use crate::delivery::Arrival;
 use crate::state::StoredMessage;
 
 /// Keys kept per sender device: its current one and the one before (whose
@@ -796,47 +795,8 @@ impl Client {
                 message_id: d.message_id,
             };
         }
-        let arrival = self
-            .state
-            .recv_seqs
-            .entry((d.conversation, d.from.clone(), identity))
-            .or_default()
-            .arrive(content.seq, content.floor, now_ms());
-        let late = match arrival {
-            Arrival::Duplicate => {
-                return Event::Duplicate {
-                    from: d.from,
-                    message_id: d.message_id,
-                };
-            }
-            Arrival::InOrder => None,
-            Arrival::Late { behind, waited_ms } => Some(Late { behind, waited_ms }),
-        };
-        let text = content.body.to_vec();
-        logged.push(StoredMessage {
-            from: d.from.clone(),
-            sent_at_ms: d.sent_at_ms,
-            message_id: d.message_id,
-            text: text.clone(),
-            file: None,
-            group: Some(d.conversation),
-        });
-        self.state.mark_seen(d.message_id);
-        Event::Message(Incoming {
-            from: d.from,
-            conversation: d.conversation,
-            group: Some(d.conversation),
-            message_id: d.message_id,
-            sent_at_ms: d.sent_at_ms,
-            sealed_at_ms: content.sent_at_ms,
-            seq: content.seq,
-            late,
-            text,
-            file: None,
-            warning: None,
-            decrypted_at: std::time::Instant::now(),
-            decrypt_time: self.timings.decrypt.unwrap_or_default(),
-        })
+        let group = Some(d.conversation);
+        self.accept(d, content, (identity, None), group, logged)
     }
 
     /// A group control from `d.from` (PROTOCOL §16.2), authenticated by its
