@@ -546,52 +546,14 @@ async fn sizes_quotas_and_access_are_enforced_with_clear_errors() {
 /// says so and passes, except under CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_sent_through_one_node_is_saved_through_another() {
-    use chatify_server::store::{PgOptions, PgStore};
-    let (Ok(pg), Ok(nats)) = (
-        std::env::var("CHATIFY_PG_URL"),
-        std::env::var("CHATIFY_NATS_URL"),
-    ) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CHATIFY_PG_URL and CHATIFY_NATS_URL are needed"
-        );
-        eprintln!("skipped: set CHATIFY_PG_URL and CHATIFY_NATS_URL");
+    let Some(nodes) = common::two_nodes("files").await else {
         return;
     };
-    let tag = format!("{:016x}", rand::random::<u64>());
-    let schema = format!("chatify_files_{tag}");
-    let store = tokio::task::spawn_blocking(move || {
-        Arc::new(
-            PgStore::connect(
-                &pg,
-                PgOptions {
-                    pool_size: 4,
-                    schema: Some(schema),
-                    ..PgOptions::default()
-                },
-            )
-            .unwrap(),
-        )
-    })
-    .await
-    .unwrap();
-    let node = |store: Arc<PgStore>| {
-        let nats = nats.clone();
-        let prefix = format!("chatify.test.{tag}");
-        async move {
-            let config = Config {
-                nats: Some(nats),
-                nats_prefix: prefix,
-                ..config()
-            };
-            server_with(store, config).await
-        }
-    };
-    let (one, at_one) = node(store.clone()).await;
-    let (two, at_two) = node(store.clone()).await;
+    let (at_one, at_two) = (&nodes.options[0], &nodes.options[1]);
+    let store = nodes.store.clone();
     let dir = tempfile::tempdir().unwrap();
-    let mut alice = user(&at_one, &dir.path().join("alice"), "alice").await;
-    let mut bob = user(&at_two, &dir.path().join("bob"), "bob").await;
+    let mut alice = user(at_one, &dir.path().join("alice"), "alice").await;
+    let mut bob = user(at_two, &dir.path().join("bob"), "bob").await;
     let path = dir.path().join("across.bin");
     let bytes = content(3 * BLOB_PART_LEN + 5, 3);
     std::fs::write(&path, &bytes).unwrap();
@@ -614,9 +576,5 @@ async fn a_file_sent_through_one_node_is_saved_through_another() {
     assert_eq!(usage, 0, "deleted once fetched");
     alice.close().await;
     bob.close().await;
-    one.shutdown().await;
-    two.shutdown().await;
-    tokio::task::spawn_blocking(move || store.drop_schema().unwrap())
-        .await
-        .unwrap();
+    nodes.finish().await;
 }

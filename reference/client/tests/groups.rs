@@ -360,3 +360,37 @@ async fn groups_survive_a_restart_of_every_member() {
         group
     );
 }
+
+/// Several nodes (PostgreSQL and NATS): Alice on one node, Bob and Carol
+/// on the other. The group is made, read and changed across them: one
+/// `SendGroup` through node one reaches both members through node two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_works_across_nodes() {
+    let Some(nodes) = common::two_nodes("groups").await else {
+        return;
+    };
+    let (one, two) = (&nodes.options[0], &nodes.options[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = user(one, &dir.path().join("a"), "alice").await;
+    let mut bob = user(two, &dir.path().join("b"), "bob").await;
+    let mut carol = user(two, &dir.path().join("c"), "carol").await;
+    let group = alice.create_group(&["bob", "carol"]).await.unwrap();
+    for member in [&mut bob, &mut carol] {
+        events_until(member, |e| !changes(e).is_empty()).await;
+    }
+    let sent = alice.send_group(&group, b"across nodes").await.unwrap();
+    assert_eq!(sent.devices, 2);
+    for member in [&mut bob, &mut carol] {
+        assert_eq!(next_text(member).await.text, b"across nodes");
+    }
+    bob.send_group(&group, b"and back").await.unwrap();
+    assert_eq!(next_text(&mut alice).await.text, b"and back");
+    alice.remove_from_group(&group, "carol").await.unwrap();
+    events_until(&mut bob, |e| !changes(e).is_empty()).await;
+    alice.send_group(&group, b"without carol").await.unwrap();
+    assert_eq!(next_text(&mut bob).await.text, b"without carol");
+    for c in [alice, bob, carol] {
+        c.close().await;
+    }
+    nodes.finish().await;
+}

@@ -73,3 +73,74 @@ pub fn addr(user: &str, device: u32) -> Address {
         device,
     }
 }
+
+/// Two server nodes over one PostgreSQL store (a schema of its own) and
+/// NATS, from `CHATIFY_PG_URL` and `CHATIFY_NATS_URL`; `None` (the test
+/// says so and passes) without them, except under CI, where they are
+/// required.
+pub struct Nodes {
+    pub servers: Vec<Server>,
+    pub options: Vec<ConnectOptions>,
+    pub store: Arc<chatify_server::store::PgStore>,
+}
+
+pub async fn two_nodes(what: &str) -> Option<Nodes> {
+    use chatify_server::store::{PgOptions, PgStore};
+    let (Ok(pg), Ok(nats)) = (
+        std::env::var("CHATIFY_PG_URL"),
+        std::env::var("CHATIFY_NATS_URL"),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CHATIFY_PG_URL and CHATIFY_NATS_URL are needed"
+        );
+        eprintln!("skipped: set CHATIFY_PG_URL and CHATIFY_NATS_URL");
+        return None;
+    };
+    let tag = format!("{:016x}", rand::random::<u64>());
+    let schema = format!("chatify_{what}_{tag}");
+    let store = tokio::task::spawn_blocking(move || {
+        Arc::new(
+            PgStore::connect(
+                &pg,
+                PgOptions {
+                    pool_size: 4,
+                    schema: Some(schema),
+                    ..PgOptions::default()
+                },
+            )
+            .unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    let mut nodes = Nodes {
+        servers: Vec::new(),
+        options: Vec::new(),
+        store,
+    };
+    for _ in 0..2 {
+        let config = Config {
+            nats: Some(nats.clone()),
+            nats_prefix: format!("chatify.test.{tag}"),
+            ..config()
+        };
+        let (server, options) = server_with(nodes.store.clone(), config).await;
+        nodes.servers.push(server);
+        nodes.options.push(options);
+    }
+    Some(nodes)
+}
+
+impl Nodes {
+    /// Stops both nodes and drops the schema.
+    pub async fn finish(self) {
+        for server in self.servers {
+            server.shutdown().await;
+        }
+        let store = self.store;
+        tokio::task::spawn_blocking(move || store.drop_schema().unwrap())
+            .await
+            .unwrap();
+    }
+}
