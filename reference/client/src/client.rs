@@ -1009,17 +1009,34 @@ impl Client {
         receipt: Option<Receipt>,
         retry: Option<Retry>,
     ) -> Result<(), ClientError> {
+        self.send_control_content(to, |empty| Content {
+            receipt,
+            retry,
+            ..empty
+        })
+        .await
+    }
+
+    /// Sends a control content to `to` on the active session, outside the
+    /// sequence and the trace: `fill` sets its control fields on an empty
+    /// content with a fresh message id. Refused if it cannot fit.
+    pub(crate) async fn send_control_content<'c>(
+        &mut self,
+        to: &Address,
+        fill: impl FnOnce(Content<'c>) -> Content<'c>,
+    ) -> Result<(), ClientError> {
+        let mut message_id = [0u8; 16];
+        rand::rng().fill_bytes(&mut message_id);
+        let content = fill(Content::message(message_id, 0, 0, now_ms(), b""));
+        if content.encoded_len_max() > chatify_proto::limits::MAX_PLAINTEXT_LEN {
+            return Err(ClientError::Usage(
+                "the control message is too long to send in one message".into(),
+            ));
+        }
         let trace = self.trace.take();
         let result = async {
             let conversation = conversation_id(&self.state.user, &to.user);
             self.ensure_reserved(to, conversation, false).await?;
-            let mut message_id = [0u8; 16];
-            rand::rng().fill_bytes(&mut message_id);
-            let content = Content {
-                receipt,
-                retry,
-                ..Content::message(message_id, 0, 0, now_ms(), b"")
-            };
             self.seal_and_send(to, conversation, &content).await
         }
         .await;

@@ -24,20 +24,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chatify_core::SecretBuf;
-use chatify_core::group::roster::{Change, Member, Roster, SignedChange};
+use chatify_core::group::roster::{Change, Member, Roster, RosterError, SignedChange};
 use chatify_core::group::{
     GROUP_MESSAGE_VERSION, GroupHeader, GroupId, ReceiverKey, SenderKey, SenderKeyDistribution,
 };
 use chatify_proto::content::{GroupControl, MAX_BODY_LEN};
 use chatify_proto::frame::{self, Address, Deliver};
-use chatify_proto::limits::{MAX_GROUP_DEVICES, MAX_PLAINTEXT_LEN};
+use chatify_proto::limits::MAX_GROUP_DEVICES;
 use chatify_proto::{Body, Content};
 use minicbor::bytes::ByteVec;
 use minicbor::{Decode, Encode};
 use rand::Rng;
 use zeroize::Zeroize;
 
-use super::{Client, Event, SendReceipt, conversation_id, now_ms};
+use super::{Client, Event, SendReceipt, now_ms};
 use crate::ClientError;
 use crate::connection::expect;
 use crate::state::StoredMessage;
@@ -279,10 +279,8 @@ impl Group {
 
     /// Applies a change this client checked (or made): the roster moves
     /// on, and a removal takes effect on the keys.
-    fn apply(&mut self, me: &str, bytes: Vec<u8>, c: &SignedChange) -> Result<(), ClientError> {
-        self.roster
-            .apply(c)
-            .map_err(|e| ClientError::Protocol(format!("a group change was refused: {e}")))?;
+    fn apply(&mut self, me: &str, bytes: Vec<u8>, c: &SignedChange) -> Result<(), RosterError> {
+        self.roster.apply(c)?;
         self.changes.push(bytes);
         if let Change::Remove { user } = c.change() {
             // Whoever stays starts a new chain, given only to those who
@@ -507,9 +505,7 @@ impl Client {
         let bytes = signed.to_bytes();
         self.group_mut(id)?
             .apply(&me, bytes.clone(), &signed)
-            .map_err(|e| {
-                ClientError::Usage(e.to_string().replace("a group change was refused: ", ""))
-            })?;
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
         self.save_groups().await?;
         Ok(bytes)
     }
@@ -582,28 +578,16 @@ impl Client {
         changes: &[Vec<u8>],
         sender_key: Option<&[u8]>,
     ) -> Result<(), ClientError> {
-        let conversation = conversation_id(&self.state.user, &to.user);
-        self.ensure_reserved(to, conversation, false).await?;
-        let mut message_id = [0u8; 16];
-        rand::rng().fill_bytes(&mut message_id);
         let control = GroupControl {
             group,
             changes: changes.iter().map(|c| c.as_slice().into()).collect(),
             sender_key,
         };
-        let content = Content {
+        self.send_control_content(to, |empty| Content {
             group: Some(control),
-            ..Content::message(message_id, 0, 0, now_ms(), b"")
-        };
-        if content.encoded_len_max() > MAX_PLAINTEXT_LEN {
-            return Err(ClientError::Usage(
-                "the group's history of changes is too long to send in one message".into(),
-            ));
-        }
-        let trace = self.trace.take();
-        let sent = self.seal_and_send(to, conversation, &content).await;
-        self.trace = trace;
-        sent.map(|_| ())
+            ..empty
+        })
+        .await
     }
 
     /// Encrypts `text` once under this device's key for the group and has
