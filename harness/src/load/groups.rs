@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{Check, Percentiles, hist};
 use crate::plaintext::{self, Detector, Plaintext};
-use crate::scenario::{Groups, Scenario, Verdict};
+use crate::scenario::{Groups, Scenario};
 use crate::taps::{self, TapResult, WireTap};
 use crate::topology::CHEAP_ARGON2;
 
@@ -469,13 +469,7 @@ async fn leak(
 
 /// The run's checks.
 pub(crate) fn checks(s: &Scenario, g: &Groups, o: &GroupsOutcome) -> Vec<Check> {
-    let verdict = |ok: bool| if ok { Verdict::Pass } else { Verdict::Fail };
-    let check = |name: &'static str, ok: bool, evidence: String| Check {
-        name,
-        verdict: verdict(ok),
-        expected: s.expected(name),
-        evidence,
-    };
+    let check = |name, ok, evidence| Check::judged(s, name, ok, evidence);
     let all = |f: &dyn Fn(&SizeTally) -> u64| o.sizes.iter().map(f).sum::<u64>();
     let (expected, received) = (all(&|t| t.expected), all(&|t| t.received));
     let (dups, missing) = (all(&|t| t.duplicates), all(&|t| t.missing));
@@ -537,6 +531,7 @@ pub(crate) fn checks(s: &Scenario, g: &Groups, o: &GroupsOutcome) -> Vec<Check> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::Verdict;
 
     fn scenario() -> Scenario {
         let text = "name = \"t\"\ndescription = \"t\"\n[users]\ncount = 3\n[workload]\nmessages = 1\nrate = 1.0\n[groups]\nsizes = [3]\n";

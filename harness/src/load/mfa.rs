@@ -34,7 +34,7 @@ use chatify_server::{Config, Server};
 use crate::load::abuse::{Ws, ask, connect};
 use crate::metrics::Check;
 use crate::plaintext::Detector;
-use crate::scenario::{Mfa, Scenario, Verdict};
+use crate::scenario::{Mfa, Scenario};
 use crate::taps;
 use crate::topology::CHEAP_ARGON2;
 
@@ -361,13 +361,7 @@ fn secrets_detector(secrets: &[Vec<u8>], recovery: &[String]) -> Detector {
 
 /// The run's checks, from what it saw.
 pub(crate) fn checks(s: &Scenario, t: &MfaTally) -> Vec<Check> {
-    let verdict = |ok: bool| if ok { Verdict::Pass } else { Verdict::Fail };
-    let check = |name: &'static str, ok: bool, evidence: String| Check {
-        name,
-        verdict: verdict(ok),
-        expected: s.expected(name),
-        evidence,
-    };
+    let check = |name, ok, evidence| Check::judged(s, name, ok, evidence);
     vec![
         check(
             "mfa.code-required",
@@ -421,6 +415,7 @@ pub(crate) fn checks(s: &Scenario, t: &MfaTally) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::Verdict;
 
     fn scenario() -> Scenario {
         let text = "name = \"t\"\ndescription = \"t\"\n[users]\ncount = 2\n[workload]\nmessages = 1\nrate = 1.0\n[mfa]\n";

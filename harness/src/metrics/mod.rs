@@ -175,6 +175,21 @@ pub(crate) struct Check {
 }
 
 impl Check {
+    /// A check that passes when `ok`, expected as the scenario `s` says.
+    pub(crate) fn judged(
+        s: &crate::scenario::Scenario,
+        name: &'static str,
+        ok: bool,
+        evidence: String,
+    ) -> Check {
+        Check {
+            name,
+            verdict: if ok { Verdict::Pass } else { Verdict::Fail },
+            expected: s.expected(name),
+            evidence,
+        }
+    }
+
     /// Whether the verdict is what the scenario expects (a skipped check
     /// matches any expectation of passing).
     pub(crate) fn as_expected(&self) -> bool {
