@@ -30,6 +30,23 @@ fn chatify(server: &str, home: &Path) -> Command {
     c
 }
 
+/// A server over an in-memory store with `config` at the cheapest
+/// password cost, and its URL.
+async fn start(config: Config) -> (Server, String) {
+    let config = Config {
+        password_cost: PasswordCost {
+            memory_kib: 64,
+            iterations: 1,
+        },
+        ..config
+    };
+    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
+        .await
+        .unwrap();
+    let url = format!("ws://{}", server.local_addr());
+    (server, url)
+}
+
 fn run(mut cmd: Command, stdin: &str) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -80,17 +97,7 @@ fn wait_for(rx: &mpsc::Receiver<String>, wanted: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_chat_in_two_terminals() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        password_cost: PasswordCost {
-            memory_kib: 64,
-            iterations: 1,
-        },
-        ..Config::default()
-    };
-    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
-        .await
-        .unwrap();
-    let url = format!("ws://{}", server.local_addr());
+    let (server, url) = start(Config::default()).await;
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
 
     let url2 = url.clone();
@@ -257,17 +264,7 @@ async fn two_people_chat_in_two_terminals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_sent_from_one_terminal_is_saved_by_the_other() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        password_cost: PasswordCost {
-            memory_kib: 64,
-            iterations: 1,
-        },
-        ..Config::default()
-    };
-    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
-        .await
-        .unwrap();
-    let url = format!("ws://{}", server.local_addr());
+    let (server, url) = start(Config::default()).await;
     let d = dir.path().to_owned();
     tokio::task::spawn_blocking(move || {
         let (alice, bob) = (d.join("alice"), d.join("bob"));
@@ -396,18 +393,11 @@ fn unbase32(text: &str) -> Vec<u8> {
 async fn two_factor_authentication_from_the_command_line() {
     use chatify_server::mfa;
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        password_cost: PasswordCost {
-            memory_kib: 64,
-            iterations: 1,
-        },
+    let (server, url) = start(Config {
         login_failures_per_account: 100,
         ..Config::default()
-    };
-    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
-        .await
-        .unwrap();
-    let url = format!("ws://{}", server.local_addr());
+    })
+    .await;
     let home = dir.path().join("alice");
     tokio::task::spawn_blocking(move || {
         let cmd = |args: &[&str]| {
@@ -508,17 +498,7 @@ fn commands_without_login_fail_clearly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_group_chat_across_three_terminals() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        password_cost: PasswordCost {
-            memory_kib: 64,
-            iterations: 1,
-        },
-        ..Config::default()
-    };
-    let server = Server::start(config, Arc::new(SqliteStore::in_memory().unwrap()))
-        .await
-        .unwrap();
-    let url = format!("ws://{}", server.local_addr());
+    let (_server, url) = start(Config::default()).await;
     let d = dir.path().to_owned();
     tokio::task::spawn_blocking(move || {
         let homes: Vec<(std::path::PathBuf, &str)> = ["alice", "bob", "carol"]
