@@ -46,9 +46,6 @@ pub(crate) struct SizeTally {
     /// Copies each recipient should have read, and did (exactly once).
     pub(crate) expected: u64,
     pub(crate) received: u64,
-    pub(crate) duplicates: u64,
-    pub(crate) rejected: u64,
-    pub(crate) missing: u64,
     /// Send started to decrypted at each recipient, measured phase (µs).
     pub(crate) latency_us: Percentiles,
     /// A measured send, started to the server's SendOk (µs): the fan-out
@@ -69,8 +66,14 @@ pub(crate) struct GroupsOutcome {
     pub(crate) sizes: Vec<SizeTally>,
     pub(crate) wire: TapResult,
     pub(crate) store: TapResult,
-    /// Plaintexts a leaky mutant sent in the clear (0 in an honest run).
-    pub(crate) leaked: u64,
+    /// Over the whole run: redeliveries dropped, deliveries refused, and
+    /// messages reported missing.
+    pub(crate) duplicates: u64,
+    pub(crate) rejected: u64,
+    pub(crate) missing: u64,
+    /// Copies of plaintexts a leaky mutant sent in the clear, each of which
+    /// its member must refuse (0 in an honest run).
+    pub(crate) leaked_copies: u64,
     pub(crate) checks: Vec<Check>,
 }
 
@@ -398,7 +401,7 @@ pub(crate) async fn run(s: &Scenario, progress: bool) -> Result<GroupsOutcome> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(s.workload.seed);
     let mut plaintexts = Vec::new();
     let mut sizes = Vec::new();
-    let mut leaked = 0;
+    let mut leaked_copies = 0;
     for &n in &g.sizes {
         if progress {
             eprintln!(
@@ -408,20 +411,16 @@ pub(crate) async fn run(s: &Scenario, progress: bool) -> Result<GroupsOutcome> {
         }
         let (t, group) = one_size(g, n, &orders, &inbox, &mut plaintexts, &mut rng).await?;
         if g.leak_plaintext {
-            leaked += leak(&orders, group, n, plaintexts.last().cloned()).await?;
-            let refused = leaked * (n as u64 - 1);
+            leaked_copies += leak(&orders, group, n, plaintexts.last().cloned()).await?;
+            let refused = leaked_copies;
             wait_for(&inbox, Duration::from_secs(10), |b| b.rejected >= refused).await;
         }
         sizes.push(t);
     }
-    {
+    let (duplicates, rejected, missing) = {
         let b = lock(&inbox);
-        if let Some(last) = sizes.last_mut() {
-            last.duplicates = b.duplicates;
-            last.rejected = b.rejected;
-            last.missing = b.missing;
-        }
-    }
+        (b.duplicates, b.rejected, b.missing)
+    };
     drop(orders);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let detector = Detector::new(&plaintexts);
@@ -434,7 +433,10 @@ pub(crate) async fn run(s: &Scenario, progress: bool) -> Result<GroupsOutcome> {
         sizes,
         wire,
         store,
-        leaked,
+        duplicates,
+        rejected,
+        missing,
+        leaked_copies,
         checks: Vec::new(),
     };
     outcome.checks = checks(s, g, &outcome);
@@ -442,7 +444,8 @@ pub(crate) async fn run(s: &Scenario, progress: bool) -> Result<GroupsOutcome> {
 }
 
 /// The leaky mutant: member 0 sends the last message's plaintext to the
-/// group as it is, unencrypted. Returns 1.
+/// group as it is, unencrypted, to its `n − 1` other members. Returns the
+/// copies sent, each of which its member must refuse.
 async fn leak(
     orders: &[mpsc::Sender<Order>],
     group: GroupId,
@@ -464,7 +467,7 @@ async fn leak(
         .ok()
         .context("member task gone")?;
     rx.await.ok();
-    Ok(1)
+    Ok(n as u64 - 1)
 }
 
 /// The run's checks.
@@ -472,10 +475,9 @@ pub(crate) fn checks(s: &Scenario, g: &Groups, o: &GroupsOutcome) -> Vec<Check> 
     let check = |name, ok, evidence| Check::judged(s, name, ok, evidence);
     let all = |f: &dyn Fn(&SizeTally) -> u64| o.sizes.iter().map(f).sum::<u64>();
     let (expected, received) = (all(&|t| t.expected), all(&|t| t.received));
-    let (dups, missing) = (all(&|t| t.duplicates), all(&|t| t.missing));
-    let rejected = all(&|t| t.rejected);
+    let (dups, missing, rejected) = (o.duplicates, o.missing, o.rejected);
     // A leaked plaintext is refused by every member who got it.
-    let leak_rejections = o.leaked * o.sizes.last().map_or(0, |t| t.members as u64 - 1);
+    let leak_rejections = o.leaked_copies;
     let worst = o.sizes.iter().map(|t| t.latency_us.p99).max().unwrap_or(0);
     let tap = |name: &'static str, r: &TapResult, what: &str| {
         check(
@@ -561,7 +563,10 @@ mod tests {
             }],
             wire: tap.clone(),
             store: tap,
-            leaked: 0,
+            duplicates: 0,
+            rejected: 0,
+            missing: 0,
+            leaked_copies: 0,
             checks: Vec::new(),
         }
     }
@@ -580,11 +585,12 @@ mod tests {
     fn each_check_catches_its_mutant() {
         assert!(failed(&honest()).is_empty());
         type Mutant = (&'static str, fn(&mut GroupsOutcome));
-        let mutants: [Mutant; 7] = [
+        let mutants: [Mutant; 8] = [
             ("groups.every-member", |o| o.sizes[0].received -= 1),
-            ("groups.every-member", |o| o.sizes[0].duplicates = 1),
-            ("groups.every-member", |o| o.sizes[0].rejected = 1),
-            ("groups.every-member", |o| o.sizes[0].missing = 1),
+            ("groups.every-member", |o| o.duplicates = 1),
+            ("groups.every-member", |o| o.rejected = 1),
+            ("groups.every-member", |o| o.leaked_copies = 2),
+            ("groups.every-member", |o| o.missing = 1),
             ("groups.latency", |o| o.sizes[0].latency_us.p99 = 10_000_000),
             ("leak.wire", |o| o.wire.matches = 1),
             ("leak.store", |o| o.store.matches = 1),
