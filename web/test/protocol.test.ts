@@ -1,0 +1,191 @@
+// The browser client's protocol code against every vector of PROTOCOL.md
+// §14 that covers §2–§13, run in Node's test runner on Node's WebCrypto.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { type Bytes, equal, fromHex, hex, utf8 } from "../src/bytes.js";
+import { decodeStrict, encode } from "../src/cbor.js";
+import { decodeContent, encodeContent, formatSafetyNumber, safetyNumber } from "../src/content.js";
+import { ed25519FromSecret, x25519FromSecret } from "../src/crypto.js";
+import { decodeFrame, encodeFrame } from "../src/frames.js";
+import {
+  type Device,
+  type Session,
+  accept,
+  addOneTimePrekeys,
+  currentSignedPrekey,
+  decodeBundle,
+  decodeEnvelope,
+  decrypt,
+  deviceKeys,
+  encodeBundle,
+  encrypt,
+  initiate,
+  newDevice,
+  publicIdentity,
+  verifyBundle,
+} from "../src/session.js";
+import { VectorRng, block, inline, line, section } from "./vectors.js";
+
+const CONV = utf8("vector-conv-0001");
+
+/** V1's devices, drawn from the vector RNG as `Device::generate` draws them. */
+async function devices(): Promise<{ alice: Device; bob: Device; rng: VectorRng }> {
+  const rng = new VectorRng();
+  const make = async () => newDevice(await ed25519FromSecret(await rng.fill(32)), await x25519FromSecret(await rng.fill(32)), rng);
+  const alice = await make();
+  const bob = await make();
+  await addOneTimePrekeys(bob, 1, rng);
+  return { alice, bob, rng };
+}
+
+function bundleOf(bob: Device) {
+  return {
+    user: "bob",
+    device: 1,
+    identity: deviceKeys(bob),
+    signedPrekey: currentSignedPrekey(bob),
+    oneTimePrekey: { id: bob.oneTimePrekeys[0].id, publicKey: bob.oneTimePrekeys[0].pair.pub },
+  };
+}
+
+test("V1: device keys from their secrets", async () => {
+  const { alice, bob } = await devices();
+  for (const [name, d] of [["Alice", alice], ["Bob", bob]] as const) {
+    const v = section("V1").split(`${name}:`)[1];
+    assert.equal(hex(d.signing.pub), v.match(/signing_key\s+([0-9a-f]{64})/)![1], `${name} signing key`);
+    assert.equal(hex(d.identity.pub), v.match(/identity_key\s+([0-9a-f]{64})/)![1], `${name} identity key`);
+  }
+  assert.ok(line("V1", "Ed25519 secret").length === 32);
+});
+
+test("V2: Bob's bundle encodes, decodes and verifies", async () => {
+  const { bob } = await devices();
+  const expected = block("V2", 0);
+  assert.equal(hex(encode(encodeBundle(bundleOf(bob)))), hex(expected));
+  const decoded = decodeBundle(decodeStrict(expected));
+  await verifyBundle(decoded);
+  // A flipped bit anywhere in a signature fails verification.
+  const bad = { ...decoded, signedPrekey: { ...decoded.signedPrekey, signature: decoded.signedPrekey.signature.slice() } };
+  bad.signedPrekey.signature[5] ^= 1;
+  await assert.rejects(verifyBundle(bad), /signed prekey signature/);
+});
+
+async function conversation(): Promise<{ a: Session; b: Session; bob: Device; env: Bytes[]; rng: VectorRng }> {
+  const { alice, bob, rng } = await devices();
+  const a0 = await initiate(alice, bundleOf(bob), rng);
+  const first = await encrypt(a0, CONV, utf8("Hello, Bob!"), rng);
+  const opened = await accept(bob, decodeEnvelope(first.envelope));
+  assert.equal(new TextDecoder().decode(opened.plaintext), "Hello, Bob!");
+  const reply = await encrypt(opened.session, CONV, utf8("Hi Alice."), rng);
+  const a1 = await decrypt(first.session, decodeEnvelope(reply.envelope));
+  assert.equal(new TextDecoder().decode(a1.plaintext), "Hi Alice.");
+  const second = await encrypt(a1.session, CONV, new Uint8Array(0), rng);
+  return { a: second.session, b: reply.session, bob: opened.device, env: [first.envelope, reply.envelope, second.envelope], rng };
+}
+
+test("V3–V5: the setup message, the reply and the second message are byte for byte the reference's", async () => {
+  const { env } = await conversation();
+  assert.equal(hex(env[0]), hex(block("V3", 1)), "V3 envelope");
+  assert.equal(hex(env[1]), hex(block("V4", 0)), "V4 envelope");
+  assert.equal(hex(env[2]), hex(block("V5", 0)), "V5 envelope");
+  assert.equal(hex(inline("V3", "base key secret")).length, 64);
+});
+
+test("V3: the reference's envelopes open here, and a tampered one does not", async () => {
+  const { bob } = await devices();
+  const v3 = decodeEnvelope(block("V3", 1));
+  const { session, plaintext } = await accept(bob, v3);
+  assert.equal(new TextDecoder().decode(plaintext), "Hello, Bob!");
+  // Replaying the setup to the device that accepted it is refused.
+  const after = (await accept(bob, v3)).device;
+  await assert.rejects(accept(after, v3), /ReplayedSetup|UnknownPrekey/);
+  // Every byte of the ciphertext, the header and the prekey header is authenticated.
+  const raw = block("V3", 1);
+  for (const at of [raw.length - 1, raw.length - 20, 30, 60]) {
+    const bad = raw.slice();
+    bad[at] ^= 0x01;
+    let env;
+    try {
+      env = decodeEnvelope(bad);
+    } catch {
+      continue;
+    }
+    await assert.rejects(accept(bob, env), `flip at ${at} must fail`);
+  }
+  // A duplicate on an existing session is reported as one.
+  const v5 = decodeEnvelope(block("V5", 0));
+  assert.ok(session);
+  await assert.rejects(decrypt(session, v5), /Decrypt|TooFarAhead|Duplicate/);
+});
+
+test("V6: safety number", async () => {
+  const { alice, bob } = await devices();
+  const n = await safetyNumber(publicIdentity(alice), publicIdentity(bob));
+  const expected = section("V6").match(/```text\n([\s\S]*?)```/)![1].trim();
+  assert.equal(formatSafetyNumber(n), expected);
+  assert.equal(await safetyNumber(publicIdentity(bob), publicIdentity(alice)), n, "both sides see one number");
+});
+
+test("V7: every frame this client sends encodes as the reference's; every frame it reads decodes", async () => {
+  const { bob } = await devices();
+  const rows = new Map(
+    [...section("V7").matchAll(/^\s*(\d+) (\w+)\s+([0-9a-f]+)$/gm)].map((m) => [m[2], fromHex(m[3])]),
+  );
+  const addr = new Map<number, string | number>([[0, "bob"], [1, 1]]);
+  const ours: Array<[string, Bytes]> = [
+    ["Register", encodeFrame(1, 7, [[0, "alice"], [1, "correct horse"]])],
+    ["Login", encodeFrame(2, 7, [[0, "alice"], [1, "correct horse"], [2, 1], [3, "123456"]])],
+    ["Authenticate", encodeFrame(3, 7, [[0, new Uint8Array(32).fill(0xab)]])],
+    ["Logout", encodeFrame(4, 7, [])],
+    [
+      "PublishKeys",
+      encodeFrame(5, 7, [
+        [0, encodeBundle(bundleOf(bob)).get(2)],
+        [1, encodeBundle({ ...bundleOf(bob), signedPrekey: currentSignedPrekey(bob) }).get(3)],
+        [2, [encodeBundle(bundleOf(bob)).get(4)!]],
+      ]),
+    ],
+    ["FetchBundle", encodeFrame(6, 7, [[0, addr]])],
+    ["Send", encodeFrame(7, 7, [[0, addr], [1, CONV], [2, new Uint8Array(16).fill(0x11)], [3, new Uint8Array(4).fill(0xee)]])],
+    ["Ack", encodeFrame(8, 7, [[0, [41, 42]]])],
+    ["Ping", encodeFrame(10, 7, [])],
+    ["FetchDevices", encodeFrame(11, 7, [[0, "bob"]])],
+  ];
+  for (const [name, bytes] of ours) assert.equal(hex(bytes), hex(rows.get(name)!), name);
+  for (const [name, bytes] of rows) {
+    const f = decodeFrame(bytes);
+    assert.ok(f.type > 0, name);
+  }
+  // One spelling: a longer head for the same number is refused.
+  const ping = rows.get("Ping")!;
+  assert.throws(() => decodeFrame(Uint8Array.of(0x84, 0x01, 0x18, 0x0a, 0x07, 0xa0)));
+  assert.throws(() => decodeFrame(Uint8Array.of(...ping, 0x00)), "trailing bytes");
+  assert.throws(() => decodeFrame(Uint8Array.of(0x9f, 0x01, 0x0a, 0x07, 0xa0, 0xff)), "indefinite length");
+});
+
+test("V8, V9: message content, receipt and retry request", async () => {
+  const v8 = block("V8", 0);
+  const c = decodeContent(v8);
+  assert.equal(new TextDecoder().decode(c.body), "Hello, Bob!");
+  assert.equal(c.seq, 3n);
+  assert.equal(c.floor, 2n);
+  assert.equal(hex(encodeContent(c)), hex(v8));
+  const receipt = decodeContent(block("V9", 0));
+  assert.deepEqual(receipt.receipt, { receivedBelow: 9n, missing: [[4n, 6n]], knownFrom: 0n });
+  assert.equal(hex(encodeContent(receipt)), hex(block("V9", 0)));
+  const retry = decodeContent(block("V9", 1));
+  assert.ok(retry.retry && equal(retry.retry[0], new Uint8Array(16).fill(0x11)));
+  // A non-shortest integer, or a control with a body, is refused.
+  const long = Uint8Array.from([...v8.subarray(0, 19), 0x18, 0x03, ...v8.subarray(20)]);
+  assert.throws(() => decodeContent(long));
+  assert.throws(() => decodeContent(encodeContent({ ...receipt, body: utf8("x") })));
+});
+
+test("V10, V13: file and group contents decode (this client shows files as unsupported and ignores groups)", async () => {
+  const file = decodeContent(block("V10", 2));
+  assert.ok(file.file);
+  assert.equal(hex(encodeContent(file)), hex(block("V10", 2)));
+  const group = decodeContent(block("V13", 0));
+  assert.ok(group.group);
+  assert.equal(hex(encodeContent(group)), hex(block("V13", 0)));
+});
