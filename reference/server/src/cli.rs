@@ -105,6 +105,13 @@ struct Args {
     #[arg(long, value_enum, default_value = "full")]
     durability: Durability,
 
+    /// A directory of the browser client's files (`web/dist` after `npm run
+    /// build` in `web/`), served on the same port to any request that is
+    /// not a WebSocket upgrade, with a strict Content-Security-Policy. The
+    /// files are read once, at start.
+    #[arg(long, value_name = "DIR")]
+    web: Option<PathBuf>,
+
     /// PEM certificate chain; serves wss:// (requires --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -390,9 +397,16 @@ async fn run(
         _ => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let web = match &args.web {
+        Some(dir) => Some(Arc::new(
+            crate::web::WebRoot::load(dir).map_err(|e| format!("--web {}: {e}", dir.display()))?,
+        )),
+        None => None,
+    };
     let mut config = Config {
         listen: args.listen,
         tls,
+        web,
         password_cost: PasswordCost {
             memory_kib: args.argon2_memory_kib,
             iterations: args.argon2_iterations,
@@ -427,6 +441,10 @@ async fn run(
         .await
         .map_err(|e| format!("cannot start on {}: {e}", args.listen))?;
     println!("listening on {scheme}://{}", server.local_addr());
+    if args.web.is_some() {
+        let http = if scheme == "wss" { "https" } else { "http" };
+        println!("web client on {http}://{}/", server.local_addr());
+    }
 
     signals.wait().await;
     tracing::info!("signal received; shutting down");

@@ -136,15 +136,38 @@ pub(crate) async fn run(
     // freed once they are done instead of sizing the task for its life.
     match shared.config.tls.clone() {
         Some(tls) => {
-            if let Some(ws) = Box::pin(tls_handshake(stream, tls, peer, id)).await {
-                Box::pin(connection(ws, peer, id, shared).serve(shutdown)).await;
+            if let Some(stream) = Box::pin(tls_accept(stream, tls, peer, id)).await {
+                Box::pin(upgrade_and_serve(stream, peer, id, shared, shutdown)).await;
             }
         }
-        None => {
+        None => Box::pin(upgrade_and_serve(stream, peer, id, shared, shutdown)).await,
+    }
+}
+
+/// The WebSocket handshake, then the protocol; with `--web`, a request that
+/// is not an upgrade is answered with a file of the web client instead.
+async fn upgrade_and_serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    id: u64,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(root) = shared.config.web.clone() else {
+        if let Some(ws) = Box::pin(ws_handshake(stream, peer, id)).await {
+            Box::pin(connection(ws, peer, id, shared).serve(shutdown)).await;
+        }
+        return;
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::web::route(stream, &root)).await {
+        Ok(Ok(crate::web::Routed::Upgrade(stream))) => {
             if let Some(ws) = Box::pin(ws_handshake(stream, peer, id)).await {
                 Box::pin(connection(ws, peer, id, shared).serve(shutdown)).await;
             }
         }
+        Ok(Ok(crate::web::Routed::Served)) => {}
+        Ok(Err(e)) => tracing::debug!(conn = id, %peer, error = %e, "web request failed"),
+        Err(_) => tracing::debug!(conn = id, %peer, "web request timed out"),
     }
 }
 
@@ -155,9 +178,19 @@ async fn tls_handshake(
     peer: SocketAddr,
     id: u64,
 ) -> Option<WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>> {
+    ws_handshake(tls_accept(stream, tls, peer, id).await?, peer, id).await
+}
+
+/// The TLS handshake.
+async fn tls_accept(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    id: u64,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls_stream)) => ws_handshake(tls_stream, peer, id).await,
+        Ok(Ok(tls_stream)) => Some(tls_stream),
         Ok(Err(e)) => {
             tracing::info!(conn = id, %peer, error = %e, "TLS handshake failed");
             None

@@ -51,6 +51,7 @@ pub mod store;
 /// The wire crate, for [`forward_store!`]'s paths.
 pub use chatify_proto as __proto;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TLS settings; `None` serves plain `ws://`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The browser client's files, served on the same port to requests
+    /// that are not WebSocket upgrades (see the `web` module); `None`
+    /// answers only upgrades.
+    pub web: Option<Arc<web::WebRoot>>,
     /// Argon2id cost for new password hashes.
     pub password_cost: PasswordCost,
     /// Password hashes (registration, login) computed at once; each takes
@@ -193,6 +198,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: None,
+            web: None,
             password_cost: PasswordCost::default(),
             password_workers: std::thread::available_parallelism().map_or(2, usize::from),
             password_queue: 32,
