@@ -1,0 +1,630 @@
+// The browser client: one device of one account, its sessions, its
+// messages, and the connection to the server (PROTOCOL §5–§13).
+import { type Bytes, concat, equal, fromUtf8, hex, utf8 } from "./bytes.js";
+import { asArray, asBytes, asText, asUint, asU64 } from "./cbor.js";
+import { type Content, conversationId, covers, decodeContent, encodeContent, isControl, safetyNumber } from "./content.js";
+import { systemRng, ed25519Generate, x25519Generate } from "./crypto.js";
+import { type Address, type Frame, FrameType, decodeAddress, decodeFrame, encodeAddress, encodeFrame, errorOf } from "./frames.js";
+import {
+  type Device,
+  type PublicIdentity,
+  type Session,
+  ProtocolError,
+  accept,
+  addOneTimePrekeys,
+  currentSignedPrekey,
+  decodeBundle,
+  decodeEnvelope,
+  decrypt,
+  deviceKeys,
+  encodeDeviceKeys,
+  encodeOneTimePrekey,
+  encodeSignedPrekey,
+  encrypt,
+  initiate,
+  newDevice,
+  publicIdentity,
+  verifyBundle,
+} from "./session.js";
+import { type MessageRecord, Store } from "./store.js";
+
+const rng = systemRng;
+const SESSIONS_PER_PEER = 4;
+const PREKEYS_PER_PUBLISH = 50;
+const RECEIPT_DELAY_MS = 200;
+const REQUEST_TIMEOUT_MS = 15000;
+
+export interface Account {
+  user: string;
+  device: number;
+}
+
+/** What this client pinned for a peer (§12). */
+export interface Pin {
+  identity: PublicIdentity;
+  verified: boolean;
+  /** A different identity seen since, awaiting the user's confirmation: sending is blocked. */
+  changed?: PublicIdentity;
+}
+
+interface RecvState {
+  next: bigint;
+  gaps: Array<[bigint, bigint]>;
+}
+
+export class ServerError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message || code);
+  }
+}
+
+export type Status = "connecting" | "online" | "offline" | "displaced" | "signed-out";
+
+export interface Events {
+  status(s: Status, detail: string): void;
+  changed(peer: string | null): void;
+}
+
+const addrKey = (a: Address): string => `${a.user}:${a.device}`;
+const random16 = (): Bytes => globalThis.crypto.getRandomValues(new Uint8Array(16));
+const sameId = (a: PublicIdentity, b: PublicIdentity): boolean =>
+  equal(a.signingKey, b.signingKey) && equal(a.identityKey, b.identityKey);
+
+/** The WebSocket of one connection, with request/reply matching. */
+class Connection {
+  private nextId = 1n;
+  private waiting = new Map<bigint, { resolve(f: Frame): void; reject(e: Error): void }>();
+  constructor(
+    private readonly ws: WebSocket,
+    private readonly push: (f: Frame) => void,
+    onClose: (code: number, reason: string) => void,
+  ) {
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (ev) => {
+      if (!(ev.data instanceof ArrayBuffer)) return;
+      let f: Frame;
+      try {
+        f = decodeFrame(new Uint8Array(ev.data));
+      } catch {
+        return; // A frame in another spelling is not read.
+      }
+      const w = this.waiting.get(f.id);
+      if (f.id !== 0n && w) {
+        this.waiting.delete(f.id);
+        if (f.type === FrameType.Error) {
+          const e = errorOf(f);
+          w.reject(new ServerError(e.code, e.message));
+        } else w.resolve(f);
+      } else this.push(f);
+    };
+    ws.onclose = (ev) => {
+      for (const w of this.waiting.values()) w.reject(new ServerError("Closed", "the connection closed"));
+      this.waiting.clear();
+      onClose(ev.code, ev.reason);
+    };
+  }
+
+  static open(url: string, push: (f: Frame) => void, onClose: (code: number, reason: string) => void): Promise<Connection> {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      let settled = false;
+      ws.onopen = () => {
+        settled = true;
+        resolve(new Connection(ws, push, onClose));
+      };
+      ws.onclose = () => {
+        if (!settled) reject(new ServerError("Unreachable", "the server cannot be reached"));
+      };
+    });
+  }
+
+  request(type: number, fields: Parameters<typeof encodeFrame>[2]): Promise<Frame> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new ServerError("Timeout", "the server did not answer"));
+      }, REQUEST_TIMEOUT_MS);
+      this.waiting.set(id, {
+        resolve: (f) => (clearTimeout(timer), resolve(f)),
+        reject: (e) => (clearTimeout(timer), reject(e)),
+      });
+      this.ws.send(encodeFrame(type, id, fields));
+    });
+  }
+
+  close(): void {
+    this.ws.close(1000);
+  }
+}
+
+export function storeName(): string {
+  return `chatify:${location.host}`;
+}
+
+export class Client {
+  private conn: Connection | null = null;
+  private stopped = false;
+  private backoff = 1000;
+  private queue: Promise<unknown> = Promise.resolve();
+  private receiptsDue = new Map<string, { from: Address; conv: Bytes; timer: ReturnType<typeof setTimeout> }>();
+  /** The sequence number below which this page's lifetime sends (§7.1's floor). */
+  private floors = new Map<string, bigint>();
+  status: Status = "connecting";
+
+  private constructor(
+    readonly store: Store,
+    readonly account: Account,
+    private device: Device,
+    private token: Bytes,
+    private readonly url: string,
+    private readonly events: Events,
+  ) {}
+
+  // ------------------------------------------------------------ sign-up and sign-in
+
+  /** Opens the client this browser holds for the server, if any. */
+  static async resume(url: string, events: Events): Promise<Client | null> {
+    const store = await Store.open(storeName());
+    const account = await store.get<Account>("account");
+    const device = await store.get<Device>("device");
+    const token = await store.get<Bytes>("token");
+    if (!account || !device || !token) {
+      store.close();
+      return null;
+    }
+    const c = new Client(store, account, device, token, url, events);
+    c.start();
+    return c;
+  }
+
+  /**
+   * Registers (when `register`) or logs in, then makes this browser the
+   * account's device `device` with a new identity when it holds none.
+   */
+  static async signIn(url: string, user: string, password: string, device: number, register: boolean, events: Events): Promise<Client> {
+    const conn = await Connection.open(url, () => {}, () => {});
+    try {
+      if (register) await conn.request(FrameType.Register, [[0, user], [1, password]]);
+      const ok = await conn.request(FrameType.Login, [[0, user], [1, password], [2, device]]);
+      const token = asBytes(ok.body.get(0), "token");
+      let store = await Store.open(storeName());
+      const held = await store.get<Account>("account");
+      let keys = await store.get<Device>("device");
+      if (!keys || !held || held.user !== user || held.device !== device) {
+        // Another account's (or another device's) keys and messages are not kept beside this one's.
+        store.close();
+        await Store.wipe(storeName());
+        store = await Store.open(storeName());
+        keys = await newDevice(await ed25519Generate(rng), await x25519Generate(rng), rng);
+        await addOneTimePrekeys(keys, PREKEYS_PER_PUBLISH, rng);
+      }
+      const account = { user: asText(ok.body.get(2), "user", 64), device: asUint(ok.body.get(3), "device") };
+      await store.commit([
+        ["account", account],
+        ["device", keys],
+        ["token", token],
+        ["published", false],
+      ]);
+      const c = new Client(store, account, keys, token, url, events);
+      c.start();
+      return c;
+    } finally {
+      conn.close();
+    }
+  }
+
+  /** Signs this device out on the server and forgets its token (keys and messages stay). */
+  async logout(): Promise<void> {
+    this.stopped = true;
+    try {
+      await this.conn?.request(FrameType.Logout, []);
+    } catch {
+      // Offline: the token is forgotten here all the same.
+    }
+    await this.store.commit([], [], ["token"]);
+    this.conn?.close();
+    this.store.close();
+  }
+
+  // ------------------------------------------------------------ the connection
+
+  private start(): void {
+    void this.connect();
+  }
+
+  private setStatus(s: Status, detail: string): void {
+    this.status = s;
+    this.events.status(s, detail);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    this.setStatus("connecting", "Connecting…");
+    try {
+      this.conn = await Connection.open(this.url, (f) => this.onPush(f), (code, reason) => this.onClose(code, reason));
+      await this.conn.request(FrameType.Authenticate, [[0, this.token]]);
+      this.backoff = 1000;
+      this.setStatus("online", "Connected");
+      if (!(await this.store.get<boolean>("published"))) await this.publish(true);
+    } catch (e) {
+      if (e instanceof ServerError && e.code === "InvalidToken") {
+        this.stopped = true;
+        await this.store.commit([], [], ["token"]);
+        this.setStatus("signed-out", "Your session on the server has ended. Log in again.");
+        this.conn?.close();
+        return;
+      }
+      this.conn?.close();
+      this.conn = null;
+      this.retryLater();
+    }
+  }
+
+  private retryLater(): void {
+    if (this.stopped) return;
+    const wait = this.backoff;
+    this.backoff = Math.min(this.backoff * 2, 10000);
+    this.setStatus("offline", `The server cannot be reached. Retrying in ${Math.round(wait / 1000)} s…`);
+    setTimeout(() => void this.connect(), wait);
+  }
+
+  private onClose(code: number, reason: string): void {
+    this.conn = null;
+    if (this.stopped) return;
+    if (code === 4000) {
+      this.stopped = true;
+      this.setStatus("displaced", "This account's device connected elsewhere (another tab or window). Reload to take it back.");
+      return;
+    }
+    void reason;
+    this.retryLater();
+  }
+
+  private request(type: number, fields: Parameters<typeof encodeFrame>[2]): Promise<Frame> {
+    if (!this.conn) return Promise.reject(new ServerError("Offline", "not connected to the server"));
+    return this.conn.request(type, fields);
+  }
+
+  /** Runs `f` after every earlier state change (one writer at a time). */
+  private serial<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(f, f);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  private async publish(all: boolean, fresh: Array<{ id: number; pair: { pub: Bytes } }> = []): Promise<void> {
+    const otks = (all ? this.device.oneTimePrekeys : fresh).map((o) => encodeOneTimePrekey({ id: o.id, publicKey: o.pair.pub }));
+    await this.request(FrameType.PublishKeys, [
+      [0, encodeDeviceKeys(deviceKeys(this.device))],
+      [1, encodeSignedPrekey(currentSignedPrekey(this.device))],
+      [2, otks],
+    ]);
+    if (all) await this.store.commit([["published", true]]);
+  }
+
+  private onPush(f: Frame): void {
+    if (f.type === FrameType.Deliver) void this.serial(() => this.onDeliver(f)).catch(() => {});
+    else if (f.type === FrameType.PrekeysLow) void this.serial(() => this.replenish()).catch(() => {});
+  }
+
+  private async replenish(): Promise<void> {
+    const before = this.device.oneTimePrekeys.length;
+    const next = { ...this.device, oneTimePrekeys: this.device.oneTimePrekeys.slice() };
+    await addOneTimePrekeys(next, PREKEYS_PER_PUBLISH, rng);
+    await this.store.commit([["device", next]]);
+    this.device = next;
+    await this.publish(false, next.oneTimePrekeys.slice(before));
+  }
+
+  // ------------------------------------------------------------ identities
+
+  me(): PublicIdentity {
+    return publicIdentity(this.device);
+  }
+
+  async pin(user: string): Promise<Pin | undefined> {
+    return this.store.get<Pin>(`pin:${user}`);
+  }
+
+  /** The safety number with a peer's pinned identity, or with the changed one awaiting confirmation. */
+  async safetyNumber(user: string): Promise<string | null> {
+    const p = await this.pin(user);
+    if (!p) return null;
+    return safetyNumber(this.me(), p.changed ?? p.identity);
+  }
+
+  /** The user compared the number: the shown identity becomes the pinned, verified one. */
+  async confirmIdentity(user: string): Promise<void> {
+    await this.serial(async () => {
+      const p = await this.pin(user);
+      if (!p) return;
+      await this.store.commit([[`pin:${user}`, { identity: p.changed ?? p.identity, verified: true }]]);
+    });
+    this.events.changed(user);
+  }
+
+  /** Pins on first use; a different identity is recorded as a change. Returns whether it is the pinned one. */
+  private async judge(user: string, id: PublicIdentity, kv: Array<[string, unknown]>): Promise<boolean> {
+    const p = await this.pin(user);
+    if (!p) {
+      kv.push([`pin:${user}`, { identity: id, verified: false }]);
+      return true;
+    }
+    if (sameId(p.identity, id)) return true;
+    if (!p.changed || !sameId(p.changed, id)) kv.push([`pin:${user}`, { ...p, changed: id }]);
+    return false;
+  }
+
+  // ------------------------------------------------------------ conversations
+
+  async conversations(): Promise<Array<{ peer: string; unread: number; last: number }>> {
+    const keys = await this.store.keys("conv:");
+    const out = [];
+    for (const k of keys) out.push((await this.store.get<{ peer: string; unread: number; last: number }>(k))!);
+    return out.sort((a, b) => b.last - a.last);
+  }
+
+  async openConversation(peer: string): Promise<void> {
+    const c = await this.store.get<{ peer: string; unread: number; last: number }>(`conv:${peer}`);
+    await this.store.commit([[`conv:${peer}`, { peer, unread: 0, last: c?.last ?? Date.now() }]]);
+    this.events.changed(null);
+  }
+
+  messages(peer: string): Promise<MessageRecord[]> {
+    return this.store.messages(peer);
+  }
+
+  // ------------------------------------------------------------ sending (§7.1, §12)
+
+  /** Sends `text` to every device of `peer`. Throws when the peer's identity changed and is not confirmed. */
+  async send(peer: string, text: string): Promise<void> {
+    const body = utf8(text);
+    if (body.length > 65536 - 64 - 64) throw new Error("The message is too long.");
+    if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(peer)) throw new Error("That is not a user name.");
+    const pin = await this.pin(peer);
+    if (pin?.changed) throw new Error(`${peer}'s safety number changed: compare it and confirm before sending.`);
+    const devices = asArray((await this.request(FrameType.FetchDevices, [[0, peer]])).body.get(1), "devices").map((d) => asUint(d, "device"));
+    if (devices.length === 0) throw new Error(`${peer} has no device to send to.`);
+    await this.serial(() => this.sendTo(peer, devices, body));
+  }
+
+  private async sendTo(peer: string, devices: number[], body: Bytes): Promise<void> {
+    const conv = await conversationId(this.account.user, peer);
+    const convHex = hex(conv);
+    const seqRec = (await this.store.get<bigint>(`seq:${convHex}`)) ?? 0n;
+    if (!this.floors.has(convHex)) this.floors.set(convHex, seqRec);
+    const messageId = random16();
+    const record: MessageRecord = {
+      key: `out:${hex(messageId)}`,
+      peer,
+      dir: "out",
+      text: fromUtf8(body),
+      at: Date.now(),
+      state: "sending",
+      awaiting: [],
+      seq: seqRec.toString(),
+    };
+    const content = encodeContent({
+      messageId,
+      seq: seqRec,
+      floor: this.floors.get(convHex)!,
+      sentAtMs: BigInt(Date.now()),
+      body,
+    });
+    const conv0 = await this.store.get<{ unread: number }>(`conv:${peer}`);
+    await this.store.commit(
+      [
+        [`seq:${convHex}`, seqRec + 1n],
+        [`conv:${peer}`, { peer, unread: conv0?.unread ?? 0, last: record.at }],
+      ],
+      [record],
+    );
+    this.events.changed(peer);
+    let sent = 0;
+    for (const device of devices) {
+      const to = { user: peer, device };
+      try {
+        const envelope = await this.seal(to, conv, content);
+        await this.request(FrameType.Send, [[0, encodeAddress(to)], [1, conv], [2, messageId], [3, envelope]]);
+        record.awaiting!.push(addrKey(to));
+        const pending = (await this.store.get<Array<[string, string]>>(`pending:${addrKey(to)}`)) ?? [];
+        pending.push([record.key, seqRec.toString()]);
+        await this.store.commit([[`pending:${addrKey(to)}`, pending.slice(-1024)]]);
+        sent++;
+      } catch (e) {
+        record.warning = `not sent to ${addrKey(to)}: ${(e as Error).message}`;
+        if (e instanceof IdentityChanged) break;
+      }
+    }
+    record.state = sent > 0 ? "sent" : "failed";
+    await this.store.commit([], [record]);
+    this.events.changed(peer);
+  }
+
+  /** Encrypts `content` for one device, starting a session from its bundle if none; saves before returning. */
+  private async seal(to: Address, conv: Bytes, content: Bytes): Promise<Bytes> {
+    const kv: Array<[string, unknown]> = [];
+    let sessions = (await this.store.get<Session[]>(`session:${addrKey(to)}`)) ?? [];
+    if (sessions.length === 0) {
+      const f = await this.request(FrameType.FetchBundle, [[0, encodeAddress(to)]]);
+      const bundle = decodeBundle(f.body.get(0));
+      if (bundle.user !== to.user || bundle.device !== to.device) throw new Error("the server answered for another device");
+      await verifyBundle(bundle);
+      const pinned = await this.judge(to.user, bundle.identity, kv);
+      if (!pinned) {
+        await this.store.commit(kv);
+        this.events.changed(to.user);
+        throw new IdentityChanged(`${to.user}'s safety number changed: compare it and confirm before sending.`);
+      }
+      sessions = [await initiate(this.device, bundle, rng)];
+    }
+    const { session, envelope } = await encrypt(sessions[0], conv, content, rng);
+    kv.push([`session:${addrKey(to)}`, [session, ...sessions.slice(1)]]);
+    await this.store.commit(kv);
+    return envelope;
+  }
+
+  // ------------------------------------------------------------ receiving (§5, §6.3, §7.1–§7.2)
+
+  private async onDeliver(f: Frame): Promise<void> {
+    const seq = asU64(f.body.get(0), "seq");
+    const from = decodeAddress(f.body.get(1));
+    const conv = asBytes(f.body.get(2), "conversation", 16);
+    const messageId = asBytes(f.body.get(3), "message id", 16);
+    const kv: Array<[string, unknown]> = [];
+    const records: MessageRecord[] = [];
+    try {
+      await this.open(from, conv, messageId, asBytes(f.body.get(5), "envelope"), kv, records);
+    } catch (e) {
+      if (!(e instanceof ProtocolError && e.kind === "Duplicate")) {
+        records.push({
+          key: `bad:${hex(messageId)}:${addrKey(from)}`,
+          peer: from.user,
+          dir: "in",
+          text: "",
+          at: Date.now(),
+          warning: `A message from ${addrKey(from)} could not be opened (${e instanceof ProtocolError ? e.kind : "malformed"}); it was rejected.`,
+        });
+      }
+    }
+    await this.store.commit(kv, records);
+    await this.request(FrameType.Ack, [[0, [Number(seq)]]]).catch(() => {});
+    this.events.changed(from.user);
+  }
+
+  private async open(from: Address, conv: Bytes, messageId: Bytes, raw: Bytes, kv: Array<[string, unknown]>, records: MessageRecord[]): Promise<void> {
+    if (raw[0] === 0x01) throw new ProtocolError("State", "a group message (this client is in no group)");
+    const env = decodeEnvelope(raw);
+    if (!equal(env.conversation, conv)) throw new ProtocolError("BadEnvelope", "conversation differs from the frame's");
+    const sessions = (await this.store.get<Session[]>(`session:${addrKey(from)}`)) ?? [];
+    let session: Session | null = null;
+    let plaintext: Bytes | null = null;
+    let rest = sessions;
+    const existing = env.prekey ? sessions.find((s) => equal(s.baseKey, env.prekey!.baseKey)) : undefined;
+    if (env.prekey && !existing) {
+      const r = await accept(this.device, env);
+      this.device = r.device;
+      kv.push(["device", r.device]);
+      session = r.session;
+      plaintext = r.plaintext;
+    } else {
+      let last: unknown = new ProtocolError("Decrypt", "no session with this device");
+      for (const s of existing ? [existing] : sessions) {
+        try {
+          ({ session, plaintext } = await decrypt(s, env));
+          rest = sessions.filter((x) => x !== s);
+          break;
+        } catch (e) {
+          last = e;
+        }
+      }
+      if (!session || !plaintext) throw last;
+    }
+    kv.push([`session:${addrKey(from)}`, [session, ...rest].slice(0, SESSIONS_PER_PEER)]);
+    const content = decodeContent(plaintext);
+    if (!equal(content.messageId, messageId)) throw new ProtocolError("BadEnvelope", "message id differs from the one delivered");
+    const genuine = await this.judge(from.user, session.remote, kv);
+    if (isControl(content)) {
+      if (content.receipt && genuine) await this.onReceipt(from, content, records);
+      return;
+    }
+    await this.onMessage(from, conv, content, session.remote, genuine, kv, records);
+  }
+
+  private async onMessage(
+    from: Address,
+    conv: Bytes,
+    c: Content,
+    id: PublicIdentity,
+    genuine: boolean,
+    kv: Array<[string, unknown]>,
+    records: MessageRecord[],
+  ): Promise<void> {
+    const key = `in:${from.user}:${hex(c.messageId)}`;
+    if (await this.store.message(key)) return; // A copy already read (another device of the sender's, or a redelivery).
+    const rk = `recv:${hex(conv)}:${addrKey(from)}:${hex(concat(id.signingKey, id.identityKey))}`;
+    const st = (await this.store.get<RecvState>(rk)) ?? { next: 0n, gaps: [] };
+    let late = false;
+    if (c.seq >= st.next) {
+      const start = st.next > c.floor ? st.next : c.floor;
+      if (c.floor > st.next) st.gaps.push([st.next, c.floor]);
+      if (c.seq > start) st.gaps.push([start, c.seq]);
+      st.next = c.seq + 1n;
+      st.gaps = st.gaps.slice(-256);
+    } else {
+      const g = st.gaps.findIndex(([a, b]) => a <= c.seq && c.seq < b);
+      if (g < 0) return; // A duplicate by its sequence number.
+      const [a, b] = st.gaps[g];
+      st.gaps.splice(g, 1, ...([[a, c.seq], [c.seq + 1n, b]] as Array<[bigint, bigint]>).filter(([x, y]) => x < y));
+      late = true;
+    }
+    kv.push([rk, st]);
+    const text = c.file !== undefined ? `[a file was sent: this client does not receive files] ${fromUtf8(c.body)}` : fromUtf8(c.body);
+    records.push({
+      key,
+      peer: from.user,
+      dir: "in",
+      text,
+      at: Date.now(),
+      late,
+      warning: genuine ? undefined : `Sent from an identity that is not ${from.user}'s pinned one: compare safety numbers.`,
+    });
+    const conv0 = await this.store.get<{ unread: number }>(`conv:${from.user}`);
+    kv.push([`conv:${from.user}`, { peer: from.user, unread: (conv0?.unread ?? 0) + 1, last: Date.now() }]);
+    this.receiptLater(from, conv);
+  }
+
+  private async onReceipt(from: Address, c: Content, records: MessageRecord[]): Promise<void> {
+    const pk = `pending:${addrKey(from)}`;
+    const pending = (await this.store.get<Array<[string, string]>>(pk)) ?? [];
+    const left: Array<[string, string]> = [];
+    for (const [key, seq] of pending) {
+      if (!covers(c.receipt!, BigInt(seq))) {
+        left.push([key, seq]);
+        continue;
+      }
+      const m = records.find((r) => r.key === key) ?? (await this.store.message(key));
+      if (!m) continue;
+      m.awaiting = (m.awaiting ?? []).filter((d) => d !== addrKey(from));
+      if (m.awaiting.length === 0 && m.state === "sent") m.state = "delivered";
+      if (!records.includes(m)) records.push(m);
+    }
+    await this.store.commit([[pk, left]]);
+  }
+
+  /** §7.2: one receipt covers what arrives within 200 ms. */
+  private receiptLater(from: Address, conv: Bytes): void {
+    const k = addrKey(from);
+    if (this.receiptsDue.has(k)) return;
+    const timer = setTimeout(() => {
+      this.receiptsDue.delete(k);
+      void this.serial(() => this.sendReceipt(from, conv)).catch(() => {});
+    }, RECEIPT_DELAY_MS);
+    this.receiptsDue.set(k, { from, conv, timer });
+  }
+
+  private async sendReceipt(from: Address, conv: Bytes): Promise<void> {
+    const sessions = (await this.store.get<Session[]>(`session:${addrKey(from)}`)) ?? [];
+    if (sessions.length === 0) return;
+    const id = sessions[0].remote;
+    const st = await this.store.get<RecvState>(`recv:${hex(conv)}:${addrKey(from)}:${hex(concat(id.signingKey, id.identityKey))}`);
+    if (!st) return;
+    const messageId = random16();
+    const content = encodeContent({
+      messageId,
+      seq: 0n,
+      floor: 0n,
+      sentAtMs: BigInt(Date.now()),
+      body: new Uint8Array(0),
+      receipt: { receivedBelow: st.next, missing: st.gaps, knownFrom: st.gaps.length === 256 ? st.gaps[0][0] : 0n },
+    });
+    const envelope = await this.seal(from, conv, content);
+    await this.request(FrameType.Send, [[0, encodeAddress(from)], [1, conv], [2, messageId], [3, envelope]]);
+  }
+}
+
+export class IdentityChanged extends Error {}

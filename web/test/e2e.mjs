@@ -1,0 +1,336 @@
+// The web client as people use it, in a real Chromium driven headless, with
+// the reference server and the Rust CLI beside it:
+//   1. two browser users register, chat, reload and keep history and sessions,
+//      verify each other's safety number, and see the warning that blocks
+//      sending when one of them changes identity;
+//   2. the browser talks with the Rust CLI through the server, both
+//      directions, each side starting the session once;
+//   3. the server goes away and comes back: the page says so and reconnects;
+//   4. what the server stored and logged holds none of the canaries typed
+//      into the pages (and a canary the server is meant to hold, a user
+//      name, is found: the scan can fail).
+// Screenshots of each step go to reports/web/ (or $CHATIFY_WEB_SHOTS).
+//
+// Run from web/ after `npm run build` and `cargo build -p chatify-server
+// -p chatify-client`:  node test/e2e.mjs
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const root = new URL("../..", import.meta.url).pathname;
+const target = process.env.CARGO_TARGET_DIR ?? join(root, "target");
+const profile = process.env.CHATIFY_PROFILE ?? "debug";
+const serverBin = process.env.CHATIFY_SERVER_BIN ?? join(target, profile, "chatify-server");
+const cliBin = process.env.CHATIFY_BIN ?? join(target, profile, "chatify");
+const shots = process.env.CHATIFY_WEB_SHOTS ?? join(root, "reports", "web");
+const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const work = mkdtempSync(join(tmpdir(), "chatify-web-"));
+const dataDir = join(work, "data");
+const step = { n: 0 };
+const t0 = Date.now();
+
+function log(msg) {
+  console.log(`[${((Date.now() - t0) / 1000).toFixed(1)} s] ${msg}`);
+}
+
+// ---------------------------------------------------------------- the server
+
+let server = null;
+let serverLog = "";
+let port = 0;
+
+async function startServer() {
+  const args = [
+    "--listen", `127.0.0.1:${port}`, "--db", join(dataDir, "chatify.db"), "--web", join(root, "web", "dist"),
+    "--argon2-memory-kib", "64", "--argon2-iterations", "1",
+  ];
+  server = spawn(serverBin, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: "debug" } });
+  server.stderr.on("data", (d) => (serverLog += d));
+  const url = await new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error(`the server did not start: ${out}${serverLog}`)), 20000);
+    server.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/web client on (http:\/\/[^\s]+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    server.on("exit", (code) => reject(new Error(`the server exited (${code}): ${serverLog}`)));
+  });
+  port = Number(new URL(url).port);
+  return url;
+}
+
+async function stopServer() {
+  const s = server;
+  server = null;
+  const gone = new Promise((r) => s.on("exit", r));
+  s.kill("SIGTERM");
+  await gone;
+}
+
+// ---------------------------------------------------------------- the CLI
+
+const cliEnv = { ...process.env, CHATIFY_PASSPHRASE: "a passphrase for the test" };
+for (const k of ["CHATIFY_HOME", "CHATIFY_SERVER", "CHATIFY_CA_CERT", "CHATIFY_PASSPHRASE_FILE"]) delete cliEnv[k];
+
+function cli(home, args, input) {
+  return execFileSync(cliBin, ["--server", `ws://127.0.0.1:${port}`, "--home", join(work, home), ...args], {
+    input,
+    env: cliEnv,
+    encoding: "utf8",
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+}
+
+// ---------------------------------------------------------------- the pages
+
+async function shot(page, name) {
+  step.n += 1;
+  const file = join(shots, `${String(step.n).padStart(2, "0")}-${name}.png`);
+  await page.screenshot({ path: file });
+  log(`screenshot ${file.slice(root.length)}`);
+}
+
+async function register(page, url, user) {
+  await page.goto(url);
+  await page.getByLabel("User name").fill(user);
+  await page.getByLabel("Password (8 characters at least)").fill(`${user}-password`);
+  await page.getByRole("button", { name: "Register" }).click();
+  await page.locator("#who").filter({ hasText: user }).waitFor();
+  await page.locator("#status").filter({ hasText: "Connected" }).waitFor();
+}
+
+async function login(page, url, user) {
+  await page.goto(url);
+  await page.getByLabel("User name").fill(user);
+  await page.getByLabel("Password (8 characters at least)").fill(`${user}-password`);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.locator("#status").filter({ hasText: "Connected" }).waitFor();
+}
+
+async function openChat(page, peer) {
+  const listed = page.locator("#conversations button").filter({ hasText: peer });
+  if ((await listed.count()) > 0) await listed.first().click();
+  else {
+    await page.getByLabel("Chat with").fill(peer);
+    await page.getByRole("button", { name: "Open" }).click();
+  }
+  await page.locator("#peer-name").filter({ hasText: new RegExp(`^${peer}$`) }).waitFor();
+}
+
+async function say(page, text) {
+  await page.getByRole("textbox", { name: "Message" }).fill(text);
+  await page.keyboard.press("Enter");
+  await page.locator("#messages li.out").filter({ hasText: text }).last().waitFor();
+}
+
+const seen = (page, text) => page.locator("#messages li.in").filter({ hasText: text }).first().waitFor({ timeout: 20000 });
+
+async function safety(page) {
+  if (await page.locator("#safety").isHidden()) await page.getByRole("button", { name: "Safety number" }).click();
+  await page.locator("#safety-number").filter({ hasText: /^\d{5}/ }).waitFor();
+  const text = await page.locator("#safety-number").textContent();
+  assert.match(text, /^(\d{5} ){3}\d{5}\n(\d{5} ){3}\d{5}\n(\d{5} ){3}\d{5}$/);
+  return text;
+}
+
+// ---------------------------------------------------------------- the run
+
+const canaries = [];
+const canary = (label) => {
+  const c = `CANARY-${label}-${Math.random().toString(36).slice(2, 10)}`;
+  canaries.push(c);
+  return c;
+};
+
+async function main() {
+  mkdirSync(shots, { recursive: true });
+  mkdirSync(dataDir, { recursive: true });
+  const url = await startServer();
+  log(`server and web client at ${url}`);
+  const browser = await chromium.launch({
+    executablePath: browserPath,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const problems = [];
+  const context = async (who) => {
+    const ctx = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+    const page = await ctx.newPage();
+    page.on("console", (m) => m.type() === "error" && problems.push(`${who}: console: ${m.text()}`));
+    page.on("pageerror", (e) => problems.push(`${who}: ${e.message}`));
+    return { ctx, page };
+  };
+  try {
+    // The page is served with its security headers.
+    const res = await fetch(url);
+    const csp = res.headers.get("content-security-policy") ?? "";
+    assert.match(csp, /script-src 'self'/);
+    assert.match(csp, /default-src 'none'/);
+    assert.equal((await fetch(`${url}../../etc/passwd`)).status, 404);
+
+    let alice = await context("alice");
+    let bob = await context("bob");
+    await register(alice.page, url, "alice");
+    await shot(alice.page, "alice-registered");
+    await register(bob.page, url, "bob");
+
+    // 1. Chat.
+    const hello = canary("hello");
+    await openChat(alice.page, "bob");
+    await say(alice.page, `Hi Bob, ${hello}`);
+    await bob.page.locator("#conversations .unread").filter({ hasText: "1" }).waitFor({ timeout: 20000 });
+    await shot(bob.page, "bob-sees-unread");
+    await openChat(bob.page, "alice");
+    await seen(bob.page, hello);
+    const reply = canary("reply");
+    await say(bob.page, `Hello Alice, ${reply}`);
+    await seen(alice.page, reply);
+    await alice.page.locator("#messages li.out").filter({ hasText: hello }).locator(".meta").filter({ hasText: "delivered" }).waitFor({ timeout: 20000 });
+    await shot(alice.page, "alice-chat-delivered");
+    log("chat: both ways, delivered");
+
+    // Reload: history and sessions stay.
+    await alice.page.reload();
+    await bob.page.reload();
+    await alice.page.locator("#status").filter({ hasText: "Connected" }).waitFor();
+    await bob.page.locator("#status").filter({ hasText: "Connected" }).waitFor();
+    await openChat(alice.page, "bob");
+    await openChat(bob.page, "alice");
+    await seen(alice.page, reply);
+    const after = canary("after-reload");
+    await say(alice.page, `Still here: ${after}`);
+    await seen(bob.page, after);
+    await shot(bob.page, "bob-after-reload");
+    log("reload: history kept, sessions continue");
+
+    // Safety numbers match and are confirmed.
+    const na = await safety(alice.page);
+    const nb = await safety(bob.page);
+    assert.equal(na, nb, "both see one safety number");
+    await shot(alice.page, "alice-safety-number");
+    await alice.page.getByRole("button", { name: "They match: mark as verified" }).click();
+    await bob.page.getByRole("button", { name: "They match: mark as verified" }).click();
+    await alice.page.locator("#verified").filter({ hasText: "verified" }).waitFor();
+    await shot(alice.page, "alice-verified");
+    log("safety numbers: equal, verified");
+
+    // Bob starts a new identity (a new browser, the same account): Alice is warned and cannot send.
+    await bob.ctx.close();
+    bob = await context("bob-new");
+    await login(bob.page, url, "bob");
+    await openChat(bob.page, "alice");
+    const fresh = canary("new-identity");
+    await say(bob.page, `New browser: ${fresh}`);
+    await seen(alice.page, fresh);
+    await alice.page.locator("#identity-warning").filter({ hasText: "safety number has changed" }).waitFor();
+    assert.equal(await alice.page.locator("#send").isDisabled(), true, "sending is blocked");
+    const flagged = await alice.page.locator("#messages li.in").filter({ hasText: fresh }).locator(".flag").textContent();
+    assert.match(flagged, /not bob's pinned one/);
+    await shot(alice.page, "alice-identity-changed");
+    const nNew = await safety(alice.page);
+    assert.notEqual(nNew, na, "a new identity, a new number");
+    assert.equal(nNew, await safety(bob.page), "the new number matches Bob's");
+    await alice.page.getByRole("button", { name: "They match: mark as verified" }).click();
+    await alice.page.locator("#identity-warning").waitFor({ state: "hidden" });
+    const again = canary("after-confirm");
+    await say(alice.page, `Confirmed: ${again}`);
+    await seen(bob.page, again);
+    await shot(alice.page, "alice-confirmed-new-identity");
+    log("identity change: warned, blocked, confirmed, sending again");
+
+    // 2. The Rust CLI and the browser.
+    for (const [home, user] of [["carol", "carol"], ["dave", "dave"]]) {
+      cli(home, ["register", user, "--password-stdin"], `${user}-password\n`);
+      cli(home, ["login", user, "--password-stdin"], `${user}-password\n`);
+    }
+    const fromCarol = canary("from-cli");
+    cli("carol", ["send", "alice", `From the terminal: ${fromCarol}`]);
+    await openChat(alice.page, "carol");
+    await seen(alice.page, fromCarol);
+    const toCarol = canary("to-cli");
+    await say(alice.page, `From the browser: ${toCarol}`);
+    const carolInbox = await waitForCli("carol", toCarol);
+    assert.match(carolInbox, /alice/);
+    await alice.page.locator("#messages li.out").filter({ hasText: toCarol }).locator(".meta").filter({ hasText: "delivered" }).waitFor({ timeout: 20000 });
+    await openChat(alice.page, "dave");
+    const toDave = canary("browser-starts");
+    await say(alice.page, `The browser starts this one: ${toDave}`);
+    await waitForCli("dave", toDave);
+    const fromDave = canary("cli-replies");
+    cli("dave", ["send", "alice", `And the terminal answers: ${fromDave}`]);
+    await seen(alice.page, fromDave);
+    await shot(alice.page, "alice-with-rust-cli");
+    log("interop: CLI->browser and browser->CLI, each side starting a session once");
+
+    // 3. The server goes away and comes back.
+    await stopServer();
+    await alice.page.locator("#status").filter({ hasText: "cannot be reached" }).waitFor({ timeout: 20000 });
+    await shot(alice.page, "alice-server-unreachable");
+    await startServer();
+    await alice.page.locator("#status").filter({ hasText: "Connected" }).waitFor({ timeout: 30000 });
+    const back = canary("reconnected");
+    await openChat(alice.page, "bob");
+    await say(alice.page, `Back online: ${back}`);
+    await seen(bob.page, back);
+    await shot(alice.page, "alice-reconnected");
+    log("server restart: reported, reconnected, chatting");
+
+    assert.deepEqual(problems, [], "no script errors in the pages");
+    await alice.ctx.close();
+    await bob.ctx.close();
+  } finally {
+    await browser.close();
+    if (server) await stopServer();
+  }
+
+  // 4. The leak taps over what the server stored and logged.
+  const stored = scan([dataDir], canaries);
+  assert.deepEqual(stored.found, [], `canaries in the server's files: ${stored.found}`);
+  const logged = canaries.filter((c) => serverLog.includes(c));
+  assert.deepEqual(logged, [], "canaries in the server's log");
+  // The positive control: user names are the server's to hold, so one is found.
+  const control = scan([dataDir], ["carol"]);
+  assert.ok(control.found.length === 1, "the store scan finds what the server does hold");
+  log(`taps: ${canaries.length} canaries, none in ${stored.bytes} bytes of store files or ${serverLog.length} bytes of log`);
+  rmSync(work, { recursive: true, force: true });
+  log("web e2e passed");
+}
+
+async function waitForCli(home, text) {
+  for (let i = 0; i < 20; i++) {
+    const out = cli(home, ["inbox", "--all", "--wait", "1"]);
+    if (out.includes(text)) return out;
+  }
+  throw new Error(`${home} never read ${text}`);
+}
+
+function scan(dirs, needles) {
+  let bytes = 0;
+  const found = new Set();
+  const walk = (d) => {
+    for (const name of readdirSync(d)) {
+      const p = join(d, name);
+      if (statSync(p).isDirectory()) walk(p);
+      else {
+        const data = readFileSync(p);
+        bytes += data.length;
+        for (const n of needles) if (data.includes(Buffer.from(n))) found.add(n);
+      }
+    }
+  };
+  dirs.forEach(walk);
+  return { found: [...found], bytes };
+}
+
+main().catch(async (e) => {
+  console.error(e);
+  if (server) await stopServer().catch(() => {});
+  process.exit(1);
+});
