@@ -140,9 +140,9 @@ pub async fn route<S: AsyncRead + AsyncWrite + Unpin>(
         if n == 0 {
             return Ok(Routed::Served);
         }
-        head.extend_from_slice(&buf[..n]);
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
     };
-    let text = String::from_utf8_lossy(&head[..end]);
+    let text = String::from_utf8_lossy(head.get(..end).unwrap_or_default());
     let mut lines = text.split("\r\n");
     let request = lines.next().unwrap_or("");
     let upgrade = lines.any(|l| {
@@ -239,7 +239,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
         if self.at < self.head.len() {
             let n = buf.remaining().min(self.head.len() - self.at);
             let at = self.at;
-            buf.put_slice(&self.head[at..at + n]);
+            buf.put_slice(self.head.get(at..at + n).unwrap_or_default());
             self.at += n;
             if self.at == self.head.len() {
                 self.head = Vec::new();

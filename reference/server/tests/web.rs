@@ -2,6 +2,13 @@
 //! with a strict Content-Security-Policy, only the files listed at start,
 //! and a WebSocket upgrade on the same port still reaches the protocol.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use std::sync::Arc;
