@@ -59,6 +59,9 @@ struct Script {
 
 const NAMES: [&str; 2] = ["alice", "bob"];
 
+/// What was done to a delivered copy, and how.
+type Tamper = (&'static str, fn(&mut Envelope));
+
 impl Script {
     fn send(&mut self, from: usize, text: &str) {
         let e = self.sides[from].sessions[0]
@@ -74,7 +77,7 @@ impl Script {
     }
 
     /// Delivers sent envelope `i`, or a tampered copy of it.
-    fn deliver(&mut self, to: usize, i: usize, tamper: Option<(&str, fn(&mut Envelope))>) {
+    fn deliver(&mut self, to: usize, i: usize, tamper: Option<Tamper>) {
         let mut e = self.sent[i].clone();
         if let Some((_, f)) = tamper {
             f(&mut e);
