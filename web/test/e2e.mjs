@@ -17,6 +17,7 @@ import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
+import net from "node:net";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -73,6 +74,78 @@ async function stopServer() {
   s.kill("SIGTERM");
   await gone;
 }
+
+// ---------------------------------------------------------------- the wire tap
+
+// The pages reach the server through this proxy, which keeps what crosses
+// it: the server's answers as they are, and the pages' WebSocket frames
+// unmasked (a browser masks what it sends, so a plain scan would miss a
+// plaintext that the page sent).
+const wire = { bytes: 0, chunks: [] };
+
+function unmasker() {
+  let buf = Buffer.alloc(0);
+  let upgraded = false;
+  return (data) => {
+    buf = Buffer.concat([buf, data]);
+    if (!upgraded) {
+      const end = buf.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      const head = buf.subarray(0, end).toString("latin1");
+      wire.chunks.push(buf.subarray(0, end + 4));
+      buf = buf.subarray(end + 4);
+      if (!/^upgrade:\s*websocket/im.test(head)) return;
+      upgraded = true;
+    }
+    for (;;) {
+      if (buf.length < 2) return;
+      let len = buf[1] & 0x7f;
+      let at = 2;
+      if (len === 126) {
+        if (buf.length < 4) return;
+        len = buf.readUInt16BE(2);
+        at = 4;
+      } else if (len === 127) {
+        if (buf.length < 10) return;
+        len = Number(buf.readBigUInt64BE(2));
+        at = 10;
+      }
+      const masked = (buf[1] & 0x80) !== 0;
+      const key = masked ? buf.subarray(at, at + 4) : null;
+      if (masked) at += 4;
+      if (buf.length < at + len) return;
+      const payload = Buffer.from(buf.subarray(at, at + len));
+      if (key) for (let i = 0; i < payload.length; i++) payload[i] ^= key[i % 4];
+      wire.chunks.push(payload);
+      buf = buf.subarray(at + len);
+    }
+  };
+}
+
+async function startTap() {
+  const tap = net.createServer((page) => {
+    const upstream = net.connect(port, "127.0.0.1");
+    const up = unmasker();
+    page.on("data", (d) => {
+      wire.bytes += d.length;
+      up(d);
+      upstream.write(d);
+    });
+    upstream.on("data", (d) => {
+      wire.bytes += d.length;
+      wire.chunks.push(Buffer.from(d));
+      page.write(d);
+    });
+    page.on("close", () => upstream.destroy());
+    upstream.on("close", () => page.destroy());
+    page.on("error", () => upstream.destroy());
+    upstream.on("error", () => page.destroy());
+  });
+  await new Promise((r) => tap.listen(0, "127.0.0.1", r));
+  return { tap, url: `http://127.0.0.1:${tap.address().port}/` };
+}
+
+const onWire = (needle) => wire.chunks.some((c) => c.includes(Buffer.from(needle)));
 
 // ---------------------------------------------------------------- the CLI
 
@@ -152,8 +225,9 @@ const canary = (label) => {
 async function main() {
   mkdirSync(shots, { recursive: true });
   mkdirSync(dataDir, { recursive: true });
-  const url = await startServer();
-  log(`server and web client at ${url}`);
+  const direct = await startServer();
+  const { tap, url } = await startTap();
+  log(`server and web client at ${direct}, pages through the wire tap at ${url}`);
   const browser = await chromium.launch({
     executablePath: browserPath,
     headless: true,
@@ -287,6 +361,7 @@ async function main() {
     await bob.ctx.close();
   } finally {
     await browser.close();
+    tap.close();
     if (server) await stopServer();
   }
 
@@ -295,10 +370,17 @@ async function main() {
   assert.deepEqual(stored.found, [], `canaries in the server's files: ${stored.found}`);
   const logged = canaries.filter((c) => serverLog.includes(c));
   assert.deepEqual(logged, [], "canaries in the server's log");
-  // The positive control: user names are the server's to hold, so one is found.
+  const sent = canaries.filter(onWire);
+  assert.deepEqual(sent, [], "canaries on the wire");
+  // The positive controls: what the server is meant to receive is found by
+  // the same scans. A user name is stored; a password crosses the wire in
+  // the pages' masked Login frames, so it is found only once unmasked.
   const control = scan([dataDir], ["carol"]);
   assert.ok(control.found.length === 1, "the store scan finds what the server does hold");
-  log(`taps: ${canaries.length} canaries, none in ${stored.bytes} bytes of store files or ${serverLog.length} bytes of log`);
+  assert.ok(onWire("alice-password"), "the wire tap reads the pages' frames unmasked");
+  log(
+    `taps: ${canaries.length} canaries, none in ${wire.bytes} bytes of wire, ${stored.bytes} bytes of store files or ${serverLog.length} bytes of log`,
+  );
   rmSync(work, { recursive: true, force: true });
   log("web e2e passed");
 }
