@@ -5,7 +5,7 @@ import { test } from "node:test";
 import { type Bytes, equal, fromHex, hex, utf8 } from "../src/bytes.js";
 import { decodeStrict, encode } from "../src/cbor.js";
 import { decodeContent, encodeContent, formatSafetyNumber, safetyNumber } from "../src/content.js";
-import { ed25519FromSecret, x25519FromSecret } from "../src/crypto.js";
+import { dh, ed25519FromSecret, isStrictPoint, sign, verify, x25519FromSecret } from "../src/crypto.js";
 import { decodeFrame, encodeFrame } from "../src/frames.js";
 import {
   type Device,
@@ -188,4 +188,31 @@ test("V10, V13: file and group contents decode (this client shows files as unsup
   const group = decodeContent(block("V13", 0));
   assert.ok(group.group);
   assert.equal(hex(encodeContent(group)), hex(block("V13", 0)));
+});
+
+test("§2: strict Ed25519 (canonical S, no small-order or off-curve key or R) and X25519's zero check", async () => {
+  const { alice } = await devices();
+  const msg = utf8("chatify/v1/identity-key");
+  const sig = await sign(alice.signing.priv, msg);
+  assert.equal(await verify(alice.signing.pub, msg, sig), true);
+  // S + L: the same equation holds, the encoding is not canonical.
+  const L = (1n << 252n) + 27742317777372353535851937790883648493n;
+  let s = 0n;
+  for (let i = 63; i >= 32; i--) s = (s << 8n) | BigInt(sig[i]);
+  const big = sig.slice();
+  let t = s + L;
+  for (let i = 32; i < 64; i++, t >>= 8n) big[i] = Number(t & 0xffn);
+  assert.equal(await verify(alice.signing.pub, msg, big), false, "S ≥ L");
+  for (const small of ["0100000000000000000000000000000000000000000000000000000000000000", "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"]) {
+    assert.equal(isStrictPoint(fromHex(small)), false, small);
+    assert.equal(await verify(fromHex(small), msg, sig), false, "small-order key");
+    assert.equal(await verify(alice.signing.pub, msg, Uint8Array.from([...fromHex(small), ...sig.subarray(32)])), false, "small-order R");
+  }
+  // y = p (non-canonical encoding of y = 0), and a y off the curve.
+  assert.equal(isStrictPoint(fromHex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f")), false);
+  assert.equal(isStrictPoint(fromHex("0200000000000000000000000000000000000000000000000000000000000000")), false);
+  assert.equal(isStrictPoint(alice.signing.pub), true);
+  // An X25519 peer key of low order gives zero, which is refused.
+  await assert.rejects(dh(alice.identity.priv, new Uint8Array(32)), /low-order|refused/);
+  await assert.rejects(dh(alice.identity.priv, fromHex("0100000000000000000000000000000000000000000000000000000000000000")), /low-order|refused/);
 });
