@@ -270,6 +270,19 @@ async function main() {
     await shot(alice.page, "alice-chat-delivered");
     log("chat: both ways, delivered");
 
+    // Text is shown as text: markup a peer sends is not markup on the page.
+    const markup = `<img src=x id=injected><b>${canary("markup")}</b>`;
+    await say(bob.page, markup);
+    await seen(alice.page, markup);
+    assert.equal(await alice.page.locator("#injected, #messages b").count(), 0, "no element made from a message");
+
+    // A second tab of the same browser does not take the device over.
+    const second = await alice.ctx.newPage();
+    await second.goto(url);
+    await second.locator("#status").filter({ hasText: "open in another tab" }).waitFor();
+    await second.close();
+    log("markup shown as text; a second tab stands aside");
+
     // Reload: history and sessions stay.
     await alice.page.reload();
     await bob.page.reload();
