@@ -385,6 +385,7 @@ export class Client {
     const body = utf8(text);
     if (body.length > 65536 - 64 - 64) throw new Error("The message is too long.");
     if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(peer)) throw new Error("That is not a user name.");
+    if (peer === this.account.user) throw new Error("This client does not send to your own account's devices.");
     const pin = await this.pin(peer);
     if (pin?.changed) throw new Error(`${peer}'s safety number changed: compare it and confirm before sending.`);
     const devices = asArray((await this.request(FrameType.FetchDevices, [[0, peer]])).body.get(1), "devices").map((d) => asUint(d, "device"));
@@ -492,7 +493,8 @@ export class Client {
       }
     }
     await this.store.commit(kv, records);
-    await this.request(FrameType.Ack, [[0, [Number(seq)]]]).catch(() => {});
+    const n = seq <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seq) : seq;
+    await this.request(FrameType.Ack, [[0, [n]]]).catch(() => {});
     this.events.changed(from.user);
   }
 
