@@ -260,15 +260,16 @@ export class Client {
       }
       this.conn?.close();
       this.conn = null;
-      this.retryLater();
+      const refused = e instanceof ServerError && !["Closed", "Timeout", "Unreachable", "Offline"].includes(e.code);
+      this.retryLater(refused ? `The server refused this device (${(e as ServerError).code}: ${e.message}).` : undefined);
     }
   }
 
-  private retryLater(): void {
+  private retryLater(why = "The server cannot be reached."): void {
     if (this.stopped) return;
     const wait = this.backoff;
     this.backoff = Math.min(this.backoff * 2, 10000);
-    this.setStatus("offline", `The server cannot be reached. Retrying in ${Math.round(wait / 1000)} s…`);
+    this.setStatus("offline", `${why} Retrying in ${Math.round(wait / 1000)} s…`);
     setTimeout(() => void this.connect(), wait);
   }
 
@@ -372,6 +373,12 @@ export class Client {
     const c = await this.store.get<{ peer: string; unread: number; last: number }>(`conv:${peer}`);
     await this.store.commit([[`conv:${peer}`, { peer, unread: 0, last: c?.last ?? Date.now() }]]);
     this.events.changed(null);
+  }
+
+  /** Marks a conversation the user is looking at as read, without an event. */
+  async markRead(peer: string): Promise<void> {
+    const c = await this.store.get<{ peer: string; unread: number; last: number }>(`conv:${peer}`);
+    if (c && c.unread > 0) await this.store.commit([[`conv:${peer}`, { ...c, unread: 0 }]]);
   }
 
   messages(peer: string): Promise<MessageRecord[]> {

@@ -21,7 +21,9 @@ const events = {
     el.className = s;
     if (s === "signed-out") showSignIn("Your session ended: log in again.");
   },
-  changed(peer: string | null) {
+  async changed(peer: string | null) {
+    // What arrives in the conversation on screen is read.
+    if (client && current && peer === current && document.visibilityState === "visible") await client.markRead(current);
     void renderList();
     if (current && (peer === null || peer === current)) void renderConversation();
   },
@@ -201,6 +203,11 @@ function wire(): void {
     void signIn(false);
   });
   $("register").addEventListener("click", () => void signIn(true));
+  document.addEventListener("visibilitychange", async () => {
+    if (document.visibilityState !== "visible" || !client || !current) return;
+    await client.markRead(current);
+    await renderList();
+  });
   $("logout").addEventListener("click", async () => {
     await client?.logout();
     showSignIn("Logged out. Your keys and messages stay in this browser.");

@@ -295,6 +295,12 @@ async function main() {
     await say(alice.page, `Still here: ${after}`);
     await seen(bob.page, after);
     await shot(bob.page, "bob-after-reload");
+    // What arrived in the conversation on screen is not counted unread
+    // once Bob looks elsewhere.
+    await openChat(bob.page, "zed");
+    await bob.page.waitForTimeout(300);
+    assert.equal(await bob.page.locator("#conversations .unread").count(), 0, "no unread badge for what was read");
+    await openChat(bob.page, "alice");
     log("reload: history kept, sessions continue");
 
     // Safety numbers match and are confirmed.
