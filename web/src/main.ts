@@ -124,7 +124,8 @@ function stateText(m: MessageRecord): string {
     case "sending":
       return "sending…";
     case "sent":
-      return "sent (stored by the server)";
+      // §7.2: no receipt within the grace period is reported.
+      return Date.now() - m.at > 5 * 60 * 1000 ? "stored by the server but not delivered" : "sent (stored by the server)";
     case "delivered":
       return "delivered";
     case "failed":
