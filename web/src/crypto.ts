@@ -72,33 +72,36 @@ export interface DhPair {
 const PKCS8_X25519 = fromHex("302e020100300506032b656e04220420");
 const PKCS8_ED25519 = fromHex("302e020100300506032b657004220420");
 
-async function publicOf(priv: CryptoKey, alg: string): Promise<Bytes> {
-  const jwk = await subtle.exportKey("jwk", priv);
-  const b64 = (jwk.x ?? "").replace(/-/g, "+").replace(/_/g, "/");
-  return own(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
-  void alg;
-}
+type Curve = { name: "X25519" | "Ed25519"; pkcs8: Bytes; usages: KeyUsage[] };
+const X25519: Curve = { name: "X25519", pkcs8: PKCS8_X25519, usages: ["deriveBits"] };
+const ED25519: Curve = { name: "Ed25519", pkcs8: PKCS8_ED25519, usages: ["sign"] };
 
 /**
  * A key pair from 32 secret bytes. The private key must be extractable once
- * to learn its public half, so a pair is made from an extractable import and
- * then re-imported without it.
+ * to learn its public half (WebCrypto derives no public key otherwise), so
+ * a pair is made from an extractable import and then re-imported without it.
  */
-export async function x25519FromSecret(secret: Uint8Array, extractable = false): Promise<DhPair> {
-  const pkcs8 = concat(PKCS8_X25519, secret);
-  const open = await subtle.importKey("pkcs8", pkcs8, { name: "X25519" }, true, ["deriveBits"]);
-  const pub = await publicOf(open, "X25519");
-  const priv = extractable ? open : await subtle.importKey("pkcs8", pkcs8, { name: "X25519" }, false, ["deriveBits"]);
+async function fromSecret(c: Curve, secret: Uint8Array, extractable: boolean): Promise<{ priv: CryptoKey; pub: Bytes }> {
+  const pkcs8 = concat(c.pkcs8, secret);
+  const open = await subtle.importKey("pkcs8", pkcs8, { name: c.name }, true, c.usages);
+  const jwk = await subtle.exportKey("jwk", open);
+  const b64 = (jwk.x ?? "").replace(/-/g, "+").replace(/_/g, "/");
+  const pub = own(Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0)));
+  const priv = extractable ? open : await subtle.importKey("pkcs8", pkcs8, { name: c.name }, false, c.usages);
   pkcs8.fill(0);
   return { priv, pub };
 }
 
-/** A fresh pair: from the platform's generator, or drawn from a test RNG. */
-export async function x25519Generate(rng: Rng): Promise<DhPair> {
-  if (rng !== systemRng) return x25519FromSecret(await rng.fill(32));
-  const pair = (await subtle.generateKey({ name: "X25519" }, false, ["deriveBits"])) as CryptoKeyPair;
+/** A fresh pair: from the platform's generator (non-extractable), or drawn from a test RNG. */
+async function generate(c: Curve, rng: Rng): Promise<{ priv: CryptoKey; pub: Bytes }> {
+  if (rng !== systemRng) return fromSecret(c, await rng.fill(32), false);
+  const usages: KeyUsage[] = c.name === "Ed25519" ? ["sign", "verify"] : c.usages;
+  const pair = (await subtle.generateKey({ name: c.name }, false, usages)) as CryptoKeyPair;
   return { priv: pair.privateKey, pub: new Uint8Array(await subtle.exportKey("raw", pair.publicKey)) };
 }
+
+export const x25519FromSecret = (secret: Uint8Array, extractable = false): Promise<DhPair> => fromSecret(X25519, secret, extractable);
+export const x25519Generate = (rng: Rng): Promise<DhPair> => generate(X25519, rng);
 
 /** DH(sk, pk); an all-zero result (a low-order peer key) is refused. */
 export async function dh(priv: CryptoKey, pub: Uint8Array): Promise<Bytes> {
@@ -121,20 +124,8 @@ export interface SignPair {
   pub: Bytes;
 }
 
-export async function ed25519FromSecret(secret: Uint8Array, extractable = false): Promise<SignPair> {
-  const pkcs8 = concat(PKCS8_ED25519, secret);
-  const open = await subtle.importKey("pkcs8", pkcs8, { name: "Ed25519" }, true, ["sign"]);
-  const pub = await publicOf(open, "Ed25519");
-  const priv = extractable ? open : await subtle.importKey("pkcs8", pkcs8, { name: "Ed25519" }, false, ["sign"]);
-  pkcs8.fill(0);
-  return { priv, pub };
-}
-
-export async function ed25519Generate(rng: Rng): Promise<SignPair> {
-  if (rng !== systemRng) return ed25519FromSecret(await rng.fill(32));
-  const pair = (await subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"])) as CryptoKeyPair;
-  return { priv: pair.privateKey, pub: new Uint8Array(await subtle.exportKey("raw", pair.publicKey)) };
-}
+export const ed25519FromSecret = (secret: Uint8Array, extractable = false): Promise<SignPair> => fromSecret(ED25519, secret, extractable);
+export const ed25519Generate = (rng: Rng): Promise<SignPair> => generate(ED25519, rng);
 
 export async function sign(priv: CryptoKey, msg: Uint8Array): Promise<Bytes> {
   return new Uint8Array(await subtle.sign("Ed25519", priv, own(msg)));
