@@ -5,7 +5,9 @@ import { test } from "node:test";
 import { type Bytes, equal, fromHex, hex, utf8 } from "../src/bytes.js";
 import { decodeStrict, encode } from "../src/cbor.js";
 import { decodeContent, encodeContent, formatSafetyNumber, safetyNumber } from "../src/content.js";
-import { dh, ed25519FromSecret, isStrictPoint, sign, verify, x25519FromSecret } from "../src/crypto.js";
+import { dh, ed25519FromSecret, isStrictPoint, sha256, sign, verify, x25519FromSecret } from "../src/crypto.js";
+import { openFile, sealFile } from "../src/files.js";
+import { distribution, openGroup, sealGroup, signChange, verifyChange } from "../src/groups.js";
 import { decodeFrame, encodeFrame } from "../src/frames.js";
 import {
   type Device,
@@ -215,4 +217,75 @@ test("§2: strict Ed25519 (canonical S, no small-order or off-curve key or R) an
   // An X25519 peer key of low order gives zero, which is refused.
   await assert.rejects(dh(alice.identity.priv, new Uint8Array(32)), /low-order|refused/);
   await assert.rejects(dh(alice.identity.priv, fromHex("0100000000000000000000000000000000000000000000000000000000000000")), /low-order|refused/);
+});
+
+test("V10: a file's chunks, the blob's digest, and the reader's refusals", async () => {
+  const key = new Uint8Array(32).fill(0x55);
+  const small = await sealFile(key, utf8("a small photo"));
+  const v = block("V10", 0);
+  assert.equal(hex(small.blob), hex(v.subarray(0, 29)), "the sealed last chunk");
+  assert.equal(hex(small.digest), hex(v.subarray(29)), "the blob's SHA-256");
+  const zeros = new Uint8Array(65536);
+  const big = await sealFile(key, zeros);
+  const w = block("V10", 1);
+  assert.equal(big.blob.length, 65552 + 16, "a whole chunk and an empty last one");
+  assert.equal(hex(big.blob.subarray(65552)), hex(w.subarray(0, 16)), "the empty last chunk");
+  assert.equal(hex(big.digest), hex(w.subarray(16)));
+  assert.equal(hex(await openFile(key, big.blob, 65536, big.digest)), hex(zeros));
+  // Cut at the chunk boundary, a flipped bit, a wrong size, another file's digest.
+  await assert.rejects(openFile(key, big.blob.subarray(0, 65552), 65536, big.digest), /before its last chunk/);
+  const flipped = big.blob.slice();
+  flipped[100] ^= 1;
+  await assert.rejects(openFile(key, flipped, 65536, big.digest), /chunk 0/);
+  await assert.rejects(openFile(key, small.blob, 12, small.digest), /more bytes/);
+  await assert.rejects(openFile(key, small.blob, 13, big.digest), /not the blob/);
+});
+
+test("V11: a sender key's distribution and group messages, signed and sealed", async () => {
+  const k = {
+    group: new Uint8Array(16).fill(0x61),
+    keyId: 1,
+    n: 0,
+    ck: new Uint8Array(32).fill(0x66),
+    signing: await ed25519FromSecret(new Uint8Array(32).fill(0x77)),
+  };
+  const d = distribution(k);
+  assert.equal(hex(d), hex(block("V11", 0)));
+  const first = await sealGroup(k, utf8("hello, group"));
+  assert.equal(hex(first.message), hex(block("V11", 1)));
+  const second = await sealGroup(first.key, new Uint8Array(0));
+  assert.equal(hex(second.message), hex(block("V11", 2)));
+  assert.equal(new TextDecoder().decode(await openGroup(d, block("V11", 1))), "hello, group");
+  assert.equal((await openGroup(d, block("V11", 2))).length, 0);
+  // A member that holds the chain cannot write as the sender: the signature is checked first.
+  const forged = block("V11", 1).slice();
+  forged[30] ^= 1;
+  await assert.rejects(openGroup(d, forged), /signature/);
+});
+
+test("V12: signed membership changes (create, then remove) in their one spelling", async () => {
+  const alice = await ed25519FromSecret(new Uint8Array(32).fill(0x88));
+  const bob = await ed25519FromSecret(new Uint8Array(32).fill(0xaa));
+  const group = new Uint8Array(16).fill(0x61);
+  const create = await signChange(
+    {
+      group,
+      epoch: 0,
+      prev: new Uint8Array(32),
+      by: "alice",
+      change: {
+        kind: "create",
+        members: [
+          { user: "alice", identity: alice.pub, admin: true },
+          { user: "bob", identity: bob.pub, admin: false },
+        ],
+      },
+    },
+    alice,
+  );
+  assert.equal(hex(create), hex(block("V12", 0)));
+  const remove = await signChange({ group, epoch: 1, prev: await sha256(create), by: "alice", change: { kind: "remove", user: "bob" } }, alice);
+  assert.equal(hex(remove), hex(block("V12", 1)));
+  await verifyChange(block("V12", 1), alice.pub);
+  await assert.rejects(verifyChange(block("V12", 1), bob.pub), /does not verify/);
 });
