@@ -49,8 +49,14 @@ export interface Pin {
 
 interface RecvState {
   next: bigint;
+  /** What has not arrived: listed in receipts (§7.2). */
   gaps: Array<[bigint, bigint]>;
+  /** Gaps to tell the user of once the grace period has passed (§7.1): from, to, noticed at (ms). */
+  report?: Array<[bigint, bigint, number]>;
 }
+
+/** How long a gap may stay open before the user is told (§7.1). */
+const GAP_GRACE_MS = 30000;
 
 export class ServerError extends Error {
   constructor(
@@ -234,6 +240,52 @@ export class Client {
 
   private start(): void {
     void this.connect();
+    const timer = setInterval(() => {
+      if (this.stopped) clearInterval(timer);
+      else void this.serial(() => this.reportGaps()).catch(() => {});
+    }, 5000);
+  }
+
+  /**
+   * Tells the user, once, of messages still missing a grace period after
+   * their gap opened (§7.1): what a later message showed was sent and never
+   * came. A gap remembered past the 256 kept is reported at once.
+   */
+  private async reportGaps(): Promise<void> {
+    const now = Date.now();
+    for (const rk of await this.store.keys("recv:")) {
+      const st = await this.store.get<RecvState>(rk);
+      if (!st?.report?.length) continue;
+      const due = st.report.filter(([, , at], i) => now - at >= GAP_GRACE_MS || st.report!.length - i > 256);
+      if (due.length === 0) continue;
+      let missing = 0n;
+      for (const [a, b] of due) {
+        for (const [x, y] of st.gaps) {
+          const lo = a > x ? a : x;
+          const hi = b < y ? b : y;
+          if (hi > lo) missing += hi - lo;
+        }
+      }
+      st.report = st.report.filter((r) => !due.includes(r));
+      const [, , user, device] = rk.split(":");
+      const records: MessageRecord[] = [];
+      const kv: Array<[string, unknown]> = [[rk, st]];
+      if (missing > 0n) {
+        const n = Number(missing);
+        records.push({
+          key: `missing:${rk}:${now}`,
+          peer: user,
+          dir: "in",
+          text: "",
+          at: now,
+          warning: `${n} message${n === 1 ? "" : "s"} from ${user} (device ${device}) ${n === 1 ? "is" : "are"} missing: sent, and not delivered to this browser.`,
+        });
+        const conv0 = await this.store.get<{ unread: number }>(`conv:${user}`);
+        kv.push([`conv:${user}`, { peer: user, unread: (conv0?.unread ?? 0) + 1, last: now }]);
+      }
+      await this.store.commit(kv, records);
+      if (missing > 0n) this.events.changed(user);
+    }
   }
 
   private setStatus(s: Status, detail: string): void {
@@ -561,7 +613,10 @@ export class Client {
     if (c.seq >= st.next) {
       const start = st.next > c.floor ? st.next : c.floor;
       if (c.floor > st.next) st.gaps.push([st.next, c.floor]);
-      if (c.seq > start) st.gaps.push([start, c.seq]);
+      if (c.seq > start) {
+        st.gaps.push([start, c.seq]);
+        (st.report ??= []).push([start, c.seq, Date.now()]);
+      }
       st.next = c.seq + 1n;
       st.gaps = st.gaps.slice(-256);
     } else {

@@ -2,7 +2,9 @@
 // the reference server and the Rust CLI beside it:
 //   1. two browser users register, chat, reload and keep history and sessions,
 //      verify each other's safety number, and see the warning that blocks
-//      sending when one of them changes identity;
+//      sending when one of them changes identity; a message lost on its way
+//      to the server is "not sent" for its sender and reported missing to
+//      its recipient after the 30 s grace period;
 //   2. the browser talks with the Rust CLI through the server, both
 //      directions, each side starting the session once;
 //   3. the server goes away and comes back: the page says so and reconnects;
@@ -81,12 +83,18 @@ async function stopServer() {
 // it: the server's answers as they are, and the pages' WebSocket frames
 // unmasked (a browser masks what it sends, so a plain scan would miss a
 // plaintext that the page sent).
-const wire = { bytes: 0, chunks: [] };
+const wire = { bytes: 0, chunks: [], dropNextSend: false };
 
 function unmasker() {
   let buf = Buffer.alloc(0);
   let upgraded = false;
+  // Returns the frames completed by `data`.
   return (data) => {
+    const before = wire.chunks.length;
+    take(data);
+    return wire.chunks.slice(before);
+  };
+  function take(data) {
     buf = Buffer.concat([buf, data]);
     if (!upgraded) {
       const end = buf.indexOf("\r\n\r\n");
@@ -119,7 +127,7 @@ function unmasker() {
       wire.chunks.push(payload);
       buf = buf.subarray(at + len);
     }
-  };
+  }
 }
 
 async function startTap() {
@@ -128,7 +136,15 @@ async function startTap() {
     const up = unmasker();
     page.on("data", (d) => {
       wire.bytes += d.length;
-      up(d);
+      const frames = up(d);
+      // Armed, the tap loses the page's next Send: the connection drops
+      // with it, as a network would, and the server never stores it.
+      if (wire.dropNextSend && frames.some((f) => f[0] === 0x84 && f[1] === 0x01 && f[2] === 0x07)) {
+        wire.dropNextSend = false;
+        page.destroy();
+        upstream.destroy();
+        return;
+      }
       upstream.write(d);
     });
     upstream.on("data", (d) => {
@@ -216,6 +232,7 @@ async function safety(page) {
 // ---------------------------------------------------------------- the run
 
 const canaries = [];
+const openPages = new Map();
 const canary = (label) => {
   const c = `CANARY-${label}-${Math.random().toString(36).slice(2, 10)}`;
   canaries.push(c);
@@ -224,6 +241,8 @@ const canary = (label) => {
 
 async function main() {
   mkdirSync(shots, { recursive: true });
+  // The screenshots of an earlier run go: the directory holds one run's.
+  for (const f of readdirSync(shots)) if (/^(\d\d-|failed-).*\.png$/.test(f)) rmSync(join(shots, f));
   mkdirSync(dataDir, { recursive: true });
   const direct = await startServer();
   const { tap, url } = await startTap();
@@ -237,11 +256,27 @@ async function main() {
   const context = async (who) => {
     const ctx = await browser.newContext({ viewport: { width: 1000, height: 640 } });
     const page = await ctx.newPage();
+    openPages.set(who, page);
     page.on("console", (m) => m.type() === "error" && problems.push(`${who}: console: ${m.text()}`));
     page.on("pageerror", (e) => problems.push(`${who}: ${e.message}`));
     return { ctx, page };
   };
   try {
+    await run(url, context, problems);
+  } catch (e) {
+    // What each page showed when the run failed.
+    for (const [who, page] of openPages) await page.screenshot({ path: join(shots, `failed-${who}.png`) }).catch(() => {});
+    throw e;
+  } finally {
+    await browser.close();
+    tap.close();
+    if (server) await stopServer();
+  }
+  await afterRun();
+}
+
+async function run(url, context, problems) {
+  {
     // The page is served with its security headers.
     const res = await fetch(url);
     const csp = res.headers.get("content-security-policy") ?? "";
@@ -302,6 +337,22 @@ async function main() {
     assert.equal(await bob.page.locator("#conversations .unread").count(), 0, "no unread badge for what was read");
     await openChat(bob.page, "alice");
     log("reload: history kept, sessions continue");
+
+    // A message lost on its way to the server: Alice's page says it was not
+    // sent; once her next message arrives, Bob's page reports the one
+    // missing after the 30 s grace period (PROTOCOL §7.1).
+    wire.dropNextSend = true;
+    const lost = canary("lost");
+    await alice.page.getByRole("textbox", { name: "Message" }).fill(`Lost: ${lost}`);
+    await alice.page.keyboard.press("Enter");
+    await alice.page.locator("#messages li.out").filter({ hasText: lost }).locator(".meta").filter({ hasText: "not sent" }).waitFor({ timeout: 20000 });
+    await alice.page.locator("#status").filter({ hasText: "Connected" }).waitFor({ timeout: 20000 });
+    const next = canary("after-loss");
+    await say(alice.page, `After the loss: ${next}`);
+    await seen(bob.page, next);
+    await bob.page.locator("#messages li.notice").filter({ hasText: "1 message from alice (device 1) is missing" }).waitFor({ timeout: 45000 });
+    await shot(bob.page, "bob-told-of-a-missing-message");
+    log("a lost message: 'not sent' for Alice, reported missing to Bob after the grace period");
 
     // Safety numbers match and are confirmed.
     const na = await safety(alice.page);
@@ -378,12 +429,10 @@ async function main() {
     assert.deepEqual(problems, [], "no script errors in the pages");
     await alice.ctx.close();
     await bob.ctx.close();
-  } finally {
-    await browser.close();
-    tap.close();
-    if (server) await stopServer();
   }
+}
 
+async function afterRun() {
   // 4. The leak taps over what the server stored and logged.
   const stored = scan([dataDir], canaries);
   assert.deepEqual(stored.found, [], `canaries in the server's files: ${stored.found}`);
