@@ -467,12 +467,14 @@ export class Client {
       state: "sending",
       awaiting: [],
       seq: seqRec.toString(),
+      floor: this.floors.get(convHex)!.toString(),
+      sentAt: Date.now().toString(),
     };
     const content = encodeContent({
       messageId,
       seq: seqRec,
       floor: this.floors.get(convHex)!,
-      sentAtMs: BigInt(Date.now()),
+      sentAtMs: BigInt(record.sentAt!),
       body,
     });
     const conv0 = await this.store.get<{ unread: number }>(`conv:${peer}`);
@@ -537,8 +539,9 @@ export class Client {
     const messageId = asBytes(f.body.get(3), "message id", 16);
     const kv: Array<[string, unknown]> = [];
     const records: MessageRecord[] = [];
+    let retry: Bytes[] | undefined;
     try {
-      await this.open(from, conv, messageId, asBytes(f.body.get(5), "envelope"), kv, records);
+      retry = await this.open(from, conv, messageId, asBytes(f.body.get(5), "envelope"), kv, records);
     } catch (e) {
       if (!(e instanceof ProtocolError && e.kind === "Duplicate")) {
         records.push({
@@ -554,10 +557,51 @@ export class Client {
     await this.store.commit(kv, records);
     const n = seq <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seq) : seq;
     await this.request(FrameType.Ack, [[0, [n]]]).catch(() => {});
+    if (retry) await this.sendAgain(from, conv, retry);
     this.events.changed(from.user);
   }
 
-  private async open(from: Address, conv: Bytes, messageId: Bytes, raw: Bytes, kv: Array<[string, unknown]>, records: MessageRecord[]): Promise<void> {
+  /**
+   * §7.3: the recipient device could not open these messages (it lost the
+   * session, or the one-time prekey) and asks for them on a new session.
+   * Those still awaiting its receipt go again, unchanged, on the session
+   * the request came on (now the active one); ids naming nothing awaited
+   * are ignored, so a replayed request repeats nothing.
+   */
+  private async sendAgain(from: Address, conv: Bytes, ids: Bytes[]): Promise<void> {
+    const pending = (await this.store.get<Array<[string, string]>>(`pending:${addrKey(from)}`)) ?? [];
+    for (const id of ids) {
+      const key = `out:${hex(id)}`;
+      if (!pending.some(([k]) => k === key)) continue;
+      const m = await this.store.message(key);
+      if (!m || m.seq === undefined || m.floor === undefined || m.sentAt === undefined) continue;
+      const content = encodeContent({
+        messageId: id,
+        seq: BigInt(m.seq),
+        floor: BigInt(m.floor),
+        sentAtMs: BigInt(m.sentAt),
+        body: utf8(m.text),
+      });
+      try {
+        const envelope = await this.seal(from, conv, content);
+        await this.request(FrameType.Send, [[0, encodeAddress(from)], [1, conv], [2, id], [3, envelope]]);
+        m.warning = `sent again to ${addrKey(from)}, which could not open it`;
+      } catch (e) {
+        m.warning = `${addrKey(from)} asked for it again and it could not be sent: ${(e as Error).message}`;
+      }
+      await this.store.commit([], [m]);
+    }
+  }
+
+  /** Opens one delivery into `kv` and `records`; returns the ids a retry request asks for. */
+  private async open(
+    from: Address,
+    conv: Bytes,
+    messageId: Bytes,
+    raw: Bytes,
+    kv: Array<[string, unknown]>,
+    records: MessageRecord[],
+  ): Promise<Bytes[] | undefined> {
     if (raw[0] === 0x01) throw new ProtocolError("State", "a group message (this client is in no group)");
     const env = decodeEnvelope(raw);
     if (!equal(env.conversation, conv)) throw new ProtocolError("BadEnvelope", "conversation differs from the frame's");
@@ -590,10 +634,12 @@ export class Client {
     if (!equal(content.messageId, messageId)) throw new ProtocolError("BadEnvelope", "message id differs from the one delivered");
     const genuine = await this.judge(from.user, session.remote, kv);
     if (isControl(content)) {
+      // A receipt or a retry request counts only from the identity pinned for the user (§7.3).
       if (content.receipt && genuine) await this.onReceipt(from, content, records);
-      return;
+      return content.retry && genuine ? content.retry : undefined;
     }
     await this.onMessage(from, conv, content, session.remote, genuine, kv, records);
+    return undefined;
   }
 
   private async onMessage(

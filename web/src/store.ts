@@ -13,6 +13,9 @@ export interface MessageRecord {
   /** Devices (`user:device`) whose receipt is still awaited. */
   awaiting?: string[];
   seq?: string;
+  /** The content's floor and seal time, to send it again unchanged (§7.3). */
+  floor?: string;
+  sentAt?: string;
   /** Shown on the message: an unconfirmed identity, a late arrival. */
   warning?: string;
   late?: boolean;

@@ -16,8 +16,8 @@
 // Run from web/ after `npm run build` and `cargo build -p chatify-server
 // -p chatify-client`:  node test/e2e.mjs
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import net from "node:net";
 import { join } from "node:path";
@@ -168,12 +168,22 @@ const onWire = (needle) => wire.chunks.some((c) => c.includes(Buffer.from(needle
 const cliEnv = { ...process.env, CHATIFY_PASSPHRASE: "a passphrase for the test" };
 for (const k of ["CHATIFY_HOME", "CHATIFY_SERVER", "CHATIFY_CA_CERT", "CHATIFY_PASSPHRASE_FILE"]) delete cliEnv[k];
 
+// Asynchronous: the wire tap runs in this process and must keep relaying
+// the pages' traffic while a CLI command runs.
 function cli(home, args, input) {
-  return execFileSync(cliBin, ["--server", `ws://127.0.0.1:${port}`, "--home", join(work, home), ...args], {
-    input,
-    env: cliEnv,
-    encoding: "utf8",
-    stdio: ["pipe", "pipe", "pipe"],
+  return new Promise((resolve, reject) => {
+    const child = spawn(cliBin, ["--server", `ws://127.0.0.1:${port}`, "--home", join(work, home), ...args], { env: cliEnv });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      cli.stderr = stderr;
+      if (code === 0) resolve(stdout);
+      else reject(new Error(`chatify ${args.join(" ")} failed (${code}): ${stderr}`));
+    });
+    child.stdin.end(input ?? "");
   });
 }
 
@@ -391,11 +401,13 @@ async function run(url, context, problems) {
 
     // 2. The Rust CLI and the browser.
     for (const [home, user] of [["carol", "carol"], ["dave", "dave"]]) {
-      cli(home, ["register", user, "--password-stdin"], `${user}-password\n`);
-      cli(home, ["login", user, "--password-stdin"], `${user}-password\n`);
+      await cli(home, ["register", user, "--password-stdin"], `${user}-password\n`);
+      await cli(home, ["login", user, "--password-stdin"], `${user}-password\n`);
     }
+    // Dave's home as it was before he talked with anyone: put back below.
+    cpSync(join(work, "dave"), join(work, "dave-backup"), { recursive: true });
     const fromCarol = canary("from-cli");
-    cli("carol", ["send", "alice", `From the terminal: ${fromCarol}`]);
+    await cli("carol", ["send", "alice", `From the terminal: ${fromCarol}`]);
     await openChat(alice.page, "carol");
     await seen(alice.page, fromCarol);
     const toCarol = canary("to-cli");
@@ -408,10 +420,21 @@ async function run(url, context, problems) {
     await say(alice.page, `The browser starts this one: ${toDave}`);
     await waitForCli("dave", toDave);
     const fromDave = canary("cli-replies");
-    cli("dave", ["send", "alice", `And the terminal answers: ${fromDave}`]);
+    await cli("dave", ["send", "alice", `And the terminal answers: ${fromDave}`]);
     await seen(alice.page, fromDave);
-    await shot(alice.page, "alice-with-rust-cli");
     log("interop: CLI->browser and browser->CLI, each side starting a session once");
+
+    // Dave's device goes back to its backup: it holds no session with
+    // Alice. It cannot open her next message, asks for it again on a new
+    // session (PROTOCOL §7.3), and the browser sends it again, unchanged.
+    rmSync(join(work, "dave"), { recursive: true });
+    cpSync(join(work, "dave-backup"), join(work, "dave"), { recursive: true });
+    const askedAgain = canary("asked-again");
+    await say(alice.page, `After Dave's restore: ${askedAgain}`);
+    await waitForCli("dave", askedAgain);
+    await alice.page.locator("#messages li.out").filter({ hasText: askedAgain }).locator(".flag").filter({ hasText: "sent again to dave:1" }).waitFor({ timeout: 20000 });
+    await shot(alice.page, "alice-with-rust-cli");
+    log("retry: the CLI restored from a backup asked again, the browser sent it again");
 
     // 3. The server goes away and comes back.
     await stopServer();
@@ -454,11 +477,14 @@ async function afterRun() {
 }
 
 async function waitForCli(home, text) {
+  const seen = [];
   for (let i = 0; i < 20; i++) {
-    const out = cli(home, ["inbox", "--all", "--wait", "1"]);
+    const out = await cli(home, ["inbox", "--all", "--wait", "1"]);
     if (out.includes(text)) return out;
+    seen.push(out + cli.stderr);
   }
-  throw new Error(`${home} never read ${text}`);
+  if (process.env.CHATIFY_E2E_DEBUG) console.error(serverLog.split("\n").slice(-60).join("\n"));
+  throw new Error(`${home} never read ${text}; its inboxes:\n${[...new Set(seen)].join("\n")}`);
 }
 
 function scan(dirs, needles) {
