@@ -6,7 +6,9 @@
 //      to the server is "not sent" for its sender and reported missing to
 //      its recipient after the 30 s grace period;
 //   2. the browser talks with the Rust CLI through the server, both
-//      directions, each side starting the session once;
+//      directions, each side starting the session once; a CLI restored
+//      from a backup asks for a message again and gets it, and keys of
+//      another identity that ask get nothing;
 //   3. the server goes away and comes back: the page says so and reconnects;
 //   4. what the server stored and logged holds none of the canaries typed
 //      into the pages (and a canary the server is meant to hold, a user
@@ -435,6 +437,21 @@ async function run(url, context, problems) {
     await alice.page.locator("#messages li.out").filter({ hasText: askedAgain }).locator(".flag").filter({ hasText: "sent again to dave:1" }).waitFor({ timeout: 20000 });
     await shot(alice.page, "alice-with-rust-cli");
     log("retry: the CLI restored from a backup asked again, the browser sent it again");
+
+    // Keys of another identity on Dave's device (a reinstall, or keys the
+    // server made) ask for Alice's next message: nothing is sent to them,
+    // and Alice is warned that Dave's safety number changed.
+    rmSync(join(work, "dave"), { recursive: true });
+    await cli("dave", ["login", "dave", "--password-stdin"], "dave-password\n");
+    const notForThem = canary("not-for-new-keys");
+    await say(alice.page, `For the old Dave only: ${notForThem}`);
+    for (let i = 0; i < 4; i++) await cli("dave", ["inbox", "--all", "--wait", "1"]);
+    await alice.page.locator("#identity-warning").filter({ hasText: "safety number has changed" }).waitFor({ timeout: 20000 });
+    await alice.page.waitForTimeout(1000);
+    const flags = await alice.page.locator("#messages li.out").filter({ hasText: notForThem }).locator(".flag").count();
+    assert.equal(flags, 0, "nothing sent again");
+    assert.ok(!(await cli("dave", ["inbox", "--all", "--wait", "1"])).includes(notForThem), "the new keys never read it");
+    log("retry from another identity: ignored, and the change is shown");
 
     // 3. The server goes away and comes back.
     await stopServer();
