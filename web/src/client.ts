@@ -2,7 +2,7 @@
 // messages, and the connection to the server (PROTOCOL §5–§13).
 import { type Bytes, concat, equal, fromUtf8, hex, utf8 } from "./bytes.js";
 import { asArray, asBytes, asText, asUint, asU64 } from "./cbor.js";
-import { type Content, conversationId, covers, decodeContent, encodeContent, isControl, safetyNumber } from "./content.js";
+import { type Content, MAX_RETRY_IDS, conversationId, covers, decodeContent, encodeContent, isControl, safetyNumber } from "./content.js";
 import { systemRng, ed25519Generate, x25519Generate } from "./crypto.js";
 import { type Address, type Frame, FrameType, decodeAddress, decodeFrame, encodeAddress, encodeFrame, errorOf } from "./frames.js";
 import {
@@ -242,7 +242,7 @@ export class Client {
     void this.connect();
     const timer = setInterval(() => {
       if (this.stopped) clearInterval(timer);
-      else void this.serial(() => this.reportGaps()).catch(() => {});
+      else void this.serial(async () => (await this.reportGaps(), await this.askAgain())).catch(() => {});
     }, 5000);
   }
 
@@ -508,10 +508,10 @@ export class Client {
   }
 
   /** Encrypts `content` for one device, starting a session from its bundle if none; saves before returning. */
-  private async seal(to: Address, conv: Bytes, content: Bytes): Promise<Bytes> {
+  private async seal(to: Address, conv: Bytes, content: Bytes, fresh = false): Promise<Bytes> {
     const kv: Array<[string, unknown]> = [];
     let sessions = (await this.store.get<Session[]>(`session:${addrKey(to)}`)) ?? [];
-    if (sessions.length === 0) {
+    if (sessions.length === 0 || fresh) {
       const f = await this.request(FrameType.FetchBundle, [[0, encodeAddress(to)]]);
       const bundle = decodeBundle(f.body.get(0));
       if (bundle.user !== to.user || bundle.device !== to.device) throw new Error("the server answered for another device");
@@ -522,7 +522,7 @@ export class Client {
         this.events.changed(to.user);
         throw new IdentityChanged(`${to.user}'s safety number changed: compare it and confirm before sending.`);
       }
-      sessions = [await initiate(this.device, bundle, rng)];
+      sessions = [await initiate(this.device, bundle, rng), ...sessions].slice(0, SESSIONS_PER_PEER);
     }
     const { session, envelope } = await encrypt(sessions[0], conv, content, rng);
     kv.push([`session:${addrKey(to)}`, [session, ...sessions.slice(1)]]);
@@ -540,17 +540,22 @@ export class Client {
     const kv: Array<[string, unknown]> = [];
     const records: MessageRecord[] = [];
     let retry: Bytes[] | undefined;
+    const raw = asBytes(f.body.get(5), "envelope");
     try {
-      retry = await this.open(from, conv, messageId, asBytes(f.body.get(5), "envelope"), kv, records);
+      retry = await this.open(from, conv, messageId, raw, kv, records);
     } catch (e) {
       if (!(e instanceof ProtocolError && e.kind === "Duplicate")) {
+        const ask = e instanceof ProtocolError && (await this.mayAskAgain(from, raw, e));
+        if (ask) this.queueAsk(from, conv, messageId);
         records.push({
           key: `bad:${hex(messageId)}:${addrKey(from)}`,
           peer: from.user,
           dir: "in",
           text: "",
           at: Date.now(),
-          warning: `A message from ${addrKey(from)} could not be opened (${e instanceof ProtocolError ? e.kind : "malformed"}); it was rejected.`,
+          warning: `A message from ${addrKey(from)} could not be opened (${e instanceof ProtocolError ? e.kind : "malformed"}); ${
+            ask ? "it was asked for again." : "it was rejected."
+          }`,
         });
       }
     }
@@ -558,7 +563,59 @@ export class Client {
     const n = seq <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seq) : seq;
     await this.request(FrameType.Ack, [[0, [n]]]).catch(() => {});
     if (retry) await this.sendAgain(from, conv, retry);
+    await this.askAgain();
     this.events.changed(from.user);
+  }
+
+  /**
+   * §7.3: a setup message that does not open (its one-time prekey is gone),
+   * or any message from a device this one holds no session with (a restored
+   * state), is asked for again; a failure on a session that exists is only
+   * rejected (that is tampering, not loss).
+   */
+  private async mayAskAgain(from: Address, raw: Bytes, e: ProtocolError): Promise<boolean> {
+    if (e.kind !== "Decrypt" && e.kind !== "UnknownPrekey") return false;
+    if (from.user === this.account.user) return false;
+    let setup = false;
+    try {
+      setup = decodeEnvelope(raw).prekey !== null;
+    } catch {
+      return false;
+    }
+    const sessions = (await this.store.get<Session[]>(`session:${addrKey(from)}`)) ?? [];
+    return setup || sessions.length === 0;
+  }
+
+  private asks = new Map<string, { from: Address; conv: Bytes; ids: Bytes[]; last: number }>();
+
+  private queueAsk(from: Address, conv: Bytes, id: Bytes): void {
+    const k = addrKey(from);
+    const a = this.asks.get(k) ?? { from, conv, ids: [], last: 0 };
+    if (!a.ids.some((x) => equal(x, id))) a.ids.push(id);
+    this.asks.set(k, a);
+  }
+
+  /**
+   * Sends the retry requests that are due, each on a new session from the
+   * sender's current bundle (the one it used is the one that failed), at
+   * most one per sender device every 10 s and 64 ids at a time; nothing to
+   * an identity that is not the one pinned for the user.
+   */
+  private async askAgain(): Promise<void> {
+    const now = Date.now();
+    for (const a of this.asks.values()) {
+      if (a.ids.length === 0 || now - a.last < 10000) continue;
+      const ids = a.ids.splice(0, MAX_RETRY_IDS);
+      a.last = now;
+      const messageId = random16();
+      const content = encodeContent({ messageId, seq: 0n, floor: 0n, sentAtMs: BigInt(now), body: new Uint8Array(0), retry: ids });
+      try {
+        const envelope = await this.seal(a.from, a.conv, content, true);
+        await this.request(FrameType.Send, [[0, encodeAddress(a.from)], [1, a.conv], [2, messageId], [3, envelope]]);
+      } catch {
+        // Not trusted, no keys, or offline: those messages stay rejected.
+      }
+    }
   }
 
   /**

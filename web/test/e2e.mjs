@@ -4,7 +4,8 @@
 //      verify each other's safety number, and see the warning that blocks
 //      sending when one of them changes identity; a message lost on its way
 //      to the server is "not sent" for its sender and reported missing to
-//      its recipient after the 30 s grace period;
+//      its recipient after the 30 s grace period; a browser that lost its
+//      session asks for a message again and gets it;
 //   2. the browser talks with the Rust CLI through the server, both
 //      directions, each side starting the session once; a CLI restored
 //      from a backup asks for a message again and gets it, and keys of
@@ -365,6 +366,30 @@ async function run(url, context, problems) {
     await bob.page.locator("#messages li.notice").filter({ hasText: "1 message from alice (device 1) is missing" }).waitFor({ timeout: 45000 });
     await shot(bob.page, "bob-told-of-a-missing-message");
     log("a lost message: 'not sent' for Alice, reported missing to Bob after the grace period");
+
+    // Bob's browser loses its session with Alice (as a restored profile
+    // would): it cannot open her next message, asks for it again on a new
+    // session, and her browser sends it again (PROTOCOL §7.3).
+    await bob.page.evaluate(
+      () =>
+        new Promise((resolve, reject) => {
+          const open = indexedDB.open(`chatify:${location.host}`, 1);
+          open.onsuccess = () => {
+            const tx = open.result.transaction("kv", "readwrite");
+            tx.objectStore("kv").delete("session:alice:1");
+            tx.oncomplete = () => (open.result.close(), resolve(null));
+            tx.onerror = () => reject(tx.error);
+          };
+          open.onerror = () => reject(open.error);
+        }),
+    );
+    const resent = canary("asked-for-again");
+    await say(alice.page, `After Bob lost the session: ${resent}`);
+    await bob.page.locator("#messages li.notice").filter({ hasText: "it was asked for again" }).waitFor({ timeout: 20000 });
+    await seen(bob.page, resent);
+    await alice.page.locator("#messages li.out").filter({ hasText: resent }).locator(".flag").filter({ hasText: "sent again to bob:1" }).waitFor({ timeout: 20000 });
+    await shot(bob.page, "bob-asked-again");
+    log("a lost session: Bob's browser asked again, Alice's sent it again");
 
     // Safety numbers match and are confirmed.
     const na = await safety(alice.page);
