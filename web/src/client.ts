@@ -253,9 +253,17 @@ export class Client {
    */
   private async reportGaps(): Promise<void> {
     const now = Date.now();
-    for (const rk of await this.store.keys("recv:")) {
+    if (!this.gapKeys) {
+      // Once a page's life: afterwards a gap's key is added as it opens.
+      this.gapKeys = new Set();
+      for (const rk of await this.store.keys("recv:")) if ((await this.store.get<RecvState>(rk))?.report?.length) this.gapKeys.add(rk);
+    }
+    for (const rk of [...this.gapKeys]) {
       const st = await this.store.get<RecvState>(rk);
-      if (!st?.report?.length) continue;
+      if (!st?.report?.length) {
+        this.gapKeys.delete(rk);
+        continue;
+      }
       const due = st.report.filter(([, , at], i) => now - at >= GAP_GRACE_MS || st.report!.length - i > 256);
       if (due.length === 0) continue;
       let missing = 0n;
@@ -487,6 +495,9 @@ export class Client {
     );
     this.events.changed(peer);
     let sent = 0;
+    // What the sends leave to remember, written once with the record.
+    const ends: MessageRecord[] = [];
+    const endsKv: Array<[string, unknown]> = [];
     for (const device of devices) {
       const to = { user: peer, device };
       try {
@@ -495,7 +506,13 @@ export class Client {
         record.awaiting!.push(addrKey(to));
         const pending = (await this.store.get<Array<[string, string]>>(`pending:${addrKey(to)}`)) ?? [];
         pending.push([record.key, seqRec.toString()]);
-        await this.store.commit([[`pending:${addrKey(to)}`, pending.slice(-1024)]]);
+        // At most 1 024 awaited per device (§7.2): the oldest past it are
+        // told as not tracked, not dropped in silence.
+        for (const [key] of pending.splice(0, Math.max(0, pending.length - 1024))) {
+          const old = await this.store.message(key);
+          if (old && old.state === "sent") ends.push({ ...old, warning: "no receipt is awaited any more (over 1 024 awaited): its delivery is unknown" });
+        }
+        endsKv.push([`pending:${addrKey(to)}`, pending]);
         sent++;
       } catch (e) {
         record.warning = `not sent to ${addrKey(to)}: ${(e as Error).message}`;
@@ -503,7 +520,7 @@ export class Client {
       }
     }
     record.state = sent > 0 ? "sent" : "failed";
-    await this.store.commit([], [record]);
+    await this.store.commit(endsKv, [record, ...ends]);
     this.events.changed(peer);
   }
 
@@ -585,6 +602,9 @@ export class Client {
     const sessions = (await this.store.get<Session[]>(`session:${addrKey(from)}`)) ?? [];
     return setup || sessions.length === 0;
   }
+
+  /** The receive states with gaps still to report; null until first read. */
+  private gapKeys: Set<string> | null = null;
 
   private asks = new Map<string, { from: Address; conv: Bytes; ids: Bytes[]; last: number }>();
 
@@ -692,7 +712,7 @@ export class Client {
     const genuine = await this.judge(from.user, session.remote, kv);
     if (isControl(content)) {
       // A receipt or a retry request counts only from the identity pinned for the user (§7.3).
-      if (content.receipt && genuine) await this.onReceipt(from, content, records);
+      if (content.receipt && genuine) await this.onReceipt(from, content, kv, records);
       return content.retry && genuine ? content.retry : undefined;
     }
     await this.onMessage(from, conv, content, session.remote, genuine, kv, records);
@@ -719,6 +739,7 @@ export class Client {
       if (c.seq > start) {
         st.gaps.push([start, c.seq]);
         (st.report ??= []).push([start, c.seq, Date.now()]);
+        this.gapKeys?.add(rk);
       }
       st.next = c.seq + 1n;
       st.gaps = st.gaps.slice(-256);
@@ -745,7 +766,8 @@ export class Client {
     this.receiptLater(from, conv);
   }
 
-  private async onReceipt(from: Address, c: Content, records: MessageRecord[]): Promise<void> {
+  /** Marks what a receipt covers; written in the delivery's own transaction. */
+  private async onReceipt(from: Address, c: Content, kv: Array<[string, unknown]>, records: MessageRecord[]): Promise<void> {
     const pk = `pending:${addrKey(from)}`;
     const pending = (await this.store.get<Array<[string, string]>>(pk)) ?? [];
     const left: Array<[string, string]> = [];
@@ -760,7 +782,7 @@ export class Client {
       if (m.awaiting.length === 0 && m.state === "sent") m.state = "delivered";
       if (!records.includes(m)) records.push(m);
     }
-    await this.store.commit([[pk, left]]);
+    kv.push([pk, left]);
   }
 
   /** §7.2: one receipt covers what arrives within 200 ms. */
