@@ -4,8 +4,8 @@
 // these are the pieces it will need, checked now against the reference.
 import { type Bytes, be32, concat, equal, utf8 } from "./bytes.js";
 import { type CborMap, type Item, decodeStrict, encode, map } from "./cbor.js";
-import { type SignPair, aeadOpen, aeadSeal, hkdf, hmac, sign, verify } from "./crypto.js";
-import { LABELS, pad, unpad } from "./session.js";
+import { type SignPair, aeadOpen, aeadSeal, sign, verify } from "./crypto.js";
+import { kdfCk, messageKeys, pad, unpad } from "./session.js";
 
 const GROUP_AD = utf8("chatify/v1/group-ad");
 const GROUP_SIG = utf8("chatify/v1/group-message");
@@ -26,10 +26,11 @@ export function distribution(k: SenderKey): Bytes {
   return concat(Uint8Array.of(1), k.group, be32(k.keyId), be32(k.n), k.ck, k.signing.pub);
 }
 
+/** The chain step and message key of §6 and §7, as pairwise messages take them (§16). */
 async function messageKey(ck: Uint8Array): Promise<{ key: Bytes; nonce: Bytes; next: Bytes }> {
-  const mk = await hmac(ck, Uint8Array.of(1));
-  const okm = await hkdf(null, mk, LABELS.message, 44);
-  return { key: okm.slice(0, 32), nonce: okm.slice(32, 44), next: await hmac(ck, Uint8Array.of(2)) };
+  const [mk, next] = await kdfCk(ck);
+  const [key, nonce] = await messageKeys(mk);
+  return { key, nonce, next };
 }
 
 /** Encrypts and signs one group message; returns it and the key one step on. */
@@ -59,7 +60,7 @@ export async function openGroup(d: Uint8Array, message: Uint8Array): Promise<Byt
   const from = new DataView(d.buffer, d.byteOffset).getUint32(21);
   if (n < from || n - from > 2000) throw new GroupError("iteration out of reach");
   let ck: Bytes = d.slice(25, 57);
-  for (let i = from; i < n; i++) ck = await hmac(ck, Uint8Array.of(2));
+  for (let i = from; i < n; i++) ck = (await kdfCk(ck))[1];
   const { key, nonce } = await messageKey(ck);
   try {
     return unpad(await aeadOpen(key, nonce, concat(GROUP_AD, message.subarray(0, 25)), body.subarray(25)));

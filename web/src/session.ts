@@ -343,7 +343,8 @@ async function kdfRk(rk: Uint8Array, dhOut: Uint8Array): Promise<[Bytes, Bytes]>
   return [okm.slice(0, 32), okm.slice(32, 64)];
 }
 
-async function kdfCk(ck: Uint8Array): Promise<[Bytes, Bytes]> {
+/** §6: KDF_CK, (message key, next chain key). */
+export async function kdfCk(ck: Uint8Array): Promise<[Bytes, Bytes]> {
   return [await hmac(ck, Uint8Array.of(1)), await hmac(ck, Uint8Array.of(2))];
 }
 
@@ -388,7 +389,8 @@ function msgAd(sender: PublicIdentity, recipient: PublicIdentity, e: Omit<Envelo
   return concat(LABELS.ad, idBytes(sender), idBytes(recipient), envelopeAd(e));
 }
 
-async function messageKeys(mk: Uint8Array): Promise<[Bytes, Bytes]> {
+/** §7: the AES-256-GCM key and nonce of a message key. */
+export async function messageKeys(mk: Uint8Array): Promise<[Bytes, Bytes]> {
   const okm = await hkdf(null, mk, LABELS.message, 44);
   return [okm.slice(0, 32), okm.slice(32, 44)];
 }
