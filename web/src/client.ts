@@ -182,9 +182,23 @@ export class Client {
       store.close();
       return null;
     }
+    await Client.interrupted(store);
     const c = new Client(store, account, device, token, url, events);
     c.start();
     return c;
+  }
+
+  /**
+   * Sends the page closed in the middle of: some devices may have it (the
+   * server may have stored it), and no receipt is awaited for it, so the
+   * user is told its fate is unknown rather than shown "sending" forever.
+   */
+  private static async interrupted(store: Store): Promise<void> {
+    for (const k of await store.keys("sending:")) {
+      const m = await store.message(k.slice("sending:".length));
+      const fixed = m ? [{ ...m, state: "interrupted" as const }] : [];
+      await store.commit([], fixed, [k]);
+    }
   }
 
   /**
@@ -490,6 +504,9 @@ export class Client {
       [
         [`seq:${convHex}`, seqRec + 1n],
         [`conv:${peer}`, { peer, unread: conv0?.unread ?? 0, last: record.at }],
+        // Removed with the send's last write: found at the next start, it
+        // says the page closed in between.
+        [`sending:${record.key}`, true],
       ],
       [record],
     );
@@ -520,7 +537,7 @@ export class Client {
       }
     }
     record.state = sent > 0 ? "sent" : "failed";
-    await this.store.commit(endsKv, [record, ...ends]);
+    await this.store.commit(endsKv, [record, ...ends], [`sending:${record.key}`]);
     this.events.changed(peer);
   }
 

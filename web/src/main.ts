@@ -130,6 +130,8 @@ function stateText(m: MessageRecord): string {
       return "delivered";
     case "failed":
       return "not sent";
+    case "interrupted":
+      return "the page closed while sending: it may not have arrived";
     default:
       return "";
   }

@@ -9,7 +9,7 @@ export interface MessageRecord {
   dir: "in" | "out";
   text: string;
   at: number;
-  state?: "sending" | "sent" | "delivered" | "failed";
+  state?: "sending" | "sent" | "delivered" | "failed" | "interrupted";
   /** Devices (`user:device`) whose receipt is still awaited. */
   awaiting?: string[];
   seq?: string;

@@ -86,7 +86,7 @@ async function stopServer() {
 // it: the server's answers as they are, and the pages' WebSocket frames
 // unmasked (a browser masks what it sends, so a plain scan would miss a
 // plaintext that the page sent).
-const wire = { bytes: 0, chunks: [], dropNextSend: false };
+const wire = { bytes: 0, chunks: [], dropNextSend: false, holdNextSend: false };
 
 function unmasker() {
   let buf = Buffer.alloc(0);
@@ -146,6 +146,12 @@ async function startTap() {
         wire.dropNextSend = false;
         page.destroy();
         upstream.destroy();
+        return;
+      }
+      // Armed, the tap keeps the page's next Send to itself: the page waits
+      // for an answer that does not come.
+      if (wire.holdNextSend && frames.some((f) => f[0] === 0x84 && f[1] === 0x01 && f[2] === 0x07)) {
+        wire.holdNextSend = false;
         return;
       }
       upstream.write(d);
@@ -366,6 +372,19 @@ async function run(url, context, problems) {
     await bob.page.locator("#messages li.notice").filter({ hasText: "1 message from alice (device 1) is missing" }).waitFor({ timeout: 45000 });
     await shot(bob.page, "bob-told-of-a-missing-message");
     log("a lost message: 'not sent' for Alice, reported missing to Bob after the grace period");
+
+    // Alice's page closes while a message is on its way (the tap holds it):
+    // after the reload the message says its fate is unknown, not "sending".
+    wire.holdNextSend = true;
+    const held = canary("held");
+    await alice.page.getByRole("textbox", { name: "Message" }).fill(`Held: ${held}`);
+    await alice.page.keyboard.press("Enter");
+    await alice.page.locator("#messages li.out").filter({ hasText: held }).locator(".meta").filter({ hasText: "sending" }).waitFor();
+    await alice.page.reload();
+    await alice.page.locator("#status").filter({ hasText: "Connected" }).waitFor();
+    await openChat(alice.page, "bob");
+    await alice.page.locator("#messages li.out").filter({ hasText: held }).locator(".meta").filter({ hasText: "the page closed while sending" }).waitFor();
+    log("a page closed mid-send: its message says so after the reload");
 
     // Bob's browser loses its session with Alice (as a restored profile
     // would): it cannot open her next message, asks for it again on a new
