@@ -4,8 +4,9 @@
 //      verify each other's safety number, and see the warning that blocks
 //      sending when one of them changes identity; a message lost on its way
 //      to the server is "not sent" for its sender and reported missing to
-//      its recipient after the 30 s grace period; a browser that lost its
-//      session asks for a message again and gets it;
+//      its recipient after the 30 s grace period; a page closed while a
+//      message is on its way says its fate is unknown after the reload; a
+//      browser that lost its session asks for a message again and gets it;
 //   2. the browser talks with the Rust CLI through the server, both
 //      directions, each side starting the session once; a CLI restored
 //      from a backup asks for a message again and gets it, and keys of
